@@ -1,0 +1,38 @@
+"""Linear (fully connected) layer: ``y = x W^T + b``.
+
+Shapes: x (..., I), W (O, I) stored [out, in] as in PyTorch / Hugging Face, b (O,),
+y (..., O). The leading dimensions are flattened to N rows for the math below.
+
+Backward. With ``dy = dL/dy`` of shape (N, O):
+
+    y[n, o]  = sum_i x[n, i] W[o, i] + b[o]
+    dx[n, i] = sum_o dy[n, o] W[o, i]          ->  dx = dy W        (N, I)
+    dW[o, i] = sum_n dy[n, o] x[n, i]          ->  dW = dy^T x      (O, I)
+    db[o]    = sum_n dy[n, o]                  ->  db = 1^T dy      (O,)
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+
+
+def forward(x, weight, bias=None):
+    """``y = x @ weight.T + bias``; returns ``(y, cache)``."""
+    if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has shape {tuple(x.shape)} and weight {tuple(weight.shape)}: "
+                         "expected x (..., in) and weight (out, in)")
+    y = x @ weight.T                                  # (..., O)
+    if bias is not None:
+        y = y + bias
+    return y, (x, weight, bias is not None)
+
+
+def backward(dy, cache):
+    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias."""
+    x, weight, has_bias = cache
+    xp = get_array_module(dy)
+    dx = dy @ weight                                  # (..., I)   undoes y = x @ W.T
+    x2 = x.reshape(-1, x.shape[-1])                   # (N, I)
+    dy2 = dy.reshape(-1, dy.shape[-1])                # (N, O)
+    dw = dy2.T @ x2                                   # (O, I)
+    db = xp.sum(dy2, axis=0) if has_bias else None    # (O,)       undoes + bias
+    return dx, dw, db

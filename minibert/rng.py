@@ -1,0 +1,101 @@
+"""Counter-based random numbers: Philox4x32-10 (Salmon et al., SC'11, "Parallel random
+numbers: as easy as 1, 2, 3").
+
+A counter-based generator is a pure function ``bits = philox(counter, key)``: no state is
+carried from one number to the next, so element ``i`` of a dropout mask can be computed by
+whichever thread (NumPy, a Numba kernel, a CUDA kernel) happens to need it, and a fused
+backward can regenerate the mask instead of storing it.
+
+minibert's convention, shared by every implementation:
+
+    key     = (seed mod 2**32, seed >> 32)                      two 32-bit words
+    counter = (block mod 2**32, block >> 32,                    block = element_index // 4
+               offset mod 2**32, offset >> 32)
+    word    = philox(counter, key)[element_index % 4]           one uint32 per element
+    u       = (word >> 8) * 2**-24                              uniform in [0, 1), exact in float32
+    keep    = u >= p                                            dropout keeps with probability 1 - p
+
+``offset`` separates independent streams under one seed (each dropout site of each forward
+call gets its own offset; see ``BertModel``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module
+
+# Philox4x32 multipliers and Weyl key increments (Salmon et al., Table 2).
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+MASK32 = 0xFFFFFFFF
+
+
+def _check_u64(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}={value!r} has type {type(value).__name__}, expected an integer")
+    if not 0 <= int(value) < 2**64:
+        raise ValueError(f"{name}={value!r} is out of range, expected 0 <= {name} < 2**64")
+    return int(value)
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
+    """Philox4x32 on arrays of uint32 counter words (any shape) and scalar/array key words.
+
+    Returns the four uint32 output words. Each round multiplies two words by the Philox
+    constants, splits the 64-bit products into high and low halves and mixes them with the
+    other two words and the key; the key is bumped by the Weyl constants between rounds.
+    """
+    xp = get_array_module(c0)
+    u32, u64 = xp.uint32, xp.uint64
+    c0, c1, c2, c3 = (xp.asarray(c, dtype=u32) for c in (c0, c1, c2, c3))
+    k0 = xp.asarray(k0, dtype=u32)
+    k1 = xp.asarray(k1, dtype=u32)
+    m0, m1 = u64(PHILOX_M0), u64(PHILOX_M1)
+    for r in range(rounds):
+        if r > 0:  # bump the key between rounds (wraps mod 2**32)
+            k0 = (k0.astype(u64) + u64(PHILOX_W0)).astype(u32)
+            k1 = (k1.astype(u64) + u64(PHILOX_W1)).astype(u32)
+        p0 = c0.astype(u64) * m0          # 64-bit products of 32-bit words: never overflow
+        p1 = c2.astype(u64) * m1
+        hi0, lo0 = (p0 >> u64(32)).astype(u32), (p0 & u64(MASK32)).astype(u32)
+        hi1, lo1 = (p1 >> u64(32)).astype(u32), (p1 & u64(MASK32)).astype(u32)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def random_bits(n: int, seed: int, offset: int = 0, xp=np):
+    """The first ``n`` uint32 words of the stream (seed, offset): word i for element i."""
+    seed = _check_u64("seed", seed)
+    offset = _check_u64("offset", offset)
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n={n!r} is not a valid element count, expected an integer >= 0")
+    n_blocks = (int(n) + 3) // 4
+    block = xp.arange(n_blocks, dtype=xp.uint64)                        # (n_blocks,)
+    c0 = (block & xp.uint64(MASK32)).astype(xp.uint32)
+    c1 = (block >> xp.uint64(32)).astype(xp.uint32)
+    c2 = xp.full(n_blocks, offset & MASK32, dtype=xp.uint32)
+    c3 = xp.full(n_blocks, offset >> 32, dtype=xp.uint32)
+    words = philox4x32(c0, c1, c2, c3, seed & MASK32, seed >> 32)
+    # element 4*b + j takes word j of block b
+    return xp.stack(words, axis=1).reshape(-1)[:n]                       # (n,)
+
+
+def uniform(shape, seed: int, offset: int = 0, xp=np, dtype=np.float32):
+    """Uniform numbers in [0, 1) with 24 random bits each, laid out in C order over ``shape``."""
+    shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
+    n = int(np.prod(shape, dtype=np.int64))
+    bits = random_bits(n, seed, offset, xp)
+    u = (bits >> xp.uint32(8)).astype(dtype) * dtype(2.0 ** -24)
+    return u.reshape(shape)
+
+
+def keep_mask(shape, p: float, seed: int, offset: int = 0, xp=np):
+    """Boolean dropout keep-mask: True where ``uniform >= p`` (kept with probability 1 - p).
+
+    The comparison is done in float32 on values that are exact multiples of 2**-24, so every
+    implementation that follows the convention above produces the same bits.
+    """
+    u = uniform(shape, seed, offset, xp, np.float32)
+    return u >= np.float32(p)
