@@ -34,8 +34,3 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-def to_np(a):
-    """NumPy copy of a NumPy or CuPy array (for assertions)."""
-    return a.get() if hasattr(a, "get") else np.asarray(a)
