@@ -1,0 +1,28 @@
+"""minibert: BERT from scratch on NumPy and CuPy, every forward and backward written by hand.
+
+Public names::
+
+    BertConfig, count_parameters, parameter_breakdown        the architecture
+    BertModel, BertForPreTraining                            encoder and pretraining model
+    BertForSequenceClassification, BertForTokenClassification,
+    BertForQuestionAnswering, BertForMultipleChoice          fine-tuning heads
+    gradcheck, check_op, GradcheckError                      the finite-difference checker
+    from_pretrained, save_pretrained                         Hugging Face checkpoints
+"""
+from .config import BertConfig, count_parameters, parameter_breakdown
+from .gradcheck import GradcheckError, GradcheckReport, check_op, gradcheck
+from .heads import (BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
+                    BertForSequenceClassification, BertForTokenClassification)
+from .model import BertModel
+from .backend import gpu_available
+from .checkpoint import from_pretrained, save_pretrained
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BertConfig", "count_parameters", "parameter_breakdown",
+    "BertModel", "BertForPreTraining", "BertForSequenceClassification",
+    "BertForTokenClassification", "BertForQuestionAnswering", "BertForMultipleChoice",
+    "gradcheck", "check_op", "GradcheckError", "GradcheckReport", "gpu_available",
+    "from_pretrained", "save_pretrained",
+]

@@ -1,0 +1,185 @@
+"""Hugging Face checkpoints: read a BERT directory into a minibert model, write one back.
+
+A Hugging Face BERT directory holds ``config.json`` and ``model.safetensors`` (older ones
+``pytorch_model.bin``, a torch pickle: read only when torch is installed). minibert's
+parameter names are Hugging Face's state-dict names, so loading is a rename at most:
+
+* the encoder's names may carry the ``bert.`` prefix (head models) or not (BertModel);
+* old checkpoints call LayerNorm's weight and bias ``gamma`` and ``beta``;
+* the MLM decoder weight is tied to the word embeddings and its bias to
+  ``cls.predictions.bias``: they are not separate parameters here;
+* buffers such as ``embeddings.position_ids`` are not parameters.
+
+Loading checks everything before it writes anything: missing encoder tensors, unexpected
+tensors and wrong shapes are errors that list the names, never a silent initialization.
+Tensors of another head (``cls.*`` in a BERT loaded as BertModel, say) are skipped, and a
+head that the checkpoint lacks is freshly initialized only when ``new_head=True`` (as when
+fine-tuning starts from a pretrained encoder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+
+from .config import BertConfig
+
+HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
+IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
+
+
+def _normalize_name(name: str) -> str:
+    name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
+    return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+
+
+def read_state_dict(path: str) -> dict:
+    """name -> NumPy array from ``model.safetensors`` or ``pytorch_model.bin`` in ``path``."""
+    st = os.path.join(path, "model.safetensors")
+    pt = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(st):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+        try:
+            return dict(load_file(st))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"checkpoint file {st!r} is corrupt or unreadable: {e}") from None
+    if os.path.isfile(pt):
+        try:
+            import torch
+        except ImportError:
+            raise ValueError(f"checkpoint {pt!r} is a torch pickle and torch is not installed; "
+                             "expected model.safetensors (or install torch)") from None
+        try:
+            sd = torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds
+            raise ValueError(f"checkpoint file {pt!r} is corrupt or unreadable: {e}") from None
+        return {k: v.float().numpy() if v.dtype.is_floating_point else v.numpy() for k, v in sd.items()}
+    raise ValueError(f"checkpoint directory {path!r} has neither model.safetensors nor "
+                     "pytorch_model.bin")
+
+
+def map_state_dict(state: dict, model, new_head: bool = False):
+    """Rename checkpoint tensors to ``model.params`` names.
+
+    Returns ``(mapped, skipped, new)``: the tensors to load, the checkpoint names that were
+    skipped (another head's), and the model names left to their fresh initialization.
+    Raises ValueError listing missing and unexpected names.
+    """
+    wanted = set(model.params)
+    encoder_prefix = "bert." if any(n.startswith("bert.") for n in wanted) else ""
+    mapped, skipped, unexpected = {}, [], []
+    tied_bias = None
+    for raw, value in state.items():
+        name = _normalize_name(raw)
+        if name.startswith("bert."):
+            name = name[len("bert."):]
+        if name in IGNORED:
+            continue
+        if name == "cls.predictions.decoder.weight":
+            continue                                 # tied to the word embeddings
+        if name == "cls.predictions.decoder.bias":
+            tied_bias = value                        # tied to cls.predictions.bias
+            continue
+        full = name if name.startswith(HEAD_PREFIXES) else encoder_prefix + name
+        if full in wanted:
+            mapped[full] = value
+        elif name.startswith(HEAD_PREFIXES) or name.startswith("pooler."):
+            skipped.append(raw)                      # another head, or a pooler we do not use
+        else:
+            unexpected.append(raw)
+    if "cls.predictions.bias" in wanted and "cls.predictions.bias" not in mapped and tied_bias is not None:
+        mapped["cls.predictions.bias"] = tied_bias
+    missing = sorted(wanted - set(mapped))
+    new = [n for n in missing if n.startswith(HEAD_PREFIXES)] if new_head else []
+    missing = [n for n in missing if n not in new]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match {type(model).__name__}: missing keys {missing}, "
+                         f"unexpected keys {sorted(unexpected)}")
+    return mapped, skipped, new
+
+
+def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu",
+                    new_head: bool = False, **config_overrides):
+    """Load a Hugging Face (or minibert-saved) BERT directory.
+
+    Args:
+        path: directory with config.json and model.safetensors (or pytorch_model.bin).
+        model_class: BertModel (default) or one of the head classes.
+        dtype, device: of the new model.
+        new_head: initialize head parameters the checkpoint lacks (fine-tuning start).
+        config_overrides: BertConfig fields to change (e.g. num_labels for a new head).
+    """
+    from .model import BertModel
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"checkpoint directory {path!r} does not exist")
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ValueError(f"checkpoint directory {path!r} has no config.json")
+    with open(cfg_file, encoding="utf-8") as fh:
+        try:
+            cfg = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file!r} is not valid JSON: {e}") from None
+    config = BertConfig.from_dict({**cfg, **config_overrides})
+    model_class = model_class or BertModel
+    model = model_class(config, dtype=dtype, device=device)
+    state = read_state_dict(path)
+    mapped, _, _ = map_state_dict(state, model, new_head=new_head)
+    model.load_state_dict(mapped, strict=False)
+    return model
+
+
+def _atomic_write(path: str, write):
+    """Write via a temporary file in the same directory, then rename over ``path``: a crash
+    mid-write leaves the previous file intact."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_pretrained(model, path):
+    """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads as is.
+
+    Every file is written to a temporary name and renamed into place.
+    """
+    from safetensors.numpy import save_file
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    state = {n: np.ascontiguousarray(v) for n, v in model.state_dict().items()}
+    if "cls.predictions.bias" in state:      # Hugging Face reads the tied decoder from these
+        state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"].copy()
+        state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"].copy()
+    cfg = model.config.to_dict()
+    cfg["architectures"] = [type(model).__name__]
+    _atomic_write(os.path.join(path, "model.safetensors"),
+                  lambda tmp: save_file(state, tmp, metadata={"format": "np"}))
+
+    def write_cfg(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(cfg, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+    _atomic_write(os.path.join(path, "config.json"), write_cfg)
+
+
+class PretrainedMixin:
+    """``Model.from_pretrained(dir)`` and ``model.save_pretrained(dir)``, as in transformers."""
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32, device: str = "cpu", new_head: bool = False,
+                        **config_overrides):
+        return from_pretrained(path, cls, dtype, device, new_head, **config_overrides)
+
+    def save_pretrained(self, path):
+        save_pretrained(self, path)

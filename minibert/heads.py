@@ -1,0 +1,400 @@
+"""BERT with a head on top: pretraining (masked LM + next sentence) and fine-tuning heads.
+
+Each head model owns one flat parameter buffer holding the encoder (names prefixed
+``bert.``, as in Hugging Face) and its own parameters, and runs:
+
+    forward:  encoder forward -> head forward -> loss
+    backward: loss backward -> head backward -> encoder backward (gradients accumulate
+              into the one flat gradient buffer)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import get_xp, scatter_add
+from .checkpoint import PretrainedMixin
+from .config import BertConfig
+from .model import SITE_HEAD, BertModel, _check_int_array, bert_param_specs
+from .ops import cross_entropy, dropout, gelu, layernorm, linear
+from .params import FlatParams, ParamSpec
+
+
+@dataclass
+class HeadOutput:
+    loss: object = None
+    logits: object = None
+    last_hidden_state: object = None
+    pooler_output: object = None
+    hidden_states: list = field(default_factory=list)
+    attentions: list = field(default_factory=list)
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: object = None               # mlm_loss + nsp_loss (0-d)
+    mlm_loss: object = None
+    nsp_loss: object = None
+    mlm_logits: object = None         # (B, P, V) at the masked positions only
+    nsp_logits: object = None         # (B, 2); class 0 = IsNext, 1 = NotNext
+    last_hidden_state: object = None
+    pooler_output: object = None
+    hidden_states: list = field(default_factory=list)
+    attentions: list = field(default_factory=list)
+
+
+class _BertWithHead(PretrainedMixin):
+    """Shared plumbing: one flat buffer, the encoder as ``self.bert``, names, loading."""
+    add_pooling_layer = True
+
+    def __init__(self, config: BertConfig, dtype=np.float32, seed: int = 0, device: str = "cpu"):
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"config has type {type(config).__name__}, expected BertConfig")
+        specs = bert_param_specs(config, "bert.", self.add_pooling_layer) + self.head_specs(config)
+        self.store = FlatParams(specs, np.dtype(dtype), get_xp(device))
+        self.store.initialize(seed, config.initializer_range)
+        self.bert = BertModel(config, dtype, seed, self.add_pooling_layer, device,
+                              store=self.store, prefix="bert.")
+        self.config, self.dtype, self.xp = config, self.bert.dtype, self.store.xp
+        self.params, self.grads = self.store.params, self.store.grads
+
+    def head_specs(self, config):
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return self.store.size
+
+    def load_state_dict(self, state: dict, strict: bool = True):
+        return self.store.load_state_dict(state, strict)
+
+    def state_dict(self) -> dict:
+        return self.store.state_dict()
+
+    def rng_state(self) -> dict:
+        return self.bert.rng_state()
+
+    def set_rng_state(self, state: dict):
+        self.bert.set_rng_state(state)
+
+    def _acc(self, name, g):
+        if g is not None:
+            self.grads[name] += g
+
+    def _classifier_dropout_p(self, training):
+        cfg = self.config
+        p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+        return p if training else 0.0
+
+    def _labels(self, name, labels, shape, num_classes, ignore_index=None):
+        labels = _check_int_array(name, labels, len(shape))
+        if tuple(labels.shape) != tuple(shape):
+            raise ValueError(f"{name} has shape {tuple(labels.shape)}, expected {tuple(shape)}")
+        labels = self.xp.asarray(labels)
+        ok = (labels >= 0) & (labels < num_classes)
+        if ignore_index is not None:
+            ok |= labels == ignore_index
+        if not bool(ok.all()):
+            bad = labels[~ok].ravel()[0]
+            raise ValueError(f"{name} has value {int(bad)}, expected 0 <= {name} < {num_classes}"
+                             + (f" or {ignore_index} (ignored)" if ignore_index is not None else ""))
+        return labels
+
+
+class BertForPreTraining(_BertWithHead):
+    """BERT pretraining: masked LM on the gathered masked positions + next sentence prediction.
+
+    MLM head (on the P masked positions of each sequence only, as the original BERT):
+        t = LayerNorm(GELU(h Wt^T + bt));  logits = t E_word^T + b_dec     (B, P, V)
+    with the decoder tied to the word embeddings (its gradient adds to theirs).
+    NSP head: logits = pooled Wnsp^T + bnsp (B, 2), label 0 = IsNext.
+    loss = sum(w * l_mlm) / sum(w) + mean(l_nsp).
+    """
+
+    def head_specs(self, config):
+        H, V = config.hidden_size, config.vocab_size
+        return [ParamSpec("cls.predictions.transform.dense.weight", (H, H)),
+                ParamSpec("cls.predictions.transform.dense.bias", (H,), "zeros"),
+                ParamSpec("cls.predictions.transform.LayerNorm.weight", (H,), "ones"),
+                ParamSpec("cls.predictions.transform.LayerNorm.bias", (H,), "zeros"),
+                ParamSpec("cls.predictions.bias", (V,), "zeros"),
+                ParamSpec("cls.seq_relationship.weight", (2, H)),
+                ParamSpec("cls.seq_relationship.bias", (2,), "zeros")]
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, masked_lm_positions=None,
+                masked_lm_ids=None, masked_lm_weights=None, next_sentence_labels=None, training=False):
+        cfg, xp = self.config, self.xp
+        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
+        x = out.last_hidden_state                                        # (B, S, H)
+        B, S, H = x.shape
+        V = cfg.vocab_size
+        if masked_lm_positions is None:
+            raise ValueError("masked_lm_positions is required, expected an integer array (B, P)")
+        pos = self._labels("masked_lm_positions", masked_lm_positions,
+                           (B, np.shape(masked_lm_positions)[-1]), S)
+        P = pos.shape[1]
+        rows = xp.arange(B)[:, None]
+        gathered = x[rows, pos]                                          # (B, P, H)
+        t, c_td = linear.forward(gathered, self.params["cls.predictions.transform.dense.weight"],
+                                 self.params["cls.predictions.transform.dense.bias"])
+        t, c_tg = gelu.forward(t, approximate=gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
+        t, c_tl = layernorm.forward(t, self.params["cls.predictions.transform.LayerNorm.weight"],
+                                    self.params["cls.predictions.transform.LayerNorm.bias"],
+                                    cfg.layer_norm_eps)
+        mlm_logits, c_dec = linear.forward(t, self.params["bert.embeddings.word_embeddings.weight"],
+                                           self.params["cls.predictions.bias"])   # (B, P, V)
+        nsp_logits, c_nsp = linear.forward(out.pooler_output, self.params["cls.seq_relationship.weight"],
+                                           self.params["cls.seq_relationship.bias"])  # (B, 2)
+
+        mlm_loss = nsp_loss = loss = None
+        c_mlm = c_nspl = None
+        if masked_lm_ids is not None:
+            ids = self._labels("masked_lm_ids", masked_lm_ids, (B, P), V)
+            if masked_lm_weights is None:
+                w = xp.ones((B, P), dtype=self.dtype)
+            else:
+                w = xp.asarray(masked_lm_weights, dtype=self.dtype)
+                if tuple(w.shape) != (B, P):
+                    raise ValueError(f"masked_lm_weights has shape {tuple(w.shape)}, expected {(B, P)}")
+            mlm_loss, c_mlm = cross_entropy.forward(mlm_logits.reshape(B * P, V), ids.reshape(-1),
+                                                    w.reshape(-1))
+        if next_sentence_labels is not None:
+            nsl = self._labels("next_sentence_labels", next_sentence_labels, (B,), 2)
+            nsp_loss, c_nspl = cross_entropy.forward(nsp_logits, nsl)
+        if mlm_loss is not None or nsp_loss is not None:
+            loss = sum(v for v in (mlm_loss, nsp_loss) if v is not None)
+        outputs = PreTrainingOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits, x,
+                                    out.pooler_output, out.hidden_states, out.attentions)
+        cache = dict(bert=bcache, pos=pos, shape=(B, S, H, P), td=c_td, tg=c_tg, tl=c_tl,
+                     dec=c_dec, nsp=c_nsp, mlm_loss=c_mlm, nsp_loss=c_nspl)
+        return outputs, cache
+
+    def backward(self, cache, d_loss=1.0):
+        """Gradients of ``d_loss * loss`` for every parameter (dict named as ``params``)."""
+        xp = self.xp
+        B, S, H, P = cache["shape"]
+        V = self.config.vocab_size
+        if cache["mlm_loss"] is None and cache["nsp_loss"] is None:
+            raise ValueError("backward needs a loss: pass masked_lm_ids and/or next_sentence_labels "
+                             "to forward")
+        self.store.zero_grad()
+        dseq = xp.zeros((B, S, H), dtype=self.dtype)
+        dpooled = xp.zeros((B, H), dtype=self.dtype)
+        d_loss = xp.asarray(d_loss, dtype=self.dtype)
+        if cache["mlm_loss"] is not None:
+            dlogits = cross_entropy.backward(d_loss, cache["mlm_loss"]).reshape(B, P, V)
+            # mlm_logits = t E^T + b_dec  (decoder tied: its weight gradient goes to E)
+            dt, dw, db = linear.backward(dlogits, cache["dec"])
+            self._acc("bert.embeddings.word_embeddings.weight", dw)
+            self._acc("cls.predictions.bias", db)
+            dt, dw, db = layernorm.backward(dt, cache["tl"])                 # t = LayerNorm(t)
+            self._acc("cls.predictions.transform.LayerNorm.weight", dw)
+            self._acc("cls.predictions.transform.LayerNorm.bias", db)
+            dt = gelu.backward(dt, cache["tg"])                              # t = GELU(t)
+            dg, dw, db = linear.backward(dt, cache["td"])                    # t = gathered Wt^T + bt
+            self._acc("cls.predictions.transform.dense.weight", dw)
+            self._acc("cls.predictions.transform.dense.bias", db)
+            # gathered = x[rows, pos]: scatter-add back (a position may repeat, e.g. padded slots)
+            rows = xp.broadcast_to(xp.arange(B)[:, None], (B, P))
+            scatter_add(dseq, (rows, cache["pos"]), dg)
+        if cache["nsp_loss"] is not None:
+            dnsp = cross_entropy.backward(d_loss, cache["nsp_loss"])        # (B, 2)
+            dpooled, dw, db = linear.backward(dnsp, cache["nsp"])           # nsp = pooled W^T + b
+            self._acc("cls.seq_relationship.weight", dw)
+            self._acc("cls.seq_relationship.bias", db)
+        return self.bert.backward(cache["bert"], dseq, dpooled, zero_grad=False)
+
+
+class _ClassifierHead(_BertWithHead):
+    """dropout -> linear classifier on the pooled output or on every token."""
+    head_name = "classifier"
+
+    def _n_out(self, config):
+        return config.num_labels
+
+    def head_specs(self, config):
+        n = self._n_out(config)
+        return [ParamSpec(f"{self.head_name}.weight", (n, config.hidden_size)),
+                ParamSpec(f"{self.head_name}.bias", (n,), "zeros")]
+
+    def _head_forward(self, features, training):
+        p = self._classifier_dropout_p(training)
+        f, c_do = dropout.forward(features, p, self.bert.seed,
+                                  (self._call << 20) | SITE_HEAD, training)
+        logits, c_lin = linear.forward(f, self.params[f"{self.head_name}.weight"],
+                                       self.params[f"{self.head_name}.bias"])
+        return logits, (c_do, c_lin)
+
+    def _head_backward(self, dlogits, hcache):
+        c_do, c_lin = hcache
+        df, dw, db = linear.backward(dlogits, c_lin)
+        self._acc(f"{self.head_name}.weight", dw)
+        self._acc(f"{self.head_name}.bias", db)
+        return dropout.backward(df, c_do)
+
+    def _bert_forward(self, input_ids, attention_mask, token_type_ids, training):
+        self._call = self.bert.dropout_calls
+        return self.bert.forward(input_ids, attention_mask, token_type_ids, training)
+
+    def backward(self, cache, d_logits=None, d_loss=1.0):
+        """Gradients for ``d_loss * loss`` (when labels were given) plus ``d_logits``."""
+        xp = self.xp
+        if d_logits is None and cache["loss"] is None:
+            raise ValueError("backward needs labels in forward or d_logits")
+        self.store.zero_grad()
+        dl = xp.zeros(cache["logits_shape"], dtype=self.dtype)
+        if d_logits is not None:
+            if tuple(d_logits.shape) != tuple(cache["logits_shape"]):
+                raise ValueError(f"d_logits has shape {tuple(d_logits.shape)}, "
+                                 f"expected {tuple(cache['logits_shape'])}")
+            dl = dl + d_logits
+        if cache["loss"] is not None:
+            dl = dl + self._loss_backward(xp.asarray(d_loss, dtype=self.dtype), cache)
+        return self._backward_from_logits(dl, cache)
+
+
+class BertForSequenceClassification(_ClassifierHead):
+    """[CLS] pooled output -> dropout -> linear (num_labels). Loss: cross-entropy, or mean
+    squared error when ``num_labels == 1`` (regression), as Hugging Face."""
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
+        out, bcache = self._bert_forward(input_ids, attention_mask, token_type_ids, training)
+        logits, hcache = self._head_forward(out.pooler_output, training)     # (B, C)
+        loss, lcache = None, None
+        if labels is not None:
+            B, C = logits.shape
+            if C == 1:
+                y = self.xp.asarray(labels, dtype=self.dtype).reshape(B, 1)
+                diff = logits - y
+                loss, lcache = (diff * diff).mean(), ("mse", diff)
+            else:
+                lab = self._labels("labels", labels, (B,), C)
+                loss, c = cross_entropy.forward(logits, lab)
+                lcache = ("ce", c)
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        return HeadOutput(loss, logits, out.last_hidden_state, out.pooler_output,
+                          out.hidden_states, out.attentions), cache
+
+    def _loss_backward(self, d_loss, cache):
+        kind, c = cache["loss"]
+        if kind == "mse":
+            return d_loss * 2.0 * c / c.size                                 # loss = mean(diff^2)
+        return cross_entropy.backward(d_loss, c)
+
+    def _backward_from_logits(self, dl, cache):
+        dpooled = self._head_backward(dl, cache["head"])
+        return self.bert.backward(cache["bert"], None, dpooled, zero_grad=False)
+
+
+class BertForTokenClassification(_ClassifierHead):
+    """Every token's hidden state -> dropout -> linear (num_labels). No pooler. Loss:
+    cross-entropy averaged over tokens whose label is not -100."""
+    add_pooling_layer = False
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
+        out, bcache = self._bert_forward(input_ids, attention_mask, token_type_ids, training)
+        logits, hcache = self._head_forward(out.last_hidden_state, training)  # (B, S, C)
+        loss = lcache = None
+        if labels is not None:
+            B, S, C = logits.shape
+            lab = self._labels("labels", labels, (B, S), C, ignore_index=-100)
+            loss, lcache = cross_entropy.forward(logits.reshape(B * S, C), lab.reshape(-1),
+                                                 ignore_index=-100)
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        return HeadOutput(loss, logits, out.last_hidden_state, None,
+                          out.hidden_states, out.attentions), cache
+
+    def _loss_backward(self, d_loss, cache):
+        return cross_entropy.backward(d_loss, cache["loss"]).reshape(cache["logits_shape"])
+
+    def _backward_from_logits(self, dl, cache):
+        dseq = self._head_backward(dl, cache["head"])
+        return self.bert.backward(cache["bert"], dseq, None, zero_grad=False)
+
+
+class BertForQuestionAnswering(_ClassifierHead):
+    """Span extraction: every token -> linear (2) -> start and end logits (B, S). No pooler,
+    no dropout on the head (as Hugging Face). Loss: mean of the start and end cross-entropies;
+    positions outside [0, S) are clamped to S and ignored, as Hugging Face."""
+    add_pooling_layer = False
+    head_name = "qa_outputs"
+
+    def _n_out(self, config):
+        return 2
+
+    def _classifier_dropout_p(self, training):
+        return 0.0
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None, training=False):
+        xp = self.xp
+        out, bcache = self._bert_forward(input_ids, attention_mask, token_type_ids, training)
+        logits, hcache = self._head_forward(out.last_hidden_state, training)  # (B, S, 2)
+        B, S, _ = logits.shape
+        start_logits = logits[..., 0]
+        end_logits = logits[..., 1]
+        loss = lcache = None
+        if (start_positions is None) != (end_positions is None):
+            raise ValueError("start_positions and end_positions must be given together")
+        if start_positions is not None:
+            caches = []
+            loss = 0.0
+            for name, pos, lg in (("start_positions", start_positions, start_logits),
+                                  ("end_positions", end_positions, end_logits)):
+                pos = _check_int_array(name, pos, 1)
+                if tuple(pos.shape) != (B,):
+                    raise ValueError(f"{name} has shape {tuple(pos.shape)}, expected {(B,)}")
+                pos = xp.clip(xp.asarray(pos), 0, S)                     # S = ignored, as HF
+                l, c = cross_entropy.forward(xp.ascontiguousarray(lg), pos, ignore_index=S)
+                loss = loss + l / 2
+                caches.append(c)
+            lcache = caches
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        return HeadOutput(loss, logits, out.last_hidden_state, None, out.hidden_states,
+                          out.attentions), cache
+
+    def _loss_backward(self, d_loss, cache):
+        c_start, c_end = cache["loss"]
+        ds = cross_entropy.backward(d_loss / 2, c_start)                 # (B, S)
+        de = cross_entropy.backward(d_loss / 2, c_end)
+        return self.xp.stack([ds, de], axis=-1)                          # (B, S, 2)
+
+    def _backward_from_logits(self, dl, cache):
+        dseq = self._head_backward(dl, cache["head"])
+        return self.bert.backward(cache["bert"], dseq, None, zero_grad=False)
+
+
+class BertForMultipleChoice(_ClassifierHead):
+    """Each of the C choices (B, C, S) is encoded separately; its pooled output -> dropout
+    -> linear (1) gives one score; the C scores are a softmax over choices."""
+
+    def _n_out(self, config):
+        return 1
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
+        input_ids = _check_int_array("input_ids", input_ids, 3)
+        B, C, S = input_ids.shape
+
+        def flat(a):
+            return None if a is None else self.xp.asarray(a).reshape(B * C, S)
+        for name, a in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if a is not None and tuple(np.shape(a)) != (B, C, S):
+                raise ValueError(f"{name} has shape {tuple(np.shape(a))}, expected {(B, C, S)}")
+        out, bcache = self._bert_forward(flat(input_ids), flat(attention_mask),
+                                         flat(token_type_ids), training)
+        scores, hcache = self._head_forward(out.pooler_output, training)      # (B*C, 1)
+        logits = scores.reshape(B, C)
+        loss = lcache = None
+        if labels is not None:
+            lab = self._labels("labels", labels, (B,), C)
+            loss, lcache = cross_entropy.forward(logits, lab)
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        return HeadOutput(loss, logits, out.last_hidden_state, out.pooler_output,
+                          out.hidden_states, out.attentions), cache
+
+    def _loss_backward(self, d_loss, cache):
+        return cross_entropy.backward(d_loss, cache["loss"])
+
+    def _backward_from_logits(self, dl, cache):
+        dpooled = self._head_backward(dl.reshape(-1, 1), cache["head"])
+        return self.bert.backward(cache["bert"], None, dpooled, zero_grad=False)

@@ -1,0 +1,171 @@
+"""Hugging Face checkpoints: loading theirs, saving ours, and refusing bad ones."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minibert import (BertConfig, BertForPreTraining, BertForSequenceClassification,
+                      BertForTokenClassification, BertModel, from_pretrained)
+from minibert.checkpoint import read_state_dict
+from tests.helpers import assert_close
+
+SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+             intermediate_size=24, max_position_embeddings=20)
+
+
+def _inputs(rng, B=2, S=6):
+    ids = rng.integers(1, 50, size=(B, S))
+    mask = np.ones((B, S), dtype=np.int64)
+    mask[1, 4:] = 0
+    return ids, mask
+
+
+def test_roundtrip_minibert(tmp_path, rng):
+    m = BertForPreTraining(BertConfig(**SMALL), dtype=np.float32, seed=3)
+    m.store.data[...] += rng.standard_normal(m.store.size).astype(np.float32) * 0.1
+    m.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    m2 = BertForPreTraining.from_pretrained(tmp_path)
+    assert np.array_equal(m.store.data, m2.store.data)
+    # the encoder alone loads from the same checkpoint (the cls.* head is skipped)
+    enc = BertModel.from_pretrained(tmp_path)
+    ids, mask = _inputs(rng)
+    a, _ = enc.forward(ids, mask)
+    b, _ = m2.bert.forward(ids, mask)
+    assert np.array_equal(a.last_hidden_state, b.last_hidden_state)
+
+
+def test_new_head_only_when_asked(tmp_path):
+    BertModel(BertConfig(**SMALL)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="missing keys.*classifier.weight"):
+        BertForSequenceClassification.from_pretrained(tmp_path)
+    m = BertForSequenceClassification.from_pretrained(tmp_path, new_head=True, num_labels=5)
+    assert m.params["classifier.weight"].shape == (5, 16)
+
+
+def test_legacy_gamma_beta_and_prefixes(tmp_path):
+    from safetensors.numpy import save_file
+    m = BertModel(BertConfig(**SMALL), seed=1)
+    state = {}
+    for k, v in m.state_dict().items():
+        k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        state["bert." + k] = v
+    state["bert.embeddings.position_ids"] = np.arange(20)[None]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    BertConfig(**SMALL).save(tmp_path / "config.json")
+    m2 = BertModel.from_pretrained(tmp_path)
+    assert np.array_equal(m.store.data, m2.store.data)
+
+
+def _write(tmp_path, state):
+    from safetensors.numpy import save_file
+    save_file(state, str(tmp_path / "model.safetensors"))
+    BertConfig(**SMALL).save(tmp_path / "config.json")
+
+
+def test_missing_unexpected_and_wrong_shape(tmp_path):
+    state = BertModel(BertConfig(**SMALL)).state_dict()
+    del state["encoder.layer.1.output.dense.bias"]
+    state["encoder.layer.9.foo"] = np.zeros(3, np.float32)
+    _write(tmp_path, state)
+    with pytest.raises(ValueError, match=r"missing keys \['encoder.layer.1.output.dense.bias'\].*"
+                                         r"unexpected keys \['encoder.layer.9.foo'\]"):
+        BertModel.from_pretrained(tmp_path)
+    state = BertModel(BertConfig(**SMALL)).state_dict()
+    state["pooler.dense.bias"] = np.zeros(7, np.float32)
+    _write(tmp_path, state)
+    with pytest.raises(ValueError, match=r"wrong shape.*pooler.dense.bias: \(7,\) \(expected \(16,\)\)"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_missing_or_corrupt_directory(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        from_pretrained(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no config.json"):
+        from_pretrained(tmp_path)
+    BertConfig(**SMALL).save(tmp_path / "config.json")
+    with pytest.raises(ValueError, match="neither model.safetensors"):
+        from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt"):
+        from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        from_pretrained(tmp_path)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A failing save leaves the previous checkpoint untouched and no temporary files."""
+    m = BertModel(BertConfig(**SMALL), seed=0)
+    m.save_pretrained(tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    import safetensors.numpy
+
+    def boom(state, path, metadata=None):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        BertModel(BertConfig(**SMALL), seed=1).save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+
+
+# ---------------------------------------------------------------- live, against transformers
+def _hf():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    return torch, transformers
+
+
+def _hf_config(transformers, **kw):
+    return transformers.BertConfig(**{**SMALL, **kw}, attn_implementation="eager")
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_bin"])
+def test_load_transformers_checkpoint(tmp_path, rng, safe):
+    torch, transformers = _hf()
+    torch.manual_seed(0)
+    hf = transformers.BertForPreTraining(_hf_config(transformers)).eval()
+    hf.save_pretrained(tmp_path, safe_serialization=safe)
+    m = BertForPreTraining.from_pretrained(tmp_path, dtype=np.float64)
+    ids, mask = _inputs(rng)
+    with torch.no_grad():
+        ref = hf.bert(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.double().numpy()
+    out, _ = m.forward(ids, attention_mask=mask, masked_lm_positions=np.array([[1], [2]]))
+    assert_close("last_hidden_state", out.last_hidden_state, ref, atol=1e-5)
+    enc = BertModel.from_pretrained(tmp_path, dtype=np.float64)
+    assert np.array_equal(enc.store.data, m.bert.store.data[:enc.store.size])
+
+
+def test_transformers_loads_ours_without_warnings(tmp_path, rng):
+    torch, transformers = _hf()
+    m = BertForPreTraining(BertConfig(**SMALL), seed=4)
+    m.store.data[...] += rng.standard_normal(m.store.size).astype(np.float32) * 0.1
+    m.save_pretrained(tmp_path)
+    hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    sd = hf.state_dict()
+    for name, value in m.state_dict().items():
+        assert np.array_equal(sd[name].numpy(), value), name
+    ids, mask = _inputs(rng)
+    out, _ = m.forward(ids, attention_mask=mask, masked_lm_positions=np.array([[0, 3], [1, 2]]))
+    with torch.no_grad():
+        ref = hf.eval()(torch.tensor(ids), attention_mask=torch.tensor(mask))
+    want = ref.prediction_logits.numpy()[np.arange(2)[:, None], np.array([[0, 3], [1, 2]])]
+    assert_close("mlm_logits", out.mlm_logits, want, atol=1e-5)
+    assert_close("nsp_logits", out.nsp_logits, ref.seq_relationship_logits.numpy(), atol=1e-5)
+
+
+def test_token_classification_from_pretraining_checkpoint(tmp_path):
+    """A fine-tuning start: the encoder comes from the checkpoint, its pooler and cls head
+    are skipped, the new classifier is initialized."""
+    BertForPreTraining(BertConfig(**SMALL), seed=2).save_pretrained(tmp_path)
+    m = BertForTokenClassification.from_pretrained(tmp_path, new_head=True)
+    saved = read_state_dict(str(tmp_path))
+    assert np.array_equal(m.params["bert.encoder.layer.0.output.dense.weight"],
+                          saved["bert.encoder.layer.0.output.dense.weight"])
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForPreTraining"] and cfg["model_type"] == "bert"
