@@ -1,0 +1,180 @@
+"""Multi-head scaled dot-product attention, the textbook "eager" version.
+
+Every head of every sequence attends on its own, so all shapes carry (B, A) in front:
+q, k, v (B, A, S, D) with the same S for queries and keys (self-attention), the padding
+mask ``attention_mask`` (B, S) with Hugging Face's convention 1 = attend, 0 = padding.
+This file is the readable reference of ``minibert.kernels.fused_attention_*``: the fused
+kernels compute the same function without materialising the (S, S) matrices.
+
+Forward, per (b, a), with ``c = scale`` (default 1/sqrt(D)) and ``p`` the dropout rate:
+
+    S  = c * Q K^T + M                     scores          (S_q, S_k)    M: additive mask
+    P  = h * softmax_rows(S)               probabilities   (S_q, S_k)    h: 1 if the sequence
+                                                                           has a key, else 0
+    Pd = P * keep / (1 - p)                attention dropout (training only)
+    C  = Pd V                              context         (S_q, D)
+
+    softmax_rows(S)[i, j] = exp(S[i, j] - m_i) / sum_l exp(S[i, l] - m_i),  m_i = max_l S[i, l]
+
+Subtracting the row max changes nothing mathematically and keeps every exponent <= 0, so
+exp never overflows. ``M`` is 0 at real keys and ``finfo(dtype).min / 2`` at padded keys
+(see ``additive_mask``): exp of it underflows to exactly 0, so a padded key gets exactly zero
+probability. A sequence with no real key at all would get a uniform softmax over padding;
+the factor ``h`` (B, 1, 1, 1) turns those rows into exact zeros, so their outputs are zeros
+and their gradients zeros, never NaN. ``keep`` is ``rng.keep_mask((B, A, S, S), p, seed,
+offset)``, element index in C order over (B, A, S_q, S_k), the bits the fused kernels
+regenerate.
+
+Backward. Given dC = dL/dC (S_q, D), undo each line in reverse:
+
+    C  = Pd V         ->  dV  = Pd^T dC                                  (S_k, D)
+                          dPd = dC V^T                                   (S_q, S_k)
+    Pd = P keep/(1-p) ->  dP  = dPd * keep / (1 - p)                     (S_q, S_k)
+    P  = h softmax(S) ->  dS  = P * (dP - rowsum(dP * P))                (S_q, S_k)
+    S  = c Q K^T + M  ->  dQ  = c dS K                                   (S_q, D)
+                          dK  = c dS^T Q                                 (S_k, D)
+
+The softmax step: for one row, y = softmax(s) has Jacobian dy_j/ds_i = y_j (delta_ij - y_i),
+so ds_i = sum_j dy_j y_j (delta_ij - y_i) = y_i (dy_i - sum_j dy_j y_j). With the factor h
+the Jacobian is h times that, which the same formula gives when evaluated at P = h y (for
+h in {0, 1}, h^2 = h). M is a constant: no gradient flows to the mask.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..rng import keep_mask
+
+
+def additive_mask(attention_mask, dtype):
+    """Turn a (B, S) 0/1 padding mask into an additive (B, 1, 1, S) mask of ``dtype``.
+
+    0 where ``attention_mask == 1`` (attend), ``finfo(dtype).min / 2`` where it is 0.
+
+    Why that value: it must be so negative that ``exp(score + mask - row_max)`` underflows to
+    exactly 0 in ``dtype`` whatever the scores (the fixed -1e4 of the original BERT code only
+    works while real scores stay far below 1e4 apart), yet finite, so that no ``-inf`` appears
+    and ``-inf - (-inf) = NaN`` cannot happen in a row whose keys are all padding. Half of
+    ``finfo.min`` leaves room: adding any score of magnitude below ``finfo.max / 2`` cannot
+    overflow to ``-inf``.
+    """
+    xp = get_array_module(attention_mask)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype={dtype} is not a floating dtype, expected e.g. float32 or float64")
+    attention_mask = xp.asarray(attention_mask)
+    if attention_mask.ndim != 2:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                         "expected (B, S) with 1 = attend and 0 = padding")
+    is_one = attention_mask == 1
+    if not bool(xp.all(is_one | (attention_mask == 0))):
+        bad = attention_mask[~(is_one | (attention_mask == 0))].reshape(-1)[0]
+        raise ValueError(f"attention_mask contains the value {bad.item()!r}, expected only 0 "
+                         "(padding) and 1 (attend); pass the 0/1 mask, not an additive one")
+    big_negative = np.finfo(dtype).min / 2
+    mask = xp.where(is_one, dtype.type(0), dtype.type(big_negative)).astype(dtype, copy=False)  # (B, S)
+    return mask[:, None, None, :]                                                    # (B, 1, 1, S)
+
+
+def _validate(q, k, v, attention_mask, scale, dropout_p):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not hasattr(x, "ndim") or x.ndim != 4:
+            raise ValueError(f"{name} has shape {tuple(getattr(x, 'shape', ()))}, "
+                             "expected rank 4 (B, A, S, D)")
+        if np.dtype(x.dtype).kind != "f":
+            raise TypeError(f"{name} has dtype {x.dtype}, expected a floating dtype "
+                            "(float32 or float64)")
+    for name, x in (("k", k), ("v", v)):
+        if tuple(x.shape) != tuple(q.shape):
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected the shape of q "
+                             f"{tuple(q.shape)} (B, A, S, D)")
+        if x.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of q ({q.dtype})")
+    B, _, S, _ = q.shape
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                         f"(B, S) = {(B, S)} with 1 = attend and 0 = padding")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"scale={scale!r} has type {type(scale).__name__}, expected a real number "
+                        "or None (1/sqrt(D))")
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} is not finite, expected a finite number or None")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p={dropout_p!r} has type {type(dropout_p).__name__}, "
+                        "expected a float in [0, 1)")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p!r} is out of range, expected 0 <= dropout_p < 1")
+
+
+def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, offset=0,
+            training=False):
+    """Attention core ``softmax(q k^T * scale + mask) @ v`` with attention dropout.
+
+    Args:
+        q, k, v: (B, A, S, D) queries, keys, values, one dtype.
+        attention_mask: (B, S) of 0/1 (1 = attend, 0 = padding), or None (all ones).
+        scale: multiplies the scores; None means 1/sqrt(D).
+        dropout_p: probability of dropping an attention probability (training only).
+        seed, offset: the Philox stream of the dropout mask (see ``minibert.rng``).
+        training: dropout is applied only when True and ``dropout_p > 0``.
+
+    Returns:
+        ``(context, cache)``: context (B, A, S, D); cache a dict whose ``"probs"`` holds the
+        post-softmax, pre-dropout probabilities (B, A, S, S) (Hugging Face's attentions).
+    """
+    xp = get_array_module(q)
+    _validate(q, k, v, attention_mask, scale, dropout_p)
+    B, A, S, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+
+    scores = (q @ k.swapaxes(-1, -2)) * scale                       # (B, A, S, S)
+    has_key = None
+    if attention_mask is not None:
+        attention_mask = xp.asarray(attention_mask)
+        scores = scores + additive_mask(attention_mask, q.dtype)     # (B, A, S, S)
+        # 1 for a sequence with at least one real key, 0 for an all-padding one
+        has_key = xp.any(attention_mask == 1, axis=1).astype(q.dtype).reshape(B, 1, 1, 1)
+
+    row_max = xp.max(scores, axis=-1, keepdims=True)                 # (B, A, S, 1)
+    e = xp.exp(scores - row_max)                                      # (B, A, S, S), each <= 1
+    probs = e / xp.sum(e, axis=-1, keepdims=True)                     # (B, A, S, S)
+    if has_key is not None:
+        probs = probs * has_key                                       # all-padding rows -> 0
+
+    keep = None
+    dropped = probs
+    if training and dropout_p > 0:
+        keep = keep_mask((B, A, S, S), dropout_p, seed, offset, xp)  # (B, A, S, S) bool
+        dropped = probs * keep / (1.0 - dropout_p)                    # (B, A, S, S)
+
+    context = dropped @ v                                             # (B, A, S, D)
+    cache = {"q": q, "k": k, "v": v, "probs": probs, "keep": keep,
+             "scale": scale, "dropout_p": float(dropout_p)}
+    return context, cache
+
+
+def backward(dcontext, cache):
+    """Returns ``(dq, dk, dv)``, each (B, A, S, D); see the module docstring."""
+    q, k, v = cache["q"], cache["k"], cache["v"]
+    probs, keep, scale, p = cache["probs"], cache["keep"], cache["scale"], cache["dropout_p"]
+    xp = get_array_module(dcontext)
+
+    # rebuild Pd rather than storing it: one (S, S) buffer less per layer in the cache
+    dropped = probs if keep is None else probs * keep / (1.0 - p)   # (B, A, S, S)
+    # context = dropped @ v
+    dv = dropped.swapaxes(-1, -2) @ dcontext                         # (B, A, S, D)
+    ddropped = dcontext @ v.swapaxes(-1, -2)                         # (B, A, S, S)
+    # dropped = probs * keep / (1.0 - dropout_p)
+    dprobs = ddropped if keep is None else ddropped * keep / (1.0 - p)
+    # probs = has_key * exp(scores - row_max) / sum(...): the softmax Jacobian-vector product
+    # (has_key and row_max are already in probs; the mask is a constant)
+    row_dot = xp.sum(dprobs * probs, axis=-1, keepdims=True)         # (B, A, S, 1)
+    dscores = probs * (dprobs - row_dot)                             # (B, A, S, S)
+    # scores = (q @ k.swapaxes(-1, -2)) * scale
+    dq = (dscores @ k) * scale                                       # (B, A, S, D)
+    dk = (dscores.swapaxes(-1, -2) @ q) * scale                      # (B, A, S, D)
+    return dq, dk, dv

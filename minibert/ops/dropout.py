@@ -1,0 +1,59 @@
+"""Inverted dropout (Srivastava et al., 2014) with a counter-based keep-mask.
+
+Shapes: x and y of any shape, elementwise. With ``p`` the probability of dropping an
+element and ``keep`` a boolean mask of x's shape, True with probability 1 - p:
+
+    y = x * keep / (1 - p)          (training and p > 0)
+    y = x                           (evaluation, or p == 0)
+
+Scaling the kept elements by 1/(1 - p) keeps E[y] = x, so evaluation needs no rescaling.
+
+The mask is ``rng.keep_mask(x.shape, p, seed, offset)``: Philox4x32-10 of (seed, offset,
+element index in C order over x.shape). The same (seed, offset) gives the same bits in the
+NumPy op, the Numba kernel and the CUDA kernel, so a fused kernel can regenerate the mask
+instead of storing it.
+
+Backward. For a fixed mask y is linear in x, so with ``dy = dL/dy``:
+
+    dx = dy * keep / (1 - p)        (identity, dx = dy, when no mask was drawn)
+"""
+from __future__ import annotations
+
+import numbers
+
+from ..backend import get_array_module
+from ..rng import keep_mask
+
+
+def _validate_p(p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"dropout_p={p!r} has type {type(p).__name__}, expected a float in [0, 1)")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_p={p!r} is out of range, expected 0 <= dropout_p < 1")
+
+
+def forward(x, p, seed, offset=0, training=True):
+    """Inverted dropout of ``x`` with drop probability ``p``; returns ``(y, cache)``.
+
+    Args:
+        x: any array.
+        p: drop probability in [0, 1).
+        seed, offset: the Philox stream of the mask (see ``minibert.rng``).
+        training: the mask is applied only when True and ``p > 0``; otherwise ``y = x``.
+    """
+    _validate_p(p)
+    if not training or p == 0:
+        return x, (None, 0.0)                        # identity: no mask is drawn
+    xp = get_array_module(x)
+    p = float(p)          # a NumPy float64 scalar would promote float32 x to float64
+    keep = keep_mask(x.shape, p, seed, offset, xp)   # bool, shape of x
+    y = x * keep / (1.0 - p)
+    return y, (keep, p)
+
+
+def backward(dy, cache):
+    """Returns ``dx``."""
+    keep, p = cache
+    if keep is None:
+        return dy.copy()                             # undoes y = x (a fresh array, as every op)
+    return dy * keep / (1.0 - p)                     # undoes y = x * keep / (1 - p)

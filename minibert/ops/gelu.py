@@ -1,0 +1,120 @@
+"""GELU, the Gaussian Error Linear Unit (Hendrycks and Gimpel, 2016), exact and tanh forms.
+
+Shapes: x and y of any shape, elementwise.
+
+Exact form (``approximate="none"``, BERT's ``hidden_act="gelu"``), with Phi the standard
+normal CDF and phi its density:
+
+    y     = x Phi(x),     Phi(x) = (1/2) (1 + erf(x / sqrt(2))),   phi(x) = exp(-x^2/2) / sqrt(2 pi)
+    dy/dx = Phi(x) + x phi(x)
+
+Tanh form (``approximate="tanh"``, Hugging Face's ``"gelu_new"`` and ``"gelu_pytorch_tanh"``),
+with beta = sqrt(2/pi) and kappa = 0.044715:
+
+    u     = beta (x + kappa x^3),   t = tanh(u)
+    y     = (1/2) x (1 + t)
+    dy/dx = (1/2) (1 + t) + (1/2) x (1 - t^2) beta (1 + 3 kappa x^2)
+
+Backward: ``dx = dy * dy/dx`` elementwise, from the ``Phi`` (or ``t``) kept in the cache.
+
+Where erf comes from. NumPy has no erf. On the CPU minibert compiles ``math.erf`` (the C
+library's erf, correctly rounded to within an ulp or so in float64, and ``erff`` in
+float32) into a NumPy ufunc with Numba's ``@vectorize``: it is exact to the precision that
+the float64 gradient check and the comparison with ``torch.erf`` need, it runs at C speed,
+and it avoids a SciPy dependency for one function. Numba is imported the first time
+exact GELU runs on NumPy arrays, so ``import minibert`` stays light. On the GPU
+``cupyx.scipy.special.erf`` (CUDA's ``erf``/``erff``) is used.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+
+#: Hugging Face ``hidden_act`` names -> the ``approximate`` argument of this op.
+APPROXIMATE_FOR_ACT = {
+    "gelu": "none",
+    "gelu_new": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+}
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_BETA = math.sqrt(2.0 / math.pi)
+_KAPPA = 0.044715
+
+_numba_erf = None     # the compiled ufunc, built on first use
+
+
+def _erf_scalar(v):
+    return math.erf(v)
+
+
+def _build_numba_erf():
+    """Compile ``math.erf`` into a float64/float32 ufunc, cached on disk when possible."""
+    from numba import vectorize   # lazy: Numba takes ~0.5 s to import
+    # float32 first: NumPy takes the first loop the input casts to safely, and float32 casts
+    # safely to float64, so the other order would silently compute float32 input in float64
+    signatures = ["float32(float32)", "float64(float64)"]
+    try:
+        return vectorize(signatures, cache=True)(_erf_scalar)
+    except RuntimeError:
+        # Numba found no writable cache directory (a read-only install without
+        # NUMBA_CACHE_DIR): compile in memory on every process start instead.
+        return vectorize(signatures)(_erf_scalar)
+
+
+def erf(x):
+    """Elementwise error function of a NumPy (Numba ufunc) or CuPy (cupyx) array."""
+    global _numba_erf
+    xp = get_array_module(x)
+    if xp is not np:
+        from cupyx.scipy.special import erf as cupy_erf
+        return cupy_erf(x)
+    if _numba_erf is None:
+        _numba_erf = _build_numba_erf()
+    return _numba_erf(x)
+
+
+def approximate_for_act(hidden_act: str) -> str:
+    """The ``approximate`` argument for a Hugging Face ``hidden_act`` name."""
+    if hidden_act not in APPROXIMATE_FOR_ACT:
+        raise ValueError(f"hidden_act={hidden_act!r} is not a GELU known to minibert, expected one "
+                         f"of {sorted(APPROXIMATE_FOR_ACT)}")
+    return APPROXIMATE_FOR_ACT[hidden_act]
+
+
+def forward(x, approximate="none"):
+    """``y = GELU(x)``, exact (``"none"``) or tanh-approximated (``"tanh"``); returns
+    ``(y, cache)``."""
+    if approximate == "none":
+        cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))           # Phi(x)
+        y = x * cdf
+        return y, (x, cdf, approximate)
+    if approximate == "tanh":
+        xp = get_array_module(x)
+        t = xp.tanh(_BETA * (x + _KAPPA * (x * x * x)))    # tanh(u)
+        y = 0.5 * x * (1.0 + t)
+        return y, (x, t, approximate)
+    raise ValueError(f"approximate={approximate!r} is not known, expected 'none' or 'tanh'")
+
+
+def forward_act(x, hidden_act="gelu"):
+    """GELU selected by a Hugging Face ``hidden_act`` name; returns ``(y, cache)``."""
+    return forward(x, approximate_for_act(hidden_act))
+
+
+def backward(dy, cache):
+    """Returns ``dx``."""
+    x, s, approximate = cache
+    xp = get_array_module(dy)
+    if approximate == "none":
+        cdf = s
+        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * (x * x))       # phi(x)
+        return dy * (cdf + x * pdf)                        # undoes y = x * Phi(x)
+    t = s
+    # undoes t = tanh(beta (x + kappa x^3)), then y = 0.5 x (1 + t)
+    du_dx = _BETA * (1.0 + 3.0 * _KAPPA * (x * x))
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
