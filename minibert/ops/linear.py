@@ -20,19 +20,20 @@ def forward(x, weight, bias=None):
     if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has shape {tuple(x.shape)} and weight {tuple(weight.shape)}: "
                          "expected x (..., in) and weight (out, in)")
-    y = x @ weight.T                                  # (..., O)
+    x2 = x.reshape(-1, x.shape[-1])                   # (N, I): one GEMM, not one per batch row
+    y = x2 @ weight.T                                 # (N, O)
     if bias is not None:
-        y = y + bias
-    return y, (x, weight, bias is not None)
+        y += bias
+    return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight, bias is not None)
 
 
 def backward(dy, cache):
     """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias."""
     x, weight, has_bias = cache
     xp = get_array_module(dy)
-    dx = dy @ weight                                  # (..., I)   undoes y = x @ W.T
     x2 = x.reshape(-1, x.shape[-1])                   # (N, I)
     dy2 = dy.reshape(-1, dy.shape[-1])                # (N, O)
+    dx = (dy2 @ weight).reshape(x.shape)              # (..., I)   undoes y = x @ W.T
     dw = dy2.T @ x2                                   # (O, I)
     db = xp.sum(dy2, axis=0) if has_bias else None    # (O,)       undoes + bias
     return dx, dw, db
