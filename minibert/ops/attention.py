@@ -71,12 +71,14 @@ def additive_mask(attention_mask, dtype):
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                          "expected (B, S) with 1 = attend and 0 = padding")
     is_one = attention_mask == 1
-    if not bool(xp.all(is_one | (attention_mask == 0))):
-        bad = attention_mask[~(is_one | (attention_mask == 0))].reshape(-1)[0]
+    valid = is_one | (attention_mask == 0)
+    if not bool(xp.all(valid)):
+        bad = attention_mask[~valid].reshape(-1)[0]
         raise ValueError(f"attention_mask contains the value {bad.item()!r}, expected only 0 "
                          "(padding) and 1 (attend); pass the 0/1 mask, not an additive one")
     big_negative = np.finfo(dtype).min / 2
-    mask = xp.where(is_one, dtype.type(0), dtype.type(big_negative)).astype(dtype, copy=False)  # (B, S)
+    mask = xp.where(is_one, dtype.type(0), dtype.type(big_negative))                 # (B, S)
+    mask = mask.astype(dtype, copy=False)
     return mask[:, None, None, :]                                                    # (B, 1, 1, S)
 
 
@@ -127,19 +129,20 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
         post-softmax, pre-dropout probabilities (B, A, S, S) (Hugging Face's attentions).
     """
     xp = get_array_module(q)
+    if attention_mask is not None:
+        attention_mask = xp.asarray(attention_mask)                   # (B, S), on q's device
     _validate(q, k, v, attention_mask, scale, dropout_p)
     B, A, S, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
 
-    scores = (q @ k.swapaxes(-1, -2)) * scale                       # (B, A, S, S)
+    scores = (q @ k.swapaxes(-1, -2)) * scale                         # (B, A, S, S)
     has_key = None
     if attention_mask is not None:
-        attention_mask = xp.asarray(attention_mask)
-        scores = scores + additive_mask(attention_mask, q.dtype)     # (B, A, S, S)
+        scores = scores + additive_mask(attention_mask, q.dtype)      # (B, A, S, S)
         # 1 for a sequence with at least one real key, 0 for an all-padding one
         has_key = xp.any(attention_mask == 1, axis=1).astype(q.dtype).reshape(B, 1, 1, 1)
 
-    row_max = xp.max(scores, axis=-1, keepdims=True)                 # (B, A, S, 1)
+    row_max = xp.max(scores, axis=-1, keepdims=True)                  # (B, A, S, 1)
     e = xp.exp(scores - row_max)                                      # (B, A, S, S), each <= 1
     probs = e / xp.sum(e, axis=-1, keepdims=True)                     # (B, A, S, S)
     if has_key is not None:
@@ -148,7 +151,7 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     keep = None
     dropped = probs
     if training and dropout_p > 0:
-        keep = keep_mask((B, A, S, S), dropout_p, seed, offset, xp)  # (B, A, S, S) bool
+        keep = keep_mask((B, A, S, S), dropout_p, seed, offset, xp)   # (B, A, S, S) bool
         dropped = probs * keep / (1.0 - dropout_p)                    # (B, A, S, S)
 
     context = dropped @ v                                             # (B, A, S, D)
@@ -164,17 +167,17 @@ def backward(dcontext, cache):
     xp = get_array_module(dcontext)
 
     # rebuild Pd rather than storing it: one (S, S) buffer less per layer in the cache
-    dropped = probs if keep is None else probs * keep / (1.0 - p)   # (B, A, S, S)
+    dropped = probs if keep is None else probs * keep / (1.0 - p)     # (B, A, S, S)
     # context = dropped @ v
-    dv = dropped.swapaxes(-1, -2) @ dcontext                         # (B, A, S, D)
-    ddropped = dcontext @ v.swapaxes(-1, -2)                         # (B, A, S, S)
+    dv = dropped.swapaxes(-1, -2) @ dcontext                          # (B, A, S, D)
+    ddropped = dcontext @ v.swapaxes(-1, -2)                          # (B, A, S, S)
     # dropped = probs * keep / (1.0 - dropout_p)
     dprobs = ddropped if keep is None else ddropped * keep / (1.0 - p)
     # probs = has_key * exp(scores - row_max) / sum(...): the softmax Jacobian-vector product
     # (has_key and row_max are already in probs; the mask is a constant)
-    row_dot = xp.sum(dprobs * probs, axis=-1, keepdims=True)         # (B, A, S, 1)
-    dscores = probs * (dprobs - row_dot)                             # (B, A, S, S)
+    row_dot = xp.sum(dprobs * probs, axis=-1, keepdims=True)          # (B, A, S, 1)
+    dscores = probs * (dprobs - row_dot)                              # (B, A, S, S)
     # scores = (q @ k.swapaxes(-1, -2)) * scale
-    dq = (dscores @ k) * scale                                       # (B, A, S, D)
-    dk = (dscores.swapaxes(-1, -2) @ q) * scale                      # (B, A, S, D)
+    dq = (dscores @ k) * scale                                        # (B, A, S, D)
+    dk = (dscores.swapaxes(-1, -2) @ q) * scale                       # (B, A, S, D)
     return dq, dk, dv

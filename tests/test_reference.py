@@ -1,0 +1,369 @@
+"""minibert against PyTorch / Hugging Face transformers, tensor by tensor.
+
+Two kinds of comparison:
+
+* the stored debug state tests/reference/bert_debug_state.npz (written by
+  tests/reference/generate.py with torch + transformers in float64): every forward tensor and
+  every parameter gradient of one BertForPreTraining step on a padded batch. These tests need
+  neither torch nor transformers;
+* live comparisons against transformers on random small configs (hypothesis) and on the
+  tiny / mini presets; they skip where torch or transformers is not installed.
+
+Every failure names the tensor and its max difference (tests/helpers.py assert_close).
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minibert import BertConfig, BertForPreTraining, BertModel
+from tests.helpers import assert_close, max_abs_diff, to_np
+
+REF_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference", "bert_debug_state.npz")
+with np.load(REF_PATH) as _z:
+    REF = {k: _z[k] for k in _z.files}
+PARAM_NAMES = sorted(k[len("param."):] for k in REF if k.startswith("param."))
+L_REF = len([k for k in REF if k.startswith("hidden_states.")]) - 1
+INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
+              "masked_lm_ids", "masked_lm_weights", "next_sentence_labels")
+
+# float64 minibert vs the float64 reference. Both are float64 implementations of the same
+# math; they differ only in the order of additions (BLAS blocking, where a sum is reduced,
+# erf and tanh implementations), each a rounding of ~1e-16 relative. Two layers, LayerNorms
+# dividing by standard deviations of order 1 and the backward's products of Jacobians
+# amplify that by a few orders of magnitude at most on O(1) tensors; 1e-10 leaves room for
+# that and is still 8 orders of magnitude below any real mistake (a wrong sign, a missing
+# term, a transposed weight all show as differences of order 1e-2 or more here).
+TOL64 = dict(atol=1e-10, rtol=1e-10)
+# float32 minibert vs the float64 reference: float32 rounds at 6e-8 relative; through two
+# layers the hidden states stay within 1e-5 and the gradients within 1e-4 of their scale.
+ATOL32_HIDDEN = 1e-5
+RTOL32_GRAD = 1e-4
+# key biases: their gradient is exactly zero in exact arithmetic (softmax is invariant to a
+# per-row shift, and q . b_k shifts the whole row of scores), so only their absolute size
+# can be checked, against the scale of the key weights' gradient.
+ZERO_GRAD_SUFFIX = "attention.self.key.bias"
+
+
+# ---------------------------------------------------------------------------- helpers
+def ref_config():
+    return BertConfig.from_dict(json.loads(str(REF["config_json"])))
+
+
+def ref_inputs(dtype=np.float64):
+    inputs = {k: REF[k] for k in INPUT_KEYS}
+    inputs["masked_lm_weights"] = inputs["masked_lm_weights"].astype(dtype)
+    return inputs
+
+
+def ref_model(dtype):
+    model = BertForPreTraining(ref_config(), dtype=dtype, seed=0)
+    model.load_state_dict({n: REF["param." + n].astype(dtype) for n in PARAM_NAMES}, strict=True)
+    return model
+
+
+def run_pretraining(model, inputs):
+    outputs, cache = model.forward(**inputs, training=False)
+    grads = model.backward(cache)
+    return outputs, grads
+
+
+def real_query_rows(attn, mask):
+    """(B, A, S, S) attention probabilities -> (N, A, S): the rows whose query is a real token."""
+    return to_np(attn).transpose(0, 2, 1, 3)[to_np(mask).astype(bool)]
+
+
+def rel_err(actual, expected):
+    """max|a - e| / max|e| over one tensor."""
+    return max_abs_diff(actual, expected) / float(np.max(np.abs(to_np(expected))))
+
+
+@pytest.fixture(scope="module")
+def f64():
+    """float64 minibert on the reference weights and batch: (model, outputs, grads)."""
+    model = ref_model(np.float64)
+    outputs, grads = run_pretraining(model, ref_inputs(np.float64))
+    return model, outputs, grads
+
+
+@pytest.fixture(scope="module")
+def f32():
+    model = ref_model(np.float32)
+    outputs, grads = run_pretraining(model, ref_inputs(np.float32))
+    return model, outputs, grads
+
+
+def forward_tensor(outputs, key):
+    """The minibert output that corresponds to a key of the .npz."""
+    if key == "embedding_output":
+        return outputs.hidden_states[0]
+    if key.startswith("hidden_states."):
+        return outputs.hidden_states[int(key.split(".")[1])]
+    if key.startswith("attentions."):
+        return outputs.attentions[int(key.split(".")[1])]
+    return getattr(outputs, key)
+
+
+FORWARD_KEYS = (["embedding_output"] + [f"hidden_states.{i}" for i in range(L_REF + 1)]
+                + [f"attentions.{i}" for i in range(L_REF)]
+                + ["last_hidden_state", "pooler_output", "mlm_logits", "nsp_logits",
+                   "loss", "mlm_loss", "nsp_loss"])
+
+
+# ---------------------------------------------------------------------------- stored reference
+def test_reference_file_is_complete():
+    assert set(FORWARD_KEYS) <= set(REF)
+    assert {k[len("grad."):] for k in REF if k.startswith("grad.")} == set(PARAM_NAMES)
+    assert os.path.getsize(REF_PATH) < 1 << 20
+
+
+def test_float64_parameters_load_exactly(f64):
+    model, _, _ = f64
+    assert set(model.params) == set(PARAM_NAMES), set(model.params) ^ set(PARAM_NAMES)
+    for n in PARAM_NAMES:
+        assert_close(f"param {n}", model.params[n], REF["param." + n])
+
+
+def test_float64_output_structure(f64):
+    _, outputs, _ = f64
+    assert len(outputs.hidden_states) == L_REF + 1
+    assert len(outputs.attentions) == L_REF
+
+
+@pytest.mark.parametrize("key", FORWARD_KEYS)
+def test_float64_forward_matches_reference(f64, key):
+    _, outputs, _ = f64
+    actual, expected = forward_tensor(outputs, key), REF[key]
+    if key.startswith("attentions."):
+        # a padded query row is not part of the contract (it is never read): compare real rows
+        mask = REF["attention_mask"]
+        actual, expected = real_query_rows(actual, mask), real_query_rows(expected, mask)
+    assert_close(key, actual, expected, **TOL64)
+
+
+@pytest.mark.parametrize("name", PARAM_NAMES)
+def test_float64_gradient_matches_reference(f64, name):
+    _, _, grads = f64
+    assert set(grads) == set(PARAM_NAMES), set(grads) ^ set(PARAM_NAMES)
+    assert_close(f"grad {name}", grads[name], REF["grad." + name], **TOL64)
+
+
+def test_float32_last_hidden_state_close_to_float64_reference(f32):
+    _, outputs, _ = f32
+    assert to_np(outputs.last_hidden_state).dtype == np.float32
+    assert_close("float32 last_hidden_state", outputs.last_hidden_state, REF["last_hidden_state"],
+                 atol=ATOL32_HIDDEN)
+
+
+@pytest.mark.parametrize("name", PARAM_NAMES)
+def test_float32_gradient_close_to_float64_reference(f32, name):
+    _, _, grads = f32
+    g32, g64 = grads[name], REF["grad." + name]
+    assert to_np(g32).dtype == np.float32, f"grad {name}: dtype {to_np(g32).dtype}"
+    if name.endswith(ZERO_GRAD_SUFFIX):
+        scale = float(np.max(np.abs(REF["grad." + name[:-len("bias")] + "weight"])))
+        err = max_abs_diff(g32, g64) / scale
+    else:
+        err = rel_err(g32, g64)
+    assert err <= RTOL32_GRAD, f"float32 grad {name}: relative error {err:.3e} > {RTOL32_GRAD:.0e}"
+
+
+@pytest.mark.parametrize("pad_ids", ["zeros", "junk"])
+def test_appending_padding_changes_nothing_at_real_tokens(f64, pad_ids):
+    """Five more padded positions (ids 0, or random junk ids and segment types: the mask alone
+    must hide them) leave every output at real tokens, the losses and every gradient unchanged
+    up to rounding (1e-12: the same float64 sums, a few longer by exact zeros)."""
+    _, out0, g0 = f64
+    extra, rng = 5, np.random.default_rng(7)
+    inputs = ref_inputs(np.float64)
+    B, S = inputs["input_ids"].shape
+    pad = (lambda: rng.integers(1, 99, (B, extra))) if pad_ids == "junk" else (lambda: np.zeros((B, extra), np.int64))
+    inputs["input_ids"] = np.concatenate([inputs["input_ids"], pad()], axis=1)
+    inputs["token_type_ids"] = np.concatenate(
+        [inputs["token_type_ids"], pad() % 2 if pad_ids == "junk" else pad()], axis=1)
+    inputs["attention_mask"] = np.concatenate([inputs["attention_mask"], np.zeros((B, extra), np.int64)], axis=1)
+    out1, g1 = run_pretraining(ref_model(np.float64), inputs)
+
+    real = REF["attention_mask"].astype(bool)
+    tol = dict(atol=1e-12, rtol=1e-12)
+    for i in range(L_REF + 1):
+        assert_close(f"hidden_states.{i}[real]", to_np(out1.hidden_states[i])[:, :S][real],
+                     to_np(out0.hidden_states[i])[real], **tol)
+    for i in range(L_REF):
+        a1 = to_np(out1.attentions[i])
+        appended = real_query_rows(a1[:, :, :S, S:], real)          # padded keys get no weight
+        assert_close(f"attentions.{i}[real rows, appended keys]", appended, np.zeros_like(appended), **tol)
+        assert_close(f"attentions.{i}[real rows]", real_query_rows(a1[:, :, :S, :S], real),
+                     real_query_rows(out0.attentions[i], real), **tol)
+    for key in ("pooler_output", "mlm_logits", "nsp_logits", "loss", "mlm_loss", "nsp_loss"):
+        assert_close(key, getattr(out1, key), getattr(out0, key), **tol)
+    for n in PARAM_NAMES:
+        scale = float(np.max(np.abs(to_np(g0[n]))))
+        assert_close(f"grad {n}", g1[n], g0[n], atol=1e-12 * max(scale, 1.0))
+
+
+# ---------------------------------------------------------------------------- live vs torch
+TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+
+@pytest.fixture(scope="module")
+def torch_mods():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)                 # CI has 2 cores
+    yield torch, transformers
+    torch.set_num_threads(threads)
+
+
+def hf_config(transformers, config: BertConfig):
+    """The Hugging Face BertConfig for a minibert config, with eager attention (needed for
+    output_attentions, and the textbook math minibert implements)."""
+    d = {k: v for k, v in config.to_dict().items()
+         if k not in ("model_type", "attn_implementation", "num_labels", "classifier_dropout")}
+    return transformers.BertConfig(**d, attn_implementation="eager")
+
+
+def perturb_(torch, model, gen, weight_std=0.2):
+    """LayerNorm gains 1 + 0.1 N, biases 0.1 N, other tensors weight_std N (as generate.py)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            z = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+            if "LayerNorm" in name and name.endswith(".weight"):
+                p.copy_(1.0 + 0.1 * z)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * z)
+            elif weight_std is not None:
+                p.copy_(weight_std * z)
+
+
+def hf_state(model, dtype):
+    return {n: t.detach().numpy().astype(dtype) for n, t in model.state_dict().items() if n not in TIED}
+
+
+def hf_grads(model, dtype):
+    return {n: p.grad.detach().numpy().astype(dtype) for n, p in model.named_parameters()}
+
+
+@st.composite
+def small_cases(draw):
+    """A random small config and a padded batch (every row has at least one real token)."""
+    A = draw(st.sampled_from([1, 2, 4]))
+    cfg = dict(vocab_size=23, hidden_size=A * draw(st.sampled_from([4, 8])), num_attention_heads=A,
+               num_hidden_layers=draw(st.integers(1, 2)), intermediate_size=draw(st.integers(5, 40)),
+               hidden_act=draw(st.sampled_from(["gelu", "gelu_new", "gelu_pytorch_tanh"])),
+               max_position_embeddings=16, type_vocab_size=2)
+    B, S = draw(st.integers(1, 3)), draw(st.integers(1, 9))
+    right_padding = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    if right_padding:                        # real tokens first, padding id 0 after them
+        lengths = rng.integers(1, S + 1, B)
+        mask = (np.arange(S)[None, :] < lengths[:, None]).astype(np.int64)
+        ids = np.where(mask == 1, rng.integers(1, cfg["vocab_size"], (B, S)), 0)
+    else:                                    # any mask; ids never 0, so that Hugging Face's
+        mask = (rng.random((B, S)) < 0.6).astype(np.int64)     # padding_idx=0 never matters
+        mask[np.arange(B), rng.integers(0, S, B)] = 1
+        ids = rng.integers(1, cfg["vocab_size"], (B, S))
+    types = rng.integers(0, 2, (B, S)) * mask
+    return cfg, ids.astype(np.int64), types.astype(np.int64), mask, seed
+
+
+@settings(max_examples=10)
+@given(case=small_cases())
+def test_bert_model_matches_transformers(torch_mods, case):
+    torch, transformers = torch_mods
+    cfg, ids, types, mask, seed = case
+    config = BertConfig(**cfg)
+    torch.manual_seed(seed)
+    hf = transformers.BertModel(hf_config(transformers, config)).double().eval()
+    perturb_(torch, hf, torch.Generator().manual_seed(seed))
+    model = BertModel(config, dtype=np.float64, seed=0)
+    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+
+    t = torch.from_numpy
+    out = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types))
+    rng = np.random.default_rng(seed + 1)
+    d_last = rng.standard_normal(out.last_hidden_state.shape) * mask[:, :, None]  # real tokens only
+    d_pool = rng.standard_normal(out.pooler_output.shape)
+    ((out.last_hidden_state * t(d_last)).sum() + (out.pooler_output * t(d_pool)).sum()).backward()
+
+    outputs, cache = model.forward(ids, attention_mask=mask, token_type_ids=types, training=False)
+    assert_close("last_hidden_state", outputs.last_hidden_state, out.last_hidden_state.detach().numpy(), **TOL64)
+    assert_close("pooler_output", outputs.pooler_output, out.pooler_output.detach().numpy(), **TOL64)
+    grads = model.backward(cache, d_last, d_pool)
+    expected = hf_grads(hf, np.float64)
+    assert set(grads) == set(expected), set(grads) ^ set(expected)
+    for n in expected:
+        assert_close(f"grad {n}", grads[n], expected[n], **TOL64)
+
+
+@settings(max_examples=10)
+@given(case=small_cases(), P=st.integers(1, 3))
+def test_bert_for_pretraining_matches_transformers(torch_mods, case, P):
+    torch, transformers = torch_mods
+    cfg, ids, types, mask, seed = case
+    config = BertConfig(**cfg)
+    B, S = ids.shape
+    V = cfg["vocab_size"]
+    rng = np.random.default_rng(seed + 2)
+    positions, lm_ids, weights = np.zeros((B, P), np.int64), np.zeros((B, P), np.int64), np.zeros((B, P))
+    labels = np.full((B, S), -100, np.int64)
+    for b in range(B):                        # distinct real positions; the rest padded slots
+        real = np.flatnonzero(mask[b])
+        k = min(P, len(real))
+        positions[b, :k] = rng.choice(real, k, replace=False)
+        lm_ids[b, :k] = rng.integers(0, V, k)
+        weights[b, :k] = 1.0
+        labels[b, positions[b, :k]] = lm_ids[b, :k]
+    nsp = rng.integers(0, 2, B).astype(np.int64)
+
+    torch.manual_seed(seed)
+    hf = transformers.BertForPreTraining(hf_config(transformers, config)).double().eval()
+    perturb_(torch, hf, torch.Generator().manual_seed(seed))
+    model = BertForPreTraining(config, dtype=np.float64, seed=0)
+    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+
+    t = torch.from_numpy
+    out = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types), labels=t(labels),
+             next_sentence_label=t(nsp))
+    out.loss.backward()
+    outputs, cache = model.forward(input_ids=ids, token_type_ids=types, attention_mask=mask,
+                                   masked_lm_positions=positions, masked_lm_ids=lm_ids,
+                                   masked_lm_weights=weights, next_sentence_labels=nsp, training=False)
+    gathered = out.prediction_logits.detach().numpy()[np.arange(B)[:, None], positions]   # (B, P, V)
+    assert_close("loss", outputs.loss, out.loss.item(), **TOL64)
+    assert_close("mlm_logits", outputs.mlm_logits, gathered, **TOL64)
+    assert_close("nsp_logits", outputs.nsp_logits, out.seq_relationship_logits.detach().numpy(), **TOL64)
+    grads = model.backward(cache)
+    expected = hf_grads(hf, np.float64)
+    assert set(grads) == set(expected), set(grads) ^ set(expected)
+    for n in expected:
+        assert_close(f"grad {n}", grads[n], expected[n], **TOL64)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mini"])
+def test_preset_float32_matches_transformers(torch_mods, preset):
+    """The real miniature-BERT shapes (vocab 30522) in float32 on both sides, same weights:
+    Hugging Face's init (std 0.02) with non-trivial biases and LayerNorm parameters."""
+    torch, transformers = torch_mods
+    config = BertConfig.preset(preset)
+    torch.manual_seed(0)
+    hf = transformers.BertModel(hf_config(transformers, config)).float().eval()
+    perturb_(torch, hf, torch.Generator().manual_seed(0), weight_std=None)
+    model = BertModel(config, dtype=np.float32, seed=0)
+    model.load_state_dict(hf_state(hf, np.float32), strict=True)
+
+    B, S = 2, 16
+    rng = np.random.default_rng(0)
+    mask = (np.arange(S)[None, :] < np.array([[S], [9]])).astype(np.int64)
+    ids = np.where(mask == 1, rng.integers(1, config.vocab_size, (B, S)), 0).astype(np.int64)
+    types = ((np.arange(S)[None, :] >= np.array([[8], [5]])) * mask).astype(np.int64)
+    t = torch.from_numpy
+    with torch.no_grad():
+        expected = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types)).last_hidden_state.numpy()
+    outputs, _ = model.forward(ids, attention_mask=mask, token_type_ids=types, training=False)
+    assert to_np(outputs.last_hidden_state).dtype == np.float32
+    assert_close(f"{preset} float32 last_hidden_state", outputs.last_hidden_state, expected, atol=1e-5)
