@@ -1,0 +1,49 @@
+"""The minibert command: each subcommand runs, bad input is one line and a non-zero exit."""
+import subprocess
+import sys
+
+import pytest
+
+from minibert.cli import main
+
+
+def test_params_base(capsys):
+    assert main(["params", "--preset", "base"]) == 0
+    out = capsys.readouterr().out
+    assert "109,482,240" in out and "(V + P + T) H + 2H" in out
+
+
+def test_params_pretraining_large(capsys):
+    assert main(["params", "--preset", "base", "--head", "pretraining"]) == 0
+    assert "110,106,428" in capsys.readouterr().out
+
+
+def test_gradcheck_table(capsys):
+    assert main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    assert "attention (mask, dropout)" in out and "BertForPreTraining" in out and "0 failed" in out
+
+
+def test_demo_small(capsys):
+    assert main(["demo", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "loss" in out and "11 passed, 0 failed" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["params", "--preset", "huge"], "preset='huge' is not known"),
+    (["demo", "--seq-len", "100000"], "--seq-len=100000"),
+    (["demo", "--batch-size", "0"], "--batch-size=0"),
+    (["demo", "--device", "tpu"], "device='tpu'"),
+    (["params", "--head", "nope"], "head='nope'"),
+])
+def test_bad_input_is_one_line(argv, needle):
+    r = subprocess.run([sys.executable, "-m", "minibert", *argv], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert needle in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_help_for_every_subcommand():
+    for sub in ("demo", "gradcheck", "params", "info"):
+        r = subprocess.run([sys.executable, "-m", "minibert", sub, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: minibert" in r.stdout
