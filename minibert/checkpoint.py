@@ -36,17 +36,56 @@ def _normalize_name(name: str) -> str:
     return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
 
 
+def _read_safetensors(file: str) -> dict:
+    """name -> NumPy array of one .safetensors file. bfloat16 tensors, which NumPy has no
+    dtype for, are widened to float32 exactly (a bf16 is the top half of a float32)."""
+    import struct
+    try:
+        with open(file, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(fh.read(n))
+            blob = fh.read()
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = info["data_offsets"]
+            raw = np.frombuffer(blob[start:stop], dtype=np.uint8)
+            dt = info["dtype"]
+            if dt == "BF16":
+                a = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                a = raw.view(np.dtype(_SAFETENSORS_DTYPES[dt]))
+            out[name] = a.reshape(info["shape"]).copy()
+        return out
+    except (OSError, ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint file {file!r} is corrupt or unreadable: {e}") from None
+
+
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
 def read_state_dict(path: str) -> dict:
-    """name -> NumPy array from ``model.safetensors`` or ``pytorch_model.bin`` in ``path``."""
+    """name -> NumPy array from ``model.safetensors`` (or its sharded index) or
+    ``pytorch_model.bin`` in ``path``."""
     st = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
     pt = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(st):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        return _read_safetensors(st)
+    if os.path.isfile(index):
         try:
-            return dict(load_file(st))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"checkpoint file {st!r} is corrupt or unreadable: {e}") from None
+            with open(index, encoding="utf-8") as fh:
+                shards = sorted(set(json.load(fh)["weight_map"].values()))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint index {index!r} is corrupt: {e}") from None
+        state = {}
+        for shard in shards:
+            state.update(_read_safetensors(os.path.join(path, shard)))
+        return state
     if os.path.isfile(pt):
         try:
             import torch

@@ -169,3 +169,29 @@ def test_token_classification_from_pretraining_checkpoint(tmp_path):
                           saved["bert.encoder.layer.0.output.dense.weight"])
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["architectures"] == ["BertForPreTraining"] and cfg["model_type"] == "bert"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_checkpoints(tmp_path, rng, dtype):
+    """Real checkpoints are often stored in half precision; bfloat16 has no NumPy dtype."""
+    torch, transformers = _hf()
+    hf = transformers.BertModel(_hf_config(transformers)).to(getattr(torch, dtype))
+    hf.save_pretrained(tmp_path)
+    m = BertModel.from_pretrained(tmp_path)
+    for name, t in hf.state_dict().items():
+        if name in m.params:
+            assert np.array_equal(m.params[name], t.float().numpy()), name
+
+
+def test_sharded_safetensors(tmp_path):
+    from safetensors.numpy import save_file
+    m = BertModel(BertConfig(**SMALL), seed=5)
+    state = m.state_dict()
+    names = sorted(state)
+    half = len(names) // 2
+    save_file({k: state[k] for k in names[:half]}, str(tmp_path / "a.safetensors"))
+    save_file({k: state[k] for k in names[half:]}, str(tmp_path / "b.safetensors"))
+    weight_map = {k: ("a.safetensors" if i < half else "b.safetensors") for i, k in enumerate(names)}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    BertConfig(**SMALL).save(tmp_path / "config.json")
+    assert np.array_equal(BertModel.from_pretrained(tmp_path).store.data, m.store.data)
