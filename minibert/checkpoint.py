@@ -159,12 +159,12 @@ def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
         raise ValueError(f"checkpoint directory {path!r} has no config.json")
-    with open(cfg_file, encoding="utf-8") as fh:
-        try:
-            cfg = json.load(fh)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file!r} is not valid JSON: {e}") from None
-    config = BertConfig.from_dict({**cfg, **config_overrides})
+    config = BertConfig.from_json_file(cfg_file)
+    if config_overrides:
+        unknown = sorted(set(config_overrides) - set(config.to_dict()))
+        if unknown:
+            raise ValueError(f"config overrides {unknown} are not BertConfig fields")
+        config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
     model_class = model_class or BertModel
     model = model_class(config, dtype=dtype, device=device)
     state = read_state_dict(path)

@@ -42,6 +42,8 @@ def test_new_head_only_when_asked(tmp_path):
         BertForSequenceClassification.from_pretrained(tmp_path)
     m = BertForSequenceClassification.from_pretrained(tmp_path, new_head=True, num_labels=5)
     assert m.params["classifier.weight"].shape == (5, 16)
+    with pytest.raises(ValueError, match="num_lables"):
+        BertForSequenceClassification.from_pretrained(tmp_path, new_head=True, num_lables=5)
 
 
 def test_legacy_gamma_beta_and_prefixes(tmp_path):
