@@ -18,12 +18,13 @@ with beta = sqrt(2/pi) and kappa = 0.044715:
 Backward: ``dx = dy * dy/dx`` elementwise, from the ``Phi`` (or ``t``) kept in the cache.
 
 Where erf comes from. NumPy has no erf. On the CPU minibert compiles ``math.erf`` (the C
-library's erf, correctly rounded to within an ulp or so in float64, and ``erff`` in
-float32) into a NumPy ufunc with Numba's ``@vectorize``: it is exact to the precision that
-the float64 gradient check and the comparison with ``torch.erf`` need, it runs at C speed,
-and it avoids a SciPy dependency for one function. Numba is imported the first time
-exact GELU runs on NumPy arrays, so ``import minibert`` stays light. On the GPU
-``cupyx.scipy.special.erf`` (CUDA's ``erf``/``erff``) is used.
+library's ``erf``, within about one ulp in float64, and ``erff`` for float32 input) into a
+NumPy ufunc with Numba's ``@vectorize``: accurate to float64 rounding, which the float64
+gradient check and the comparison with ``torch.erf`` need, at C speed, and without a SciPy
+dependency for one function. Numba is imported the first time exact GELU runs on NumPy
+arrays, so ``import minibert`` stays light; the compiled ufunc is cached on disk, or built
+in memory when no cache directory is writable. On the GPU ``cupyx.scipy.special.erf``
+(CUDA's ``erf`` / ``erff``) is used.
 """
 from __future__ import annotations
 
