@@ -36,7 +36,7 @@ class PreTrainingOutput:
     loss: object = None               # mlm_loss + nsp_loss (0-d)
     mlm_loss: object = None
     nsp_loss: object = None
-    mlm_logits: object = None         # (B, P, V) at the masked positions only
+    mlm_logits: object = None         # (B, P, V) at the masked positions (all S when none given)
     nsp_logits: object = None         # (B, 2); class 0 = IsNext, 1 = NotNext
     last_hidden_state: object = None
     pooler_output: object = None
@@ -128,8 +128,8 @@ class BertForPreTraining(_BertWithHead):
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
         V = cfg.vocab_size
-        if masked_lm_positions is None:
-            raise ValueError("masked_lm_positions is required, expected an integer array (B, P)")
+        if masked_lm_positions is None:                      # every position, as HF's prediction_logits
+            masked_lm_positions = xp.broadcast_to(xp.arange(S), (B, S))
         pos = self._labels("masked_lm_positions", masked_lm_positions,
                            (B, np.shape(masked_lm_positions)[-1]), S)
         P = pos.shape[1]

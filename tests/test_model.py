@@ -232,3 +232,12 @@ def test_bad_labels():
     pt = BertForPreTraining(tiny_config(), dtype=np.float64)
     with pytest.raises(ValueError, match="masked_lm_positions"):
         pt.forward(np.array([[1, 2]]), masked_lm_positions=np.array([[2]]), masked_lm_ids=np.array([[1]]))
+
+
+def test_mlm_logits_default_to_every_position(rng):
+    model = BertForPreTraining(tiny_config(), dtype=np.float64, seed=0)
+    ids, mask, tt = batch(rng)
+    every, _ = model.forward(ids, tt, mask)
+    explicit, _ = model.forward(ids, tt, mask, masked_lm_positions=np.tile(np.arange(7), (3, 1)))
+    assert every.mlm_logits.shape == (3, 7, 23) and every.loss is None
+    assert np.array_equal(every.mlm_logits, explicit.mlm_logits)
