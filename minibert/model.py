@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import get_array_module, get_xp, to_numpy
+from .backend import get_xp
 from .checkpoint import PretrainedMixin
 from .config import BertConfig
 from .params import FlatParams, ParamSpec
@@ -329,7 +329,3 @@ class BertModel(PretrainedMixin):
         self.seed = int(state["seed"])
         self.dropout_calls = int(state["dropout_calls"])
 
-
-def to_host(outputs):
-    """NumPy copies of every array field of an output object (for printing and tests)."""
-    return {k: (to_numpy(v) if hasattr(v, "shape") else v) for k, v in vars(outputs).items()}

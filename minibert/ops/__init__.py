@@ -5,12 +5,8 @@ Every op is a pair ``y, cache = forward(x, ...)`` and ``grads = backward(dy, cac
 ``forward``'s arguments) and never writes into its cache. Each module docstring derives the
 gradient with shapes, and each backward line names the forward line it undoes.
 """
-from . import linear  # noqa: F401
-from . import attention  # noqa: F401
-from . import cross_entropy  # noqa: F401
-from . import dropout  # noqa: F401
-from . import embedding  # noqa: F401
-from . import gelu  # noqa: F401
-from . import layernorm  # noqa: F401
-from . import softmax  # noqa: F401
-from . import tanh  # noqa: F401
+from . import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
+               softmax, tanh)
+
+__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
+           "softmax", "tanh"]
