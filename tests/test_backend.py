@@ -41,3 +41,10 @@ def test_gpu_roundtrip(xp):
     x = to_device(np.arange(5.0), "gpu")
     assert get_array_module(x) is xp
     assert np.array_equal(to_numpy(x), np.arange(5.0))
+
+
+def test_kernels_subpackage_imports():
+    """kernels/ sits at the repository root and is installed as minibert.kernels (package_dir
+    in setup.cfg); with the editable install of the README it resolves from the checkout too."""
+    import minibert.kernels
+    assert minibert.kernels.__doc__
