@@ -17,8 +17,8 @@ so that ``h`` can be large enough (1e-3) for the float64 rounding error of ``f``
 the smooth functions of a transformer, and a wrong backward shows up as an error of order
 one, not 1e-7.
 
-Two modes
----------
+Three modes
+-----------
 * ``"full"``: the whole Jacobian-vector product, one input element at a time (4 evaluations
   of ``f`` per element). Use it for small inputs: it says exactly which element is wrong.
 * ``"direction"``: a random unit direction ``u`` (normal draws over every element of every
@@ -26,6 +26,10 @@ Two modes
   ``sum_i <g_i, u_i>`` against the finite difference along ``u``. Cost: 4 evaluations per direction, whatever the size, so it checks
   a whole model's parameters in one go. On failure each input is then checked along its own
   direction, so the report names the input that is wrong.
+
+* ``"jacobian"`` (``check_op`` and ``jacobian_check`` only): every entry of the Jacobian
+  ``dy/dx`` of a small op, rows from ``backward`` with unit upstream gradients, columns from
+  the stencil on the whole output.
 
 Error measure: ``|a - n| / max(|a| + |n|, tiny)`` for analytic ``a`` and numeric ``n``. In
 full mode ``tiny`` defaults to ``1e-3 * (max|a| + max|n|)`` over that input, so an element
@@ -55,7 +59,7 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["gradcheck", "check_op", "GradcheckReport", "GradcheckError"]
+__all__ = ["gradcheck", "check_op", "jacobian_check", "GradcheckReport", "GradcheckError"]
 
 
 @dataclass
@@ -116,13 +120,18 @@ def _stencil(f, set_point, h: float) -> float:
     return (8.0 * (fp1 - fm1) - (fp2 - fm2)) / (12.0 * h)
 
 
-def _validate(inputs, analytic):
+def _check_float64(inputs):
     if not isinstance(inputs, dict) or not inputs:
         raise TypeError(f"inputs={type(inputs).__name__} must be a non-empty dict name -> array")
     for name, x in inputs.items():
         if not hasattr(x, "dtype") or x.dtype != np.float64:
             raise TypeError(f"inputs[{name!r}] has dtype {getattr(x, 'dtype', type(x).__name__)}, "
                             "expected float64 (finite differences in float32 cannot resolve 1e-7)")
+
+
+def _validate(inputs, analytic):
+    _check_float64(inputs)
+    for name, x in inputs.items():
         if name not in analytic:
             raise ValueError(f"analytic has no gradient for input {name!r}; it has {sorted(analytic)}")
         if tuple(analytic[name].shape) != tuple(x.shape):
@@ -224,6 +233,63 @@ def gradcheck(f, inputs: dict, analytic: dict, *, mode: str = "auto", eps: float
     return report
 
 
+def _op_grads(backward, dy, cache, n_inputs):
+    grads = backward(dy, cache)
+    if not isinstance(grads, tuple):
+        grads = (grads,)
+    if len(grads) < n_inputs:
+        raise ValueError(f"backward returned {len(grads)} gradients for {n_inputs} inputs")
+    return grads
+
+
+def jacobian_check(forward, backward, inputs: dict, *, kwargs: dict | None = None,
+                   eps: float = 1e-3, rtol: float = 1e-7, tiny: float | None = None,
+                   raise_on_failure: bool = True):
+    """Compare the whole Jacobian ``dy/dx`` of an op, entry by entry.
+
+    Analytic: row ``j`` of the Jacobian is ``backward(e_j, cache)`` for the unit upstream
+    gradient ``e_j`` (one backward call per output element). Numeric: column ``k`` is the
+    five-point stencil of the whole output ``y`` along input element ``k`` (four forward
+    calls per input element). For small ops only: the cost is outputs x backward calls plus
+    4 x inputs forward calls, and it checks every partial derivative, not one projection.
+    """
+    kwargs = kwargs or {}
+    _check_float64(inputs)
+    y0, cache = forward(**inputs, **kwargs)
+    xp = get_array_module(y0)
+    n_out = int(y0.size)
+    names = list(inputs)
+    analytic = {name: np.empty((n_out, int(inputs[name].size))) for name in names}
+    for j in range(n_out):
+        e = xp.zeros(y0.shape, dtype=y0.dtype)
+        e.reshape(-1)[j] = 1.0
+        for name, g in zip(names, _op_grads(backward, e, cache, len(names))):
+            analytic[name][j] = to_numpy(g).reshape(-1)
+    report = GradcheckReport("jacobian", rtol)
+    for name, x in inputs.items():
+        numeric = np.empty_like(analytic[name])
+        for k, idx in enumerate(np.ndindex(*x.shape) if x.ndim else [()]):
+            x0 = x[idx].copy()
+
+            def y_at(t, idx=idx, x0=x0):
+                x[idx] = x0 + t
+                return to_numpy(forward(**inputs, **kwargs)[0]).reshape(-1).astype(np.float64)
+            numeric[:, k] = (8.0 * (y_at(eps) - y_at(-eps)) - (y_at(2 * eps) - y_at(-2 * eps))) / (12.0 * eps)
+            x[idx] = x0                              # restore the exact original value
+        a, n = analytic[name], numeric
+        err = np.abs(a - n)
+        floor = tiny if tiny is not None else 1e-3 * (np.abs(a).max() + np.abs(n).max())
+        rel = err / np.maximum(np.abs(a) + np.abs(n), max(floor, np.finfo(np.float64).tiny))
+        j, k = np.unravel_index(int(np.argmax(rel)), rel.shape) if rel.size else (0, 0)
+        report.results.append(InputResult(f"d y / d {name}", float(err.max(initial=0.0)),
+                                          float(rel.max(initial=0.0)), (int(j), int(k)),
+                                          float(a[j, k]) if rel.size else 0.0,
+                                          float(n[j, k]) if rel.size else 0.0))
+    if raise_on_failure and not report.passed:
+        raise GradcheckError(report)
+    return report
+
+
 def check_op(forward, backward, inputs: dict, *, kwargs: dict | None = None,
              seed: int = 0, **gradcheck_kwargs):
     """Gradient-check an op pair ``y, cache = forward(**inputs, **kwargs)``,
@@ -231,18 +297,19 @@ def check_op(forward, backward, inputs: dict, *, kwargs: dict | None = None,
     the order of ``inputs`` (all of them differentiable, float64).
 
     The scalar checked is ``sum(y * dy)`` with a random upstream gradient ``dy``; its
-    gradient is exactly what ``backward(dy, cache)`` must return.
+    gradient is exactly what ``backward(dy, cache)`` must return. ``mode="jacobian"``
+    checks every entry of the Jacobian instead (see ``jacobian_check``).
     """
+    if gradcheck_kwargs.get("mode") == "jacobian":
+        gradcheck_kwargs.pop("mode")
+        for unused in ("n_directions", "max_full_elements"):
+            gradcheck_kwargs.pop(unused, None)
+        return jacobian_check(forward, backward, inputs, kwargs=kwargs, **gradcheck_kwargs)
     kwargs = kwargs or {}
     y, cache = forward(**inputs, **kwargs)
     xp = get_array_module(y)
     dy = xp.asarray(np.random.default_rng(seed).standard_normal(y.shape))
-    grads = backward(dy, cache)
-    if not isinstance(grads, tuple):
-        grads = (grads,)
-    if len(grads) < len(inputs):
-        raise ValueError(f"backward returned {len(grads)} gradients for {len(inputs)} inputs")
-    analytic = dict(zip(inputs, grads))
+    analytic = dict(zip(inputs, _op_grads(backward, dy, cache, len(inputs))))
 
     def f():
         return (forward(**inputs, **kwargs)[0] * dy).sum()

@@ -75,3 +75,20 @@ def test_bad_arguments(rng):
         gradcheck(f, inputs, {**grads, "bias": grads["bias"][:2]})
     with pytest.raises(ValueError, match="mode='fast'"):
         gradcheck(f, inputs, grads, mode="fast")
+
+
+def test_jacobian_mode_names_the_wrong_entry(rng):
+    """A backward that is right for most upstream gradients but wrong in one output row."""
+    x, w = rng.standard_normal((3, 4)), rng.standard_normal((2, 4))
+
+    def bad_backward(dy, cache):
+        dx, dw, _ = linear.backward(dy, cache)
+        dx = dx.copy()
+        dx[1, 2] += 0.5 * dy[1, 0]             # a wrong partial d y[1, 0] / d x[1, 2]
+        return dx, dw
+
+    with pytest.raises(GradcheckError) as e:
+        check_op(linear.forward, bad_backward, {"x": x, "weight": w}, mode="jacobian")
+    rows = {r.name: r for r in e.value.report.results}
+    # output element (1, 0) is flat index 2, input element (1, 2) is flat index 6
+    assert rows["d y / d x"].where == (2, 6) and rows["d y / d weight"].max_rel_err < 1e-9
