@@ -217,10 +217,11 @@ class _ClassifierHead(_BertWithHead):
         return [ParamSpec(f"{self.head_name}.weight", (n, config.hidden_size)),
                 ParamSpec(f"{self.head_name}.bias", (n,), "zeros")]
 
-    def _head_forward(self, features, training):
+    def _head_forward(self, features, training, call):
+        """Classifier dropout (stream ``call``, the encoder's call index) then the linear layer."""
         p = self._classifier_dropout_p(training)
         f, c_do = dropout.forward(features, p, self.bert.seed,
-                                  (self._call << 20) | SITE_HEAD, training)
+                                  (call << 20) | SITE_HEAD, training)
         logits, c_lin = linear.forward(f, self.params[f"{self.head_name}.weight"],
                                        self.params[f"{self.head_name}.bias"])
         return logits, (c_do, c_lin)
@@ -231,10 +232,6 @@ class _ClassifierHead(_BertWithHead):
         self._acc(f"{self.head_name}.weight", dw)
         self._acc(f"{self.head_name}.bias", db)
         return dropout.backward(df, c_do)
-
-    def _bert_forward(self, input_ids, attention_mask, token_type_ids, training):
-        self._call = self.bert.dropout_calls
-        return self.bert.forward(input_ids, attention_mask, token_type_ids, training)
 
     def backward(self, cache, d_logits=None, d_loss=1.0):
         """Gradients for ``d_loss * loss`` (when labels were given) plus ``d_logits``."""
@@ -258,8 +255,8 @@ class BertForSequenceClassification(_ClassifierHead):
     squared error when ``num_labels == 1`` (regression), as Hugging Face."""
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
-        out, bcache = self._bert_forward(input_ids, attention_mask, token_type_ids, training)
-        logits, hcache = self._head_forward(out.pooler_output, training)     # (B, C)
+        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
+        logits, hcache = self._head_forward(out.pooler_output, training, bcache["call"])  # (B, C)
         loss, lcache = None, None
         if labels is not None:
             B, C = logits.shape
@@ -292,8 +289,8 @@ class BertForTokenClassification(_ClassifierHead):
     add_pooling_layer = False
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
-        out, bcache = self._bert_forward(input_ids, attention_mask, token_type_ids, training)
-        logits, hcache = self._head_forward(out.last_hidden_state, training)  # (B, S, C)
+        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
+        logits, hcache = self._head_forward(out.last_hidden_state, training, bcache["call"])  # (B, S, C)
         loss = lcache = None
         if labels is not None:
             B, S, C = logits.shape
@@ -328,8 +325,8 @@ class BertForQuestionAnswering(_ClassifierHead):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
                 end_positions=None, training=False):
         xp = self.xp
-        out, bcache = self._bert_forward(input_ids, attention_mask, token_type_ids, training)
-        logits, hcache = self._head_forward(out.last_hidden_state, training)  # (B, S, 2)
+        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
+        logits, hcache = self._head_forward(out.last_hidden_state, training, bcache["call"])  # (B, S, 2)
         B, S, _ = logits.shape
         start_logits = logits[..., 0]
         end_logits = logits[..., 1]
@@ -380,9 +377,9 @@ class BertForMultipleChoice(_ClassifierHead):
         for name, a in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if a is not None and tuple(np.shape(a)) != (B, C, S):
                 raise ValueError(f"{name} has shape {tuple(np.shape(a))}, expected {(B, C, S)}")
-        out, bcache = self._bert_forward(flat(input_ids), flat(attention_mask),
+        out, bcache = self.bert.forward(flat(input_ids), flat(attention_mask),
                                          flat(token_type_ids), training)
-        scores, hcache = self._head_forward(out.pooler_output, training)      # (B*C, 1)
+        scores, hcache = self._head_forward(out.pooler_output, training, bcache["call"])  # (B*C, 1)
         logits = scores.reshape(B, C)
         loss = lcache = None
         if labels is not None:
