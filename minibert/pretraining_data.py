@@ -1,0 +1,841 @@
+"""Pretraining data: from raw text to the arrays BertForPreTraining eats.
+
+BERT is pretrained on two tasks at once (Devlin et al., 2018, section 3.1):
+
+* **Masked LM**: some input tokens are hidden and the model predicts them from both sides.
+* **Next sentence prediction (NSP)**: the input is a pair of text spans A and B, and the
+  model says whether B really follows A in the corpus (label 0, IsNext) or was taken from
+  somewhere else (label 1, NotNext).
+
+This module builds those examples the way the original ``create_pretraining_data.py`` did,
+re-derived step by step:
+
+1. **Corpus.** A corpus is a list of *documents*, each a list of *sentences* (strings).
+   ``read_corpus`` reads text files with one sentence per line and a blank line between
+   documents; ``stdlib_documents`` builds a corpus from the docstrings of the Python
+   standard library, so that minibert can pretrain with no download.
+2. **Tokenize once.** Every sentence becomes a list of WordPiece tokens. Sentences that
+   tokenize to nothing are dropped, and so are documents left empty. Text that spells a
+   special token (a literal "[SEP]") becomes ``[UNK]``, so it cannot act as one.
+3. **Target length.** A sequence holds ``[CLS] A [SEP] B [SEP]``, so A and B together get
+   ``max_num_tokens = max_seq_length - 3`` tokens. Most of the time the target is that
+   maximum (no compute wasted on padding); with probability ``short_seq_prob`` it is a
+   random length in ``[2, max_num_tokens]``, so that the model also sees short inputs, as
+   it will when fine-tuned.
+4. **Chunks.** Walking through a document, whole sentences are accumulated into a chunk
+   until the chunk reaches the target length or the document ends. Cutting at sentence
+   boundaries keeps A and B made of real sentences.
+5. **A and B.** A is the first ``a_end`` sentences of the chunk, ``a_end`` uniform in
+   ``[1, len(chunk) - 1]`` (1 for a one-sentence chunk). Then, with probability 1/2, B is the
+   rest of the chunk: the true continuation, IsNext. Otherwise B is a span of sentences
+   starting at a random sentence of a random *other* document, long enough to fill the
+   target: NotNext. The chunk's unused sentences are then put back, so the next chunk
+   starts right after A and no text is wasted. A one-sentence chunk has no continuation,
+   so its B is always random.
+6. **Truncate.** While ``len(A) + len(B) > max_num_tokens``, one token is removed from the
+   longer of the two (B on a tie), from its front or its back with probability 1/2 each:
+   removing from both ends keeps the model from learning that sequences are always cut at
+   one end.
+7. **Assemble.** ``tokens = [CLS] A [SEP] B [SEP]`` with segment ids 0 for ``[CLS] A
+   [SEP]`` and 1 for ``B [SEP]``.
+8. **Mask.** ``num_to_predict = min(max_predictions_per_seq, max(1, round(len(tokens) *
+   masked_lm_prob)))`` positions are chosen uniformly among all but ``[CLS]`` and ``[SEP]``.
+   Each chosen token becomes ``[MASK]`` with probability 0.8, stays itself with probability
+   0.1, and becomes a random vocabulary token with probability 0.1: the model cannot tell
+   which visible tokens are corrupted, so it must keep a good representation of every
+   token, while fine-tuning (which never shows ``[MASK]``) is not too far from pretraining.
+   The positions are sorted; the labels are the original tokens. With whole-word masking
+   a word and its ``##`` continuation pieces are chosen (and replaced) together, so the
+   model cannot predict a piece from the rest of its own word.
+9. **Repeat.** The whole corpus is passed over ``dupe_factor`` times, each pass with
+   fresh random targets, pairs and masks (the original "static" masking, with duplication
+   to vary it), and the instances are shuffled.
+
+Where this module differs from the original script (each is a choice, stated here):
+
+* The target length is drawn again for every chunk, not once per document, so
+  ``short_seq_prob`` is the fraction of chunks with a short target.
+* The random document of a NotNext pair is drawn uniformly among the *other* documents
+  (the original retried 10 times and could fall back to the same document). In a corpus
+  of exactly one document it is drawn from that document, with a start sentence that is
+  not the true continuation of A.
+* Random replacement tokens are drawn from the vocabulary without the special tokens and
+  without bracketed placeholders such as ``[unused12]`` (the original used the whole
+  vocabulary, ``[PAD]`` included).
+* With whole-word masking, the 80/10/10 choice is made once per word, so a word's pieces
+  are all masked, all kept or all replaced (the original drew it per piece); and when no
+  whole word fits the budget ``num_to_predict``, one word of at most
+  ``max_predictions_per_seq`` pieces is masked anyway (the original masked nothing).
+* A corpus with no document of at least two sentences is an error: every pair would be
+  NotNext and the NSP task would be meaningless.
+
+One ``numpy.random.Generator`` (``np.random.default_rng(seed)``) drives every random choice,
+so the instances are a deterministic function of the corpus, the tokenizer and the seed.
+
+``instances_to_arrays`` pads the instances into the arrays of
+``BertForPreTraining.forward`` and ``PretrainingData`` holds them, iterates over batches and
+saves/loads them as ``.npz`` (written atomically, validated on load).
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import gc
+import os
+import re
+import sysconfig
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- sentences
+
+# Words after which a period does not end a sentence (compared in lower case).
+ABBREVIATIONS = frozenset({
+    "e.g.", "i.e.", "etc.", "vs.", "cf.", "viz.", "al.", "approx.", "resp.",
+    "mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "jr.", "sr.",
+})
+_QUOTES = "\"'\u201c\u201d\u2018\u2019"
+# A run of . ! ? (an ellipsis counts as one), then closing quotes/brackets, then space or the end.
+_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?= |$)")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split ``text`` into sentences with a small, predictable rule.
+
+    Whitespace (newlines included) is first collapsed to single spaces. A sentence ends at a
+    run of ``.``, ``!`` or ``?`` (optionally followed by closing quotes or brackets) that is
+    followed by a space and then an uppercase letter, a digit or a quote, or by the end of
+    the text. A period does not end a sentence after a common abbreviation (``e.g.``,
+    ``i.e.``, ``etc.``, ``Mr.``, ``Dr.``, ...: see ``ABBREVIATIONS``) or after a single
+    uppercase initial (``J. Smith``). A lowercase word after a period ("see foo. bar")
+    does not start a new sentence. Empty pieces are dropped.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text has type {type(text).__name__}, expected str")
+    text = " ".join(text.split())
+    sentences, start = [], 0
+    for m in _END.finditer(text):
+        end = m.end()
+        if end < len(text):
+            nxt = text[end + 1]                      # the character after the single space
+            if not (nxt.isupper() or nxt.isdigit() or nxt in _QUOTES):
+                continue
+        if m.group().rstrip(_QUOTES + ")]") == ".":
+            word = text[text.rfind(" ", 0, m.start()) + 1:end].strip(_QUOTES + "()[]")
+            if word.lower() in ABBREVIATIONS or (len(word) == 2 and word[0].isupper()):
+                continue
+        piece = text[start:end].strip()
+        if piece:
+            sentences.append(piece)
+        start = end
+    rest = text[start:].strip()
+    if rest:
+        sentences.append(rest)
+    return sentences
+
+
+# ----------------------------------------------------------------------------- corpus files
+
+def _corpus_files(path: str) -> list[str]:
+    """The ``*.txt`` files under a directory, recursively, sorted by relative path; hidden
+    files and directories (names starting with ".") are skipped."""
+    found = []
+    for d, dirs, files in os.walk(path):
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        found += [os.path.join(d, f) for f in files if f.endswith(".txt") and not f.startswith(".")]
+    return sorted(found, key=lambda f: os.path.relpath(f, path))
+
+
+def _read_documents(file: str) -> list[list[str]]:
+    with open(file, "rb") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"corpus file {file!r} is not UTF-8 text: undecodable byte "
+                         f"{raw[e.start:e.start + 1]!r} at line {line}, expected UTF-8") from None
+    documents, current = [], []
+    for line in text.split("\n"):              # not splitlines: \x0c, \x85, \u2028 are not line ends here
+        line = " ".join(line.split())
+        if line:
+            current.append(line)
+        elif current:                           # a blank line closes the document
+            documents.append(current)
+            current = []
+    if current:                                 # a document never spans two files
+        documents.append(current)
+    return documents
+
+
+def read_corpus(path) -> list[list[str]]:
+    """Read a corpus: documents, each a list of sentences.
+
+    ``path`` is a UTF-8 text file with one sentence per line and one or more blank lines
+    between documents, or a directory: then every ``*.txt`` file under it (recursively,
+    sorted by relative path, hidden names skipped) is read in turn. Files without the
+    ``.txt`` extension are ignored, so a directory may hold READMEs, archives or vocabularies
+    next to the corpus. Whitespace inside a line is collapsed; a byte-order mark is allowed.
+
+    Raises ValueError (naming the path) when the path does not exist, a directory holds no
+    ``*.txt`` file, a file is not UTF-8, or no sentence is found.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = _corpus_files(path)
+        if not files:
+            raise ValueError(f"corpus directory {path!r} has no *.txt file, expected text files "
+                             "with one sentence per line")
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise ValueError(f"corpus path {path!r} does not exist, expected a text file or a directory")
+    documents = []
+    for f in files:
+        documents += _read_documents(f)
+    if not documents:
+        raise ValueError(f"corpus {path!r} has no sentences, expected one sentence per line "
+                         "and blank lines between documents")
+    return documents
+
+
+def write_corpus(documents, path) -> None:
+    """Write ``documents`` in the format ``read_corpus`` reads (one sentence per line, a blank
+    line between documents), atomically (a temporary file renamed into place)."""
+    from .checkpoint import _atomic_write
+    docs = _check_documents(documents)
+    for d, doc in enumerate(docs):
+        for s, sentence in enumerate(doc):
+            if "\n" in sentence or "\r" in sentence or not sentence.strip():
+                raise ValueError(f"documents[{d}][{s}]={sentence!r} is empty or holds a line break, "
+                                 "expected a one-line sentence")
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("\n\n".join("\n".join(doc) for doc in docs if doc))
+            fh.write("\n")
+    _atomic_write(os.fspath(path), write)
+
+
+def corpus_text(documents) -> Iterator[str]:
+    """Every sentence of every document, in order: the texts for a vocabulary trainer."""
+    for doc in _check_documents(documents):
+        yield from doc
+
+
+def corpus_stats(documents) -> dict:
+    """Counts of a corpus: documents, sentences, whitespace-separated words, UTF-8 bytes."""
+    docs = _check_documents(documents)
+    sentences = [s for doc in docs for s in doc]
+    return dict(documents=len(docs), sentences=len(sentences),
+                words=sum(len(s.split()) for s in sentences),
+                bytes=sum(len(s.encode("utf-8")) + 1 for s in sentences))
+
+
+def _check_documents(documents) -> list:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
+        raise TypeError(f"documents has type {type(documents).__name__}, expected a list of "
+                        "documents, each a list of sentence strings")
+    docs = list(documents)
+    for d, doc in enumerate(docs):
+        if isinstance(doc, (str, bytes)) or not isinstance(doc, (list, tuple)):
+            raise TypeError(f"documents[{d}] has type {type(doc).__name__}, expected a list of "
+                            "sentence strings")
+        for s, sentence in enumerate(doc):
+            if not isinstance(sentence, str):
+                raise TypeError(f"documents[{d}][{s}] has type {type(sentence).__name__}, "
+                                "expected str")
+    return docs
+
+
+# ----------------------------------------------------------------------------- stdlib corpus
+
+# Directories of the standard library that hold no docstrings worth reading: tests and their
+# data, installed third-party packages, compiled extensions, build files, the generated codec
+# tables of encodings/ and the generated help topics of pydoc_data/.
+STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__",
+                              "lib-dynload", "encodings", "pydoc_data"})
+_DOC_KINDS = {ast.Module: "module", ast.ClassDef: "class", ast.FunctionDef: "function",
+              ast.AsyncFunctionDef: "function"}
+# Statements that hold statement lists (where a class or def may sit), and those lists.
+_BLOCKS = frozenset([ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.For,
+                     ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.ExceptHandler]
+                    + [getattr(ast, n) for n in ("TryStar", "Match", "match_case") if hasattr(ast, n)])
+_BODY_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+_ROLE = re.compile(r":[\w.+-]+(?::[\w.+-]+)*:`([^`]*)`")    # :func:`name`, :py:class:`~a.B`
+_REF = re.compile(r"`([^`<]*?)\s*(?:<[^>]*>)?`_{1,2}")       # `text <target>`_
+_LITERAL = re.compile(r"``([^`]*)``")                       # ``code``
+_RULE = re.compile(r"[-=~^\"'`#*+_.:|\s]+")                 # section underlines, table borders
+
+
+def stdlib_root() -> str:
+    """The directory of the standard library's Python sources."""
+    return sysconfig.get_paths()["stdlib"]
+
+
+def stdlib_source_files(root: str | None = None, packages=None) -> list[str]:
+    """The ``*.py`` files of the standard library, sorted by path relative to ``root``.
+
+    Skips the directories in ``STDLIB_SKIP_DIRS``, ``config-*`` build directories and hidden
+    ones. ``packages`` (names of top-level packages, e.g. ``["email"]``) restricts the list.
+    """
+    root = root or stdlib_root()
+    if not os.path.isdir(root):
+        raise ValueError(f"standard library directory {root!r} does not exist")
+    tops = None if packages is None else {os.path.join(root, p) for p in packages}
+    found = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in STDLIB_SKIP_DIRS and not x.startswith((".", "config-"))
+                   and (tops is None or d != root or os.path.join(d, x) in tops)]
+        if tops is not None and d == root:
+            continue                              # top-level modules are not packages
+        found += [os.path.join(d, f) for f in files if f.endswith(".py")]
+    return sorted(found, key=lambda f: os.path.relpath(f, root))
+
+
+@functools.lru_cache(maxsize=None)
+def file_docstrings(file: str) -> tuple:
+    """``(kind, name, docstring)`` for the module, classes, functions and methods of a Python
+    source file, in source order, each docstring cleaned by ``inspect.cleandoc``; ``kind`` is
+    ``"module"``, ``"class"`` or ``"function"``. Read with ``ast`` (the file is never
+    imported); a file that cannot be read, decoded or parsed gives ``()``. Definitions inside
+    ``if``/``try``/``with``/... blocks count; those nested inside a function body (closures,
+    local helpers) do not: they are not part of a module's documented interface.
+
+    The result is kept in memory (not on disk) for the life of the process, so the corpus and
+    the classification task read each file once.
+    """
+    try:
+        with open(file, "rb") as fh:
+            source = fh.read()
+        # Parsing allocates a million small nodes; the cyclic collector would walk the heap
+        # again and again meanwhile, for nothing (an AST has no cycles, refcounts free it).
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            tree = ast.parse(source, filename=file)
+        finally:
+            if enabled:
+                gc.enable()
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return ()
+    out = []
+
+    def visit(node):
+        kind = _DOC_KINDS.get(type(node))
+        if kind is not None:
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                out.append((kind, getattr(node, "name", ""), doc))
+            if kind == "function":
+                return                         # helpers nested in a function are not API
+        for name in _BODY_FIELDS:
+            for child in getattr(node, name, ()):
+                if type(child) in _BLOCKS:
+                    visit(child)
+
+    visit(tree)
+    return tuple(out)
+
+
+def _inline_markup(text: str) -> str:
+    """reST inline markup to plain text: roles, references and literals keep their text."""
+    text = _ROLE.sub(lambda m: m.group(1).split("<")[0].strip().lstrip("~!"), text)
+    text = _REF.sub(r"\1", text)
+    return _LITERAL.sub(r"\1", text)
+
+
+def docstring_paragraphs(doc: str) -> list[str]:
+    """The prose paragraphs of a cleaned docstring, each joined into one line.
+
+    Dropped: doctest examples (a ``>>>`` line and everything after it up to the next blank
+    line, i.e. the source, its ``...`` continuations and its output); reST directives and
+    comments (a ``..`` line and the block indented under it); literal blocks (the indented
+    block after a paragraph ending in ``::``, which itself keeps its text with one colon);
+    section underlines and table borders (lines of punctuation only, the title line just
+    above an underline with them) and table rows (lines starting with ``|``). Inline markup
+    keeps its text (``:func:`len```, ````x````, ```text <url>`_`` -> ``len``, ``x``, ``text``).
+    """
+    paragraphs, current = [], []
+    skip_deeper_than = None        # drop the block indented more than this column
+    in_doctest = False
+
+    def flush():
+        if current:
+            paragraphs.append(_inline_markup(" ".join(current)))
+            current.clear()
+
+    for line in doc.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if skip_deeper_than is not None:
+            if not stripped or indent > skip_deeper_than:
+                continue
+            skip_deeper_than = None
+        if in_doctest:
+            if stripped:
+                continue
+            in_doctest = False
+        if not stripped:
+            flush()
+        elif stripped.startswith(">>>"):
+            flush()
+            in_doctest = True
+        elif stripped.startswith(".."):
+            flush()
+            skip_deeper_than = indent
+        elif _RULE.fullmatch(stripped):
+            if len(current) == 1:              # an underlined title: not a sentence
+                current.clear()
+            flush()
+        elif stripped.startswith("|"):
+            continue
+        elif stripped.endswith("::"):
+            text = stripped[:-2].rstrip()
+            # "Example::" reads "Example:", and a lone "::" (or "text ::") reads as nothing
+            current.append(text + ":" if text and not stripped[:-2].endswith(" ") else text)
+            flush()
+            skip_deeper_than = indent
+        else:
+            current.append(stripped)
+    flush()
+    return [p for p in (" ".join(p.split()) for p in paragraphs) if p]
+
+
+def docstring_sentences(doc: str) -> list[str]:
+    """The sentences of a cleaned docstring: its prose paragraphs split by
+    ``split_sentences``; pieces without a letter (stray numbers, symbols) are dropped."""
+    return [s for p in docstring_paragraphs(doc) for s in split_sentences(p)
+            if any(c.isalpha() for c in s)]
+
+
+def stdlib_documents(max_files: int | None = None, root: str | None = None,
+                     min_sentences: int = 2) -> list[list[str]]:
+    """The built-in pretraining corpus: the docstrings of the Python standard library.
+
+    One document per module file (``stdlib_source_files``: sorted, tests and generated data
+    skipped), made of the module's docstring and then its class, function and method
+    docstrings in source order (``file_docstrings``), each reduced to prose sentences
+    (``docstring_sentences``). Documents with fewer than ``min_sentences`` sentences are
+    dropped. Nothing is imported; files that fail to decode or parse are skipped.
+    ``max_files`` reads only the first files of the sorted list (a quick, smaller corpus).
+
+    Deterministic for a given Python installation. On CPython 3.11 it is 498 documents,
+    20,681 sentences, 259,000 words (1.6 MB of text), read in 2-3 s of CPU time, most of it
+    in ``ast.parse``; the parsed docstrings stay in memory, so a second call takes 0.3 s.
+    """
+    files = stdlib_source_files(root)
+    if max_files is not None:
+        if isinstance(max_files, bool) or not isinstance(max_files, int) or max_files < 1:
+            raise ValueError(f"max_files={max_files!r} is invalid, expected a positive integer or None")
+        files = files[:max_files]
+    documents = []
+    for f in files:
+        doc = [s for _, _, d in file_docstrings(f) for s in docstring_sentences(d)]
+        if len(doc) >= min_sentences:
+            documents.append(doc)
+    if not documents:
+        raise ValueError(f"the standard library at {root or stdlib_root()!r} yielded no document "
+                         f"of at least {min_sentences} sentences from {len(files)} files")
+    return documents
+
+
+# ----------------------------------------------------------------------------- instances
+
+@dataclass
+class TrainingInstance:
+    """One pretraining example, in tokens: ``[CLS] A [SEP] B [SEP]`` with its masked LM targets."""
+    tokens: list                      # after masking: [MASK], kept or random tokens in place
+    segment_ids: list                 # 0 for [CLS] A [SEP], 1 for B [SEP]
+    is_random_next: bool              # True: B is a random span (NSP label 1, NotNext)
+    masked_lm_positions: list = field(default_factory=list)   # sorted indices into tokens
+    masked_lm_labels: list = field(default_factory=list)      # the original tokens there
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}={value!r} is invalid, expected an integer >= {low}")
+    return int(value)
+
+
+def _check_prob(name, value, low_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0)
+    if not ok:
+        expected = "0 < p <= 1" if low_open else "0 <= p <= 1"
+        raise ValueError(f"{name}={value!r} is invalid, expected {expected}")
+    return float(value)
+
+
+def _special_tokens(tokenizer):
+    ids = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id]
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def replacement_vocab(tokenizer) -> list[str]:
+    """The tokens a masked position may be replaced with at random: the vocabulary in id
+    order without the special tokens and bracketed placeholders (``[unused0]``, ...)."""
+    special = set(int(i) for i in tokenizer.all_special_ids)
+    words = [t for t, i in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
+             if i not in special and not (t.startswith("[") and t.endswith("]"))]
+    if not words:
+        raise ValueError("tokenizer has no ordinary token to draw random replacements from, "
+                         "expected a vocabulary beyond the special tokens")
+    return words
+
+
+def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng) -> None:
+    """Shorten A and B in place until ``len(A) + len(B) <= max_num_tokens``: one token at a
+    time from the longer list (B on a tie), from its front or back with probability 1/2."""
+    while len(tokens_a) + len(tokens_b) > max_num_tokens:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def create_masked_lm_predictions(tokens: list, masked_lm_prob: float, max_predictions_per_seq: int,
+                                 vocab_words: list, rng, whole_word_mask: bool = False,
+                                 special=("[CLS]", "[SEP]"), mask_token: str = "[MASK]"):
+    """Choose and corrupt the masked LM positions of one sequence (step 8 of the recipe).
+
+    Returns ``(output_tokens, positions, labels)``: a new token list with the chosen
+    positions replaced (80% ``mask_token``, 10% unchanged, 10% a random ``vocab_words``
+    token), the sorted positions, and the original tokens at them.
+
+    Words are taken in a random order while they fit the budget ``num_to_predict``. With
+    whole-word masking a word longer than the remaining budget is passed over; if no word
+    fits at all, the first one that fits ``max_predictions_per_seq`` is taken (so a sequence
+    gets at least one prediction unless every word is longer than that).
+    """
+    # Candidates are words: single positions, or a word's first piece with its "##" pieces.
+    candidates = []
+    for i, tok in enumerate(tokens):
+        if tok in special:
+            continue
+        if whole_word_mask and candidates and tok.startswith("##") and candidates[-1][-1] == i - 1:
+            candidates[-1].append(i)
+        else:
+            candidates.append([i])
+    num_to_predict = min(max_predictions_per_seq, max(1, int(round(len(tokens) * masked_lm_prob))))
+    output = list(tokens)
+    chosen = []
+    words, fallback = [], None
+    for c in rng.permutation(len(candidates)):
+        if len(chosen) >= num_to_predict:
+            break
+        if len(chosen) + len(candidates[c]) > num_to_predict:
+            # A whole word would overshoot: try a shorter one, but remember the first word
+            # that fits max_predictions_per_seq in case no word fits num_to_predict.
+            if fallback is None and len(candidates[c]) <= max_predictions_per_seq:
+                fallback = candidates[c]
+            continue
+        words.append(candidates[c])
+        chosen += candidates[c]
+    if not words and fallback is not None:
+        words, chosen = [fallback], list(fallback)
+    for word in words:
+        u = rng.random()
+        for i in word:
+            if u < 0.8:
+                output[i] = mask_token
+            elif u < 0.9:
+                pass                            # kept as is, but still predicted
+            else:
+                output[i] = vocab_words[rng.integers(len(vocab_words))]
+    chosen.sort()
+    return output, chosen, [tokens[i] for i in chosen]
+
+
+def _instances_from_document(docs, d, max_num_tokens, short_seq_prob, masked_lm_prob,
+                             max_predictions_per_seq, vocab_words, rng, whole_word_mask,
+                             cls, sep, mask):
+    """Steps 3-8 of the recipe for document ``docs[d]`` (a list of token lists)."""
+    document = docs[d]
+    instances = []
+    chunk, chunk_len, chunk_start = [], 0, 0
+    target = None
+    i = 0
+    while i < len(document):
+        if not chunk:
+            chunk_start = i
+            target = max_num_tokens
+            if rng.random() < short_seq_prob:
+                target = int(rng.integers(2, max_num_tokens + 1))
+        chunk.append(document[i])
+        chunk_len += len(document[i])
+        if i == len(document) - 1 or chunk_len >= target:
+            a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))   # in [1, len-1]
+            tokens_a = [t for s in chunk[:a_end] for t in s]
+            if len(chunk) == 1 or rng.random() < 0.5:
+                is_random_next = True
+                if len(docs) > 1:
+                    r = int(rng.integers(len(docs) - 1))
+                    r += r >= d                       # uniform over the other documents
+                    other = docs[r]
+                    start = int(rng.integers(len(other)))
+                else:                                 # one document: any start but the true one
+                    other = docs[d]
+                    true_next = chunk_start + a_end   # == len(other) after the last sentence
+                    has_next = true_next < len(other)
+                    start = int(rng.integers(len(other) - has_next))
+                    if has_next and start >= true_next:
+                        start += 1
+                tokens_b = []
+                for sentence in other[start:]:
+                    tokens_b += sentence
+                    if len(tokens_b) >= target - len(tokens_a):
+                        break
+                i -= len(chunk) - a_end               # put the unused sentences back
+            else:
+                is_random_next = False
+                tokens_b = [t for s in chunk[a_end:] for t in s]
+            truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            tokens = [cls] + tokens_a + [sep] + tokens_b + [sep]
+            segment_ids = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
+            tokens, positions, labels = create_masked_lm_predictions(
+                tokens, masked_lm_prob, max_predictions_per_seq, vocab_words, rng,
+                whole_word_mask, (cls, sep), mask)
+            instances.append(TrainingInstance(tokens, segment_ids, is_random_next, positions, labels))
+            chunk, chunk_len = [], 0
+        i += 1
+    return instances
+
+
+def create_pretraining_instances(documents, tokenizer, max_seq_length: int = 128,
+                                 short_seq_prob: float = 0.1, masked_lm_prob: float = 0.15,
+                                 max_predictions_per_seq: int = 20, dupe_factor: int = 1,
+                                 whole_word_mask: bool = False, seed: int = 0) -> list[TrainingInstance]:
+    """Masked-LM + NSP training instances from a corpus, by the recipe of the module docstring.
+
+    Args:
+        documents: list of documents, each a list of sentence strings (``read_corpus``).
+        tokenizer: a ``BertTokenizer`` (``tokenize``, ``vocab``, the special token ids).
+        max_seq_length: S, the length of every instance at most (>= 5: [CLS], two [SEP] and
+            at least one token each for A and B).
+        short_seq_prob: probability of a random shorter target length for a chunk.
+        masked_lm_prob: fraction of the tokens to predict (rounded, at least 1).
+        max_predictions_per_seq: P, the cap on predictions per instance.
+        dupe_factor: passes over the corpus, each with different pairs and masks.
+        whole_word_mask: choose whole words (a piece and its ``##`` continuations) to mask.
+        seed: seed of the one ``numpy.random.Generator`` behind every choice.
+
+    Returns the instances in shuffled order. Raises ValueError for bad arguments and for a
+    corpus with no document of at least two (non-empty) sentences.
+    """
+    docs = _check_documents(documents)
+    max_seq_length = _check_int("max_seq_length", max_seq_length, 5)
+    max_predictions_per_seq = _check_int("max_predictions_per_seq", max_predictions_per_seq, 1)
+    dupe_factor = _check_int("dupe_factor", dupe_factor, 1)
+    short_seq_prob = _check_prob("short_seq_prob", short_seq_prob)
+    masked_lm_prob = _check_prob("masked_lm_prob", masked_lm_prob, low_open=True)
+    rng = np.random.default_rng(seed)
+    cls, sep, mask = _special_tokens(tokenizer)
+    vocab_words = replacement_vocab(tokenizer)
+
+    # Text that spells a special token ("[SEP]" in a docstring) must not act as one.
+    specials = set(tokenizer.convert_ids_to_tokens([int(i) for i in tokenizer.all_special_ids]))
+    unk = tokenizer.convert_ids_to_tokens([tokenizer.unk_token_id])[0]
+    tokenized = []
+    for doc in docs:
+        sentences = [[unk if t in specials else t for t in toks]
+                     for toks in (tokenizer.tokenize(s) for s in doc) if toks]
+        if sentences:
+            tokenized.append(sentences)
+    if not any(len(doc) >= 2 for doc in tokenized):
+        raise ValueError(f"documents (n={len(docs)}) have no document of at least 2 non-empty "
+                         "sentences, expected at least one so that next sentence prediction has "
+                         "true continuations (IsNext pairs)")
+    tokenized = [tokenized[k] for k in rng.permutation(len(tokenized))]
+
+    max_num_tokens = max_seq_length - 3                  # room for [CLS], [SEP], [SEP]
+    instances = []
+    for _ in range(dupe_factor):
+        for d in range(len(tokenized)):
+            instances += _instances_from_document(
+                tokenized, d, max_num_tokens, short_seq_prob, masked_lm_prob,
+                max_predictions_per_seq, vocab_words, rng, whole_word_mask, cls, sep, mask)
+    return [instances[k] for k in rng.permutation(len(instances))]
+
+
+# ----------------------------------------------------------------------------- arrays
+
+# name -> (dtype, shape in the letters N instances, S sequence length, P predictions)
+ARRAY_SPECS = {
+    "input_ids": (np.int64, "NS"),
+    "token_type_ids": (np.int64, "NS"),
+    "attention_mask": (np.int64, "NS"),
+    "masked_lm_positions": (np.int64, "NP"),
+    "masked_lm_ids": (np.int64, "NP"),
+    "masked_lm_weights": (np.float32, "NP"),
+    "next_sentence_labels": (np.int64, "N"),
+}
+
+
+def instances_to_arrays(instances, tokenizer, max_seq_length: int,
+                        max_predictions_per_seq: int) -> dict:
+    """Pad instances into the inputs of ``BertForPreTraining.forward``.
+
+    Returns a dict with exactly these arrays (N instances, S = max_seq_length,
+    P = max_predictions_per_seq):
+
+        input_ids             (N, S) int64    token ids, then the pad id
+        token_type_ids        (N, S) int64    0 for [CLS] A [SEP], 1 for B [SEP], 0 on padding
+        attention_mask        (N, S) int64    1 on real tokens, 0 on padding
+        masked_lm_positions   (N, P) int64    sorted positions, padded with 0
+        masked_lm_ids         (N, P) int64    the original token ids there, padded with 0
+        masked_lm_weights     (N, P) float32  1.0 for a real prediction, 0.0 for a padded slot
+        next_sentence_labels  (N,)   int64    0 IsNext, 1 NotNext (random B)
+    """
+    S = _check_int("max_seq_length", max_seq_length, 1)
+    P = _check_int("max_predictions_per_seq", max_predictions_per_seq, 1)
+    instances = list(instances)
+    N = len(instances)
+    out = {"input_ids": np.full((N, S), tokenizer.pad_token_id, dtype=np.int64),
+           "token_type_ids": np.zeros((N, S), dtype=np.int64),
+           "attention_mask": np.zeros((N, S), dtype=np.int64),
+           "masked_lm_positions": np.zeros((N, P), dtype=np.int64),
+           "masked_lm_ids": np.zeros((N, P), dtype=np.int64),
+           "masked_lm_weights": np.zeros((N, P), dtype=np.float32),
+           "next_sentence_labels": np.zeros((N,), dtype=np.int64)}
+    for n, inst in enumerate(instances):
+        T, K = len(inst.tokens), len(inst.masked_lm_positions)
+        if T > S:
+            raise ValueError(f"instances[{n}] has {T} tokens, expected at most max_seq_length={S}")
+        if len(inst.segment_ids) != T:
+            raise ValueError(f"instances[{n}] has {len(inst.segment_ids)} segment ids for {T} tokens, "
+                             "expected one per token")
+        if K > P:
+            raise ValueError(f"instances[{n}] has {K} masked positions, expected at most "
+                             f"max_predictions_per_seq={P}")
+        if len(inst.masked_lm_labels) != K:
+            raise ValueError(f"instances[{n}] has {len(inst.masked_lm_labels)} masked labels for "
+                             f"{K} positions, expected one per position")
+        out["input_ids"][n, :T] = tokenizer.convert_tokens_to_ids(list(inst.tokens))
+        out["token_type_ids"][n, :T] = inst.segment_ids
+        out["attention_mask"][n, :T] = 1
+        out["masked_lm_positions"][n, :K] = inst.masked_lm_positions
+        out["masked_lm_ids"][n, :K] = tokenizer.convert_tokens_to_ids(list(inst.masked_lm_labels))
+        out["masked_lm_weights"][n, :K] = 1.0
+        out["next_sentence_labels"][n] = int(bool(inst.is_random_next))
+    return out
+
+
+def validate_arrays(arrays: dict, source: str = "arrays") -> dict:
+    """Check that ``arrays`` are pretraining arrays (``ARRAY_SPECS``): exactly the keys, the
+    dtypes, consistent shapes, 0/1 masks, weights and labels, positions inside the real
+    tokens. Returns a plain dict of the arrays; raises ValueError naming ``source``."""
+    if not isinstance(arrays, dict):
+        raise TypeError(f"{source} has type {type(arrays).__name__}, expected a dict of arrays")
+    keys = set(arrays)
+    if keys != set(ARRAY_SPECS):
+        missing, unexpected = sorted(set(ARRAY_SPECS) - keys), sorted(keys - set(ARRAY_SPECS))
+        raise ValueError(f"{source} has keys {sorted(keys)}, expected exactly {sorted(ARRAY_SPECS)} "
+                         f"(missing {missing}, unexpected {unexpected})")
+    out = {k: arrays[k] for k in ARRAY_SPECS}
+    sizes = {}
+    for k, (dtype, dims) in ARRAY_SPECS.items():
+        a = out[k]
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            raise ValueError(f"{source}[{k!r}] has dtype {getattr(a, 'dtype', type(a).__name__)}, "
+                             f"expected {np.dtype(dtype)}")
+        if a.ndim != len(dims):
+            raise ValueError(f"{source}[{k!r}] has shape {a.shape}, expected {len(dims)} dimensions "
+                             f"({', '.join(dims)})")
+        for letter, n in zip(dims, a.shape):
+            if sizes.setdefault(letter, n) != n:
+                raise ValueError(f"{source}[{k!r}] has shape {a.shape}, expected "
+                                 f"{letter}={sizes[letter]} as in the other arrays")
+    for k in ("token_type_ids", "attention_mask", "next_sentence_labels", "masked_lm_weights"):
+        if out[k].size and not np.isin(out[k], (0, 1)).all():
+            raise ValueError(f"{source}[{k!r}] has values other than 0 and 1")
+    for k in ("input_ids", "masked_lm_ids"):
+        if out[k].size and out[k].min() < 0:
+            raise ValueError(f"{source}[{k!r}] has a negative id {out[k].min()}, expected ids >= 0")
+    pos, w = out["masked_lm_positions"], out["masked_lm_weights"]
+    if pos.size:
+        S = sizes["S"]
+        if pos.min() < 0 or pos.max() >= S:
+            raise ValueError(f"{source}['masked_lm_positions'] has values in [{pos.min()}, {pos.max()}], "
+                             f"expected 0 <= position < {S}")
+        real = np.take_along_axis(out["attention_mask"], pos, axis=1)
+        if np.any((w == 1) & (real == 0)):
+            raise ValueError(f"{source}['masked_lm_positions'] points at padding for a real "
+                             "prediction (weight 1), expected positions of real tokens")
+    return out
+
+
+class PretrainingData:
+    """The pretraining arrays of ``instances_to_arrays``, with batches, save and load.
+
+    ``data = PretrainingData.from_instances(instances, tokenizer, 128, 20)``; ``len(data)``
+    instances; ``data.batches(32, seed=0)`` yields dicts of (B, ...) arrays that unpack
+    into ``BertForPreTraining.forward(**batch)``; ``data.save("cache.npz")`` and
+    ``PretrainingData.load("cache.npz")`` keep them between runs.
+    """
+
+    def __init__(self, arrays: dict):
+        self.arrays = validate_arrays(arrays)
+
+    @classmethod
+    def from_instances(cls, instances, tokenizer, max_seq_length: int,
+                       max_predictions_per_seq: int) -> "PretrainingData":
+        return cls(instances_to_arrays(instances, tokenizer, max_seq_length, max_predictions_per_seq))
+
+    def __len__(self) -> int:
+        return int(self.arrays["next_sentence_labels"].shape[0])
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.arrays["input_ids"].shape[1])
+
+    @property
+    def max_predictions_per_seq(self) -> int:
+        return int(self.arrays["masked_lm_positions"].shape[1])
+
+    def __getitem__(self, index) -> dict:
+        """The arrays at ``index`` (an int, a slice or an index array) along the first axis."""
+        return {k: v[index] for k, v in self.arrays.items()}
+
+    def batches(self, batch_size: int, seed: int | None = 0, drop_last: bool = False) -> Iterator[dict]:
+        """Batches of ``batch_size`` instances, in an order shuffled by ``seed`` (``None``: in
+        order). The last, smaller batch is dropped when ``drop_last``."""
+        batch_size = _check_int("batch_size", batch_size, 1)
+        n = len(self)
+        order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            yield self[order[start:start + batch_size]]
+
+    def save(self, path) -> None:
+        """Write the arrays to ``path`` (.npz, uncompressed) through a temporary file renamed
+        into place, so an interrupted save never leaves a truncated cache behind."""
+        from .checkpoint import _atomic_write
+        path = os.fspath(path)
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:         # a file object: numpy adds no ".npz" suffix
+                np.savez(fh, **self.arrays)
+        _atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path) -> "PretrainingData":
+        """Read arrays written by ``save``; ValueError naming ``path`` if it is missing, not an
+        .npz archive, or not pretraining arrays (keys, dtypes, shapes, values)."""
+        import zipfile
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ValueError(f"pretraining data file {path!r} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            raise ValueError(f"pretraining data file {path!r} is corrupt or not an .npz archive: "
+                             f"{e}") from None
+        try:
+            return cls(arrays)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"pretraining data file {path!r} is not pretraining data: {e}") from None

@@ -1,0 +1,596 @@
+"""Pretraining data: sentence splitting, corpus readers, the stdlib corpus, NSP pairs,
+80/10/10 masking, arrays and their .npz cache.
+
+Several tests use an "identity" corpus whose every word names its place: ``d3s7w2`` is word
+2 of sentence 7 of document 3, and the vocabulary holds each such word whole. From an
+instance's tokens (with the masked labels put back) the test can then tell exactly where A
+and B came from, and check the NSP label against the truth.
+"""
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from minibert import BertConfig, BertForPreTraining
+from minibert.pretraining_data import (ARRAY_SPECS, PretrainingData, TrainingInstance,
+                                       corpus_stats, corpus_text, create_pretraining_instances,
+                                       docstring_paragraphs, docstring_sentences, file_docstrings,
+                                       instances_to_arrays, read_corpus, replacement_vocab,
+                                       split_sentences, stdlib_documents, validate_arrays,
+                                       write_corpus)
+from minibert.tokenization import BertTokenizer, write_vocab
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+def _id_corpus(n_docs=20, n_sents=60, seed=0):
+    """Documents of sentences of 3..8 words, each word naming (document, sentence, word)."""
+    rng = np.random.default_rng(seed)
+    return [[" ".join(f"d{d}s{s}w{k}" for k in range(rng.integers(3, 9))) for s in range(n_sents)]
+            for d in range(n_docs)]
+
+
+@pytest.fixture(scope="module")
+def id_corpus():
+    return _id_corpus()
+
+
+@pytest.fixture(scope="module")
+def id_tokenizer(tmp_path_factory, id_corpus):
+    words = sorted({w for doc in id_corpus for s in doc for w in s.split()})
+    path = tmp_path_factory.mktemp("idvocab") / "vocab.txt"
+    write_vocab(SPECIALS + words, path)
+    return BertTokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer():
+    return BertTokenizer(os.path.join(DATA, "bert-base-uncased-vocab.txt"))
+
+
+@pytest.fixture(scope="module")
+def letters_tokenizer(tmp_path_factory):
+    """Any lowercase word over a-e tokenizes, most of them into several ## pieces."""
+    vocab = SPECIALS + list("abcde") + [f"##{c}" for c in "abcde"] + ["ab", "abc", "##bc", "cd"]
+    path = tmp_path_factory.mktemp("lettervocab") / "vocab.txt"
+    write_vocab(vocab, path)
+    return BertTokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def small_stdlib():
+    return stdlib_documents(max_files=40)
+
+
+def _restore(inst):
+    """The tokens before masking: the labels put back at the masked positions."""
+    tokens = list(inst.tokens)
+    for p, label in zip(inst.masked_lm_positions, inst.masked_lm_labels):
+        tokens[p] = label
+    return tokens
+
+
+def _split_ab(tokens):
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    first = tokens.index("[SEP]")
+    return tokens[1:first], tokens[first + 1:-1]
+
+
+def _words(tokens):
+    """Whole words as lists of positions: a piece and the ## pieces right after it."""
+    words = []
+    for i, t in enumerate(tokens):
+        if t in ("[CLS]", "[SEP]"):
+            words.append(None)
+        elif t.startswith("##") and words and words[-1] is not None:
+            words[-1].append(i)
+        else:
+            words.append([i])
+    return [w for w in words if w is not None]
+
+
+def _check_instance(inst, max_seq_length, max_predictions_per_seq, masked_lm_prob=None,
+                    whole_word=False):
+    """Every structural promise of one instance (the module docstring's steps 7 and 8)."""
+    tokens, seg = inst.tokens, inst.segment_ids
+    original = _restore(inst)
+    assert len(tokens) <= max_seq_length
+    assert len(seg) == len(tokens)
+    sep = [i for i, t in enumerate(original) if t == "[SEP]"]
+    assert original[0] == "[CLS]" and len(sep) == 2 and sep[1] == len(tokens) - 1
+    assert original.count("[CLS]") == 1
+    a, b = _split_ab(original)
+    assert len(a) >= 1 and len(b) >= 1
+    assert seg == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    pos = inst.masked_lm_positions
+    assert pos == sorted(set(pos)), "positions must be sorted and unique"
+    assert len(pos) <= max_predictions_per_seq
+    if not pos:   # only when whole-word masking finds no word short enough
+        assert whole_word and min(map(len, _words(original))) > max_predictions_per_seq
+    if whole_word:
+        masked = set(pos)
+        assert all(masked.isdisjoint(w) or masked.issuperset(w) for w in _words(original))
+    assert len(inst.masked_lm_labels) == len(pos)
+    for p in pos:
+        assert 0 < p < len(tokens) and original[p] not in ("[CLS]", "[SEP]")
+    # every corrupted position is a masked one: the rest of the sequence is untouched
+    assert all(tokens[i] == original[i] for i in range(len(tokens)) if i not in set(pos))
+    if masked_lm_prob is not None:
+        want = min(max_predictions_per_seq, max(1, int(round(len(tokens) * masked_lm_prob))))
+        assert len(pos) == min(want, len(tokens) - 3)
+
+
+# ----------------------------------------------------------------------------- sentences
+
+@pytest.mark.parametrize("text, expected", [
+    ("Hello world. This is a test.", ["Hello world.", "This is a test."]),
+    ("Use e.g. Python here. It works.", ["Use e.g. Python here.", "It works."]),
+    ("Mr. Smith went home. Dr. Who did not.", ["Mr. Smith went home.", "Dr. Who did not."]),
+    ("Lists, i.e. Arrays, etc. Are fine.", ["Lists, i.e. Arrays, etc. Are fine."]),
+    ("Version 3.11 is out. 42 is the answer!", ["Version 3.11 is out.", "42 is the answer!"]),
+    ('Is it? "Yes," he said.', ["Is it?", '"Yes," he said.']),
+    ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+    ("Call foo(). bar is lowercase. Done", ["Call foo(). bar is lowercase.", "Done"]),
+    ("Wait... What?! Fine.", ["Wait...", "What?!", "Fine."]),
+    ("J. R. R. Tolkien wrote it. Yes.", ["J. R. R. Tolkien wrote it.", "Yes."]),
+    ("  spread\n over\tlines.\n\nNext  one ", ["spread over lines.", "Next one"]),
+    ("(See the note.) Then go.", ["(See the note.)", "Then go."]),
+    ("", []),
+    ("   \n ", []),
+])
+def test_split_sentences(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_split_sentences_rejects_non_str():
+    with pytest.raises(TypeError, match="text has type bytes"):
+        split_sentences(b"A. B.")
+
+
+@given(st.lists(st.text(alphabet="abAB .!?\n\"", max_size=12), max_size=6))
+def test_split_sentences_keeps_every_word(parts):
+    """Splitting only cuts between words: joining the sentences gives the collapsed text."""
+    text = " ".join(parts)
+    sentences = split_sentences(text)
+    assert " ".join(sentences) == " ".join(text.split())
+    assert all(s and s == s.strip() for s in sentences)
+
+
+# ----------------------------------------------------------------------------- corpus files
+
+def test_read_corpus_file():
+    docs = read_corpus(os.path.join(DATA, "tiny_corpus.txt"))
+    assert [len(d) for d in docs] == [3, 2, 1, 3]
+    assert docs[0][0] == "The cat sat on the mat."
+    assert docs[3][-1] == "Every document ends with a blank line."
+
+
+def test_read_corpus_directory_sorted_recursive(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "b" / "two.txt").write_text("Second file.\nStill second.\n", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("\n\nFirst  doc,\tfirst line.\n\n\nSecond doc.\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("Not a corpus file.\n", encoding="utf-8")
+    (tmp_path / "README").write_text("Not read either.\n", encoding="utf-8")
+    (tmp_path / ".hidden" / "x.txt").write_text("Hidden.\n", encoding="utf-8")
+    (tmp_path / "c.txt").write_bytes("\ufeffWith a BOM.\r\nAnd CRLF.\r\n".encode("utf-8"))
+    assert read_corpus(tmp_path) == [["First doc, first line."], ["Second doc."],
+                                     ["Second file.", "Still second."],
+                                     ["With a BOM.", "And CRLF."]]
+
+
+def test_read_corpus_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_corpus(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match=r"has no \*\.txt file"):
+        read_corpus(tmp_path)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\t\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="blank.txt.*has no sentences"):
+        read_corpus(blank)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Fine line.\nCaf\u00e9 au lait.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt.*not UTF-8.*line 2"):
+        read_corpus(bad)
+    with pytest.raises(ValueError, match=r"latin1.txt.*not UTF-8"):
+        read_corpus(tmp_path)                  # the directory read fails on the same file
+
+
+def test_write_corpus_round_trip(tmp_path):
+    docs = [["One.", "Two."], ["Three."]]
+    write_corpus(docs, tmp_path / "c.txt")
+    assert read_corpus(tmp_path / "c.txt") == docs
+    assert list(corpus_text(docs)) == ["One.", "Two.", "Three."]
+    # bytes: each sentence and its newline
+    assert corpus_stats(docs) == dict(documents=2, sentences=3, words=3, bytes=5 + 5 + 7)
+    with pytest.raises(ValueError, match="line break"):
+        write_corpus([["a\nb"]], tmp_path / "d.txt")
+    with pytest.raises(TypeError, match=r"documents\[0\] has type str"):
+        corpus_stats(["not a list of sentences"])
+
+
+# ----------------------------------------------------------------------------- stdlib corpus
+
+def test_docstring_cleaning():
+    doc = "\n".join([
+        "Summary line of :func:`len` and ``x``.",
+        "",
+        "Details follow here. See `the docs <https://python.org>`_ for more.",
+        "",
+        ">>> f(1)",
+        "2",
+        "...",
+        "",
+        ".. note::",
+        "   A directive body.",
+        "",
+        "Example::",
+        "",
+        "    code = here()",
+        "",
+        "Parameters",
+        "----------",
+        "x : int",
+        "    The value.",
+        "",
+        "| table | row |",
+    ])
+    assert docstring_paragraphs(doc) == [
+        "Summary line of len and x.",
+        "Details follow here. See the docs for more.",
+        "Example:",
+        "x : int The value.",
+    ]
+    assert docstring_sentences(doc) == ["Summary line of len and x.", "Details follow here.",
+                                        "See the docs for more.", "Example:", "x : int The value."]
+
+
+def test_stdlib_skip_rules(tmp_path):
+    """A fake standard library: tests, site-packages and broken files are skipped, nested
+    functions are not read, documents follow the sorted file order."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "test").mkdir()
+    (tmp_path / "site-packages").mkdir()
+    (tmp_path / "zmod.py").write_text(
+        '"""Module zed. It is last."""\n'
+        'class C:\n    """Class doc. Second sentence."""\n'
+        '    def m(self):\n        """Method doc."""\n'
+        '        def inner():\n            """Nested helper, not read."""\n'
+        'if True:\n    def f():\n        """Conditional def. Still read."""\n', encoding="utf-8")
+    (tmp_path / "pkg" / "__init__.py").write_text('"""Package one. First in order."""\n', encoding="utf-8")
+    (tmp_path / "pkg" / "test" / "test_x.py").write_text('"""Test doc. Skipped."""\n', encoding="utf-8")
+    (tmp_path / "site-packages" / "third.py").write_text('"""Third party. Skipped."""\n', encoding="utf-8")
+    (tmp_path / "broken.py").write_text('"""Broken. File."""\ndef (:\n', encoding="utf-8")
+    (tmp_path / "short.py").write_text('"""Only one sentence."""\n', encoding="utf-8")
+    docs = stdlib_documents(root=str(tmp_path))
+    assert docs == [["Package one.", "First in order."],
+                    ["Module zed.", "It is last.", "Class doc.", "Second sentence.", "Method doc.",
+                     "Conditional def.", "Still read."]]
+    assert file_docstrings(str(tmp_path / "broken.py")) == ()
+    with pytest.raises(ValueError, match="yielded no document"):
+        stdlib_documents(root=str(tmp_path), min_sentences=50)
+    with pytest.raises(ValueError, match="max_files=0"):
+        stdlib_documents(max_files=0, root=str(tmp_path))
+
+
+def test_stdlib_documents():
+    """The built-in corpus. Lower bounds only: counts vary across Python versions (CPython
+    3.11 gives about 500 documents, 20,000 sentences, 250,000 words)."""
+    docs = stdlib_documents()
+    stats = corpus_stats(docs)
+    assert stats["documents"] >= 200 and stats["sentences"] >= 5000 and stats["words"] >= 60000
+    assert all(len(d) >= 2 for d in docs)
+    sentences = [s for d in docs for s in d]
+    assert all(s and s == " ".join(s.split()) for s in sentences)
+    assert not any(s.startswith(">>>") for s in sentences)
+    assert len(set(sentences)) > 0.7 * len(sentences)
+    # deterministic, and max_files reads a prefix of the same sorted file list
+    assert stdlib_documents() == docs
+    head = stdlib_documents(max_files=30)
+    assert 0 < len(head) < len(docs) and head == docs[:len(head)]
+
+
+# ----------------------------------------------------------------------------- instances
+
+def test_instances_deterministic_and_valid(id_corpus, id_tokenizer):
+    kw = dict(max_seq_length=48, max_predictions_per_seq=8, dupe_factor=2)
+    a = create_pretraining_instances(id_corpus, id_tokenizer, seed=7, **kw)
+    b = create_pretraining_instances(id_corpus, id_tokenizer, seed=7, **kw)
+    c = create_pretraining_instances(id_corpus, id_tokenizer, seed=8, **kw)
+    assert a == b
+    assert a != c
+    assert all(isinstance(x, TrainingInstance) for x in a)
+    for inst in a:
+        _check_instance(inst, 48, 8, masked_lm_prob=0.15)
+
+
+def _locate(tokens, where):
+    """(document, [stream indices]) of a run of identity tokens; asserts one document."""
+    places = [where[t] for t in tokens]
+    docs = {d for d, _ in places}
+    assert len(docs) == 1, f"tokens {tokens} come from documents {docs}"
+    return docs.pop(), [i for _, i in places]
+
+
+@pytest.mark.parametrize("n_docs", [20, 1])
+def test_nsp_labels_are_true(id_corpus, id_tokenizer, n_docs):
+    """A and B are each a contiguous run of one document's token stream; IsNext B lies after
+    A in A's document; NotNext B comes from another document (the same one in a
+    one-document corpus); and a pass over the corpus uses (nearly) every sentence."""
+    corpus = id_corpus[:n_docs]
+    where = {}
+    for d, doc in enumerate(corpus):
+        for i, w in enumerate(w for s in doc for w in s.split()):
+            where[w] = (d, i)
+    instances = create_pretraining_instances(corpus, id_tokenizer, max_seq_length=40,
+                                             max_predictions_per_seq=6, seed=3)
+    labels, seen = [], set()
+    for inst in instances:
+        a, b = _split_ab(_restore(inst))
+        da, ia = _locate(a, where)
+        db, ib = _locate(b, where)
+        # the sentences this instance takes from the document it was built from
+        seen.update(w[:w.index("w")] for w in (a if inst.is_random_next else a + b))
+        assert ia == list(range(ia[0], ia[0] + len(ia))), "A must be contiguous"
+        assert ib == list(range(ib[0], ib[0] + len(ib))), "B must be contiguous"
+        if inst.is_random_next:
+            if n_docs > 1:
+                assert db != da
+        else:
+            assert db == da and ib[0] > ia[-1]
+        labels.append(inst.is_random_next)
+    assert 0 < sum(labels) < len(labels)
+    # The unused sentences of a NotNext chunk are put back, so one pass over the corpus uses
+    # every sentence; only truncation can drop a whole (short) sentence, now and then.
+    n_sentences = sum(len(doc) for doc in corpus)
+    assert len(seen) >= 0.95 * n_sentences, (len(seen), n_sentences)
+
+
+def test_is_next_fraction(id_corpus, id_tokenizer):
+    """Every chunk of two or more sentences flips a fair coin for IsNext; a one-sentence chunk
+    is NotNext for sure. Sentences have 3..8 tokens and the target is 29 with
+    short_seq_prob=0, so a one-sentence chunk happens only at a document's end: at most
+    D * dupe_factor of the N instances. With M >= N - D * dupe coin flips, the IsNext count
+    has mean M/2 and standard deviation sqrt(M)/2; the test allows 4 standard deviations."""
+    dupe = 8
+    instances = create_pretraining_instances(id_corpus, id_tokenizer, max_seq_length=32,
+                                             short_seq_prob=0.0, dupe_factor=dupe, seed=11)
+    n = len(instances)
+    is_next = sum(not x.is_random_next for x in instances)
+    forced = len(id_corpus) * dupe
+    assert n > 10 * forced
+    assert 0.5 * (n - forced) - 2 * math.sqrt(n) <= is_next <= 0.5 * n + 2 * math.sqrt(n)
+
+
+def test_masking_proportions(id_corpus, id_tokenizer):
+    """Each masked token is [MASK] with p = 0.8, itself with p = 0.1 (+ 0.1/V' when the random
+    draw hits the original, V' ~ 9600 ordinary tokens here) and another token with p ~ 0.1.
+    The choices are independent, so each count is binomial; 5 standard deviations."""
+    instances = create_pretraining_instances(id_corpus, id_tokenizer, max_seq_length=64,
+                                             max_predictions_per_seq=10, dupe_factor=4, seed=5)
+    n = masks = kept = 0
+    replaced = set()
+    ordinary = set(replacement_vocab(id_tokenizer))
+    for inst in instances:
+        for p, label in zip(inst.masked_lm_positions, inst.masked_lm_labels):
+            n += 1
+            masks += inst.tokens[p] == "[MASK]"
+            kept += inst.tokens[p] == label
+            if inst.tokens[p] not in ("[MASK]", label):
+                replaced.add(inst.tokens[p])
+    assert n > 4000
+    for count, p in ((masks, 0.8), (kept, 0.1), (n - masks - kept, 0.1)):
+        assert abs(count / n - p) <= 5 * math.sqrt(p * (1 - p) / n), (count, n, p)
+    assert replaced <= ordinary                    # random tokens are never special
+    assert len(replaced) > 100                     # and are spread over the vocabulary
+
+
+def test_whole_word_masking(small_stdlib, bert_tokenizer):
+    """With whole_word_mask a word (a piece and its ## continuations) is masked entirely or
+    not at all; without it, some words are split (so the test can fail)."""
+    def split_words(instances):
+        count = 0
+        for inst in instances:
+            masked = set(inst.masked_lm_positions)
+            count += sum(0 < len(masked.intersection(w)) < len(w) for w in _words(_restore(inst)))
+        return count
+
+    kw = dict(max_seq_length=64, max_predictions_per_seq=12, seed=2)
+    wwm = create_pretraining_instances(small_stdlib, bert_tokenizer, whole_word_mask=True, **kw)
+    for inst in wwm:
+        _check_instance(inst, 64, 12, whole_word=True)
+    assert split_words(wwm) == 0
+    assert split_words(create_pretraining_instances(small_stdlib, bert_tokenizer, **kw)) > 0
+    # a whole word's pieces share one 80/10/10 decision: all [MASK] or none of them
+    for inst in wwm:
+        original = _restore(inst)
+        for p in inst.masked_lm_positions:
+            if original[p].startswith("##") and p - 1 in inst.masked_lm_positions:
+                assert (inst.tokens[p] == "[MASK]") == (inst.tokens[p - 1] == "[MASK]")
+
+
+def test_short_seq_prob(id_corpus, id_tokenizer):
+    """short_seq_prob = 0 fills sequences (short ones only at document ends or when a random
+    B runs out of text); = 1 draws every target uniformly in [2, 61]."""
+    def short_fraction(p):
+        inst = create_pretraining_instances(id_corpus, id_tokenizer, max_seq_length=64,
+                                            short_seq_prob=p, seed=4)
+        return np.mean([len(x.tokens) < 64 for x in inst]), np.mean([len(x.tokens) for x in inst])
+
+    f0, mean0 = short_fraction(0.0)
+    f_half, _ = short_fraction(0.5)
+    f1, mean1 = short_fraction(1.0)
+    assert f0 < 0.3 < 0.7 < f1
+    assert f0 < f_half < f1
+    assert mean0 > 60 and mean1 < 48
+
+
+def test_one_document_and_too_short_corpus(letters_tokenizer):
+    one = [["a b c.", "d e.", "ab cd.", "bc de."]]
+    instances = create_pretraining_instances(one, letters_tokenizer, max_seq_length=12, seed=0,
+                                             dupe_factor=5)
+    assert instances and {x.is_random_next for x in instances} == {False, True}
+    with pytest.raises(ValueError, match="no document of at least 2 non-empty sentences"):
+        create_pretraining_instances([["a b."], ["c d."]], letters_tokenizer, seed=0)
+    with pytest.raises(ValueError, match="no document of at least 2"):
+        create_pretraining_instances([["a b.", "  "], []], letters_tokenizer, seed=0)
+    with pytest.raises(ValueError, match="no document"):
+        create_pretraining_instances([], letters_tokenizer)
+
+
+def test_special_token_text_is_not_special(letters_tokenizer):
+    docs = [["a [SEP] b [CLS] c", "d [MASK] e"], ["ab ab", "cd cd"]]
+    for inst in create_pretraining_instances(docs, letters_tokenizer, max_seq_length=16,
+                                             dupe_factor=3, seed=1):
+        _check_instance(inst, 16, 20)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_seq_length=4), "max_seq_length=4"),
+    (dict(max_predictions_per_seq=0), "max_predictions_per_seq=0"),
+    (dict(dupe_factor=0), "dupe_factor=0"),
+    (dict(short_seq_prob=1.5), "short_seq_prob=1.5"),
+    (dict(masked_lm_prob=0.0), "masked_lm_prob=0.0"),
+])
+def test_instance_argument_errors(letters_tokenizer, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_pretraining_instances([["a b.", "c d."]], letters_tokenizer, **kwargs)
+
+
+words = st.text(alphabet="abcde", min_size=1, max_size=6)
+sentences = st.lists(words, min_size=1, max_size=6).map(" ".join)
+corpora = st.lists(st.lists(sentences, min_size=1, max_size=6), min_size=1, max_size=4)
+
+
+@given(corpora, st.integers(5, 40), st.integers(1, 10), st.sampled_from([0.0, 0.3, 1.0]),
+       st.sampled_from([0.05, 0.15, 0.5]), st.booleans(), st.integers(0, 2**32 - 1))
+def test_random_corpora_give_valid_instances(letters_tokenizer, docs, max_seq_length, max_pred,
+                                             short_seq_prob, masked_lm_prob, wwm, seed):
+    kw = dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_pred,
+              short_seq_prob=short_seq_prob, masked_lm_prob=masked_lm_prob,
+              whole_word_mask=wwm, seed=seed)
+    if not any(len(d) >= 2 for d in docs):
+        with pytest.raises(ValueError, match="no document of at least 2"):
+            create_pretraining_instances(docs, letters_tokenizer, **kw)
+        return
+    instances = create_pretraining_instances(docs, letters_tokenizer, **kw)
+    assert instances
+    for inst in instances:
+        _check_instance(inst, max_seq_length, max_pred, None if wwm else masked_lm_prob, wwm)
+    arrays = instances_to_arrays(instances, letters_tokenizer, max_seq_length, max_pred)
+    validate_arrays(arrays)
+
+
+# ----------------------------------------------------------------------------- arrays
+
+def test_arrays_layout(id_corpus, id_tokenizer):
+    S, P = 40, 6
+    instances = create_pretraining_instances(id_corpus[:4], id_tokenizer, max_seq_length=S,
+                                             max_predictions_per_seq=P, short_seq_prob=0.5, seed=9)
+    arrays = instances_to_arrays(instances, id_tokenizer, S, P)
+    N = len(instances)
+    assert list(arrays) == list(ARRAY_SPECS)
+    for k, (dtype, dims) in ARRAY_SPECS.items():
+        assert arrays[k].dtype == dtype, k
+        assert arrays[k].shape == tuple({"N": N, "S": S, "P": P}[c] for c in dims), k
+    pad = id_tokenizer.pad_token_id
+    for n, inst in enumerate(instances):
+        T, K = len(inst.tokens), len(inst.masked_lm_positions)
+        assert arrays["input_ids"][n, :T].tolist() == id_tokenizer.convert_tokens_to_ids(inst.tokens)
+        assert (arrays["input_ids"][n, T:] == pad).all()
+        assert arrays["attention_mask"][n].tolist() == [1] * T + [0] * (S - T)
+        assert arrays["token_type_ids"][n].tolist() == inst.segment_ids + [0] * (S - T)
+        assert arrays["masked_lm_positions"][n].tolist() == inst.masked_lm_positions + [0] * (P - K)
+        assert arrays["masked_lm_ids"][n, :K].tolist() == \
+            id_tokenizer.convert_tokens_to_ids(inst.masked_lm_labels)
+        assert (arrays["masked_lm_ids"][n, K:] == 0).all()
+        assert arrays["masked_lm_weights"][n].tolist() == [1.0] * K + [0.0] * (P - K)
+        assert arrays["next_sentence_labels"][n] == int(inst.is_random_next)
+    assert (arrays["attention_mask"] == 0).any(), "short_seq_prob=0.5 leaves some padding"
+    with pytest.raises(ValueError, match="max_seq_length=10"):
+        instances_to_arrays(instances, id_tokenizer, 10, P)
+    with pytest.raises(ValueError, match="max_predictions_per_seq=2"):
+        instances_to_arrays(instances, id_tokenizer, S, 2)
+
+
+def test_arrays_feed_bert_for_pretraining(id_corpus, id_tokenizer):
+    """The arrays are what BertForPreTraining.forward takes: a loss near the uniform-guess
+    value ln(V) + ln(2) for a freshly initialized model."""
+    data = PretrainingData.from_instances(
+        create_pretraining_instances(id_corpus[:3], id_tokenizer, max_seq_length=32,
+                                     max_predictions_per_seq=5, seed=0), id_tokenizer, 32, 5)
+    config = BertConfig(vocab_size=len(id_tokenizer), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    model = BertForPreTraining(config, dtype=np.float64, seed=0)
+    batch = next(data.batches(8, seed=0))
+    out, _ = model.forward(**batch, training=False)
+    expected = math.log(len(id_tokenizer)) + math.log(2)
+    assert abs(float(out.loss) - expected) < 0.5
+
+
+def test_batches(id_corpus, id_tokenizer):
+    data = PretrainingData.from_instances(
+        create_pretraining_instances(id_corpus[:5], id_tokenizer, max_seq_length=32,
+                                     max_predictions_per_seq=5, seed=0), id_tokenizer, 32, 5)
+    n = len(data)
+    sizes = [len(b["input_ids"]) for b in data.batches(7, seed=1)]
+    assert sum(sizes) == n and all(s == 7 for s in sizes[:-1])
+    assert all(s == 7 for s in (len(b["input_ids"]) for b in data.batches(7, drop_last=True)))
+    rows = np.concatenate([b["input_ids"] for b in data.batches(7, seed=1)])
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, data.arrays["input_ids"].tolist()))
+    in_order = np.concatenate([b["input_ids"] for b in data.batches(7, seed=None)])
+    assert np.array_equal(in_order, data.arrays["input_ids"])
+    assert not np.array_equal(rows, in_order)
+    assert data.max_seq_length == 32 and data.max_predictions_per_seq == 5
+
+
+def test_save_load_round_trip(tmp_path, id_corpus, id_tokenizer):
+    instances = create_pretraining_instances(id_corpus[:3], id_tokenizer, max_seq_length=32,
+                                             max_predictions_per_seq=5, seed=0)
+    data = PretrainingData.from_instances(instances, id_tokenizer, 32, 5)
+    path = tmp_path / "cache.npz"
+    data.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["cache.npz"]       # no temporary file left behind
+    loaded = PretrainingData.load(path)
+    for k in ARRAY_SPECS:
+        assert loaded.arrays[k].dtype == data.arrays[k].dtype
+        assert np.array_equal(loaded.arrays[k], data.arrays[k]), k
+    data.save(path)                                             # overwriting is fine
+
+
+def test_load_rejects_bad_files(tmp_path, id_corpus, id_tokenizer):
+    with pytest.raises(ValueError, match="does not exist"):
+        PretrainingData.load(tmp_path / "none.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(os.urandom(200))
+    with pytest.raises(ValueError, match="junk.npz.*corrupt"):
+        PretrainingData.load(junk)
+    arrays = instances_to_arrays(create_pretraining_instances(
+        id_corpus[:2], id_tokenizer, max_seq_length=24, max_predictions_per_seq=4, seed=0),
+        id_tokenizer, 24, 4)
+    good = tmp_path / "good.npz"
+    PretrainingData(arrays).save(good)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated.npz.*corrupt"):
+        PretrainingData.load(truncated)
+    no_ids = {k: v for k, v in arrays.items() if k != "masked_lm_ids"}
+    foreign = [(no_ids, "missing \\['masked_lm_ids'\\]"),
+               ({**arrays, "extra": np.zeros(3)}, "unexpected \\['extra'\\]"),
+               ({**arrays, "input_ids": arrays["input_ids"].astype(np.int32)}, "dtype int32"),
+               ({**arrays, "masked_lm_weights": arrays["masked_lm_weights"][:-1]}, "expected N="),
+               ({**arrays, "attention_mask": arrays["attention_mask"] * 2}, "other than 0 and 1"),
+               ({**arrays, "masked_lm_positions": arrays["masked_lm_positions"] + 24},
+                "expected 0 <= position"),
+               ({**arrays, "next_sentence_labels": arrays["next_sentence_labels"][:, None]},
+                "1 dimensions")]
+    for i, (bad, match) in enumerate(foreign):
+        path = tmp_path / f"foreign{i}.npz"
+        np.savez(path, **bad)
+        with pytest.raises(ValueError, match=f"foreign{i}.npz.*not pretraining data.*{match}"):
+            PretrainingData.load(path)
