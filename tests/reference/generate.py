@@ -58,6 +58,28 @@ grad.<name>             d loss / d param for the same names (from named_paramete
                         The key biases' gradients are zero in exact arithmetic (softmax is
                         shift-invariant along each query row, and q . b_k shifts the whole row),
                         so they hold only rounding noise of ~1e-17.
+
+The training trajectory (keys "train.*", T=10 steps)
+----------------------------------------------------
+After the debug state above, the same model (the perturbed weights param.<name>, float64,
+eval mode: no dropout) is trained for T steps with torch.optim.AdamW (foreach=False, the
+single-tensor implementation) and transformers.get_linear_schedule_with_warmup: warmup 3
+steps, linear decay to 0 at step T, peak lr 1e-3, betas (0.9, 0.999), eps 1e-6, weight decay
+0.01 in one parameter group and 0 in a second one holding the biases and LayerNorm gains
+(names containing "bias" or "LayerNorm.weight", as BERT). Step k (0-based) evaluates the
+loss on batch k, back-propagates it and updates the parameters with rate lr[k]; note that
+lr[0] = 0 (the schedule starts at 0), so the first step only fills the moments. Each step
+has its own batch, drawn as the one above (same lengths and layout) from a second
+torch.Generator seeded with TRAIN_SEED, so the draws above are unchanged.
+
+train.hparams_json      str: the optimizer and schedule settings above as JSON
+train.lr                (T,) float64, the rate of each step: peak lr * schedule multiplier
+train.<input key>       (T, ...) the batch of each step, for every key of the batch above
+                        (input_ids, token_type_ids, attention_mask, masked_lm_positions,
+                        masked_lm_ids, masked_lm_weights, next_sentence_labels)
+train.loss, train.mlm_loss, train.nsp_loss
+                        (T,) float64, the loss of step k on batch k before its update
+train.param.<name>      the parameters after the T updates, same names as param.<name>
 """
 import json
 import os
@@ -74,6 +96,15 @@ CONFIG = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_
               hidden_act="gelu", layer_norm_eps=1e-12)
 TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bert_debug_state.npz")
+INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
+              "masked_lm_ids", "masked_lm_weights", "next_sentence_labels")
+
+# the training trajectory: its own generator, so that the draws above never change
+TRAIN_SEED = 1
+TRAIN = dict(steps=10, warmup_steps=3, peak_lr=1e-3, betas=[0.9, 0.999], eps=1e-6,
+             weight_decay=0.01, no_decay=["bias", "LayerNorm.weight"],
+             schedule="transformers.get_linear_schedule_with_warmup",
+             optimizer="torch.optim.AdamW(foreach=False)")
 
 
 def perturb_(model, gen):
@@ -111,6 +142,73 @@ def make_batch(gen, vocab_size):
     return input_ids, token_type_ids, attention_mask, positions, ids, weights, nsp
 
 
+def pretraining_loss(model, batch, **kwargs):
+    """Hugging Face's forward on a batch (a dict of INPUT_KEYS), and the MLM and NSP losses
+    recomputed from its logits: (out, mlm_logits gathered at the slots, mlm_loss, nsp_loss)."""
+    positions, ids, weights = (batch[k] for k in ("masked_lm_positions", "masked_lm_ids",
+                                                  "masked_lm_weights"))
+    labels = np.full((B, S), -100, np.int64)
+    for b in range(B):
+        for k in range(P):
+            if weights[b, k] == 1.0:
+                labels[b, positions[b, k]] = ids[b, k]
+
+    t = torch.from_numpy
+    out = model(input_ids=t(batch["input_ids"]), token_type_ids=t(batch["token_type_ids"]),
+                attention_mask=t(batch["attention_mask"]), labels=t(labels),
+                next_sentence_label=t(batch["next_sentence_labels"]), **kwargs)
+    # the decoder's scores at the prediction slots only, as minibert computes them
+    gather = t(positions)[:, :, None].expand(B, P, CONFIG["vocab_size"])
+    mlm_logits = torch.gather(out.prediction_logits, 1, gather)              # (B, P, V)
+    per_slot = torch.nn.functional.cross_entropy(mlm_logits.reshape(B * P, -1), t(ids).reshape(-1),
+                                                 reduction="none").reshape(B, P)
+    w = t(weights)
+    mlm_loss = (w * per_slot).sum() / w.sum()
+    nsp_loss = torch.nn.functional.cross_entropy(out.seq_relationship_logits,
+                                                 t(batch["next_sentence_labels"]))
+    assert torch.allclose(mlm_loss + nsp_loss, out.loss, rtol=1e-13, atol=0), (mlm_loss + nsp_loss, out.loss)
+    return out, mlm_logits, mlm_loss, nsp_loss
+
+
+def train_trajectory(model):
+    """TRAIN["steps"] AdamW steps of ``model`` (see the module docstring) -> the "train.*"
+    arrays. Trains ``model`` in place."""
+    gen = torch.Generator().manual_seed(TRAIN_SEED)
+    no_decay = tuple(TRAIN["no_decay"])
+    named = list(model.named_parameters())       # tied tensors appear once, under one name
+    groups = [dict(params=[p for n, p in named if not any(s in n for s in no_decay)],
+                   weight_decay=TRAIN["weight_decay"]),
+              dict(params=[p for n, p in named if any(s in n for s in no_decay)],
+                   weight_decay=0.0)]
+    opt = torch.optim.AdamW(groups, lr=TRAIN["peak_lr"], betas=tuple(TRAIN["betas"]),
+                            eps=TRAIN["eps"], foreach=False)
+    schedule = transformers.get_linear_schedule_with_warmup(
+        opt, num_warmup_steps=TRAIN["warmup_steps"], num_training_steps=TRAIN["steps"])
+    batches = {k: [] for k in INPUT_KEYS}
+    lrs, losses = [], {"loss": [], "mlm_loss": [], "nsp_loss": []}
+    for _ in range(TRAIN["steps"]):
+        batch = dict(zip(INPUT_KEYS, make_batch(gen, CONFIG["vocab_size"])))
+        opt.zero_grad(set_to_none=True)
+        out, _, mlm_loss, nsp_loss = pretraining_loss(model, batch)
+        out.loss.backward()
+        assert len({g["lr"] for g in opt.param_groups}) == 1
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+        for k in INPUT_KEYS:
+            batches[k].append(batch[k])
+        for k, v in (("loss", out.loss), ("mlm_loss", mlm_loss), ("nsp_loss", nsp_loss)):
+            losses[k].append(v.item())
+
+    arrays = {"train.hparams_json": np.array(json.dumps(TRAIN, sort_keys=True)),
+              "train.lr": np.array(lrs, np.float64)}
+    arrays.update({f"train.{k}": np.stack(v) for k, v in batches.items()})
+    arrays.update({f"train.{k}": np.array(v, np.float64) for k, v in losses.items()})
+    for n, p in named:
+        arrays[f"train.param.{n}"] = p.detach().numpy().astype(np.float64)
+    return arrays
+
+
 def main():
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
@@ -121,40 +219,19 @@ def main():
     assert model.cls.predictions.decoder.bias is model.cls.predictions.bias
     perturb_(model, gen)
 
-    (input_ids, token_type_ids, attention_mask, positions, ids, weights,
-     nsp) = make_batch(gen, CONFIG["vocab_size"])
-    labels = np.full((B, S), -100, np.int64)
-    for b in range(B):
-        for k in range(P):
-            if weights[b, k] == 1.0:
-                labels[b, positions[b, k]] = ids[b, k]
-
-    t = torch.from_numpy
-    out = model(input_ids=t(input_ids), token_type_ids=t(token_type_ids),
-                attention_mask=t(attention_mask), labels=t(labels), next_sentence_label=t(nsp),
-                output_hidden_states=True, output_attentions=True)
+    batch = dict(zip(INPUT_KEYS, make_batch(gen, CONFIG["vocab_size"])))
+    out, mlm_logits, mlm_loss, nsp_loss = pretraining_loss(
+        model, batch, output_hidden_states=True, output_attentions=True)
     model.zero_grad()
     out.loss.backward()
-
-    # the decoder's scores at the prediction slots only, as minibert computes them
-    gather = t(positions)[:, :, None].expand(B, P, CONFIG["vocab_size"])
-    mlm_logits = torch.gather(out.prediction_logits, 1, gather)              # (B, P, V)
-    per_slot = torch.nn.functional.cross_entropy(mlm_logits.reshape(B * P, -1), t(ids).reshape(-1),
-                                                 reduction="none").reshape(B, P)
-    w = t(weights)
-    mlm_loss = (w * per_slot).sum() / w.sum()
-    nsp_loss = torch.nn.functional.cross_entropy(out.seq_relationship_logits, t(nsp))
-    assert torch.allclose(mlm_loss + nsp_loss, out.loss, rtol=1e-13, atol=0), (mlm_loss + nsp_loss, out.loss)
 
     config = json.loads(hf_config.to_json_string())
     config["attn_implementation"] = "eager"        # HF keeps it out of its JSON; minibert reads it
     L = CONFIG["num_hidden_layers"]
-    d = lambda x: x.detach().numpy().astype(np.float64)  # noqa: E731
+    d = lambda x: x.detach().numpy().astype(np.float64)  # noqa: E731  (a copy)
     arrays = dict(
         config_json=np.array(json.dumps(config, sort_keys=True)),
-        input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
-        masked_lm_positions=positions, masked_lm_ids=ids, masked_lm_weights=weights,
-        next_sentence_labels=nsp,
+        **batch,
         embedding_output=d(out.hidden_states[0]),
         last_hidden_state=d(out.hidden_states[L]),
         pooler_output=d(model.bert.pooler(out.hidden_states[L])),
@@ -175,11 +252,16 @@ def main():
         arrays[f"param.{n}"] = d(params[n])
         arrays[f"grad.{n}"] = d(params[n].grad)
 
+    train = train_trajectory(model)
+    assert {k[len("train.param."):] for k in train if k.startswith("train.param.")} == set(names)
+    arrays.update(train)
+
     np.savez(OUT, **arrays)
     print(f"wrote {os.path.relpath(OUT)}: {len(arrays)} arrays, {len(names)} parameters, "
           f"{os.path.getsize(OUT) / 1024:.0f} KiB, loss {out.loss.item():.6f} "
-          f"(mlm {mlm_loss.item():.6f}, nsp {nsp_loss.item():.6f}), "
-          f"torch {torch.__version__}, transformers {transformers.__version__}")
+          f"(mlm {mlm_loss.item():.6f}, nsp {nsp_loss.item():.6f}), training loss "
+          f"{train['train.loss'][0]:.6f} -> {train['train.loss'][-1]:.6f} in "
+          f"{TRAIN['steps']} steps, torch {torch.__version__}, transformers {transformers.__version__}")
 
 
 if __name__ == "__main__":
