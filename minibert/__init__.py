@@ -8,6 +8,9 @@ Public names::
     BertForQuestionAnswering, BertForMultipleChoice          fine-tuning heads
     gradcheck, check_op, GradcheckError                      the finite-difference checker
     from_pretrained, save_pretrained                         Hugging Face checkpoints
+    BertTokenizer, train_wordpiece_vocab                     WordPiece tokenizer and trainer
+    AdamW, LRSchedule, clip_grad_norm                        the optimizer
+    TrainConfig, Trainer                                     the training loop
 """
 from .config import BertConfig, count_parameters, parameter_breakdown
 from .gradcheck import GradcheckError, GradcheckReport, check_op, gradcheck
@@ -16,6 +19,9 @@ from .heads import (BertForMultipleChoice, BertForPreTraining, BertForQuestionAn
 from .model import BertModel
 from .backend import gpu_available
 from .checkpoint import from_pretrained, save_pretrained
+from .tokenization import BertTokenizer, train_wordpiece_vocab
+from .optim import AdamW, LRSchedule, clip_grad_norm
+from .train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
@@ -24,5 +30,6 @@ __all__ = [
     "BertModel", "BertForPreTraining", "BertForSequenceClassification",
     "BertForTokenClassification", "BertForQuestionAnswering", "BertForMultipleChoice",
     "gradcheck", "check_op", "GradcheckError", "GradcheckReport", "gpu_available",
-    "from_pretrained", "save_pretrained",
+    "from_pretrained", "save_pretrained", "BertTokenizer", "train_wordpiece_vocab",
+    "AdamW", "LRSchedule", "clip_grad_norm", "TrainConfig", "Trainer",
 ]

@@ -1,15 +1,21 @@
 """The ``minibert`` command. The only module that prints.
 
+    minibert pretrain    WordPiece vocab + MLM/NSP data + BERT pretraining (the main job)
+    minibert finetune    sequence classification from a checkpoint, held-out accuracy
+    minibert fill-mask   top-k predictions for each [MASK] of a text
+    minibert encode      tokens, ids and the [CLS] / pooled vectors of a text
     minibert demo        forward + backward of a small BERT, then the gradient-check table
     minibert gradcheck   the gradient-check table of every op and a tiny model
     minibert params      the parameter breakdown of a preset, formula next to each count
     minibert info        versions and backends
 
-Bad input is one line on stderr and exit status 2; a failed gradient check exits 1.
+Bad input is one line on stderr and exit status 2; a failed gradient check or a training run
+that diverges exits 1.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -72,6 +78,120 @@ def cmd_demo(args) -> int:
     return 0 if _print_gradcheck_table(run_all(args.seed)) else 1
 
 
+class _Progress:
+    """A tqdm bar over the training steps, fed by the trainer's callbacks. The bar is drawn
+    from the first step on, so an error while the data is prepared stays one clean line."""
+
+    def __init__(self, total, desc, keys):
+        self.total, self.desc, self.keys = total, desc, keys
+        self.bar = None
+
+    def _open(self, done):
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, initial=done, desc=self.desc, unit="step",
+                            dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+
+    def step(self, rec):
+        self._open(rec["step"] - 1)             # a resumed run starts part of the way in
+        self.bar.update(1)
+        post = {k: f"{rec[k]:.3f}" for k in self.keys}
+        post["tok/s"] = f"{rec['tokens_per_s']:,.0f}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def eval(self, rec):
+        text = ", ".join(f"{k} {rec[k]:.4f}" for k in ("loss", *self.keys[1:]) if k in rec)
+        line = f"step {rec['step']}: held-out {text}"
+        if self.bar is None:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _stage(msg):
+    print(msg, flush=True)
+
+
+def _run_training(run, total, desc, keys):
+    from .train import TrainingError
+    progress = _Progress(total, desc, keys)
+    try:
+        return run(on_step=progress.step, on_eval=progress.eval)
+    except TrainingError as e:
+        progress.close()
+        print(f"minibert: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    finally:
+        progress.close()
+
+
+def cmd_pretrain(args) -> int:
+    from .recipes import pretrain
+    from functools import partial
+    run = partial(pretrain, out_dir=args.out, preset=args.preset, corpus=args.corpus,
+                  vocab=args.vocab, vocab_size=args.vocab_size, steps=args.steps,
+                  batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                  warmup_steps=args.warmup_steps, seed=args.seed, device=args.device,
+                  resume=args.resume, stop_at=args.stop_at, save_every=args.save_every,
+                  eval_every=args.eval_every, on_stage=_stage)
+    result = _run_training(run, args.steps, "pretrain", ("loss", "mlm_acc", "nsp_acc"))
+    if result.history:
+        first, last = result.history[0], result.history[-1]
+        print(f"step {last['step']}: loss {last['loss']:.3f} (step {first['step']}: "
+              f"{first['loss']:.3f})")
+    for ev in result.evals[:1] + result.evals[-1:] if len(result.evals) > 1 else result.evals:
+        print(f"held-out at step {ev['step']}: loss {ev['loss']:.3f}, MLM accuracy "
+              f"{ev['mlm_acc']:.3f}, NSP accuracy {ev['nsp_acc']:.3f}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"loss curve: {os.path.join(args.out, 'loss_curve.png')}")
+    print(f"try: minibert fill-mask {args.out} \"Return the [MASK] of the list.\"")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .recipes import finetune
+    from functools import partial
+    run = partial(finetune, checkpoint=args.checkpoint, data=args.data, out_dir=args.out,
+                  steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                  lr=args.lr, seed=args.seed, device=args.device, resume=args.resume,
+                  text_column=args.text_column, text_pair_column=args.text_pair_column,
+                  label_column=args.label_column, on_stage=_stage)
+    result, final, labels = _run_training(run, args.steps, "finetune", ("loss", "acc"))
+    chance = 1.0 / len(labels)
+    print(f"held-out accuracy {final['acc']:.3f} (loss {final['loss']:.3f}; chance {chance:.3f}) "
+          f"after {result.step} steps")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_fill_mask(args) -> int:
+    from .recipes import fill_mask
+    for i, preds in enumerate(fill_mask(args.checkpoint, args.text, args.top_k)):
+        print(f"[MASK] #{i + 1}:")
+        for token, prob in preds:
+            print(f"  {token:<20} {prob:.4f}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .recipes import encode
+    r = encode(args.checkpoint, args.text)
+    print(f"tokens ({len(r['tokens'])}): {' '.join(r['tokens'])}")
+    print(f"ids: {r['ids']}")
+    for name in ("cls", "pooled"):
+        v = r[name]
+        if v is None:
+            continue
+        label = "[CLS] hidden state" if name == "cls" else "pooled output"
+        print(f"{label}: dim {v.size}, norm {np.linalg.norm(v):.4f}, mean {v.mean():.4f}, "
+              f"std {v.std():.4f}, first 6 {np.array2string(v[:6], precision=4)}")
+    return 0
+
+
 def cmd_params(args) -> int:
     from .config import BertConfig, count_parameters, parameter_breakdown
     config = BertConfig.preset(args.preset)
@@ -90,7 +210,7 @@ def cmd_info(args) -> int:
     from . import __version__
     from .backend import gpu_available
     print(f"minibert {__version__}, Python {platform.python_version()}, NumPy {np.__version__}")
-    for mod in ("numba", "cupy", "safetensors", "torch", "transformers"):
+    for mod in ("numba", "cupy", "safetensors", "tqdm", "matplotlib", "torch", "transformers"):
         try:
             m = __import__(mod)
             print(f"  {mod:<12} {getattr(m, '__version__', '?')}")
@@ -119,6 +239,58 @@ def build_parser() -> argparse.ArgumentParser:
                     help="none, pretraining, sequence_classification, token_classification, "
                          "question_answering or multiple_choice")
     pa.set_defaults(func=cmd_params)
+    pr = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) from text: the main job",
+                        description="Build (or load) a WordPiece vocabulary, make masked-LM / "
+                        "next-sentence instances and pretrain BertForPreTraining. With no "
+                        "arguments: the docstrings of Python's standard library, preset mini.")
+    pr.add_argument("--preset", default="mini", help="model size (default mini)")
+    pr.add_argument("--corpus", default=None, help="text file (one sentence per line, blank line "
+                    "between documents) or directory of them; default: the standard library's "
+                    "docstrings")
+    pr.add_argument("--vocab", default=None, help="vocab.txt to use (default: train one)")
+    pr.add_argument("--vocab-size", type=int, default=8192)
+    pr.add_argument("--steps", type=int, default=300)
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--seq-len", type=int, default=128)
+    pr.add_argument("--lr", type=float, default=1e-3)
+    pr.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    pr.add_argument("--out", default="runs/pretrain")
+    pr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    pr.add_argument("--stop-at", type=int, default=None,
+                    help="stop after this step (a checkpoint is written); continue with --resume")
+    pr.add_argument("--save-every", type=int, default=100)
+    pr.add_argument("--eval-every", type=int, default=50)
+    pr.add_argument("--device", default="cpu", help="cpu or gpu")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(func=cmd_pretrain)
+    ft = sub.add_parser("finetune", help="fine-tune for sequence classification",
+                        description="Fine-tune a minibert or Hugging Face BERT checkpoint on a "
+                        "CSV/JSONL of text (and optional text_pair) plus label; 20%% is held out. "
+                        "Default task: which standard-library package a docstring belongs to.")
+    ft.add_argument("--checkpoint", default="runs/pretrain",
+                    help="a minibert run directory or a BERT directory (default runs/pretrain)")
+    ft.add_argument("--data", default=None, help="CSV or JSONL file (default: the built-in task)")
+    ft.add_argument("--text-column", default="text")
+    ft.add_argument("--text-pair-column", default="text_pair")
+    ft.add_argument("--label-column", default="label")
+    ft.add_argument("--steps", type=int, default=300)
+    ft.add_argument("--batch-size", type=int, default=16)
+    ft.add_argument("--seq-len", type=int, default=128)
+    ft.add_argument("--lr", type=float, default=2e-4)
+    ft.add_argument("--out", default="runs/finetune")
+    ft.add_argument("--resume", action="store_true")
+    ft.add_argument("--device", default="cpu")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.set_defaults(func=cmd_finetune)
+    fm = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] of a text")
+    fm.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
+    fm.add_argument("text", help='text with at least one [MASK], e.g. "Return the [MASK] of x."')
+    fm.add_argument("--top-k", type=int, default=5)
+    fm.set_defaults(func=cmd_fill_mask)
+    en = sub.add_parser("encode", help="tokens, ids and the [CLS] / pooled vectors of a text")
+    en.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
+    en.add_argument("text")
+    en.set_defaults(func=cmd_encode)
     i = sub.add_parser("info", help="versions, backends, GPU")
     i.set_defaults(func=cmd_info)
     return p
@@ -128,7 +300,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:

@@ -1,0 +1,893 @@
+"""BERT's WordPiece tokenizer and a WordPiece vocabulary trainer.
+
+Text becomes ids in two stages, exactly as in the original BERT.
+
+**1. Basic tokenization** (``BasicTokenizer``) cuts raw text into words and punctuation:
+
+* cleanup: NUL, U+FFFD and every character of a Unicode category ``C*`` (control, format,
+  private use, unassigned) are dropped, except tab, newline and carriage return, which are
+  whitespace; every whitespace character (those three and the category ``Zs``) becomes a space;
+* CJK ideographs get a space on each side, so each is a word of its own (Chinese is written
+  without spaces). "CJK" means the ideograph blocks BERT lists: U+4E00-9FFF, U+3400-4DBF,
+  U+20000-2A6DF, U+2A700-2B73F, U+2B740-2B81F, U+2B820-2CEAF, U+F900-FAFF, U+2F800-2FA1F.
+  Hiragana, katakana and hangul are not in them: they are handled like any other script;
+* with ``do_lower_case``: Python's ``str.lower`` and, unless ``strip_accents=False``,
+  accent stripping: the canonical decomposition (NFD) splits "é" into "e" + U+0301, and the
+  combining marks (category ``Mn``) are dropped. ``strip_accents=True`` strips without
+  lowercasing;
+* split on whitespace, then around every punctuation character: ASCII 33-47, 58-64, 91-96
+  and 123-126 (which includes symbols such as ``$ + < = > ^ ` | ~`` that Unicode does not call
+  punctuation) and every character of a category ``P*``. ``"don't!"`` -> ``don ' t !``.
+
+**2. WordPiece** (``WordpieceTokenizer``) cuts each word into vocabulary pieces, greedily
+and longest match first: take the longest prefix of the word that is in the vocabulary,
+then the longest continuation ``"##" + next part`` that is, and so on::
+
+    "unaffable" -> un  ##aff  ##able
+
+A word that cannot be cut all the way, or that is longer than
+``max_input_chars_per_word`` characters, becomes the single token ``[UNK]``.
+
+**Model inputs** (``BertTokenizer``). The special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]``
+are found in the raw text first (exact, case-sensitive matches: ``"[MASK]"`` is the mask
+token even in an uncased tokenizer, ``"[mask]"`` is the three tokens ``[ mask ]``) and are
+never split or lowercased. A sequence, or a pair of them, is laid out as::
+
+    input_ids       [CLS] a1 a2 ... [SEP] b1 b2 ... [SEP]  [PAD] ...
+    token_type_ids    0   0  0  ...   0   1  1  ...   1      0
+    attention_mask    1   1  1  ...   1   1  1  ...   1      0
+
+Truncation ("longest first") removes tokens from the end of the longer sequence of a pair,
+one at a time; when the two are equally long it removes from the one that was the shorter
+at the start (the first, if they started equal), so the odd token of an odd budget stays
+with the originally longer one. In closed form, with a budget of ``n`` tokens: the shorter
+sequence keeps all its ``s`` tokens if ``2 s <= n`` (the longer gets ``n - s``), otherwise
+they get ``n // 2`` and ``n - n // 2``. This is what ``transformers.BertTokenizer`` does.
+
+**Relation to Hugging Face.** The algorithm above is the one of BERT's original
+``tokenization.py``. ``transformers.BertTokenizer`` (5.x: the Rust ``tokenizers`` library)
+gives the same ids on ordinary text but differs on four kinds of character, where minibert
+follows the original algorithm (as does ``transformers.BertTokenizerLegacy``):
+
+* unassigned code points (category ``Cn``) are dropped here, kept by the Rust code;
+* the Rust code's Unicode tables are older than Python's (for example U+1E027, a Glagolitic
+  combining mark since Unicode 9, is not stripped as an accent there);
+* the Rust code starts the CJK Extension E range at U+2B920, not U+2B820;
+* the Rust code lowercases character by character, so a word-final capital sigma becomes
+  "σ"; ``str.lower`` gives the final form "ς", as the original BERT did when it was trained.
+
+``BertTokenizerLegacy`` in turn applies NFC before everything, which the original does not
+(it matters only without accent stripping: the cased tokenizer).
+
+**The vocabulary trainer** (``train_wordpiece_vocab``) builds a WordPiece vocabulary bottom
+up. Every word of the training text (after basic tokenization) starts as its characters,
+the first as itself and the others as continuations: ``"low" -> l ##o ##w``. The alphabet
+of those symbols is the initial vocabulary. Then, repeatedly, the adjacent pair ``(a, b)``
+with the best score
+
+    score(a, b) = freq(ab) / (freq(a) freq(b))
+
+is merged into one symbol (``"l" + "##o" -> "lo"``) everywhere, where ``freq`` counts
+occurrences in the training words weighted by how often each word occurs. Unlike BPE, which
+merges the most frequent pair, the score prefers pairs whose parts rarely occur apart (it
+is the pointwise mutual information ratio ``P(ab) / (P(a) P(b))`` up to a constant). Ties are
+broken by the higher pair frequency, then by the symbols' strings. Merging stops when the
+vocabulary reaches ``vocab_size`` or no pair occurs ``min_frequency`` times.
+
+The work is incremental. Unique words are counted once; the pair counts, the symbol counts
+and an index ``pair -> words that contain it`` are kept up to date, so a merge touches only
+the words that contain the merged pair. The best pair comes from a heap with lazy deletion:
+an entry whose pair's score has dropped since it was pushed is pushed again with its current
+score when it surfaces; a score can rise only for pairs containing ``a`` or ``b`` (their
+counts drop) or the new symbol, and those pairs are pushed again at once.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections import Counter
+
+import numpy as np
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+CONFIG_FILE = "tokenizer_config.json"
+VOCAB_FILE = "vocab.txt"
+
+# The CJK ideograph blocks of the original BERT (closed ranges of code points).
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+# ----------------------------------------------------------------------------- characters
+def _is_whitespace(ch: str) -> bool:
+    """Space, tab, newline, carriage return, or a space separator (category Zs)."""
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_control(ch: str) -> bool:
+    """Any category C* (Cc, Cf, Cn, Co, Cs), except tab, newline and carriage return."""
+    return ch not in "\t\n\r" and unicodedata.category(ch)[0] == "C"
+
+
+def _is_punctuation(ch: str) -> bool:
+    """ASCII non-alphanumeric printable characters, and Unicode categories P*."""
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch)[0] == "P"
+
+
+def _is_cjk(cp: int) -> bool:
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+class _CharMap(dict):
+    """A ``str.translate`` table filled on demand: ``rule(ch)`` gives the replacement of a
+    character (a string, or None to delete it). Each character is classified once, and then
+    ``translate`` runs at C speed, which is what makes megabytes of text cheap."""
+
+    def __init__(self, rule):
+        super().__init__()
+        self.rule = rule
+
+    def __missing__(self, cp):
+        out = self[cp] = self.rule(chr(cp))
+        return out
+
+
+def _cleanup_rule(cjk: bool):
+    def rule(ch):
+        if ch == "\x00" or ch == "\ufffd" or _is_control(ch):
+            return None
+        if _is_whitespace(ch):
+            return " "
+        if cjk and _is_cjk(ord(ch)):
+            return f" {ch} "
+        return ch
+    return rule
+
+
+# Module-wide caches, shared by every tokenizer (the rules never change).
+_CLEAN_CJK = _CharMap(_cleanup_rule(cjk=True))
+_CLEAN = _CharMap(_cleanup_rule(cjk=False))
+_DROP_MARKS = _CharMap(lambda ch: None if unicodedata.category(ch) == "Mn" else ch)
+_SPACE_PUNCT = _CharMap(lambda ch: f" {ch} " if _is_punctuation(ch) else ch)
+
+
+def _check_text(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} ({value!r:.60})")
+    return value
+
+
+def _check_bool(value, name: str, allow_none: bool = False):
+    if allow_none and value is None:
+        return value
+    if not isinstance(value, (bool, np.bool_)):
+        expected = "a bool or None" if allow_none else "a bool"
+        raise TypeError(f"{name}={value!r} is invalid, expected {expected}")
+    return bool(value)
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name}={value!r} is invalid, expected a positive integer")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- vocab files
+def _read_vocab_lines(path, name: str = "path") -> list[str]:
+    """The lines of a vocab file, without their line ends; line i is token id i. ``name`` is
+    the argument that errors name."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{name}={path!r} does not exist, expected a vocab.txt file "
+                         "(one token per line)")
+    # Text mode, as Hugging Face reads it: "\n", "\r\n" and "\r" all end a line.
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tokens = [line.rstrip("\n") for line in fh]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}={path!r} is not UTF-8 text: {e}") from None
+    if not tokens:
+        raise ValueError(f"{name}={path!r} is empty, expected one token per line")
+    return tokens
+
+
+def load_vocab(path) -> dict[str, int]:
+    """token -> id from a vocab file: one token per line, the id is the line number.
+
+    The dict keeps the file's order. A token that appears on several lines maps to its last
+    line (as Hugging Face's ``load_vocab``), so such a vocab has fewer entries than lines.
+    Raises ValueError for a missing or empty file.
+    """
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(_read_vocab_lines(path)):
+        vocab[token] = i
+    return vocab
+
+
+def _atomic_write_text(path: str, text: str):
+    """Write via a temporary file in the same directory, then rename over ``path``: a crash
+    mid-write leaves the previous file intact."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        # newline="" writes "\n" as is on every platform (the format is one token per "\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_vocab(tokens, path):
+    """Write ``tokens`` to ``path``, one per line (line i = id i), atomically.
+
+    Raises TypeError for a token that is not a str and ValueError for duplicates or for a
+    token that contains a line break (it could not be read back as one line).
+    """
+    tokens = list(tokens)
+    seen = set()
+    for i, t in enumerate(tokens):
+        if not isinstance(t, str):
+            raise TypeError(f"tokens[{i}]={t!r} is invalid, expected a str")
+        if "\n" in t or "\r" in t or t == "":
+            raise ValueError(f"tokens[{i}]={t!r} is invalid, expected a non-empty token "
+                             "without line breaks")
+        if t in seen:
+            raise ValueError(f"tokens[{i}]={t!r} is a duplicate, expected unique tokens")
+        seen.add(t)
+    _atomic_write_text(os.fspath(path), "".join(t + "\n" for t in tokens))
+
+
+# ----------------------------------------------------------------------------- basic
+class BasicTokenizer:
+    """Cleanup, CJK spacing, lowercasing and accent stripping, whitespace and punctuation
+    splitting (see the module docstring). ``tokenize(text)`` returns the words.
+
+    Args:
+        do_lower_case: lowercase (and, by default, strip accents).
+        never_split: words kept whole: not lowercased, not split on punctuation. A word is
+            matched after cleanup and whitespace splitting, so it must be space-separated.
+        tokenize_chinese_chars: put spaces around CJK ideographs.
+        strip_accents: None follows ``do_lower_case``; True or False overrides it.
+    """
+
+    def __init__(self, do_lower_case=True, never_split=None, tokenize_chinese_chars=True,
+                 strip_accents=None):
+        self.do_lower_case = _check_bool(do_lower_case, "do_lower_case")
+        self.tokenize_chinese_chars = _check_bool(tokenize_chinese_chars, "tokenize_chinese_chars")
+        self.strip_accents = _check_bool(strip_accents, "strip_accents", allow_none=True)
+        if never_split is None:
+            never_split = ()
+        if isinstance(never_split, str) or not all(isinstance(t, str) for t in never_split):
+            raise TypeError(f"never_split={never_split!r} is invalid, expected an iterable of str")
+        self.never_split = frozenset(never_split)
+        self._strip = self.do_lower_case if self.strip_accents is None else self.strip_accents
+
+    def _normalize(self, text: str) -> str:
+        """Lowercase and strip accents (per the flags) of cleaned text."""
+        if self.do_lower_case:
+            text = text.lower()
+        if self._strip and not text.isascii():
+            # NFD: "é" -> "e" + U+0301 (category Mn), then the marks go
+            text = unicodedata.normalize("NFD", text).translate(_DROP_MARKS)
+        return text
+
+    def tokenize(self, text: str) -> list[str]:
+        _check_text(text, "text")
+        text = text.translate(_CLEAN_CJK if self.tokenize_chinese_chars else _CLEAN)
+        if not self.never_split:
+            # Whole-text normalization equals word-by-word: lowercasing (final sigma included)
+            # and NFD never look across whitespace, and punctuation is per character.
+            return self._normalize(text).translate(_SPACE_PUNCT).split()
+        words = []
+        for word in text.split():
+            if word not in self.never_split:
+                word = self._normalize(word)
+                if word not in self.never_split:   # a word may lowercase into never_split
+                    words.extend(word.translate(_SPACE_PUNCT).split())
+                    continue
+            words.append(word)
+        return words
+
+    def __repr__(self):
+        return (f"BasicTokenizer(do_lower_case={self.do_lower_case}, never_split="
+                f"{sorted(self.never_split)}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "
+                f"strip_accents={self.strip_accents})")
+
+
+# ----------------------------------------------------------------------------- wordpiece
+class WordpieceTokenizer:
+    """Greedy longest-match-first WordPiece over a vocabulary (token -> id, or any
+    container of tokens). ``tokenize(text)`` splits ``text`` on whitespace and each word into
+    pieces; a word that cannot be covered, or longer than ``max_input_chars_per_word``
+    characters, becomes ``unk_token``. Words seen before are answered from a cache, so the
+    vocabulary must not change after construction."""
+
+    _CACHE_SIZE = 100_000
+
+    def __init__(self, vocab, unk_token="[UNK]", max_input_chars_per_word=100):
+        self.vocab = vocab
+        self.unk_token = _check_text(unk_token, "unk_token")
+        self.max_input_chars_per_word = _check_positive_int(max_input_chars_per_word,
+                                                            "max_input_chars_per_word")
+        # No piece is longer than the longest vocabulary entry: no need to try longer ones.
+        self._longest = max((len(t) for t in vocab), default=0)
+        self._cache: dict[str, list[str]] = {}
+
+    def _split_word(self, word: str) -> list[str]:
+        n = len(word)
+        if n > self.max_input_chars_per_word:
+            return [self.unk_token]
+        pieces = []
+        start = 0
+        while start < n:
+            end = min(n, start + self._longest)
+            while end > start:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    break
+                end -= 1
+            else:                                 # not even one character matched
+                return [self.unk_token]
+            pieces.append(piece)
+            start = end
+        return pieces
+
+    def tokenize(self, text: str) -> list[str]:
+        _check_text(text, "text")
+        out = []
+        for word in text.split():
+            pieces = self._cache.get(word)
+            if pieces is None:
+                if len(self._cache) >= self._CACHE_SIZE:
+                    self._cache.clear()
+                pieces = self._cache[word] = self._split_word(word)
+            out.extend(pieces)
+        return out
+
+
+# ----------------------------------------------------------------------------- BERT
+def _truncate_pair(a: list, b: list, budget: int):
+    """Longest-first truncation of a pair to ``budget`` tokens in all (module docstring)."""
+    n1, n2 = len(a), len(b)
+    if n1 + n2 <= budget:
+        return a, b
+    first_is_short = n1 <= n2
+    short = n1 if first_is_short else n2
+    if 2 * short <= budget:                      # only the longer one is cut
+        keep_short, keep_long = short, budget - short
+    else:                                        # both cut to half; the odd token to the longer
+        keep_short, keep_long = budget // 2, budget - budget // 2
+    if first_is_short:
+        return a[:keep_short], b[:keep_long]
+    return a[:keep_long], b[:keep_short]
+
+
+class BertTokenizer:
+    """BERT's tokenizer: special tokens, basic tokenization, WordPiece, and model inputs.
+
+    Args:
+        vocab_file: a vocab.txt (one token per line, id = line number) that contains
+            [PAD], [UNK], [CLS], [SEP] and [MASK].
+        do_lower_case, never_split, tokenize_chinese_chars, strip_accents: as BasicTokenizer.
+        model_max_length: the default ``max_length`` of ``__call__`` (BERT's 512 positions).
+
+    ``ids_to_tokens`` is the list of the file's lines: ``ids_to_tokens[i]`` is the token on
+    line ``i``, and every id in ``range(len(tokenizer))`` is valid.
+    """
+
+    special_tokens = SPECIAL_TOKENS
+
+    def __init__(self, vocab_file, do_lower_case=True, never_split=None,
+                 tokenize_chinese_chars=True, strip_accents=None, model_max_length=512):
+        self.vocab_file = os.fspath(vocab_file)
+        self.ids_to_tokens = _read_vocab_lines(self.vocab_file, "vocab_file")
+        # token -> id; a token on several lines maps to its last line, as load_vocab
+        self.vocab = {t: i for i, t in enumerate(self.ids_to_tokens)}
+        missing = [t for t in SPECIAL_TOKENS if t not in self.vocab]
+        if missing:
+            raise ValueError(f"vocab_file={self.vocab_file!r} lacks the special tokens {missing}, "
+                             f"expected all of {list(SPECIAL_TOKENS)}")
+        self.model_max_length = _check_positive_int(model_max_length, "model_max_length")
+        self.basic_tokenizer = BasicTokenizer(do_lower_case, never_split, tokenize_chinese_chars,
+                                              strip_accents)
+        self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab, unk_token="[UNK]")
+        self.pad_token_id = self.vocab["[PAD]"]
+        self.unk_token_id = self.vocab["[UNK]"]
+        self.cls_token_id = self.vocab["[CLS]"]
+        self.sep_token_id = self.vocab["[SEP]"]
+        self.mask_token_id = self.vocab["[MASK]"]
+        # Longest first, so that a special token that is a prefix of another cannot win.
+        alternatives = sorted(SPECIAL_TOKENS, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
+
+    # ------------------------------------------------------------------ attributes
+    do_lower_case = property(lambda self: self.basic_tokenizer.do_lower_case)
+    tokenize_chinese_chars = property(lambda self: self.basic_tokenizer.tokenize_chinese_chars)
+    strip_accents = property(lambda self: self.basic_tokenizer.strip_accents)
+    never_split = property(lambda self: self.basic_tokenizer.never_split)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.ids_to_tokens)
+
+    def __len__(self) -> int:
+        return len(self.ids_to_tokens)
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return list(SPECIAL_TOKENS)
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [self.vocab[t] for t in SPECIAL_TOKENS]
+
+    def __repr__(self):
+        return (f"BertTokenizer(vocab_file={self.vocab_file!r}, vocab_size={len(self)}, "
+                f"do_lower_case={self.do_lower_case}, tokenize_chinese_chars="
+                f"{self.tokenize_chinese_chars}, strip_accents={self.strip_accents}, "
+                f"model_max_length={self.model_max_length})")
+
+    # ------------------------------------------------------------------ text -> tokens -> ids
+    def tokenize(self, text: str, _name: str = "text") -> list[str]:
+        """Tokens of ``text``: special tokens as they are, everything else through basic
+        tokenization and WordPiece (``never_split`` words skip WordPiece)."""
+        _check_text(text, _name)
+        tokens = []
+        # re.split with a group alternates: text, special, text, special, ..., text
+        for i, part in enumerate(self._special_re.split(text)):
+            if i % 2:
+                tokens.append(part)
+                continue
+            for word in self.basic_tokenizer.tokenize(part):
+                if word in self.never_split:
+                    tokens.append(word)
+                else:
+                    tokens.extend(self.wordpiece_tokenizer.tokenize(word))
+        return tokens
+
+    def convert_tokens_to_ids(self, tokens):
+        """A token's id (unknown tokens: the [UNK] id); a list of tokens gives a list."""
+        if isinstance(tokens, str):
+            return self.vocab.get(tokens, self.unk_token_id)
+        if not isinstance(tokens, (list, tuple)):
+            raise TypeError(f"tokens must be a str or a list of str, got {type(tokens).__name__}")
+        out = []
+        for i, t in enumerate(tokens):
+            if not isinstance(t, str):
+                raise TypeError(f"tokens[{i}]={t!r} is invalid, expected a str")
+            out.append(self.vocab.get(t, self.unk_token_id))
+        return out
+
+    def _check_id(self, i, name: str) -> int:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{name}={i!r} is invalid, expected an integer token id")
+        if not 0 <= i < len(self.ids_to_tokens):
+            raise ValueError(f"{name}={int(i)} is out of range, expected 0 <= id < "
+                             f"{len(self.ids_to_tokens)} (the vocabulary size)")
+        return int(i)
+
+    def convert_ids_to_tokens(self, ids):
+        """The token of an id; a list (or 1-D array) of ids gives a list. An id outside
+        ``[0, len(self))`` raises ValueError."""
+        if isinstance(ids, (bool, np.bool_)):
+            raise TypeError(f"ids={ids!r} is invalid, expected an integer token id or a list of them")
+        if isinstance(ids, (int, np.integer)):
+            return self.ids_to_tokens[self._check_id(ids, "ids")]
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1:
+                raise ValueError(f"ids has shape {ids.shape}, expected a 1-D array of token ids")
+            ids = ids.tolist()
+        if not isinstance(ids, (list, tuple)):
+            raise TypeError(f"ids must be an int or a list of int, got {type(ids).__name__}")
+        return [self.ids_to_tokens[self._check_id(i, f"ids[{k}]")] for k, i in enumerate(ids)]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Tokens joined by spaces, each "##" piece glued to the token before it.
+
+        That is all: no other spacing rules, so ``"hello, world"`` decodes as
+        ``"hello , world"``, and lowercasing, stripped accents and [UNK] are not undone.
+        ``skip_special_tokens`` drops all five special tokens ([UNK] included, as Hugging
+        Face does).
+        """
+        tokens = self.convert_ids_to_tokens(list(ids) if isinstance(ids, np.ndarray) else ids)
+        if isinstance(tokens, str):
+            tokens = [tokens]
+        if skip_special_tokens:
+            tokens = [t for t in tokens if t not in SPECIAL_TOKENS]
+        return " ".join(tokens).replace(" ##", "")
+
+    # ------------------------------------------------------------------ model inputs
+    def _min_length(self, pair: bool) -> int:
+        return 3 if pair else 2                  # [CLS] A [SEP] (B [SEP])
+
+    def _check_max_length(self, max_length, pair: bool) -> int:
+        if max_length is None:
+            max_length = self.model_max_length
+        max_length = _check_positive_int(max_length, "max_length")
+        need = self._min_length(pair)
+        if max_length < need:
+            what = "a pair" if pair else "one sequence"
+            raise ValueError(f"max_length={max_length} is too small, expected at least {need} "
+                             f"(the special tokens of {what})")
+        return max_length
+
+    def _build(self, a: list[int], b: list[int] | None, truncation: bool, max_length: int):
+        """input_ids and token_type_ids of one example."""
+        if truncation:
+            budget = max_length - self._min_length(b is not None)
+            if b is None:
+                a = a[:budget]
+            else:
+                a, b = _truncate_pair(a, b, budget)
+        ids = [self.cls_token_id] + a + [self.sep_token_id]
+        types = [0] * len(ids)
+        if b is not None:
+            ids += b + [self.sep_token_id]
+            types += [1] * (len(b) + 1)
+        return ids, types
+
+    def encode(self, text, text_pair=None, max_length=None, truncation=False) -> dict:
+        """``{"input_ids", "token_type_ids", "attention_mask"}`` of one text (or pair), as
+        Python lists: ``[CLS] A [SEP]`` or ``[CLS] A [SEP] B [SEP]``, no padding.
+
+        With ``truncation`` the result is at most ``max_length`` tokens (default
+        ``model_max_length``), longest first for pairs.
+        """
+        truncation = _check_bool(truncation, "truncation")
+        pair = text_pair is not None
+        if max_length is not None or truncation:
+            max_length = self._check_max_length(max_length, pair)
+        a = self.convert_tokens_to_ids(self.tokenize(text, "text"))
+        b = self.convert_tokens_to_ids(self.tokenize(text_pair, "text_pair")) if pair else None
+        ids, types = self._build(a, b, truncation, max_length)
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": [1] * len(ids)}
+
+    def __call__(self, text, text_pair=None, padding="longest", truncation=True,
+                 max_length=None, return_tensors="np") -> dict:
+        """A batch of model inputs as NumPy int64 arrays of shape (B, S).
+
+        Args:
+            text: a str or a list of str (B = 1 for a str).
+            text_pair: None, or the second sequences: a str for a str ``text``, a list of
+                the same length for a list.
+            padding: "longest" (or True): pad to the longest sequence of the batch;
+                "max_length": pad to ``max_length``; False (or "do_not_pad"): no padding,
+                allowed only when all sequences come out equally long.
+            truncation: cut each example to ``max_length`` (longest first for pairs).
+            max_length: defaults to ``model_max_length``.
+            return_tensors: "np" (the only kind).
+        Returns:
+            {"input_ids", "token_type_ids", "attention_mask"}, each (B, S) int64; padding is
+            [PAD] with token type 0 and attention 0, on the right.
+        """
+        if return_tensors != "np":
+            raise ValueError(f"return_tensors={return_tensors!r} is not supported, expected 'np'")
+        if padding is True:
+            padding = "longest"
+        elif padding is False:
+            padding = "do_not_pad"
+        if padding not in ("longest", "max_length", "do_not_pad"):
+            raise ValueError(f"padding={padding!r} is invalid, expected 'longest', "
+                             "'max_length' or False")
+        truncation = _check_bool(truncation, "truncation")
+
+        if isinstance(text, str):
+            texts = [text]
+            if text_pair is not None:
+                pairs = [_check_text(text_pair, "text_pair")]
+            else:
+                pairs = None
+        elif isinstance(text, (list, tuple)):
+            texts = list(text)
+            for i, t in enumerate(texts):
+                _check_text(t, f"text[{i}]")
+            if text_pair is None:
+                pairs = None
+            elif isinstance(text_pair, (list, tuple)):
+                pairs = list(text_pair)
+                if len(pairs) != len(texts):
+                    raise ValueError(f"text_pair has {len(pairs)} entries, expected "
+                                     f"{len(texts)} (one per text)")
+            else:
+                raise TypeError(f"text_pair must be a list of str for a list text, got "
+                                f"{type(text_pair).__name__}")
+        else:
+            raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}")
+        if not texts:
+            raise ValueError("text=[] is empty, expected at least one text")
+
+        pair = pairs is not None
+        needs_length = truncation or padding == "max_length" or max_length is not None
+        max_length = self._check_max_length(max_length, pair) if needs_length else None
+
+        rows = []
+        for i, t in enumerate(texts):
+            a = self.convert_tokens_to_ids(self.tokenize(t, f"text[{i}]"))
+            b = None
+            if pair:
+                b = self.convert_tokens_to_ids(self.tokenize(pairs[i], f"text_pair[{i}]"))
+            rows.append(self._build(a, b, truncation, max_length))
+
+        lengths = [len(ids) for ids, _ in rows]
+        if padding == "longest":
+            S = max(lengths)
+        elif padding == "max_length":
+            S = max_length
+            if max(lengths) > S:
+                raise ValueError(f"a sequence has {max(lengths)} tokens, more than "
+                                 f"max_length={S}; expected truncation=True to pad to max_length")
+        else:
+            S = lengths[0]
+            if any(n != S for n in lengths):
+                raise ValueError(f"padding=False but the sequences have lengths {lengths}; expected "
+                                 "equal lengths (or padding='longest')")
+
+        B = len(rows)
+        input_ids = np.full((B, S), self.pad_token_id, dtype=np.int64)   # (B, S)
+        token_type_ids = np.zeros((B, S), dtype=np.int64)                # (B, S)
+        attention_mask = np.zeros((B, S), dtype=np.int64)                # (B, S)
+        for r, ((ids, types), n) in enumerate(zip(rows, lengths)):
+            input_ids[r, :n] = ids
+            token_type_ids[r, :n] = types
+            attention_mask[r, :n] = 1
+        return {"input_ids": input_ids, "token_type_ids": token_type_ids,
+                "attention_mask": attention_mask}
+
+    # ------------------------------------------------------------------ files
+    _CONFIG_KEYS = ("do_lower_case", "never_split", "tokenize_chinese_chars", "strip_accents",
+                    "model_max_length")
+
+    @classmethod
+    def from_pretrained(cls, directory, **overrides) -> "BertTokenizer":
+        """Load ``directory/vocab.txt`` and, if present, ``directory/tokenizer_config.json``
+        (its do_lower_case, never_split, tokenize_chinese_chars, strip_accents and
+        model_max_length; other keys are ignored). ``overrides`` replace those settings."""
+        directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            raise ValueError(f"directory={directory!r} does not exist, expected a tokenizer "
+                             "directory with vocab.txt")
+        vocab_file = os.path.join(directory, VOCAB_FILE)
+        if not os.path.isfile(vocab_file):
+            raise ValueError(f"directory={directory!r} has no {VOCAB_FILE}")
+        unknown = sorted(set(overrides) - set(cls._CONFIG_KEYS))
+        if unknown:
+            raise TypeError(f"from_pretrained got unknown settings {unknown}, expected some of "
+                            f"{list(cls._CONFIG_KEYS)}")
+        settings = {}
+        config_file = os.path.join(directory, CONFIG_FILE)
+        if os.path.isfile(config_file):
+            try:
+                with open(config_file, encoding="utf-8") as fh:
+                    config = json.load(fh)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{config_file!r} is not valid JSON: {e}") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{config_file!r} holds a {type(config).__name__}, expected "
+                                 "a JSON object")
+            settings = {k: config[k] for k in cls._CONFIG_KEYS if k in config}
+        settings.update(overrides)
+        return cls(vocab_file, **settings)
+
+    def save_pretrained(self, directory) -> tuple[str, str]:
+        """Write ``vocab.txt`` and ``tokenizer_config.json`` into ``directory`` (created if
+        needed), each atomically. ``transformers.BertTokenizer.from_pretrained`` reads them.
+        Returns the two paths."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        vocab_path = os.path.join(directory, VOCAB_FILE)
+        config_path = os.path.join(directory, CONFIG_FILE)
+        _atomic_write_text(vocab_path, "".join(t + "\n" for t in self.ids_to_tokens))
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.do_lower_case,
+            "tokenize_chinese_chars": self.tokenize_chinese_chars,
+            "strip_accents": self.strip_accents,
+            "never_split": sorted(self.never_split),
+            "model_max_length": self.model_max_length,
+            "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+            "sep_token": "[SEP]", "mask_token": "[MASK]",
+        }
+        _atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        return vocab_path, config_path
+
+
+# ----------------------------------------------------------------------------- trainer
+def _merged(a: str, b: str) -> str:
+    """The token of the merged pair: "lo" + "##w" -> "low", "##o" + "##w" -> "##ow"."""
+    return a + b[2:]
+
+
+def train_wordpiece_vocab(texts, vocab_size, do_lower_case=True, min_frequency=2,
+                          special_tokens=SPECIAL_TOKENS, limit_alphabet=1000,
+                          score="frequency") -> list[str]:
+    """Learn a WordPiece vocabulary from ``texts`` (an iterable of str: lines or documents).
+
+    Returns the tokens in id order: ``special_tokens``, then the alphabet (sorted), then the
+    merged tokens in the order they were learnt. The length is ``vocab_size`` unless merging
+    runs out of pairs that occur ``min_frequency`` times (shorter), or the special tokens and
+    the alphabet alone are more (then the result is those, nothing is cut).
+
+    Args:
+        texts: the training text; it is basic-tokenized (with ``do_lower_case``) into words.
+        vocab_size: the size to reach.
+        do_lower_case: lowercase and strip accents before counting, as the tokenizer will.
+        min_frequency: a pair must occur at least this often (over all words) to be merged.
+        special_tokens: the first tokens of the vocabulary.
+        limit_alphabet: keep only the this many most frequent characters; words with any
+            other character are left out of training (the tokenizer maps them to [UNK]).
+        score: which adjacent pair is merged next.
+            ``"frequency"``: the most frequent pair, freq(ab) (byte-pair encoding's rule, which
+            Hugging Face's ``tokenizers`` WordPiece trainer also uses). Common words become
+            single tokens early: on the standard library's docstrings an 8k vocabulary holds
+            "the", "return", "value" whole.
+            ``"likelihood"``: freq(ab) / (freq(a) freq(b)), the gain in unigram log-likelihood
+            of merging (the score usually quoted for WordPiece). It prefers pairs whose parts
+            rarely occur apart, so rare strings (a foreign word, "9999") merge before common
+            ones, and an 8k vocabulary still splits "the" into "th ##e".
+
+    The output is deterministic: it depends only on the texts and the arguments.
+    """
+    vocab_size = _check_positive_int(vocab_size, "vocab_size")
+    min_frequency = _check_positive_int(min_frequency, "min_frequency")
+    limit_alphabet = _check_positive_int(limit_alphabet, "limit_alphabet")
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens={special_tokens!r} is invalid, expected a sequence of str")
+    special_tokens = list(special_tokens)
+    for i, t in enumerate(special_tokens):
+        if not isinstance(t, str) or not t:
+            raise TypeError(f"special_tokens[{i}]={t!r} is invalid, expected a non-empty str")
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special_tokens={special_tokens!r} has duplicates, expected unique tokens")
+    if vocab_size < len(special_tokens):
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(special_tokens)} "
+                         "special tokens, expected at least as many")
+    if isinstance(texts, str):
+        raise TypeError("texts is a str, expected an iterable of str (wrap one text in a list)")
+    if score not in ("frequency", "likelihood"):
+        raise ValueError(f"score={score!r} is unknown, expected 'frequency' or 'likelihood'")
+    likelihood = score == "likelihood"
+
+    # 1. Count the words once; everything after works on unique words with a weight.
+    basic = BasicTokenizer(do_lower_case=do_lower_case)
+    word_counts: Counter = Counter()
+    for i, text in enumerate(texts):
+        word_counts.update(basic.tokenize(_check_text(text, f"texts[{i}]")))
+
+    # 2. The alphabet: the limit_alphabet most frequent characters (ties: by code point).
+    char_counts: Counter = Counter()
+    for word, c in word_counts.items():
+        for ch in word:
+            char_counts[ch] += c
+    kept = sorted(char_counts, key=lambda ch: (-char_counts[ch], ch))[:limit_alphabet]
+    kept = set(kept)
+    words = sorted(w for w in word_counts if all(ch in kept for ch in w))
+
+    symbols: list[str] = []                     # symbol id -> token string
+    symbol_id: dict[str, int] = {}
+
+    def intern(token: str) -> int:
+        if token not in symbol_id:
+            symbol_id[token] = len(symbols)
+            symbols.append(token)
+        return symbol_id[token]
+
+    alphabet = sorted({w[0] for w in words} | {"##" + ch for w in words for ch in w[1:]})
+    for t in alphabet:
+        intern(t)
+    seqs = [[symbol_id[w[0]]] + [symbol_id["##" + ch] for ch in w[1:]] for w in words]
+    counts = [word_counts[w] for w in words]
+
+    vocab = list(special_tokens)
+    in_vocab = set(vocab)
+    for t in alphabet:
+        if t not in in_vocab:
+            vocab.append(t)
+            in_vocab.add(t)
+
+    # 3. Counts: freq of each symbol, of each adjacent pair, and pair -> words containing it.
+    unit: list[int] = [0] * len(symbols)
+    pair_freq: dict[tuple[int, int], int] = {}
+    pair_words: dict[tuple[int, int], set[int]] = {}
+    symbol_pairs: dict[int, set[tuple[int, int]]] = {}   # symbol -> live pairs containing it
+    for wi, (seq, c) in enumerate(zip(seqs, counts)):
+        for s in seq:
+            unit[s] += c
+        for p in zip(seq, seq[1:]):
+            pair_freq[p] = pair_freq.get(p, 0) + c
+            pair_words.setdefault(p, set()).add(wi)
+    for p in pair_freq:
+        symbol_pairs.setdefault(p[0], set()).add(p)
+        symbol_pairs.setdefault(p[1], set()).add(p)
+
+    def key(p):
+        """Heap order: best score first, then higher frequency, then the strings."""
+        f = pair_freq[p]
+        best = -f / (unit[p[0]] * unit[p[1]]) if likelihood else -f
+        return (best, -f, symbols[p[0]], symbols[p[1]], p)
+
+    heap = [key(p) for p, f in pair_freq.items() if f >= min_frequency]
+    heapq.heapify(heap)
+
+    def add_pair(p, c, wi):
+        f = pair_freq.get(p, 0)
+        if f == 0:
+            symbol_pairs.setdefault(p[0], set()).add(p)
+            symbol_pairs.setdefault(p[1], set()).add(p)
+            pair_words[p] = set()
+        pair_freq[p] = f + c
+        pair_words[p].add(wi)
+
+    def remove_pair(p, c):
+        f = pair_freq[p] - c
+        if f:
+            pair_freq[p] = f
+        else:                                    # the pair is gone from every word
+            del pair_freq[p], pair_words[p]
+            symbol_pairs[p[0]].discard(p)
+            symbol_pairs[p[1]].discard(p)
+
+    # 4. Merge the best pair until the vocabulary is full or no pair is frequent enough.
+    while len(vocab) < vocab_size and heap:
+        entry = heapq.heappop(heap)
+        p = entry[-1]
+        if pair_freq.get(p, 0) < min_frequency:
+            continue                             # merged already, or too rare
+        current = key(p)
+        if current != entry:
+            if current > entry:                  # its score dropped since: queue it anew
+                heapq.heappush(heap, current)
+            continue                             # (a rise was pushed when it happened)
+        a, b = p
+        token = _merged(symbols[a], symbols[b])
+        c_id = intern(token)
+        if c_id == len(unit):
+            unit.append(0)
+        if token not in in_vocab:
+            vocab.append(token)
+            in_vocab.add(token)
+
+        risen = set()                            # new pairs: their counts went up
+        for wi in list(pair_words[p]):        # (order does not matter: sums)
+            old, c = seqs[wi], counts[wi]
+            new = []
+            i, n = 0, len(old)
+            while i < n:
+                if i + 1 < n and old[i] == a and old[i + 1] == b:
+                    new.append(c_id)             # a b -> ab, left to right
+                    i += 2
+                else:
+                    new.append(old[i])
+                    i += 1
+            merges = n - len(new)
+            unit[a] -= c * merges
+            unit[b] -= c * merges
+            unit[c_id] += c * merges
+            for q in zip(old, old[1:]):
+                remove_pair(q, c)
+            for q in zip(new, new[1:]):
+                add_pair(q, c, wi)
+                if c_id in q:
+                    risen.add(q)
+            # pairs that left this word keep it in their index; drop it
+            for q in set(zip(old, old[1:])) - set(zip(new, new[1:])):
+                if q in pair_words:
+                    pair_words[q].discard(wi)
+            seqs[wi] = new
+        if likelihood:
+            # freq(a) and freq(b) fell: every score with a or b in it rose
+            # (push order does not matter: the keys order the heap totally)
+            risen |= symbol_pairs.get(a, set()) | symbol_pairs.get(b, set())
+        for q in risen:
+            if pair_freq.get(q, 0) >= min_frequency:
+                heapq.heappush(heap, key(q))
+    return vocab
