@@ -41,7 +41,8 @@ class BertOutput:
     last_hidden_state: object = None            # (B, S, H)
     pooler_output: object = None                # (B, H), None without a pooler
     hidden_states: list = field(default_factory=list)   # L + 1 arrays (B, S, H); [0] = embeddings
-    attentions: list = field(default_factory=list)      # L arrays (B, A, S, S), pre-dropout
+    attentions: list = field(default_factory=list)      # L arrays (B, A, S, S), pre-dropout;
+    #                                                     None per layer with attn_implementation="fused"
 
 
 def bert_param_specs(config: BertConfig, prefix: str = "", add_pooling_layer: bool = True):
@@ -165,7 +166,12 @@ class BertModel(PretrainedMixin):
 
     # ---------------------------------------------------------------- forward
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, training=False):
-        """Returns ``(BertOutput, cache)``; ``cache`` feeds ``backward``."""
+        """Returns ``(BertOutput, cache)``; ``cache`` feeds ``backward``.
+
+        With ``config.attn_implementation == "fused"`` attention runs in
+        ``minibert.kernels`` (same function, same dropout bits), which never forms the
+        (S, S) probabilities: ``outputs.attentions`` then holds None for every layer.
+        """
         cfg, xp = self.config, self.xp
         ids, tt, mask = self._validate_inputs(input_ids, attention_mask, token_type_ids)
         B, S = ids.shape
@@ -202,10 +208,21 @@ class BertModel(PretrainedMixin):
                 t, c[which] = linear.forward(x, self._p(n + f"attention.self.{which}.weight"),
                                              self._p(n + f"attention.self.{which}.bias"))   # (B, S, H)
                 heads.append(t.reshape(B, S, A, D).transpose(0, 2, 1, 3))               # (B, A, S, D)
-            ctx, c["attn"] = attention.forward(*heads, attention_mask=mask, scale=1.0 / np.sqrt(D),
-                                               dropout_p=p_attn, seed=self.seed,
-                                               offset=offset(_site(l, 0)), training=training)
-            attentions.append(c["attn"]["probs"])
+            if cfg.attn_implementation == "fused":
+                # the fused kernel keeps only out and the row log-sum-exp (no (S, S) probabilities:
+                # outputs.attentions gets None, as Hugging Face's sdpa path); same dropout bits
+                from .kernels import fused_attention_forward
+                q, k, v = (xp.ascontiguousarray(t) for t in heads)                      # (B, A, S, D)
+                fused = dict(mask=mask, scale=1.0 / np.sqrt(D), dropout_p=p_attn, seed=self.seed,
+                             offset=offset(_site(l, 0)))
+                ctx, lse = fused_attention_forward(q, k, v, **fused)                    # (B, A, S, D)
+                c["attn"] = dict(q=q, k=k, v=v, out=ctx, lse=lse, **fused)
+                attentions.append(None)
+            else:
+                ctx, c["attn"] = attention.forward(*heads, attention_mask=mask, scale=1.0 / np.sqrt(D),
+                                                   dropout_p=p_attn, seed=self.seed,
+                                                   offset=offset(_site(l, 0)), training=training)
+                attentions.append(c["attn"]["probs"])
             ctx = ctx.transpose(0, 2, 1, 3).reshape(B, S, A * D)                           # (B, S, H)
             a, c["attn_out"] = linear.forward(ctx, self._p(n + "attention.output.dense.weight"),
                                               self._p(n + "attention.output.dense.bias"))
@@ -302,7 +319,14 @@ class BertModel(PretrainedMixin):
             self._acc(n + "attention.output.dense.weight", dw)
             self._acc(n + "attention.output.dense.bias", db)
             dctx = dctx.reshape(B, S, A, D).transpose(0, 2, 1, 3)       # (B, A, S, D)
-            dheads = attention.backward(dctx, c["attn"])                 # ctx = attention(q, k, v)
+            if cfg.attn_implementation == "fused":
+                from .kernels import fused_attention_backward
+                f = c["attn"]
+                dheads = fused_attention_backward(xp.ascontiguousarray(dctx), f["q"], f["k"], f["v"],
+                                                  f["out"], f["lse"], f["mask"], f["scale"],
+                                                  f["dropout_p"], f["seed"], f["offset"])
+            else:
+                dheads = attention.backward(dctx, c["attn"])             # ctx = attention(q, k, v)
             for which, dt in zip(("query", "key", "value"), dheads):
                 dt = dt.transpose(0, 2, 1, 3).reshape(B, S, H)           # (B, S, H)
                 dxi, dw, db = linear.backward(dt, c[which])              # q = x Wq^T + bq, ...

@@ -48,3 +48,17 @@ def test_kernels_subpackage_imports():
     in setup.cfg); with the editable install of the README it resolves from the checkout too."""
     import minibert.kernels
     assert minibert.kernels.__doc__
+
+
+def test_kernels_directory_imports_as_a_top_level_package():
+    """From the repository root, ``kernels/`` also shadows any top-level package of that name
+    (transformers imports "kernels" to probe for Hugging Face's package of the name). It must
+    then import cleanly: absolute ``minibert.`` imports only, and no ``__version__``, so the
+    probe sees no usable version and moves on."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import kernels; assert not hasattr(kernels, '__version__'); print(kernels.__file__)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -1,0 +1,514 @@
+"""Benchmark of the CPU attention kernels: the kernel ladder (v1 naive, v2 fused softmax,
+v3 online softmax, v4 = ``minibert.kernels``, the production kernel) against the NumPy
+textbook op (``minibert.ops.attention``) and torch's ``scaled_dot_product_attention``.
+
+v1-v3 run on one thread (they are serial); v4 runs with N threads, and again with one
+thread, and once more on one thread with every key real (a mask of ones: v4 then has no
+padded key block to skip and does the same work as v1-v3), so that the table separates
+the gain of the kernel, of the threads and of skipping padding.
+
+    python benchmarks/bench_attention.py [--threads N] [--repeat R] [--quick] [--out FILE]
+
+What it does, in order:
+
+1. Sets the thread count of every library to N *before* importing them (OpenBLAS/OpenMP
+   through the environment, then ``numba.set_num_threads`` and ``torch.set_num_threads``),
+   and points Numba's cache to ~/.cache/minibert/numba if the kernels' directory is not
+   writable (compiled kernels are cached either way: ``@njit(cache=True)``).
+2. Measures the machine's SGEMM rate (``np.matmul`` of two 1024 x 1024 float32 matrices,
+   median), with N threads and with one thread (in a subprocess), as the yardstick.
+3. For each shape (B, A, S, D), float32, with a key padding mask whose real lengths are drawn
+   from a seeded generator between S/4 and S: runs every implementation once and checks its
+   out, dq, dk, dv (and lse) against the float64 textbook result, and stops if one is wrong.
+   That first call also compiles the Numba kernels, so compilation is never timed.
+4. Times forward and forward+backward, the implementations interleaved round by round
+   (so that a noisy neighbour hurts them all alike). Each implementation's turn starts
+   with a pause of 0.25 s (the idle threads of the previous library stop spinning) and an
+   untimed forward (its own threads wake up), so the timed calls run back to back, as
+   attention does layer after layer. Reports the median.
+5. Measures the peak of traced memory of one forward+backward with ``tracemalloc`` (which
+   sees the arrays NumPy and Numba-compiled code allocate, not torch's allocator), and
+   states what each implementation saves for the backward.
+6. Prints a table and writes benchmarks/results/bench_attention_cpu.json (or ``--out``).
+
+FLOP counts (dense: the padded keys are counted as if real, so that every implementation
+is credited with the same work and a ratio of GFLOP/s is a ratio of times):
+
+    forward           4 B A S^2 D       S = QK^T (2 S^2 D) and O = P V (2 S^2 D)
+    forward+backward 14 B A S^2 D       + backward 10 B A S^2 D: the recomputed QK^T,
+                                          dV = Pd^T dO, dPd = dO V^T, dQ = dS K, dK = dS^T Q
+                                          (2 S^2 D each; FlashAttention's 2.5x the forward)
+
+The exponentials and the softmax arithmetic (O(S^2), not O(S^2 D)) are not counted. The
+textbook op and torch keep P instead of recomputing QK^T, so they do 8 B A S^2 D of
+backward work for the 10 credited: the formula favours them slightly.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULT = HERE / "results" / "bench_attention_cpu.json"
+
+SHAPES = [(8, 12, 128, 64), (2, 12, 512, 64)]
+QUICK_SHAPES = [(8, 12, 128, 64)]
+SGEMM_N = 1024
+
+# pause before each implementation's turn: idle thread pools stop spinning meanwhile
+SETTLE_S = 0.25
+
+# float32 results against the float64 textbook, relative to the largest entry: rounding
+# gives ~1e-6 at these sizes (a few eps32 times sqrt(S + D)); a wrong kernel is off by 1e-2
+# or more
+CHECK_RTOL = 1e-4
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="threads for BLAS, Numba and torch (default: all cores)")
+    ap.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: the first shape only, 3 repeats")
+    ap.add_argument("--out", type=Path, default=RESULT,
+                    help=f"JSON file to write (default: {RESULT.relative_to(ROOT)})")
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error(f"--threads={args.threads} must be >= 1")
+    if args.repeat < 1:
+        ap.error(f"--repeat={args.repeat} must be >= 1")
+    if args.quick:
+        args.repeat = min(args.repeat, 3)
+    return args
+
+
+def configure_environment(threads):
+    """Thread counts and Numba's cache directory; must run before numpy/numba are imported."""
+    notes = []
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    # Numba's pool is sized at import; allow more threads than cores if asked
+    os.environ["NUMBA_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
+    kernels_dir = ROOT / "kernels"
+    if "NUMBA_CACHE_DIR" not in os.environ and not os.access(kernels_dir, os.W_OK):
+        cache = Path.home() / ".cache" / "minibert" / "numba"
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ["NUMBA_CACHE_DIR"] = str(cache)
+        notes.append(f"{kernels_dir} is not writable: Numba's cache is in {cache}")
+    return notes
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+NOTES = configure_environment(ARGS.threads) if ARGS is not None else []
+
+import numpy as np  # noqa: E402  (after the thread environment is set)
+import numba  # noqa: E402
+
+from minibert.ops import attention  # noqa: E402
+from minibert import kernels as fused  # noqa: E402
+from minibert.kernels import attn_v1_naive, attn_v2_fused_softmax, attn_v3_online_softmax  # noqa: E402,E501
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:                              # torch is optional: that peer is skipped
+    torch = None
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+_SGEMM_CODE = """
+import sys, time, numpy as np
+n, repeat = int(sys.argv[1]), int(sys.argv[2])
+r = np.random.default_rng(0)
+a = r.standard_normal((n, n)).astype(np.float32)
+b = r.standard_normal((n, n)).astype(np.float32)
+c = np.empty((n, n), np.float32)
+np.matmul(a, b, out=c)
+times = []
+for _ in range(repeat):
+    t = time.perf_counter(); np.matmul(a, b, out=c); times.append(time.perf_counter() - t)
+times.sort()
+print(2 * n ** 3 / times[len(times) // 2] / 1e9)
+"""
+
+
+def sgemm_gflops(threads, repeat=15):
+    """Median SGEMM rate of ``np.matmul`` (1024^3) with ``threads`` BLAS threads, measured in
+    a fresh interpreter (OpenBLAS fixes its thread count when it is loaded)."""
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    out = subprocess.run([sys.executable, "-c", _SGEMM_CODE, str(SGEMM_N), str(repeat)],
+                         env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _exp_loop(x, out):
+    for i in range(x.size):
+        out[i] = math.exp(x[i])
+
+
+def exp_ns(n=1 << 20, repeat=9):
+    """Median nanoseconds per float32 ``math.exp`` in a Numba loop (the kernels' softmax
+    exponential: a scalar call, not vectorized without Intel's SVML), one thread."""
+    x = -10 * np.random.default_rng(0).random(n, dtype=np.float32)
+    out = np.empty_like(x)
+    _exp_loop(x, out)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        _exp_loop(x, out)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / n * 1e9
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def make_problem(shape, seed=0):
+    B, A, S, D = shape
+    r = np.random.default_rng(seed)
+    q, k, v, dout = (r.standard_normal(shape).astype(np.float32) for _ in range(4))
+    lengths = r.integers(S // 4, S + 1, size=B)              # real tokens per sequence
+    mask = (np.arange(S)[None, :] < lengths[:, None]).astype(np.int64)   # (B, S)
+    return dict(q=q, k=k, v=v, dout=dout, mask=mask, lengths=[int(n) for n in lengths])
+
+
+def reference(prob):
+    """float64 textbook out, dq, dk, dv and lse from the float32 inputs."""
+    q, k, v, dout = (prob[n].astype(np.float64) for n in ("q", "k", "v", "dout"))
+    out, cache = attention.forward(q, k, v, attention_mask=prob["mask"])
+    dq, dk, dv = attention.backward(dout, cache)
+    D = q.shape[-1]
+    s = (q @ k.swapaxes(-1, -2)) / np.sqrt(D)
+    s = np.where(prob["mask"][:, None, None, :] == 1, s, -np.inf)            # (B, A, S, S)
+    m = s.max(axis=-1, keepdims=True)
+    lse = (m + np.log(np.exp(s - m).sum(axis=-1, keepdims=True)))[..., 0]     # (B, A, S)
+    return dict(out=out, dq=dq, dk=dk, dv=dv, lse=lse)
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+class Impl:
+    """One implementation: ``fwd()`` and ``fwd_bwd()`` closures over a problem, the Numba
+    thread count it runs with, and what it keeps for the backward."""
+
+    def __init__(self, name, threads, make, saved, scratch, dense=False):
+        self.name, self.threads, self.make = name, threads, make
+        self.saved, self.scratch, self.dense = saved, scratch, dense
+
+
+def ladder_impl(name, mod, threads, scratch, dense=False):
+    """A rung of the ladder; ``dense=True`` runs it with every key real (mask of ones)."""
+    def make(prob):
+        q, k, v, dout, mask = (prob[n] for n in ("q", "k", "v", "dout", "mask"))
+        if dense:
+            mask = np.ones_like(mask)
+
+        def fwd():
+            return mod.forward(q, k, v, mask, None)
+
+        def fwd_bwd():
+            out, lse = mod.forward(q, k, v, mask, None)
+            return (out,) + tuple(mod.backward(dout, q, k, v, out, lse, mask, None)) + (lse,)
+        return fwd, fwd_bwd
+    return Impl(name, threads, make, "lse (B, A, S)", scratch, dense)
+
+
+class _V4:
+    forward = staticmethod(fused.fused_attention_forward)
+    backward = staticmethod(fused.fused_attention_backward)
+
+
+def numpy_impl(threads):
+    def make(prob):
+        q, k, v, dout, mask = (prob[n] for n in ("q", "k", "v", "dout", "mask"))
+
+        def fwd():
+            return attention.forward(q, k, v, attention_mask=mask)
+
+        def fwd_bwd():
+            out, cache = attention.forward(q, k, v, attention_mask=mask)
+            return (out,) + tuple(attention.backward(dout, cache))
+        return fwd, fwd_bwd
+    return Impl("numpy textbook", threads, make, "P (B, A, S, S)",
+                "scores, exp, P, dP, dS: several (B, A, S, S)")
+
+
+def torch_impl(threads):
+    def make(prob):
+        q, k, v, dout = (torch.from_numpy(prob[n]) for n in ("q", "k", "v", "dout"))
+        # boolean attn_mask, True = attend, broadcast over heads and queries: (B, 1, 1, S)
+        attn_mask = torch.from_numpy(prob["mask"] == 1)[:, None, None, :]
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+
+        def fwd():
+            with torch.no_grad():
+                return (F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).numpy(),)
+
+        def fwd_bwd():
+            for x in leaves:
+                x.grad = None
+            out = F.scaled_dot_product_attention(*leaves, attn_mask=attn_mask)
+            out.backward(dout)
+            return (out.detach().numpy(),) + tuple(x.grad.numpy() for x in leaves)
+        return fwd, fwd_bwd
+    return Impl("torch sdpa", threads, make, "n/a", "n/a")
+
+
+def implementations(threads, itemsize=4):
+    bk = attn_v3_online_softmax.BLOCK_K
+    from minibert.kernels import attention_cpu
+    bq, bk4 = attention_cpu.BLOCK_Q, attention_cpu.BLOCK_K
+    impls = [
+        ladder_impl("v1 naive", attn_v1_naive, 1,
+                    "fwd 1, bwd 2 (S, S) buffers per (b, a)"),
+        ladder_impl("v2 fused softmax", attn_v2_fused_softmax, 1, "fwd 1, bwd 2 rows of S"),
+        ladder_impl("v3 online softmax", attn_v3_online_softmax, 1,
+                    f"fwd {bk} scores + D accumulators, bwd {bk}"),
+        ladder_impl("v4 minibert.kernels", _V4, threads,
+                    f"per task: fwd {bq}x{bk4} scores, {bq}xD output, Dx{bk4} K block; "
+                    f"bwd 2 {bq}x{bk4}, 2 Dx{bk4}, S"),
+    ]
+    if threads > 1:
+        impls.append(ladder_impl("v4 (1 thread)", _V4, 1, impls[-1].scratch))
+    # the same work as v1-v3 (nothing to skip): separates the kernel from the skipping
+    impls.append(ladder_impl("v4 (1 thr, no padding)", _V4, 1, impls[-1].scratch, dense=True))
+    impls.append(numpy_impl(threads))
+    if torch is not None:
+        impls.append(torch_impl(threads))
+    return impls
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def check(impl, fns, ref):
+    """Run forward+backward once (compiling Numba kernels) and compare with float64."""
+    got = fns[1]()
+    names = ["out", "dq", "dk", "dv", "lse"][:len(got)]
+    errors = {}
+    for name, a in zip(names, got):
+        r = ref[name]
+        finite = np.isfinite(r)
+        err = float(np.abs(a[finite].astype(np.float64) - r[finite]).max())
+        rel = err / float(np.abs(r[finite]).max())
+        errors[name] = rel
+        if not (rel <= CHECK_RTOL):
+            raise SystemExit(f"WRONG RESULT: {impl.name} {name} differs from the float64 textbook "
+                             f"by {rel:.2e} of its largest entry (allowed {CHECK_RTOL:.0e})")
+    return errors
+
+
+def set_threads(n):
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def time_round_robin(impls, fns, repeat, threads):
+    """Median seconds per (implementation, pass), measured round by round."""
+    times = {(im.name, p): [] for im in impls for p in ("fwd", "fwd+bwd")}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for im in impls:
+                set_threads(im.threads)
+                # let the previous implementation's idle threads stop spinning (OpenBLAS
+                # spins ~0.1 s after a call) so that they do not slow this one down, then
+                # wake this one's threads with an untimed call: timed calls run back to
+                # back, as attention does layer after layer
+                time.sleep(SETTLE_S)
+                fns[im.name][0]()
+                for p, fn in zip(("fwd", "fwd+bwd"), fns[im.name]):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[(im.name, p)].append(time.perf_counter() - t0)
+    finally:
+        set_threads(threads)
+        if gc_was:
+            gc.enable()
+    return {key: statistics.median(v) for key, v in times.items()}, times
+
+
+def traced_peak_mib(fn):
+    """Peak of tracemalloc-traced memory (NumPy and Numba arrays) during ``fn()`` above what was
+    allocated before, and the size of what ``fn`` returned (allocated during the call, so
+    part of the peak): ``(peak_mib, outputs_mib)``."""
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    result = fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    outputs = sum(x.nbytes for x in result)
+    return (peak - base) / 2**20, outputs / 2**20
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(args):
+    threads = args.threads
+    set_threads(threads)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    command = "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "numba": numba.__version__,
+                "torch": torch.__version__ if torch is not None else None}
+    device = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
+              "load_average_start": list(os.getloadavg())}
+    notes = list(NOTES)
+    if torch is None:
+        notes.append("torch is not installed: the torch sdpa peer is skipped")
+    print(f"command: {command}")
+    print(f"cpu: {device['cpu']}, {device['cores']} cores, {threads} threads; "
+          f"numpy {versions['numpy']}, numba {versions['numba']}, torch {versions['torch']}")
+    for note in notes:
+        print(f"note: {note}")
+
+    sgemm_rate = {1: sgemm_gflops(1)}
+    if threads > 1:
+        sgemm_rate[threads] = sgemm_gflops(threads)
+    sgemm = {"n": SGEMM_N, **{f"gflops_{n}_thread{'s' if n > 1 else ''}": g
+                              for n, g in sgemm_rate.items()}}
+    print(f"SGEMM (np.matmul {SGEMM_N}^3 float32, median): "
+          + ", ".join(f"{g:.1f} GFLOP/s with {n} thread{'s' if n > 1 else ''}"
+                      for n, g in sorted(sgemm_rate.items())))
+    t_exp = exp_ns()
+    print(f"exp (float32 math.exp in a Numba loop, one thread): {t_exp:.2f} ns each")
+
+    impls = implementations(threads)
+    rows, memory, checks, problems = [], [], [], []
+    for shape in shapes:
+        B, A, S, D = shape
+        prob = make_problem(shape)
+        real_fraction = sum(prob["lengths"]) / (B * S)
+        problems.append({"shape": list(shape), "real_lengths": prob["lengths"],
+                         "real_key_fraction": real_fraction})
+        print(f"\n(B, A, S, D) = {shape}, float32, real lengths {prob['lengths']} "
+              f"(seeded, between S/4 and S: {100 * real_fraction:.0f}% of the keys are real; "
+              "v4 skips padded key blocks, v1-v3 do not), dropout off")
+        refs = {False: reference(prob),
+                True: reference(dict(prob, mask=np.ones_like(prob["mask"])))}
+        fns = {}
+        for im in impls:
+            fns[im.name] = im.make(prob)
+            set_threads(im.threads)
+            err = check(im, fns[im.name], refs[im.dense])
+            checks.append({"impl": im.name, "shape": list(shape), "max_rel_error": err})
+        set_threads(threads)
+        print("  correctness: every implementation within "
+              f"{CHECK_RTOL:.0e} (relative) of the float64 textbook; largest "
+              + ", ".join(f"{c['impl']} {max(c['max_rel_error'].values()):.1e}"
+                          for c in checks[-len(impls):]))
+        med, all_times = time_round_robin(impls, fns, args.repeat, threads)
+        # the exponentials alone: one per (query, real key) in the forward, again in the
+        # backward's recomputation (v1-v3 and v4 take exp of real keys only)
+        n_exp = A * S * sum(prob["lengths"])
+        problems[-1].update(exp_per_pass=n_exp, exp_ms_one_thread=n_exp * t_exp * 1e-6,
+                            exp_ms_one_thread_dense=B * A * S * S * t_exp * 1e-6)
+        flops = {"fwd": 4 * B * A * S * S * D, "fwd+bwd": 14 * B * A * S * S * D}
+        for im in impls:
+            set_threads(im.threads)
+            peak = outputs = None
+            if im.name != "torch sdpa":       # torch's allocator is not traced
+                peak, outputs = traced_peak_mib(fns[im.name][1])
+            memory.append({"impl": im.name, "shape": list(shape), "traced_peak_mib_fwd_bwd": peak,
+                           "of_which_outputs_mib": outputs, "saved_for_backward": im.saved,
+                           "kernel_scratch": im.scratch})
+            for p in ("fwd", "fwd+bwd"):
+                t = med[(im.name, p)]
+                gflops = flops[p] / t / 1e9
+                t_np = med[("numpy textbook", p)]
+                t_torch = med.get(("torch sdpa", p))
+                rows.append({
+                    "impl": im.name, "shape": list(shape), "pass": p, "threads": im.threads,
+                    "padding_mask": not im.dense,
+                    "ms": t * 1e3, "ms_all": [x * 1e3 for x in all_times[(im.name, p)]],
+                    "gflops": gflops,
+                    "pct_sgemm": 100 * gflops / sgemm_rate.get(im.threads, sgemm_rate[threads]),
+                    "speedup_vs_numpy": t_np / t,
+                    "speedup_vs_torch": (t_torch / t) if t_torch else None,
+                    "traced_peak_mib": peak})
+        set_threads(threads)
+        print_table([r for r in rows if r["shape"] == list(shape)], B, A, S, D)
+        print(f"  exponentials alone, one thread, per pass: {problems[-1]['exp_ms_one_thread']:.1f} ms "
+              f"for the real keys, {problems[-1]['exp_ms_one_thread_dense']:.1f} ms for all keys")
+        print(f"  peak MiB: tracemalloc peak of one fwd+bwd (arrays allocated by NumPy and by "
+              f"Numba-compiled code; torch's allocator is not traced), including the outputs "
+              f"out, dq, dk, dv ({4 * B * A * S * D * 4 / 2**20:.1f} MiB)")
+
+    saved = {"kernels (v1-v4)": "lse: B*A*S numbers",
+             "numpy textbook": "P: B*A*S*S numbers (and the keep mask with dropout)"}
+    print("\nsaved for the backward, float32, per shape: "
+          + "; ".join(f"{s}: lse {s[0] * s[1] * s[2] * 4 / 2**20:.2f} MiB vs P "
+                      f"{s[0] * s[1] * s[2] ** 2 * 4 / 2**20:.1f} MiB" for s in shapes))
+    device["load_average_end"] = list(os.getloadavg())
+    result = {
+        "benchmark": "attention on the CPU: kernel ladder vs NumPy textbook vs torch sdpa",
+        "command": command, "device": device, "versions": versions, "dtype": "float32",
+        "repeat": args.repeat, "statistic": "median seconds of the repeats, interleaved",
+        "flop_formula": {"fwd": "4*B*A*S^2*D", "fwd+bwd": "14*B*A*S^2*D",
+                         "note": "dense count (padding not discounted); backward = recomputed "
+                                 "QK^T, dV, dPd, dQ, dK at 2*S^2*D each"},
+        "sgemm": sgemm, "exp_ns_one_thread": t_exp, "problems": problems, "dropout_p": 0.0,
+        "pct_sgemm_note": "against the SGEMM rate with the implementation's own thread count "
+                          "(1 for v1-v3 and 'v4 (1 thread)')",
+        "speedup_note": "time of the peer / time of the implementation (>1: faster)",
+        "memory_note": "tracemalloc sees the arrays allocated by NumPy and by Numba-compiled "
+                       "code (inputs excluded, outputs included, see of_which_outputs_mib); "
+                       "torch's allocator is not traced",
+        "saved_for_backward": saved, "checks": checks, "results": rows, "memory": memory,
+        "notes": notes,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {os.path.relpath(args.out, Path.cwd())}")
+
+
+def print_table(rows, B, A, S, D):
+    print(f"  GFLOP/s from fwd = 4*B*A*S^2*D = {4 * B * A * S * S * D / 1e9:.2f} GFLOP, "
+          f"fwd+bwd = 14*B*A*S^2*D = {14 * B * A * S * S * D / 1e9:.2f} GFLOP (dense); "
+          "speedup = peer time / time; %SGEMM at the row's own thread count")
+    head = (f"  {'variant':<25}{'thr':>4}{'pass':>9}{'ms':>10}{'GFLOP/s':>9}{'%SGEMM':>8}"
+            f"{'x numpy':>9}{'x torch':>9}{'peak MiB':>10}")
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for r in rows:
+        torch_s = f"{r['speedup_vs_torch']:.2f}" if r["speedup_vs_torch"] else "-"
+        peak = f"{r['traced_peak_mib']:.1f}" if r["traced_peak_mib"] is not None else "n/a"
+        print(f"  {r['impl']:<25}{r['threads']:>4}{r['pass']:>9}{r['ms']:>10.2f}"
+              f"{r['gflops']:>9.1f}{r['pct_sgemm']:>8.1f}{r['speedup_vs_numpy']:>9.2f}"
+              f"{torch_s:>9}{peak:>10}")
+
+
+if __name__ == "__main__":
+    main(ARGS)
