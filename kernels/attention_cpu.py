@@ -314,7 +314,7 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
                    offset, block_q, block_k, exp_consts, int_type, out, lse):
     """Writes out (B, A, S, D) and lse (B, A, S), one task per (b, a, query block).
 
-    ``key_bias`` (B, S) is the additive mask in q's dtype (0 real, -inf padding) and
+    ``k_t`` is K transposed, (B, A, D, S). ``key_bias`` (B, S) is the additive mask in q's dtype (0 real, -inf padding) and
     ``key_lo``/``key_hi`` come from ``key_block_ranges``; ``scale`` and ``keep_scale``
     (1 / (1 - p)) have q's dtype, ``dropout_p`` is float32 (the keep test compares in
     float32), ``seed`` and ``offset`` uint64; ``exp_consts`` and ``int_type`` the entries of
@@ -325,7 +325,7 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
     zero, neg_inf, pos_inf = ftype(0), ftype(-np.inf), ftype(np.inf)
     top = np.int64(0)        # first row of a scratch buffer (a literal 0 would be compiled
     #                          into a separate specialisation of _gemm_acc)
-    no, yes = top != 0, top == 0    # the same for a literal False / True
+    no = top != 0            # and a runtime False, not a literal one, for the same reason
     dropping = dropout_p > 0
     nk = key_lo.shape[1]
     nq = (S + block_q - 1) // block_q
@@ -396,12 +396,13 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def backward_kernel(dout, q, k, v, k_t, v_t, lse, key_bias, key_lo, key_hi, scale, dropout_p,
+def backward_kernel(dout, q, k, k_t, v_t, lse, key_bias, key_lo, key_hi, scale, dropout_p,
                     keep_scale, seed, offset, block_q, block_k, exp_consts, int_type,
                     dq, dk, dv):
     """Adds the gradients into dq, dk, dv (B, A, S, D), which the caller zeroes; one task
     per head (b, a), so no two threads write the same element (dK and dV sum over all the
-    query blocks of their head). Arguments as in ``forward_kernel``; ``lse`` is its output."""
+    query blocks of their head). ``k_t``, ``v_t`` are K and V transposed (B, A, D, S); the
+    other arguments as in ``forward_kernel``, whose output ``lse`` is."""
     B, A, S, D = q.shape
     ftype = q.dtype.type
     zero, one = ftype(0), ftype(1)
@@ -548,6 +549,6 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     k_t = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                  # (B, A, D, S)
     v_t = np.ascontiguousarray(v.transpose(0, 1, 3, 2))                  # (B, A, D, S)
     with _threads_for(B * A * S * S * D):
-        backward_kernel(dout, q, k, v, k_t, v_t, lse, *args, int(block_q), int(block_k),
+        backward_kernel(dout, q, k, k_t, v_t, lse, *args, int(block_q), int(block_k),
                         _EXP_CONSTANTS[q.dtype], _INT_OF[q.dtype], dq, dk, dv)
     return dq, dk, dv

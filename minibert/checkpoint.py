@@ -202,6 +202,9 @@ def save_pretrained(model, path):
         state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"].copy()
     cfg = model.config.to_dict()
     cfg["architectures"] = [type(model).__name__]
+    # the attention kernel is a run-time choice, not part of the model; transformers refuses
+    # names it does not know ("fused"), so the exported config says nothing about it
+    cfg.pop("attn_implementation", None)
     _atomic_write(os.path.join(path, "model.safetensors"),
                   lambda tmp: save_file(state, tmp, metadata={"format": "np"}))
 

@@ -197,3 +197,15 @@ def test_sharded_safetensors(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     BertConfig(**SMALL).save(tmp_path / "config.json")
     assert np.array_equal(BertModel.from_pretrained(tmp_path).store.data, m.store.data)
+
+
+def test_fused_model_exports_a_config_transformers_reads(tmp_path):
+    import json
+    from minibert import BertConfig, BertModel
+    model = BertModel(BertConfig.preset("tiny", attn_implementation="fused"), seed=0)
+    model.save_pretrained(tmp_path)
+    cfg = json.load(open(tmp_path / "config.json"))
+    assert "attn_implementation" not in cfg
+    back = BertModel.from_pretrained(tmp_path)
+    assert back.config.attn_implementation == "eager"
+    assert np.array_equal(back.store.data, model.store.data)
