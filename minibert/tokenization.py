@@ -87,7 +87,6 @@ import heapq
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 
@@ -212,19 +211,15 @@ def load_vocab(path) -> dict[str, int]:
 
 
 def _atomic_write_text(path: str, text: str):
-    """Write via a temporary file in the same directory, then rename over ``path``: a crash
-    mid-write leaves the previous file intact."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
+    """Write ``text`` through checkpoint's temporary-file-then-rename, so a crash mid-write
+    leaves the previous file intact."""
+    from .checkpoint import _atomic_write
+
+    def write(tmp):
         # newline="" writes "\n" as is on every platform (the format is one token per "\n")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _atomic_write(os.fspath(path), write)
 
 
 def write_vocab(tokens, path):
