@@ -1,11 +1,11 @@
 """Benchmark of the CPU attention kernels: the kernel ladder (v1 naive, v2 fused softmax,
-v3 online softmax, v4 = ``minibert.kernels``, the production kernel) against the NumPy
-textbook op (``minibert.ops.attention``) and torch's ``scaled_dot_product_attention``.
+v3 online softmax, v4 tiled, v5 = ``minibert.kernels``, the production kernel) against the
+NumPy textbook op (``minibert.ops.attention``) and torch's ``scaled_dot_product_attention``.
 
-v1-v3 run on one thread (they are serial); v4 runs with N threads, and again with one
-thread, and once more on one thread with every key real (a mask of ones: v4 then has no
-padded key block to skip and does the same work as v1-v3), so that the table separates
-the gain of the kernel, of the threads and of skipping padding.
+v1-v3 run on one thread (they are serial); v4 runs with N threads; v5 runs with N threads,
+again with one thread, and once more on one thread with every key real (a mask of ones:
+v5 then has no padded key block to skip and does the same work as v1-v3), so that the
+table separates the gain of the kernel, of the threads and of skipping padding.
 
     python benchmarks/bench_attention.py [--threads N] [--repeat R] [--quick] [--out FILE]
 
@@ -122,7 +122,7 @@ import numba  # noqa: E402
 from minibert.ops import attention  # noqa: E402
 from minibert import kernels as fused  # noqa: E402
 from minibert.kernels import (attn_v1_naive, attn_v2_fused_softmax,  # noqa: E402
-                              attn_v3_online_softmax)
+                              attn_v3_online_softmax, attn_v4_tiled)
 
 try:
     import torch
@@ -258,7 +258,7 @@ def ladder_impl(name, mod, threads, scratch, dense=False):
     return Impl(name, threads, make, "lse (B, A, S)", scratch, dense)
 
 
-class _V4:
+class _V5:
     forward = staticmethod(fused.fused_attention_forward)
     backward = staticmethod(fused.fused_attention_backward)
 
@@ -302,20 +302,24 @@ def torch_impl(threads):
 def implementations(threads, itemsize=4):
     bk = attn_v3_online_softmax.BLOCK_K
     from minibert.kernels import attention_cpu
-    bq, bk4 = attention_cpu.BLOCK_Q, attention_cpu.BLOCK_K
+    bq4, bk4 = attn_v4_tiled.BLOCK_Q, attn_v4_tiled.BLOCK_K
+    bq5, bk5 = attention_cpu.BLOCK_Q, attention_cpu.BLOCK_K
+    scratch5 = (f"tiles of G heads x {bq5} queries x {bk5} keys per task, G = A / ceil("
+                f"{attention_cpu.MIN_TASKS} / B) (see attention_cpu.py)")
     impls = [
         ladder_impl("v1 naive", attn_v1_naive, 1,
                     "fwd 1, bwd 2 (S, S) buffers per (b, a)"),
         ladder_impl("v2 fused softmax", attn_v2_fused_softmax, 1, "fwd 1, bwd 2 rows of S"),
         ladder_impl("v3 online softmax", attn_v3_online_softmax, 1,
                     f"fwd {bk} scores + D accumulators, bwd {bk}"),
-        ladder_impl("v4 minibert.kernels", _V4, threads,
-                    f"blocks of {bq} queries x {bk4} keys per task (see attention_cpu.py)"),
+        ladder_impl("v4 tiled", attn_v4_tiled, threads,
+                    f"blocks of {bq4} queries x {bk4} keys per task (see attn_v4_tiled.py)"),
+        ladder_impl("v5 minibert.kernels", _V5, threads, scratch5),
     ]
     if threads > 1:
-        impls.append(ladder_impl("v4 (1 thread)", _V4, 1, impls[-1].scratch))
+        impls.append(ladder_impl("v5 (1 thread)", _V5, 1, scratch5))
     # the same work as v1-v3 (nothing to skip): separates the kernel from the skipping
-    impls.append(ladder_impl("v4 (1 thr, no padding)", _V4, 1, impls[-1].scratch, dense=True))
+    impls.append(ladder_impl("v5 (1 thr, no padding)", _V5, 1, scratch5, dense=True))
     impls.append(numpy_impl(threads))
     if torch is not None:
         impls.append(torch_impl(threads))
@@ -432,7 +436,7 @@ def main(args):
                          "real_key_fraction": real_fraction})
         print(f"\n(B, A, S, D) = {shape}, float32, real lengths {prob['lengths']} "
               f"(seeded, between S/4 and S: {100 * real_fraction:.0f}% of the keys are real; "
-              "v4 skips padded key blocks, v1-v3 do not), dropout off")
+              "v4 and v5 skip padded key blocks, v1-v3 do not), dropout off")
         refs = {False: reference(prob),
                 True: reference(dict(prob, mask=np.ones_like(prob["mask"])))}
         fns = {}
@@ -489,7 +493,7 @@ def main(args):
     for shape, pr in zip(shapes, problems):
         B, A, S, D = shape
         # the exponentials alone: one per (query, real key) in the forward, again in the
-        # backward's recomputation (v1-v3 and v4 take exp of real keys only)
+        # backward's recomputation (v4 and v5 take exp of real keys only)
         n_exp = A * S * sum(pr["real_lengths"])
         pr.update(exp_per_pass=n_exp, exp_ms_one_thread=n_exp * t_exp * 1e-6,
                   exp_ms_one_thread_dense=B * A * S * S * t_exp * 1e-6)
@@ -501,7 +505,7 @@ def main(args):
               f"Numba-compiled code; torch's allocator is not traced), including the outputs "
               f"out, dq, dk, dv ({4 * B * A * S * D * 4 / 2**20:.1f} MiB)")
 
-    saved = {"kernels (v1-v4)": "lse: B*A*S numbers",
+    saved = {"kernels (v1-v5)": "lse: B*A*S numbers",
              "numpy textbook": "P: B*A*S*S numbers (and the keep mask with dropout)"}
     print("\nsaved for the backward, float32, per shape: "
           + "; ".join(f"{s}: lse {s[0] * s[1] * s[2] * 4 / 2**20:.2f} MiB vs P "
@@ -516,7 +520,7 @@ def main(args):
                                  "QK^T, dV, dPd, dQ, dK at 2*S^2*D each"},
         "sgemm": sgemm, "exp_ns_one_thread": t_exp, "problems": problems, "dropout_p": 0.0,
         "pct_sgemm_note": "against the SGEMM rate with the implementation's own thread count "
-                          "(1 for v1-v3 and 'v4 (1 thread)')",
+                          "(1 for v1-v3 and 'v5 (1 thread)')",
         "speedup_note": "time of the peer / time of the implementation (>1: faster)",
         "memory_note": "tracemalloc sees the arrays allocated by NumPy and by Numba-compiled "
                        "code (inputs excluded, outputs included, see of_which_outputs_mib); "

@@ -15,12 +15,12 @@ Fused attention
 The function of ``minibert.ops.attention`` (``softmax(scale q k^T + mask) v`` with attention
 dropout), computed block by block without ever forming the (S, S) matrices: the forward
 saves only ``out`` and the per-row log-sum-exp ``lse``, from which the backward recomputes
-the probabilities (FlashAttention-2; the algorithm is in ``attention_cpu.py``).
+the probabilities (FlashAttention-2; the algorithm is derived in ``attn_v4_tiled.py``).
 
 * q, k, v, out, dout: (B, A, S, D), C-contiguous, all float32 or all float64. ``out`` is
   the forward's output, as in FlashAttention's signature (the CPU backward recomputes the
   row statistics it would give from the probabilities instead, for accuracy in float32:
-  see ``attention_cpu.py``; it is validated all the same).
+  see ``attn_v4_tiled.py``; it is validated all the same).
 * mask: (B, S) of 0/1 (1 = attend, 0 = padding; bool, integer or float), or None.
 * scale: multiplies the scores; None means 1/sqrt(D).
 * lse: (B, A, S) in q's dtype, ``log sum_j exp(scale q_i . k_j + mask_j)`` over the real
@@ -32,8 +32,9 @@ the probabilities (FlashAttention-2; the algorithm is in ``attention_cpu.py``).
   0 means no dropout at all. ``offset`` selects the Philox stream, as for the textbook op
   (the model gives each dropout site of each forward its own).
 
-NumPy arrays run the Numba kernels of ``attention_cpu.py`` (in parallel over Numba's
-threads; results do not depend on the thread count). CuPy arrays are reserved for CUDA
+NumPy arrays run ``attention_cpu.py``: block products in BLAS, everything between them in
+fused Numba passes, tasks on ``numba.get_num_threads()`` threads (results do not
+depend on the thread count). CuPy arrays are reserved for CUDA
 kernels behind the same names. Every argument is validated here, before any compiled code
 runs: a bad input raises ValueError or TypeError naming the argument.
 """
@@ -126,13 +127,9 @@ def _reject_cupy(*arrays):
 def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0):
     """``(out, lse)``: out (B, A, S, D) = softmax(scale q k^T + mask) (with dropout) v, and
     lse (B, A, S) the log-sum-exp of each row of masked scores. See the module docstring."""
-    _reject_cupy(q, k, v, mask)
-    _check_tensors([("q", q), ("k", k), ("v", v)])
-    B, A, S, D = q.shape
-    mask = _check_mask(mask, B, S)
-    scale, dropout_p, seed, offset = _check_scalars(scale, dropout_p, seed, offset, D)
+    args = _forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
     from .attention_cpu import attention_forward   # lazy: Numba takes a while to import
-    return attention_forward(q, k, v, mask, scale, dropout_p, seed, offset)
+    return attention_forward(q, k, v, *args)
 
 
 def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0,
@@ -140,6 +137,23 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
     """``(dq, dk, dv)``, each (B, A, S, D): the gradients of the forward's ``out`` given
     ``dout`` = dL/d out. ``out`` and ``lse`` are what the forward returned for the same
     q, k, v, mask, scale, dropout_p, seed and offset."""
+    args = _backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+    from .attention_cpu import attention_backward
+    return attention_backward(dout, q, k, v, out, lse, *args)
+
+
+def _forward_args(q, k, v, mask, scale, dropout_p, seed, offset):
+    """Validates the forward's inputs; returns ``(mask, scale, dropout_p, seed, offset)``
+    as the CPU kernels take them (also used by the ladder's rung 4)."""
+    _reject_cupy(q, k, v, mask)
+    _check_tensors([("q", q), ("k", k), ("v", v)])
+    B, A, S, D = q.shape
+    mask = _check_mask(mask, B, S)
+    return (mask,) + tuple(_check_scalars(scale, dropout_p, seed, offset, D))
+
+
+def _backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset):
+    """Validates the backward's inputs; returns what ``_forward_args`` returns."""
     _reject_cupy(dout, q, k, v, out, lse, mask)
     _check_tensors([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)])
     B, A, S, D = q.shape
@@ -153,6 +167,4 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
         raise ValueError(f"lse with strides {lse.strides} is not C-contiguous, expected a "
                          "C-contiguous array")
     mask = _check_mask(mask, B, S)
-    scale, dropout_p, seed, offset = _check_scalars(scale, dropout_p, seed, offset, D)
-    from .attention_cpu import attention_backward
-    return attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+    return (mask,) + tuple(_check_scalars(scale, dropout_p, seed, offset, D))

@@ -1,554 +1,398 @@
-"""Fused softmax attention on the CPU (Numba): FlashAttention-2's algorithm, forward and
-backward, never forming an (S, S) matrix.
+"""Fused softmax attention on the CPU, the production kernel (rung 5 of the ladder):
+FlashAttention-2's algorithm of ``attn_v4_tiled.py``, with the block products done by BLAS.
 
-The function is the one of ``minibert/ops/attention.py`` (the readable reference): per
-(b, a), with ``c = scale``, the key padding mask M (0 at real keys, -inf-like at padding)
-and the dropout rate ``p``,
+The function, the tiles, the online softmax, the skipping of padded keys, the recomputing
+backward and its row statistics are those of rung 4 (``attn_v4_tiled.py``, whose docstring
+derives them); read that first. What changes is who does which part of a tile:
 
-    s_ij = c q_i . k_j + M_j,   P_ij = exp(s_ij - lse_i),   lse_i = log sum_j exp(s_ij)
-    O_i  = sum_j P_ij keep_ij / (1 - p) v_j
+* **The block products go to BLAS** (``np.matmul`` on stacks of blocks): S = Q K^T and
+  O += P V forward; S = Q K^T, dP = dO V^T, dV += Pd^T dO, dK += dS^T Q, dQ += dS K
+  backward. Rung 4 writes them as Numba loops, which reach 35 to 50% of the machine's
+  SGEMM rate inside the kernel (an output row of D = 64 numbers is too short to keep the
+  multiply-add units busy, and LLVM cannot be made to hold a register tile); BLAS packs its
+  operands and runs a hand-written register tile at 80 to 90%. Transposes are views
+  (``k.transpose``): BLAS reads them through its transpose flag, so no copy of K or V is
+  made either.
+* **Everything between the products stays fused in Numba**: scale, mask, running max,
+  exponentials, running sums, rescaling of the accumulator, the dropout factors regenerated
+  from Philox, the final division; and backward the recomputed probabilities, the row
+  statistics and dS = P (dP - D_i), all in one pass over each row of a tile
+  (``_forward_block``, ``_forward_finish``, ``_backward_block``).
+* **A tile covers several heads**: G heads x ``block_q`` queries x up to ``block_k`` keys of
+  one sequence, so one ``np.matmul`` call does G block products and the Python between
+  calls is paid once per G blocks. The scratch of a tile is G block_q block_k numbers
+  (1.5 MiB for G = 3, 128 x 512 in float32; never S x S per head for S > block_k, and never
+  kept after the call).
 
-with keep_ij the Philox bit of element ``((b*A + a)*S + i)*S + j`` (``philox_cpu.py``): the
-bits of ``minibert.rng.keep_mask((B, A, S, S), p, seed, offset)``.
-
-Forward: online softmax
------------------------
-The work is split into independent tasks (b, a, query block of ``block_q`` rows). A task
-walks the key blocks of ``block_k`` keys and keeps, per row, a running max m, a running sum
-l and an unnormalised output accumulator acc (block_q, D). For each key block:
-
-    s      = c Q_blk K_blk^T + M_blk              scores of the block      (block_q, block_k)
-    m_new  = max(m, rowmax(s))
-    alpha  = exp(m - m_new)                       rescales what was summed under the old max
-    P~     = exp(s - m_new)                       (each <= 1: no overflow)
-    l      = alpha l + rowsum(P~)                 (before dropout: dropout does not renormalise)
-    acc    = alpha acc + (P~ keep / (1 - p)) V_blk
-
-and at the end O = acc / l, lse = m + log(l). Every term carries the factor exp(-m) of the
-current max, so the result is exactly softmax(s) V whatever the block order; only rounding
-differs. The state of a task is O(block_q (D + block_k)), never (S, S). (With the default
-block_k = 512 a BERT sequence is a single key block; the tests run small blocks too.)
-
-Padding. A padded key has probability exactly 0 in the reference (exp of finfo.min / 2
-minus a row max underflows), so it can be skipped instead of computed: each key block is
-trimmed to the span between its first and last real key, a block with no real key is
-skipped altogether (a typical padded batch loses a large share of its work that way), and
-a hole of a non-prefix mask inside a span gets the score -inf, whose exp is exactly 0.
-A sequence with no real key at all processes no block: l = 0, and we store out = 0 and
-``lse = +inf`` (FlashAttention's convention: exp(s - lse) = 0 for every s, so the
-probabilities of such a row, and with them all its gradients, are zero). This is what the
-reference gives with its factor h.
-
-Backward: recompute instead of store
-------------------------------------
-Given dO and the saved lse, per key block j and query block i (the reference derives each
-line):
-
-    P     = exp(c Q_i K_j^T + M_j - lse_i)        the probabilities, recomputed
-    Pd    = P keep / (1 - p)                      the keep-mask regenerated from Philox
-    dV_j += Pd^T dO_i
-    dP    = (dO_i V_j^T) keep / (1 - p)
-    dS    = P * (dP - D_i),   D_i = rowsum(dP * P)
-    dQ_i += c dS K_j,      dK_j += c dS^T Q_i
-
-dK and dV are sums over query blocks and dQ a sum over key blocks: one task per head (b, a)
-owns all three for its head, so no two threads ever write the same element, and the result
-is the same bits whatever the number of threads.
-
-The row statistics. D_i is a sum over all the keys of row i, needed before any dS of the
-row. FlashAttention gets it without a pass over the keys from the identity
-
-    rowsum(dP * P)_i = sum_j (dO_i . v_j) keep_ij / (1 - p) P_ij = dO_i . O_i
-
-(O contains the dropout), and takes exp(s - lse) as P. Both are exact in exact arithmetic
-and fine in half precision, whose own rounding dwarfs what they add; in float32 they are
-not: O and lse carry the forward's roundings, which the recomputed P does not share. lse is
-stored in the input dtype, half an ulp of |lse| off (8 eps32 for lse ~ 16), and that scales
-every P of the row by the same 1 + delta; D_i from O is off by dO . (O's rounding error). The
-measured effect in float32 was dQ and dK about 1.4 times less accurate than the textbook
-op (median over random problems), often more than twice. So this backward computes, per
-row, the two sums the textbook has,
-
-    sigma_i = sum_j exp(s_ij - lse_i)  (= 1 up to the rounding of lse)
-    pi_i    = sum_j exp(s_ij - lse_i) dP_ij
-
-and uses P = exp(s - lse) / sigma and D_i = pi_i / sigma_i: a softmax normalised on the
-probabilities it is used with, as in the reference, and as accurate (median error ratio
-1.0). When the real keys of a sequence fit in one key block (the default block covers
-S <= 512) the sums come with that block at no cost; with several key blocks a first sweep
-over the blocks computes them (two more block products per block pair: 7 instead of 5).
-``out`` is therefore not read by this backward; it stays in the signature, which is
-FlashAttention's.
-
-Arithmetic
-----------
-float32 inputs are computed in float32 throughout (scores, exp, running sums, accumulators),
-like the float32 reference op, and land within about the same distance of the float64
-result (the tests hold them to twice the reference's own float32 error); float64 in float64.
-
-* Block products (``_gemm_acc``) are "row += coefficient x row" loops, two output rows and
-  four terms at a time, whose innermost loop runs over contiguous memory: LLVM turns it into
-  SIMD fused multiply-adds. For Q K^T and dO V^T that needs K^T and V^T: each call makes
-  one transposed copy (B, A, D, S) of K (and V), shared read-only by all tasks.
-* exp (``_exp_row``) is evaluated a row at a time in a form LLVM can vectorise too (the
-  scalar C library exp cannot be): exp(x) = 2^k exp(r) with k = round(x / ln 2) and
-  r = x - k ln 2 in [-ln2/2, ln2/2] (Cody and Waite: ln 2 split in a short high part, so
-  k ln2_hi is exact, and a low part), exp(r) by its Taylor polynomial (degree 7 in float32,
-  13 in float64: truncation below a quarter of an ulp), and 2^k built directly in the
-  exponent bits. Measured against a long-double exp: within 0.6 ulp. Below the smallest
-  normal number it returns 0 (the true value is below 1.2e-38 in float32), and exp(-inf) = 0.
-* ``fastmath={"reassoc", "contract"}`` lets LLVM reorder sums (so reductions vectorise) and
-  fuse multiply-adds. It makes no assumption about infinities, so the -inf and +inf above
-  keep their meaning. ``_exp_row`` has only "contract": reassociation could merge the two
-  halves of ln 2 and lose the point of splitting it.
-* Typed scalars come from the input dtype (``q.dtype.type``): in Numba a float32 mixed with
-  a Python float or int silently becomes float64.
+Threads. The work is cut into tasks (sequence b, group of G heads): a task owns the rows
+of out, lse, dq, dk and dv of its heads, so no two tasks write the same element. The cut
+depends on the shape only (at least ``MIN_TASKS`` tasks), never on the number of
+threads, and each task computes the same operations whatever thread runs it, so every
+thread count gives the same bits. ``numba.get_num_threads()`` threads run the tasks from a
+thread pool; BLAS and the Numba functions release the GIL, and BLAS itself is held to one
+thread meanwhile (threadpoolctl), so that the two kinds of threads do not fight over the
+cores (measured: with BLAS's own threads left on, two workers ran up to 1.5x slower).
 """
 from __future__ import annotations
 
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .philox_cpu import keep_from_word, philox_block
+from .attn_v4_tiled import (_EXP_CONSTANTS, _INT_OF, FASTMATH, _check_blocks, _exp_row,
+                            _keep_factors, _kernel_args, _row_max)
 
-FASTMATH = {"reassoc", "contract"}
-
-#: Default block sizes, chosen by measurement at the benchmark's shapes (D = 64, S = 128 and
-#: 512, float32, one thread): block_k = 512 against 128 took the backward at S = 512 from
-#: about 110 to 77 ms (one key block: no first sweep for the row statistics) and left the
-#: forward unchanged; a (64, 512) block of scores is 128 KiB, within the L2 cache.
-BLOCK_Q = 64
+#: Default tile: 128 queries x 512 keys. block_k = 512 covers a BERT sequence in one key
+#: block (no online-softmax rescaling, and the backward's row statistics come with the
+#: block); block_q = 128 makes the products of the backward (summed over queries) long
+#: enough for BLAS while a tile of scores stays within the L2 cache for G <= 3 heads.
+BLOCK_Q = 128
 BLOCK_K = 512
 
-#: Below this many multiply-adds (B A S^2 D) a call runs on the calling thread alone: waking
-#: the worker threads costs about 10 us on an idle machine and a scheduler time slice (ms)
-#: on a busy one, more than a small problem takes. The result is the same bits either way.
+#: Below this many multiply-adds (B A S^2 D) the tasks run on the calling thread: handing
+#: them to the pool costs tens of microseconds, more than a small problem takes.
 MIN_PARALLEL_WORK = 1 << 20
 
-# exp(x) = 2^k exp(r): ln 2 = LN2_HI + LN2_LO with LN2_HI = 355/512 (9 significant bits,
-# so k * LN2_HI is exact for |k| < 2^15 in float32) and LN2_LO the float64 remainder
-_LOG2E = 1.4426950408889634
-_LN2_HI = 0.693359375
-_LN2_LO = -2.1219444005469057e-4
-
-#: Per dtype: (2^m + bias as a float, the bits of 2^m, m, log of the smallest normal, a
-#: bound below the log of the largest; the arguments here are <= 0 anyway). Adding 2^m + bias to an integer k puts k + bias in the low mantissa
-#: bits; subtracting the bits of 2^m and shifting by m moves it into the exponent: 2^k.
-_EXP_CONSTANTS = {
-    np.dtype(np.float32): (np.float32(2.0 ** 23 + 127), np.int32(0x4B000000), np.int32(23),
-                           np.float32(-87.33654), np.float32(88.0)),
-    np.dtype(np.float64): (np.float64(2.0 ** 52 + 1023), np.int64(0x4330000000000000),
-                           np.int64(52), np.float64(-708.3964185322641), np.float64(709.0)),
-}
-_INT_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+#: The cut into tasks aims at this many (sequence, head group) tasks, enough to balance
+#: sequences of different lengths over a few threads.
+MIN_TASKS = 8
 
 
-# --------------------------------------------------------------------------- building blocks
+# --------------------------------------------------------------------------- fused row passes
 
 
-@njit(cache=True, fastmath={"contract"})
-def _exp_row(x, n, shift, scratch, scratch_bits, consts):
-    """x[c] = exp(x[c] - shift) for c < n, in place; 0 below the smallest normal number.
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, seed, offset,
+                   b, h0, A, S, i0, j0, exp_consts, int_type):
+    """One key block of the online softmax, for a tile of G heads x nr queries, in place.
 
-    ``scratch`` is a buffer of x's dtype and ``scratch_bits`` the same memory viewed as the
-    integer type of that size; ``consts`` the entry of ``_EXP_CONSTANTS`` for the dtype.
-    Three loops that each vectorise: the polynomial and k, then 2^k from k's bits, then the
-    product.
+    ``s`` (G, nr, nc) holds Q K^T of the block and leaves with P~ = exp(scale s + mask -
+    m_new), times the dropout factors; ``m`` and ``l`` (G, nr), the running max and sum,
+    are updated; ``acc`` (G, nr, D), the unnormalised output, is rescaled by
+    alpha = exp(m_old - m_new) unless ``first`` (then the caller overwrites it with P~ V).
+    ``bias_blk`` (nc,) is the additive key mask; the keep bit of score (i0 + r, j0 + c) of
+    head h0 + g is element ((b A + h0 + g) S + i0 + r) S + j0 + c of the Philox stream.
     """
-    magic_f, magic_i, mant_bits, lo, hi = consts
-    ftype = x.dtype.type
+    G, nr, nc = s.shape
+    D = acc.shape[2]
+    ftype = s.dtype.type
     zero = ftype(0)
-    for c in range(n):
-        t = x[c] - shift
-        tc = min(max(t, lo), hi)                                # keeps 2^k a normal number
-        k = np.floor(tc * ftype(_LOG2E) + ftype(0.5))           # nearest integer to t / ln 2
-        r = (tc - k * ftype(_LN2_HI)) - k * ftype(_LN2_LO)      # |r| <= ln2 / 2
-        # Taylor polynomial of exp(r) by Horner's rule; x.itemsize is a compile-time constant
-        if x.itemsize == 4:
-            e = ftype(1.0 / 5040)
-            e = e * r + ftype(1.0 / 720)
-            e = e * r + ftype(1.0 / 120)
-            e = e * r + ftype(1.0 / 24)
-            e = e * r + ftype(1.0 / 6)
-        else:
-            e = ftype(1.0 / 6227020800)
-            e = e * r + ftype(1.0 / 479001600)
-            e = e * r + ftype(1.0 / 39916800)
-            e = e * r + ftype(1.0 / 3628800)
-            e = e * r + ftype(1.0 / 362880)
-            e = e * r + ftype(1.0 / 40320)
-            e = e * r + ftype(1.0 / 5040)
-            e = e * r + ftype(1.0 / 720)
-            e = e * r + ftype(1.0 / 120)
-            e = e * r + ftype(1.0 / 24)
-            e = e * r + ftype(1.0 / 6)
-        e = e * r + ftype(0.5)
-        e = e * r + ftype(1.0)
-        e = e * r + ftype(1.0)
-        x[c] = e if t >= lo else zero                           # exp(-inf) = 0
-        scratch[c] = k + magic_f                                # k + bias in the low bits
-    for c in range(n):
-        scratch_bits[c] = (scratch_bits[c] - magic_i) << mant_bits   # ... moved to the exponent
-    for c in range(n):
-        x[c] *= scratch[c]                                      # exp(r) 2^k
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _gemm_acc(out, o0, a, a0, trans_a, b, b0, bj0, nr, nx, n):
-    """out[o0 + r, :n] += sum_x A[r, x] * b[b0 + x, bj0 : bj0 + n] for r < nr and x < nx, with
-    A[r, x] = a[a0 + r, x], or a[a0 + x, r] when ``trans_a`` (``out += A @ B`` on blocks).
-
-    The register tile of a matrix product, as far as Numba lets us write one: two output
-    rows and four terms x at a time. The innermost loop runs over contiguous memory (and
-    vectorises); per element it loads four rows of b once for both output rows and does
-    eight fused multiply-adds for two loads and two stores of the output, which keeps the
-    FMA units, not the load/store ports, the bottleneck. Rows are indexed in place, not
-    taken as views: a view costs a reference-count update, which in a loop this short
-    (n = D = 64) cost as much as the arithmetic.
-    """
-    # unsigned column indices: Numba then skips its negative-index wraparound test, which
-    # in the innermost loop would stop the vectorisation
-    bj, nn = np.uint64(bj0), np.uint64(n)
-    r = 0
-    while r < nr:
-        two = r + 1 < nr                        # a pair of rows, or the last odd one
-        x = 0
-        while x + 4 <= nx:
-            if trans_a:
-                c0, c1, c2, c3 = a[a0 + x, r], a[a0 + x + 1, r], a[a0 + x + 2, r], a[a0 + x + 3, r]
-            else:
-                c0, c1, c2, c3 = a[a0 + r, x], a[a0 + r, x + 1], a[a0 + r, x + 2], a[a0 + r, x + 3]
-            if two:
-                if trans_a:
-                    e0, e1, e2, e3 = (a[a0 + x, r + 1], a[a0 + x + 1, r + 1], a[a0 + x + 2, r + 1],
-                                      a[a0 + x + 3, r + 1])
-                else:
-                    e0, e1, e2, e3 = (a[a0 + r + 1, x], a[a0 + r + 1, x + 1], a[a0 + r + 1, x + 2],
-                                      a[a0 + r + 1, x + 3])
-                for j in range(nn):
-                    u0, u1, u2, u3 = (b[b0 + x, bj + j], b[b0 + x + 1, bj + j], b[b0 + x + 2, bj + j],
-                                      b[b0 + x + 3, bj + j])
-                    out[o0 + r, j] += c0 * u0 + c1 * u1 + c2 * u2 + c3 * u3
-                    out[o0 + r + 1, j] += e0 * u0 + e1 * u1 + e2 * u2 + e3 * u3
-            else:
-                for j in range(nn):
-                    out[o0 + r, j] += (c0 * b[b0 + x, bj + j] + c1 * b[b0 + x + 1, bj + j]
-                                       + c2 * b[b0 + x + 2, bj + j] + c3 * b[b0 + x + 3, bj + j])
-            x += 4
-        while x < nx:                           # the last nx % 4 terms
-            c0 = a[a0 + x, r] if trans_a else a[a0 + r, x]
-            if two:
-                e0 = a[a0 + x, r + 1] if trans_a else a[a0 + r + 1, x]
-                for j in range(nn):
-                    u0 = b[b0 + x, bj + j]
-                    out[o0 + r, j] += c0 * u0
-                    out[o0 + r + 1, j] += e0 * u0
-            else:
-                for j in range(nn):
-                    out[o0 + r, j] += c0 * b[b0 + x, bj + j]
-            x += 1
-        r += 2
-
-
-@njit(cache=True)
-def _row_max(x, n):
-    """max(x[:n]) for n >= 1 with eight running maxima: one running max is a chain of
-    dependent compare-and-selects (latency-bound, about four cycles per element), and an
-    IEEE max does not vectorise without assuming there is no NaN."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
-    c = 0
-    while c + 8 <= n:
-        m0, m1, m2, m3 = max(m0, x[c]), max(m1, x[c + 1]), max(m2, x[c + 2]), max(m3, x[c + 3])
-        m4, m5, m6, m7 = max(m4, x[c + 4]), max(m5, x[c + 5]), max(m6, x[c + 6]), max(m7, x[c + 7])
-        c += 8
-    while c < n:
-        m0 = max(m0, x[c])
-        c += 1
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-
-
-@njit(cache=True)
-def _keep_factors(seed, offset, base, n, p32, keep_scale, zero, dst):
-    """dst[c] = keep_scale (1 / (1 - p)) if element base + c of the Philox stream is kept,
-    else 0, for c < n. One Philox call serves four consecutive elements."""
-    e = base
-    end = base + n
-    c = 0
-    while e < end:
-        block = e >> 2
-        w0, w1, w2, w3 = philox_block(seed, offset, block)
-        lane = e - 4 * block
-        for t in range(lane, min(4, lane + end - e)):
-            w = w0 if t == 0 else (w1 if t == 1 else (w2 if t == 2 else w3))
-            dst[c] = keep_scale if keep_from_word(w, p32) else zero
-            c += 1
-        e = 4 * (block + 1)
-
-
-def key_block_ranges(key_mask, block_k):
-    """Per sequence and key block, the span [lo, hi) from the block's first to its last real
-    key; lo == hi for a block of padding only. key_mask (B, S) of 0/1; returns two
-    (B, n_key_blocks) int64 arrays."""
-    B, S = key_mask.shape
-    nk = -(-S // block_k)
-    real = np.zeros((B, nk * block_k), dtype=bool)
-    real[:, :S] = key_mask != 0
-    real = real.reshape(B, nk, block_k)                                     # (B, nk, block_k)
-    any_real = real.any(axis=-1)
-    first = real.argmax(axis=-1)
-    last = block_k - 1 - real[..., ::-1].argmax(axis=-1)
-    start = np.arange(nk, dtype=np.int64) * block_k                         # (nk,)
-    lo = np.where(any_real, start + first, start).astype(np.int64)          # (B, nk)
-    hi = np.where(any_real, start + last + 1, start).astype(np.int64)
-    return np.ascontiguousarray(lo), np.ascontiguousarray(hi)
-
-
-# --------------------------------------------------------------------------- forward
-
-
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed,
-                   offset, block_q, block_k, exp_consts, int_type, out, lse):
-    """Writes out (B, A, S, D) and lse (B, A, S), one task per (b, a, query block).
-
-    ``k_t`` is K transposed, (B, A, D, S). ``key_bias`` (B, S) is the additive mask in q's dtype (0 real, -inf padding) and
-    ``key_lo``/``key_hi`` come from ``key_block_ranges``; ``scale`` and ``keep_scale``
-    (1 / (1 - p)) have q's dtype, ``dropout_p`` is float32 (the keep test compares in
-    float32), ``seed`` and ``offset`` uint64; ``exp_consts`` and ``int_type`` the entries of
-    ``_EXP_CONSTANTS`` and ``_INT_OF`` for q's dtype.
-    """
-    B, A, S, D = q.shape
-    ftype = q.dtype.type
-    zero, neg_inf, pos_inf = ftype(0), ftype(-np.inf), ftype(np.inf)
-    top = np.int64(0)        # first row of a scratch buffer (a literal 0 would be compiled
-    #                          into a separate specialisation of _gemm_acc)
-    no = top != 0            # and a runtime False, not a literal one, for the same reason
     dropping = dropout_p > 0
-    nk = key_lo.shape[1]
-    nq = (S + block_q - 1) // block_q
-    # b varies fastest: Numba hands each thread a contiguous range of tasks, and this order
-    # gives every range the same mix of long and heavily padded sequences. Tasks write
-    # disjoint rows of out and lse.
-    for task in prange(B * A * nq):
-        b = task % B
-        a = (task // B) % A
-        i0 = (task // (B * A)) * block_q
-        nr = min(S, i0 + block_q) - i0
-        qh, kth, vh, bias = q[b, a], k_t[b, a], v[b, a], key_bias[b]  # (S, D), (D, S), (S, D), (S,)
-        acc = np.zeros((nr, D), dtype=q.dtype)                 # unnormalised output
-        m = np.empty(nr, dtype=q.dtype)                        # running row max
-        l = np.zeros(nr, dtype=q.dtype)                        # running row sum of exp
+    ebuf = np.empty(nc, dtype=s.dtype)
+    ebits = ebuf.view(int_type)
+    kf = np.empty(nc, dtype=s.dtype)
+    for g in range(G):
         for r in range(nr):
-            m[r] = neg_inf
-        s = np.empty((nr, block_k), dtype=q.dtype)             # scores, then probabilities
-        kf = np.empty(block_k, dtype=q.dtype)                  # dropout factors of one row
-        ebuf = np.empty(block_k, dtype=q.dtype)                # _exp_row scratch
-        ebits = ebuf.view(int_type)
-        for kb in range(nk):
-            j0, j1 = key_lo[b, kb], key_hi[b, kb]
-            if j0 == j1:                                       # padding only: P = 0 there
-                continue
-            nc = j1 - j0
-            bias_blk = bias[j0:j1]                             # (nc,)
-            for r in range(nr):
+            srow = s[g, r]
+            for c in range(nc):
+                srow[c] = srow[c] * scale + bias_blk[c]
+            # a block's span starts and ends at real keys, so m_new is finite; before the
+            # first block m = -inf and alpha = exp(-inf) = 0
+            m_new = max(m[g, r], _row_max(srow, nc))
+            alpha = np.exp(m[g, r] - m_new)
+            _exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)           # P~ = exp(s - m_new)
+            row_sum = zero
+            for c in range(nc):
+                row_sum += srow[c]
+            l[g, r] = l[g, r] * alpha + row_sum           # the sum is taken before dropout
+            m[g, r] = m_new
+            if dropping:
+                base = ((b * A + h0 + g) * S + i0 + r) * S + j0
+                _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
                 for c in range(nc):
-                    s[r, c] = zero
-            _gemm_acc(s, top, qh, i0, no, kth, top, j0, nr, D, nc)   # Q K^T (nr, nc)
-            for r in range(nr):
-                srow = s[r]
-                for c in range(nc):
-                    srow[c] = srow[c] * scale + bias_blk[c]     # scores = (q k^T) * scale + mask
-                m_new = max(m[r], _row_max(srow, nc))
-                # a block's span starts and ends at real keys, so m_new is finite; before
-                # the first block m[r] = -inf and alpha = exp(-inf) = 0
-                alpha = np.exp(m[r] - m_new)
-                _exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)      # P~ = exp(s - m_new)
-                row_sum = zero
-                for c in range(nc):
-                    row_sum += srow[c]
-                l[r] = l[r] * alpha + row_sum                  # the sum is taken before dropout
-                m[r] = m_new
-                if dropping:
-                    base = ((b * A + a) * S + i0 + r) * S + j0
-                    _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
-                    for c in range(nc):
-                        srow[c] *= kf[c]
+                    srow[c] *= kf[c]
+            if not first:
                 for d in range(D):
-                    acc[r, d] *= alpha
-            _gemm_acc(acc, top, s, top, no, vh, j0, top, nr, nc, D)  # acc += P~ V (nr, D)
+                    acc[g, r, d] *= alpha
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _forward_finish(acc, m, l, lse):
+    """out = acc / l and lse = m + log(l), in place in ``acc`` (G, nr, D); a row without a
+    real key (l = 0: no block was processed) gets zeros and lse = +inf."""
+    G, nr, D = acc.shape
+    ftype = acc.dtype.type
+    zero, pos_inf = ftype(0), ftype(np.inf)
+    for g in range(G):
         for r in range(nr):
-            orow = out[b, a, i0 + r]
-            lr = l[r]
+            lr = l[g, r]
             if lr > zero:
                 for d in range(D):
-                    orow[d] = acc[r, d] / lr                   # one rounding, as P = e / sum
-                lse[b, a, i0 + r] = m[r] + np.log(lr)
-            else:                                              # no real key in the sequence
+                    acc[g, r, d] = acc[g, r, d] / lr         # one rounding, as P = e / sum
+                lse[g, r] = m[g, r] + np.log(lr)
+            else:
                 for d in range(D):
-                    orow[d] = zero
-                lse[b, a, i0 + r] = pos_inf
+                    acc[g, r, d] = zero
+                lse[g, r] = pos_inf
 
 
-# --------------------------------------------------------------------------- backward
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads, dropout_p,
+                    keep_scale, seed, offset, b, h0, A, S, i0, j0, exp_consts, int_type):
+    """The row pass of the backward for a tile of G heads x nr queries x nc keys, in place.
 
-
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def backward_kernel(dout, q, k, k_t, v_t, lse, key_bias, key_lo, key_hi, scale, dropout_p,
-                    keep_scale, seed, offset, block_q, block_k, exp_consts, int_type,
-                    dq, dk, dv):
-    """Adds the gradients into dq, dk, dv (B, A, S, D), which the caller zeroes; one task
-    per head (b, a), so no two threads write the same element (dK and dV sum over all the
-    query blocks of their head). ``k_t``, ``v_t`` are K and V transposed (B, A, D, S); the
-    other arguments as in ``forward_kernel``, whose output ``lse`` is."""
-    B, A, S, D = q.shape
-    ftype = q.dtype.type
+    ``p`` comes with Q K^T and ``ds`` with dO V^T (G, nr, nc). The probabilities are
+    recomputed, P = exp(scale q k + mask - lse). With ``stats`` the tile's share of the row
+    sums sum_j P_ij and sum_j P_ij dP_ij is added to ``row_sum`` and ``row_pdp`` (G, nr);
+    with ``grads`` (the sums being complete) ``p`` leaves as Pd = P keep / (1 - p_drop) and
+    ``ds`` as scale dS = scale P (dP - D_i), with P normalised by its row sum and
+    D_i = rowsum(dP P) (see "The row statistics" in ``attn_v4_tiled.py``).
+    """
+    G, nr, nc = p.shape
+    ftype = p.dtype.type
     zero, one = ftype(0), ftype(1)
-    top = np.int64(0)
-    no, yes = top != 0, top == 0
     dropping = dropout_p > 0
-    nk = key_lo.shape[1]
-    for task in prange(B * A):
-        b = task % B
-        a = task // B
-        qh, kh, doh = q[b, a], k[b, a], dout[b, a]              # (S, D) each
-        kth, vth = k_t[b, a], v_t[b, a]                         # (D, S) each
-        lh, bias = lse[b, a], key_bias[b]                       # (S,)
-        dqh, dkh, dvh = dq[b, a], dk[b, a], dv[b, a]
-        p = np.empty((block_q, block_k), dtype=q.dtype)        # P, then Pd
-        ds = np.empty((block_q, block_k), dtype=q.dtype)       # dO V^T, then c dS
-        kf = np.empty(block_k, dtype=q.dtype)                  # dropout factors of one row
-        for c in range(block_k):
-            kf[c] = one
-        ebuf = np.empty(block_k, dtype=q.dtype)
-        ebits = ebuf.view(int_type)
-        n_blocks = 0
-        for kb in range(nk):
-            if key_lo[b, kb] < key_hi[b, kb]:
-                n_blocks += 1
-        # Per row: sum_j exp(s_ij - lse_i) and sum_j exp(s_ij - lse_i) dP_ij, which give the
-        # normaliser of P and D_i = rowsum(dP * P) (see "Backward: the row statistics" in
-        # the module docstring). With one key block they come with the block itself; with
-        # several, from a first pass over the blocks.
-        row_sum = np.zeros(S, dtype=q.dtype)
-        row_pdp = np.zeros(S, dtype=q.dtype)
-        for sweep in range(2 if n_blocks > 1 else 1):
-            last = sweep == 1 or n_blocks == 1                 # the sweep that writes gradients
-            for kb in range(nk):
-                j0, j1 = key_lo[b, kb], key_hi[b, kb]
-                if j0 == j1:                                   # padding only: no gradient
+    ebuf = np.empty(nc, dtype=p.dtype)
+    ebits = ebuf.view(int_type)
+    kf = np.empty(nc, dtype=p.dtype)
+    for c in range(nc):
+        kf[c] = one
+    for g in range(G):
+        for r in range(nr):
+            prow, dsrow = p[g, r], ds[g, r]
+            lse_i = lse[g, r]
+            for c in range(nc):
+                prow[c] = prow[c] * scale + bias_blk[c] - lse_i
+            _exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
+            if dropping:
+                base = ((b * A + h0 + g) * S + i0 + r) * S + j0
+                _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
+            if stats:
+                t_sum = zero
+                t_pdp = zero
+                for c in range(nc):                       # dP = dPd keep / (1 - p_drop)
+                    t_sum += prow[c]
+                    t_pdp += prow[c] * (dsrow[c] * kf[c])
+                row_sum[g, r] += t_sum
+                row_pdp[g, r] += t_pdp
+            if grads:
+                inv_sum = one / row_sum[g, r] if row_sum[g, r] > zero else zero
+                delta_i = row_pdp[g, r] * inv_sum                  # D_i = rowsum(dP * P)
+                for c in range(nc):
+                    pc = prow[c] * inv_sum
+                    dsrow[c] = pc * (dsrow[c] * kf[c] - delta_i) * scale
+                    prow[c] = pc * kf[c]
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k):
+    """Rows of out and lse of sequence b, heads h0 .. h1 - 1."""
+    key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed, offset = args
+    _, A, S, D = q.shape
+    G = h1 - h0
+    consts, int_type = _EXP_CONSTANTS[q.dtype], _INT_OF[q.dtype]
+    s_buf = np.empty(G * block_q * block_k, dtype=q.dtype)              # scores, then P~
+    t_buf = np.empty(G * block_q * D, dtype=q.dtype)                    # P~ V of a later block
+    m = np.empty((G, block_q), dtype=q.dtype)
+    l = np.empty((G, block_q), dtype=q.dtype)
+    for i0 in range(0, S, block_q):
+        nr = min(S, i0 + block_q) - i0
+        qi = q[b, h0:h1, i0:i0 + nr]                                    # (G, nr, D)
+        acc = out[b, h0:h1, i0:i0 + nr]                                 # (G, nr, D), in place
+        mi, li = m[:, :nr], l[:, :nr]
+        mi[...] = -np.inf
+        li[...] = 0
+        first = True
+        for kb in range(key_lo.shape[1]):
+            j0, j1 = int(key_lo[b, kb]), int(key_hi[b, kb])
+            if j0 == j1:                                                # padding only
+                continue
+            nc = j1 - j0
+            s = s_buf[:G * nr * nc].reshape(G, nr, nc)
+            np.matmul(qi, k[b, h0:h1, j0:j1].transpose(0, 2, 1), out=s)     # Q K^T
+            _forward_block(s, acc, mi, li, key_bias[b, j0:j1], scale, first, dropout_p,
+                           keep_scale, seed, offset, b, h0, A, S, i0, j0, consts, int_type)
+            vj = v[b, h0:h1, j0:j1]                                     # (G, nc, D)
+            if first:
+                np.matmul(s, vj, out=acc)                               # acc = P~ V
+            else:
+                t = t_buf[:G * nr * D].reshape(G, nr, D)
+                np.matmul(s, vj, out=t)
+                acc += t                                                # acc = alpha acc + P~ V
+            first = False
+        _forward_finish(acc, mi, li, lse[b, h0:h1, i0:i0 + nr])
+
+
+def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, block_q, block_k):
+    """Rows of dq, dk and dv of sequence b, heads h0 .. h1 - 1 (all of them: the caller
+    allocates them uninitialised)."""
+    key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed, offset = args
+    _, A, S, D = q.shape
+    G = h1 - h0
+    consts, int_type = _EXP_CONSTANTS[q.dtype], _INT_OF[q.dtype]
+    p_buf = np.empty(G * block_q * block_k, dtype=q.dtype)              # P, then Pd
+    ds_buf = np.empty(G * block_q * block_k, dtype=q.dtype)             # dO V^T, then c dS
+    t_buf = np.empty(G * max(block_q, block_k) * D, dtype=q.dtype)      # a product to add
+    row_sum = np.zeros((G, S), dtype=q.dtype)
+    row_pdp = np.zeros((G, S), dtype=q.dtype)
+    blocks = [(int(key_lo[b, kb]), int(key_hi[b, kb])) for kb in range(key_lo.shape[1])
+              if key_lo[b, kb] < key_hi[b, kb]]
+    # with one key block the row sums come with the block; with several a first sweep over
+    # all blocks computes them before any dS (see ``attn_v4_tiled.py``)
+    sweeps = [(True, True)] if len(blocks) == 1 else [(True, False), (False, True)]
+    # rows that no product writes are zero: dK and dV at keys outside every block span
+    # (padding), dQ of a sequence without a real key
+    prev = 0
+    for j0, j1 in blocks + [(S, S)]:
+        dk[b, h0:h1, prev:j0] = 0
+        dv[b, h0:h1, prev:j0] = 0
+        prev = j1
+    if not blocks:
+        dq[b, h0:h1] = 0
+    for stats, grads in sweeps:
+        for kb, (j0, j1) in enumerate(blocks):
+            nc = j1 - j0
+            kj, vj = k[b, h0:h1, j0:j1], v[b, h0:h1, j0:j1]             # (G, nc, D)
+            for i0 in range(0, S, block_q):
+                nr = min(S, i0 + block_q) - i0
+                qi, doi = q[b, h0:h1, i0:i0 + nr], dout[b, h0:h1, i0:i0 + nr]
+                p = p_buf[:G * nr * nc].reshape(G, nr, nc)
+                ds = ds_buf[:G * nr * nc].reshape(G, nr, nc)
+                np.matmul(qi, kj.transpose(0, 2, 1), out=p)                  # Q K^T
+                np.matmul(doi, vj.transpose(0, 2, 1), out=ds)                # dO V^T
+                _backward_block(p, ds, key_bias[b, j0:j1], lse[b, h0:h1, i0:i0 + nr],
+                                row_sum[:, i0:i0 + nr], row_pdp[:, i0:i0 + nr], scale,
+                                stats, grads, dropout_p, keep_scale, seed, offset,
+                                b, h0, A, S, i0, j0, consts, int_type)
+                if not grads:
                     continue
-                nc = j1 - j0
-                bias_blk = bias[j0:j1]                         # (nc,)
-                for i0 in range(0, S, block_q):
-                    nr = min(S, i0 + block_q) - i0
-                    for r in range(nr):
-                        for c in range(nc):
-                            p[r, c] = zero
-                            ds[r, c] = zero
-                    _gemm_acc(p, top, qh, i0, no, kth, top, j0, nr, D, nc)    # Q K^T  (nr, nc)
-                    _gemm_acc(ds, top, doh, i0, no, vth, top, j0, nr, D, nc)  # dO V^T (nr, nc)
-                    for r in range(nr):
-                        i = i0 + r
-                        prow, dsrow = p[r], ds[r]
-                        # P = exp(scores - lse), scores = (q k^T) * scale + mask
-                        lse_i = lh[i]
-                        for c in range(nc):
-                            prow[c] = prow[c] * scale + bias_blk[c] - lse_i
-                        _exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
-                        if dropping:
-                            base = ((b * A + a) * S + i) * S + j0
-                            _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
-                        if not last or n_blocks == 1:
-                            # dP = dPd keep / (1 - p)
-                            t_sum = zero
-                            t_pdp = zero
-                            for c in range(nc):
-                                t_sum += prow[c]
-                                t_pdp += prow[c] * (dsrow[c] * kf[c])
-                            row_sum[i] += t_sum
-                            row_pdp[i] += t_pdp
-                        if not last:
-                            continue
-                        inv_sum = one / row_sum[i] if row_sum[i] > zero else zero
-                        delta_i = row_pdp[i] * inv_sum                  # D_i = rowsum(dP * P)
-                        for c in range(nc):
-                            pc = prow[c] * inv_sum
-                            # dS = P (dP - D_i), times c for dQ = c dS K and dK = c dS^T Q
-                            dsrow[c] = pc * (dsrow[c] * kf[c] - delta_i) * scale
-                            prow[c] = pc * kf[c]                        # Pd = P keep / (1 - p)
-                    if last:
-                        _gemm_acc(dvh, j0, p, top, yes, doh, i0, top, nc, nr, D)    # dV_j += Pd^T dO_i
-                        _gemm_acc(dkh, j0, ds, top, yes, qh, i0, top, nc, nr, D)    # dK_j += c dS^T Q_i
-                        _gemm_acc(dqh, i0, ds, top, no, kh, j0, top, nr, nc, D)   # dQ_i += c dS K_j
+                # the first term of a sum is written in place, the others added
+                # through t: dV_j += Pd^T dO_i, dK_j += c dS^T Q_i,
+                # dQ_i += c dS K_j
+                _matmul_add(p.transpose(0, 2, 1), doi, dv[b, h0:h1, j0:j1], i0 == 0, t_buf)
+                _matmul_add(ds.transpose(0, 2, 1), qi, dk[b, h0:h1, j0:j1], i0 == 0, t_buf)
+                _matmul_add(ds, kj, dq[b, h0:h1, i0:i0 + nr], kb == 0, t_buf)
+
+
+def _matmul_add(x, y, dst, first, t_buf):
+    """dst = x @ y if ``first`` else dst += x @ y (through the scratch ``t_buf``)."""
+    if first:
+        np.matmul(x, y, out=dst)
+        return
+    t = t_buf[:dst.size].reshape(dst.shape)
+    np.matmul(x, y, out=t)
+    dst += t
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def head_groups(B, A):
+    """The tasks: (b, h0, h1) for each sequence b and group of heads h0 .. h1 - 1, at least
+    ``MIN_TASKS`` of them where B A allows; a function of the shape alone."""
+    per_seq = min(A, max(1, math.ceil(MIN_TASKS / B)))        # groups per sequence
+    G = math.ceil(A / per_seq)
+    return [(b, h0, min(A, h0 + G)) for h0 in range(0, A, G) for b in range(B)]
+
+
+_POOL = {"threads": 0, "pool": None}
+_POOL_LOCK = threading.Lock()
+_BLAS = {}
+
+
+def _pool(threads):
+    with _POOL_LOCK:
+        if _POOL["threads"] != threads:
+            if _POOL["pool"] is not None:
+                _POOL["pool"].shutdown(wait=False)
+            _POOL["pool"] = ThreadPoolExecutor(threads, thread_name_prefix="minibert-attn")
+            _POOL["threads"] = threads
+        return _POOL["pool"]
+
+
+@contextmanager
+def _blas_single_threaded():
+    """BLAS limited to one thread for the duration (our workers are the threads)."""
+    if "controller" not in _BLAS:
+        from threadpoolctl import ThreadpoolController
+        _BLAS["controller"] = ThreadpoolController()
+    with _BLAS["controller"].limit(limits=1, user_api="blas"):
+        yield
+
+
+def _run(task, tasks, work):
+    """Runs ``task(*t)`` for every t: on the calling thread alone for small work or one
+    thread, else on ``numba.get_num_threads()`` threads, the calling thread one of them,
+    each taking the next task when it is free. BLAS is held to one thread meanwhile in
+    both cases (a BLAS left with its own threads both oversubscribes the cores and, idle
+    between calls, costs milliseconds to wake). The first exception of a task stops the
+    hand-out and is raised here."""
+    threads = min(numba.get_num_threads(), len(tasks))
+    if threads <= 1 or work < MIN_PARALLEL_WORK:
+        with _blas_single_threaded():       # one thread means one thread, BLAS's included
+            for t in tasks:
+                task(*t)
+        return
+    pending = iter(tasks)
+    lock = threading.Lock()
+    failed = []
+
+    def drain():
+        while True:
+            with lock:
+                t = None if failed else next(pending, None)
+            if t is None:
+                return
+            try:
+                task(*t)
+            except BaseException:
+                failed.append(True)
+                raise
+
+    with _blas_single_threaded():
+        # the caller works too: one thread fewer to wake, and no core left waiting
+        helpers = [_pool(threads - 1).submit(drain) for _ in range(threads - 1)]
+        try:
+            drain()
+        finally:
+            for h in helpers:
+                h.result()
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k):
-    """The additive key mask, key-block spans and typed scalars both kernels take."""
-    B, _, S, _ = q.shape
-    block_k = max(1, min(block_k, S))           # no scratch beyond the sequence
-    ftype = q.dtype.type
-    real = np.ones((B, S), dtype=bool) if mask is None else np.asarray(mask) != 0
-    key_bias = np.where(real, ftype(0), ftype(-np.inf)).astype(q.dtype)          # (B, S)
-    key_lo, key_hi = key_block_ranges(real, block_k)
-    # the keep test compares float32 numbers (minibert.rng); 1 / (1 - p) in q's dtype
-    return (key_bias, key_lo, key_hi, ftype(scale), np.float32(dropout_p),
-            ftype(1.0 / (1.0 - dropout_p)), np.uint64(seed), np.uint64(offset))
+def _blocks(block_q, block_k, S):
+    _check_blocks(block_q, block_k)
+    return max(1, min(int(block_q), S)), max(1, min(int(block_k), S))
 
 
-@contextmanager
-def _threads_for(work):
-    """Numba's threads for a call of ``work`` multiply-adds: all of them, or one."""
-    if work >= MIN_PARALLEL_WORK or numba.get_num_threads() == 1:
-        yield
-        return
-    threads = numba.get_num_threads()          # per calling thread in Numba
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
-
-
-def _check_blocks(block_q, block_k):
-    for name, value in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}={value!r} is invalid, expected a positive integer")
+def _uninitialised(like):
+    """An array like ``like`` whose every element the kernel writes (a test fills it with
+    NaN to prove it)."""
+    return np.empty_like(like)
 
 
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
                       block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
     NumPy arrays, ``scale`` a float, ``mask`` (B, S) of 0/1 or None."""
-    _check_blocks(block_q, block_k)
     B, A, S, D = q.shape
+    block_q, block_k = _blocks(block_q, block_k, S)
     args = _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
-    out = np.empty_like(q)                                               # (B, A, S, D)
-    lse = np.empty((B, A, S), dtype=q.dtype)                             # (B, A, S)
-    block_q, block_k = max(1, min(block_q, S)), max(1, min(block_k, S))
-    k_t = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                  # (B, A, D, S)
-    with _threads_for(B * A * S * S * D):
-        forward_kernel(q, k_t, v, *args, int(block_q), int(block_k), _EXP_CONSTANTS[q.dtype],
-                       _INT_OF[q.dtype], out, lse)
+    out = _uninitialised(q)                                              # (B, A, S, D)
+    lse = _uninitialised(q[..., 0])                                      # (B, A, S)
+    _run(lambda b, h0, h1: _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k),
+         head_groups(B, A), B * A * S * S * D)
     return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
                        *, block_q=BLOCK_Q, block_k=BLOCK_K):
-    """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``."""
-    _check_blocks(block_q, block_k)
-    args = _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
+    """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
+    ``out`` is not read (see ``attn_v4_tiled.py``); it stays in FlashAttention's signature."""
     B, A, S, D = q.shape
-    block_q, block_k = max(1, min(block_q, S)), max(1, min(block_k, S))
-    dq, dk, dv = np.zeros_like(q), np.zeros_like(q), np.zeros_like(q)    # (B, A, S, D) each
-    k_t = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                  # (B, A, D, S)
-    v_t = np.ascontiguousarray(v.transpose(0, 1, 3, 2))                  # (B, A, D, S)
-    with _threads_for(B * A * S * S * D):
-        backward_kernel(dout, q, k, k_t, v_t, lse, *args, int(block_q), int(block_k),
-                        _EXP_CONSTANTS[q.dtype], _INT_OF[q.dtype], dq, dk, dv)
+    block_q, block_k = _blocks(block_q, block_k, S)
+    args = _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
+    dq, dk, dv = _uninitialised(q), _uninitialised(q), _uninitialised(q)  # (B, A, S, D) each
+    _run(lambda b, h0, h1: _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args,
+                                          block_q, block_k),
+         head_groups(B, A), B * A * S * S * D)
     return dq, dk, dv

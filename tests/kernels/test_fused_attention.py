@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
-from minibert.kernels import attention_cpu, fused_attention_backward, fused_attention_forward
+from minibert.kernels import attention_cpu, attn_v4_tiled, fused_attention_backward, fused_attention_forward
 from minibert.kernels.philox_cpu import dropout_keep, philox_uint32
 from minibert.ops import attention
 from tests.helpers import assert_close
@@ -139,8 +139,14 @@ def test_float64_masks_and_scale(mask_kind):
             assert_close(f"{name} (scale={scale})", a, e, atol=TOL64)
 
 
+#: the two tiled kernels that take block sizes: rung 5 (production, BLAS block products)
+#: and rung 4 (all Numba)
+TILED = [pytest.param(attention_cpu, id="v5"), pytest.param(attn_v4_tiled, id="v4")]
+
+
+@pytest.mark.parametrize("mod", TILED)
 @pytest.mark.parametrize("blocks", [(1, 1), (3, 5), (16, 8), (64, 128), (200, 200)])
-def test_block_sizes_do_not_change_the_function(blocks):
+def test_block_sizes_do_not_change_the_function(mod, blocks):
     """Many key blocks exercise the rescaling of the online softmax; blocks larger than S
     the single-block path. All within float64 rounding of the textbook."""
     block_q, block_k = blocks
@@ -149,8 +155,8 @@ def test_block_sizes_do_not_change_the_function(blocks):
     q, k, v, dout = _problem(4, 2, S, D, np.float64, seed=2, magnitude=3.0)
     ref = _textbook(q, k, v, dout, mask, p=0.2, seed=4, offset=1)
     kw = dict(block_q=block_q, block_k=block_k)
-    out, lse = attention_cpu.attention_forward(q, k, v, mask, 0.25, 0.2, 4, 1, **kw)
-    grads = attention_cpu.attention_backward(dout, q, k, v, out, lse, mask, 0.25, 0.2, 4, 1, **kw)
+    out, lse = mod.attention_forward(q, k, v, mask, 0.25, 0.2, 4, 1, **kw)
+    grads = mod.attention_backward(dout, q, k, v, out, lse, mask, 0.25, 0.2, 4, 1, **kw)
     for name, a, e in zip(NAMES, (out,) + grads, ref):
         assert_close(name, a, e, atol=TOL64)
 
@@ -269,20 +275,21 @@ def test_all_padding_sequence_gives_zeros_and_no_nan(dtype):
 # --------------------------------------------------------------------------- threads and state
 
 
-def test_parallel_and_serial_give_the_same_bits(monkeypatch):
+@pytest.mark.parametrize("mod", TILED)
+def test_parallel_and_serial_give_the_same_bits(monkeypatch, mod):
     """Each output element is written by exactly one task, with no reduction across
     threads: one thread and all threads must agree bit for bit (odd sizes, dropout, padding,
     and blocks small enough for many tasks per head)."""
-    monkeypatch.setattr(attention_cpu, "MIN_PARALLEL_WORK", 0)    # no serial shortcut
+    monkeypatch.setattr(mod, "MIN_PARALLEL_WORK", 0)    # no serial shortcut
     S, D = 53, 16
     mask = _mixed_mask(S, seed=2)
     q, k, v, dout = _problem(4, 3, S, D, np.float32, seed=3)
     kw = dict(block_q=8, block_k=16)
 
     def run():
-        out, lse = attention_cpu.attention_forward(q, k, v, mask, 0.25, 0.1, 5, 6, **kw)
-        return (out, lse) + attention_cpu.attention_backward(dout, q, k, v, out, lse, mask,
-                                                             0.25, 0.1, 5, 6, **kw)
+        out, lse = mod.attention_forward(q, k, v, mask, 0.25, 0.1, 5, 6, **kw)
+        return (out, lse) + mod.attention_backward(dout, q, k, v, out, lse, mask,
+                                                   0.25, 0.1, 5, 6, **kw)
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -412,3 +419,43 @@ def test_cupy_arrays_are_reserved_for_cuda_kernels():
         fused_attention_forward(fake, fake, fake, None, None)
     with pytest.raises(NotImplementedError, match=r"CUDA kernels"):
         fused_attention_backward(dout, fake, k, v, q, q[..., 0], None, None)
+
+
+def test_blas_thread_count_is_restored(monkeypatch):
+    """The production kernel holds BLAS to one thread while its own threads run, and gives
+    the user's setting back afterwards, also when a task fails."""
+    from threadpoolctl import threadpool_info
+    monkeypatch.setattr(attention_cpu, "MIN_PARALLEL_WORK", 0)
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    q, k, v, dout = _problem(4, 3, 33, 16, np.float32, seed=5)
+    mask = _mixed_mask(33, seed=5)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(max(2, threads))
+        out, lse = attention_cpu.attention_forward(q, k, v, mask, 0.25)
+        attention_cpu.attention_backward(dout, q, k, v, out, lse, mask, 0.25)
+        with pytest.raises(ValueError):                  # a task that fails inside the pool
+            attention_cpu.attention_forward(q, k, v[:, :, :, :8], mask, 0.25)
+    finally:
+        numba.set_num_threads(threads)
+    after = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    assert after == before
+
+
+@pytest.mark.parametrize("blocks", [(128, 512), (4, 8)])
+def test_every_output_element_is_written(monkeypatch, blocks):
+    """The production kernel allocates out, lse, dq, dk, dv uninitialised and writes every
+    element (zeros at padded keys, at rows without a real key): with NaN-filled buffers the
+    results must still equal the textbook's."""
+    monkeypatch.setattr(attention_cpu, "_uninitialised", lambda like: np.full_like(like, np.nan))
+    S, D = 29, 8
+    mask = _mixed_mask(S, seed=7)
+    q, k, v, dout = _problem(4, 2, S, D, np.float64, seed=7)
+    ref = _textbook(q, k, v, dout, mask, p=0.1, seed=2, offset=3)
+    kw = dict(block_q=blocks[0], block_k=blocks[1])
+    out, lse = attention_cpu.attention_forward(q, k, v, mask, 1 / math.sqrt(D), 0.1, 2, 3, **kw)
+    grads = attention_cpu.attention_backward(dout, q, k, v, out, lse, mask, 1 / math.sqrt(D),
+                                             0.1, 2, 3, **kw)
+    assert not np.isnan(lse).any()
+    for name, a, e in zip(NAMES, (out,) + grads, ref):
+        assert_close(name, a, e, atol=TOL64)

@@ -1,5 +1,6 @@
 """Tests of the kernel ladder (kernels/attn_v1_naive.py, attn_v2_fused_softmax.py,
-attn_v3_online_softmax.py) against the textbook op ``minibert.ops.attention``.
+attn_v3_online_softmax.py, attn_v4_tiled.py; rung 5, the production kernel, is tested in
+test_fused_attention.py) against the textbook op ``minibert.ops.attention``.
 
 Every rung computes the same function behind the same contract; the textbook op is the
 reference. float64 results must agree with it to rounding (1e-12); float32 results must be
@@ -16,11 +17,13 @@ import pytest
 from minibert.kernels import attn_v1_naive as v1
 from minibert.kernels import attn_v2_fused_softmax as v2
 from minibert.kernels import attn_v3_online_softmax as v3
+from minibert.kernels import attn_v4_tiled as v4
 from minibert.ops import attention
 from tests.helpers import assert_close
 
 EPS32 = float(np.finfo(np.float32).eps)
-VARIANTS = [pytest.param(v1, id="v1"), pytest.param(v2, id="v2"), pytest.param(v3, id="v3")]
+VARIANTS = [pytest.param(v1, id="v1"), pytest.param(v2, id="v2"), pytest.param(v3, id="v3"),
+            pytest.param(v4, id="v4")]
 SIZES = [(S, D) for S in (1, 7, 97, 129) for D in (16, 64, 80)]
 A = 2
 
