@@ -25,9 +25,10 @@ What it does, in order:
    That first call also compiles the Numba kernels, so compilation is never timed.
 4. Times forward and forward+backward, the implementations interleaved round by round
    (so that a noisy neighbour hurts them all alike). Each implementation's turn starts
-   with a pause of 0.25 s (the idle threads of the previous library stop spinning) and an
-   untimed forward (its own threads wake up), so the timed calls run back to back, as
-   attention does layer after layer. Reports the median.
+   with a pause of 0.25 s (the idle threads of the previous library stop spinning) and
+   0.1 s of untimed forwards (its own threads and the cores reach their steady speed), so
+   the timed calls run back to back, as attention does layer after layer. Reports the
+   median.
 5. Measures the peak of traced memory of one forward+backward with ``tracemalloc`` (which
    sees the arrays NumPy and Numba-compiled code allocate, not torch's allocator), and
    states what each implementation saves for the backward.
@@ -71,6 +72,11 @@ SGEMM_N = 1024
 
 # pause before each implementation's turn: idle thread pools stop spinning meanwhile
 SETTLE_S = 0.25
+# then untimed forwards for this long: after a pause, one call did not bring the cores back
+# to their steady speed (measured on this 2-core VM: v5's forward at (8, 12, 128, 64) took
+# 9 to 15 ms right after one untimed call, 4.0 to 6.4 ms after 0.1 s of calls; threads
+# that sleep between calls, as v5's do, are hit hardest)
+WARM_S = 0.1
 
 # float32 results against the float64 textbook, relative to the largest entry: rounding
 # gives ~1e-6 at these sizes (a few eps32 times sqrt(S + D)); a wrong kernel is off by 1e-2
@@ -363,10 +369,13 @@ def time_round_robin(impls, fns, repeat, threads):
                 set_threads(im.threads)
                 # let the previous implementation's idle threads stop spinning (OpenBLAS
                 # spins ~0.1 s after a call) so that they do not slow this one down, then
-                # wake this one's threads with an untimed call: timed calls run back to
-                # back, as attention does layer after layer
+                # bring this one to its steady state with untimed calls for WARM_S: timed
+                # calls run back to back, as attention does layer after layer
                 time.sleep(SETTLE_S)
+                t_warm = time.perf_counter()
                 fns[im.name][0]()
+                while time.perf_counter() - t_warm < WARM_S:
+                    fns[im.name][0]()
                 for p, fn in zip(("fwd", "fwd+bwd"), fns[im.name]):
                     t0 = time.perf_counter()
                     fn()
@@ -488,6 +497,17 @@ def main(args):
           + ", ".join(f"{g:.1f} GFLOP/s with {n} thread{'s' if n > 1 else ''}"
                       for n, g in sorted(sgemm_rate.items()))
           + f"; float32 exp in a Numba loop {t_exp:.2f} ns")
+    if threads > 1:
+        # the machine is shared: if a neighbour took a core, the N-thread rows ran on fewer
+        # cores than they asked for (and so did their peers): say so, loudly
+        for when, y in (("start", start), ("end", end)):
+            scaling = y["sgemm"][threads] / y["sgemm"][1]
+            if scaling < 0.8 * threads:
+                msg = (f"at the {when} of the run SGEMM ran only {scaling:.2f}x faster with "
+                       f"{threads} threads than with 1: the cores were not all free, and the "
+                       f"{threads}-thread rows of this run are not a fair measurement")
+                notes.append(msg)
+                print("WARNING: " + msg)
     for r in rows:
         r["pct_sgemm"] = 100 * r["gflops"] / sgemm_rate.get(r["threads"], sgemm_rate[threads])
     for shape, pr in zip(shapes, problems):

@@ -292,6 +292,15 @@ def head_groups(B, A):
     return [(b, h0, min(A, h0 + G)) for h0 in range(0, A, G) for b in range(B)]
 
 
+def _longest_first(tasks, key_lo, key_hi):
+    """The tasks ordered by their work, the largest first (the work of a task is
+    proportional to its sequence's keys in block spans): threads that take the next task
+    when free then end close together (longest-processing-time-first scheduling). Each
+    task computes the same bits in any order."""
+    keys = (key_hi - key_lo).sum(axis=1)                                 # (B,)
+    return sorted(tasks, key=lambda t: -int(keys[t[0]]) * (t[2] - t[1]))
+
+
 _POOL = {"threads": 0, "pool": None}
 _POOL_LOCK = threading.Lock()
 _BLAS = {}
@@ -380,7 +389,7 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
     out = _uninitialised(q)                                              # (B, A, S, D)
     lse = _uninitialised(q[..., 0])                                      # (B, A, S)
     _run(lambda b, h0, h1: _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k),
-         head_groups(B, A), B * A * S * S * D)
+         _longest_first(head_groups(B, A), args[1], args[2]), B * A * S * S * D)
     return out, lse
 
 
@@ -394,5 +403,5 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     dq, dk, dv = _uninitialised(q), _uninitialised(q), _uninitialised(q)  # (B, A, S, D) each
     _run(lambda b, h0, h1: _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args,
                                           block_q, block_k),
-         head_groups(B, A), B * A * S * S * D)
+         _longest_first(head_groups(B, A), args[1], args[2]), B * A * S * S * D)
     return dq, dk, dv
