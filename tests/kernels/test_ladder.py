@@ -262,7 +262,7 @@ def test_backward_returns_fresh_arrays_and_leaves_inputs_alone(mod):
 
 @pytest.mark.parametrize("p", [0.0, 0.25])
 def test_ladder_agrees_with_production_kernel(p):
-    """Every rung and the top of the ladder (v4, ``minibert.kernels.fused_attention_*``)
+    """Every rung and the top of the ladder (v5, ``minibert.kernels.fused_attention_*``)
     compute the same function, ``lse`` convention included (+inf without a real key)."""
     kernels = pytest.importorskip("minibert.kernels")
     if not hasattr(kernels, "fused_attention_forward"):
@@ -270,11 +270,11 @@ def test_ladder_agrees_with_production_kernel(p):
     q, k, v, dout, mask = _problem(97, 16, np.float64, seed=11)
     out4, lse4 = kernels.fused_attention_forward(q, k, v, mask, None, p, 3, 9)
     grads4 = kernels.fused_attention_backward(dout, q, k, v, out4, lse4, mask, None, p, 3, 9)
-    for mod in (v1, v2, v3):
+    for mod in (v1, v2, v3, v4):
         got, lse = _run(mod, q, k, v, dout, mask, p, 3, 9)
-        _assert_lse(f"{mod.__name__} lse vs v4", lse, lse4, atol=1e-12)
+        _assert_lse(f"{mod.__name__} lse vs v5", lse, lse4, atol=1e-12)
         for name, a, b in zip(("out", "dq", "dk", "dv"), got, (out4,) + tuple(grads4)):
-            assert_close(f"{mod.__name__} {name} vs v4", a, b, atol=1e-12)
+            assert_close(f"{mod.__name__} {name} vs v5", a, b, atol=1e-12)
 
 
 def test_bad_inputs_raise():
