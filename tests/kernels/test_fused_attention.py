@@ -161,15 +161,24 @@ def test_block_sizes_do_not_change_the_function(mod, blocks):
         assert_close(name, a, e, atol=TOL64)
 
 
-@pytest.mark.parametrize("S,D,p", [(97, 64, 0.0), (129, 80, 0.2), (64, 64, 0.1)])
+@pytest.mark.parametrize("S,D,p", [(97, 16, 0.0), (129, 16, 0.2), (97, 64, 0.0),
+                                   (129, 80, 0.2), (64, 64, 0.1)])
 def test_float32_as_accurate_as_textbook(S, D, p):
-    """Both float32 results against the float64 textbook on the same (rounded) inputs:
-    the fused error at most twice the textbook's, tensor by tensor.
+    """Both float32 results against the float64 textbook on the same (rounded) inputs: the
+    fused error, measured normwise (root mean square over the tensor), at most 1.25 times
+    the textbook's, tensor by tensor.
 
-    Measured over 20 draws of these shapes, the ratio of the two max errors has a median
-    of 1.0 (the fused op is as accurate as the textbook) and stays below 1.9; with D = 16
-    the max of a tensor rests on fewer, larger roundings and the ratio passes 2 in a few
-    percent of the draws either way, so this statement is made at D >= 64."""
+    Why the RMS and why 1.25. Both ops compute the same sums in float32 in different orders,
+    so their errors are sums of roundings of the same size and number: in norm they should
+    be equal up to a spread that shrinks with the tensor's size. Measured over 40 draws of
+    each of these shapes (D = 16 to 80, with and without dropout): the RMS ratio has a
+    median of 0.97 to 1.05 and a maximum of 1.10. Arithmetic that lost accuracy
+    systematically (a rounding stored and reused, a worse summation) would move the whole
+    distribution; 1.25 leaves room for the measured spread and little more, and is
+    stricter than the issue's "twice the textbook's own error". The largest single error
+    is the wrong statistic for this statement: it rests on a few roundings, and its ratio
+    (median 1.0) passed 2 in 2 of the 160 draws (dk at D = 16, dv at D = 64), so it is not
+    asserted."""
     mask = _mixed_mask(S, seed=S)
     q, k, v, dout = _problem(4, 2, S, D, np.float32, seed=S, magnitude=2.0)
     kw = dict(p=p, seed=7, offset=5)
@@ -179,10 +188,10 @@ def test_float32_as_accurate_as_textbook(S, D, p):
     assert lse.dtype == np.float32
     for name, a, t, e in zip(NAMES, got, book, ref):
         assert a.dtype == np.float32, name
-        err = float(np.abs(a.astype(np.float64) - e).max())
-        book_err = float(np.abs(t.astype(np.float64) - e).max())
-        assert err <= 2 * book_err, (f"{name}: fused float32 error {err:.3e} > 2 x the textbook "
-                                     f"float32 error {book_err:.3e}")
+        err = float(np.sqrt(np.mean((a.astype(np.float64) - e) ** 2)))
+        book_err = float(np.sqrt(np.mean((t.astype(np.float64) - e) ** 2)))
+        assert err <= 1.25 * book_err, (f"{name}: fused float32 RMS error {err:.3e} > 1.25 x "
+                                        f"the textbook float32 RMS error {book_err:.3e}")
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
