@@ -301,29 +301,38 @@ def _longest_first(tasks, key_lo, key_hi):
     return sorted(tasks, key=lambda t: -int(keys[t[0]]) * (t[2] - t[1]))
 
 
-_POOL = {"threads": 0, "pool": None}
-_POOL_LOCK = threading.Lock()
-_BLAS = {}
+_POOLS = {}                      # worker count -> ThreadPoolExecutor, kept for the process
+_BLAS = {"controller": None, "limiter": None, "depth": 0}
+_LOCK = threading.Lock()
 
 
-def _pool(threads):
-    with _POOL_LOCK:
-        if _POOL["threads"] != threads:
-            if _POOL["pool"] is not None:
-                _POOL["pool"].shutdown(wait=False)
-            _POOL["pool"] = ThreadPoolExecutor(threads, thread_name_prefix="minibert-attn")
-            _POOL["threads"] = threads
-        return _POOL["pool"]
+def _pool(workers):
+    with _LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="minibert-attn")
+        return _POOLS[workers]
 
 
 @contextmanager
 def _blas_single_threaded():
-    """BLAS limited to one thread for the duration (our workers are the threads)."""
-    if "controller" not in _BLAS:
-        from threadpoolctl import ThreadpoolController
-        _BLAS["controller"] = ThreadpoolController()
-    with _BLAS["controller"].limit(limits=1, user_api="blas"):
+    """BLAS limited to one thread for the duration (our workers are the threads). Calls
+    from several user threads at once share one limit: the first sets it, the last gives
+    the user's setting back."""
+    with _LOCK:
+        if _BLAS["depth"] == 0:
+            if _BLAS["controller"] is None:
+                from threadpoolctl import ThreadpoolController
+                _BLAS["controller"] = ThreadpoolController()
+            _BLAS["limiter"] = _BLAS["controller"].limit(limits=1, user_api="blas")
+        _BLAS["depth"] += 1
+    try:
         yield
+    finally:
+        with _LOCK:
+            _BLAS["depth"] -= 1
+            if _BLAS["depth"] == 0:
+                _BLAS["limiter"].restore_original_limits()
+                _BLAS["limiter"] = None
 
 
 def _run(task, tasks, work):

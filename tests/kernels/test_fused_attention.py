@@ -468,3 +468,37 @@ def test_every_output_element_is_written(monkeypatch, blocks):
     assert not np.isnan(lse).any()
     for name, a, e in zip(NAMES, (out,) + grads, ref):
         assert_close(name, a, e, atol=TOL64)
+
+
+def test_concurrent_calls_give_the_blas_setting_back(monkeypatch):
+    """Two user threads calling the kernel at once share one BLAS limit: the user's thread
+    count comes back when both are done, and both results are right."""
+    import threading
+    from threadpoolctl import threadpool_info
+    monkeypatch.setattr(attention_cpu, "MIN_PARALLEL_WORK", 0)
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    q, k, v, dout = _problem(4, 3, 41, 16, np.float64, seed=9)
+    mask = _mixed_mask(41, seed=9)
+    ref = _textbook(q, k, v, dout, mask, scale=0.25)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                out, lse = attention_cpu.attention_forward(q, k, v, mask, 0.25)
+                grads = attention_cpu.attention_backward(dout, q, k, v, out, lse, mask, 0.25)
+                results.append((out,) + grads)
+        except BaseException as e:                           # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 10
+    for got in results:
+        for name, a, e in zip(NAMES, got, ref):
+            assert_close(name, a, e, atol=TOL64)
+    after = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    assert after == before
