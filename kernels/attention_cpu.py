@@ -7,12 +7,13 @@ derives them); read that first. What changes is who does which part of a tile:
 
 * **The block products go to BLAS** (``np.matmul`` on stacks of blocks): S = Q K^T and
   O += P V forward; S = Q K^T, dP = dO V^T, dV += Pd^T dO, dK += dS^T Q, dQ += dS K
-  backward. Rung 4 writes them as Numba loops, which reach 35 to 50% of the machine's
+  backward. Rung 4 writes them as Numba loops, which reach 30 to 50% of the machine's
   SGEMM rate inside the kernel (an output row of D = 64 numbers is too short to keep the
   multiply-add units busy, and LLVM cannot be made to hold a register tile); BLAS packs its
-  operands and runs a hand-written register tile at 80 to 90%. Transposes are views
+  operands and runs a hand-written register tile, at 55 to 85% of SGEMM on these blocks
+  (measured call by call inside this kernel, one thread). Transposes are views
   (``k.transpose``): BLAS reads them through its transpose flag, so no copy of K or V is
-  made either.
+  made (a contiguous copy of each K^T block was tried: no measurable gain).
 * **Everything between the products stays fused in Numba**: scale, mask, running max,
   exponentials, running sums, rescaling of the accumulator, the dropout factors regenerated
   from Philox, the final division; and backward the recomputed probabilities, the row
@@ -21,17 +22,19 @@ derives them); read that first. What changes is who does which part of a tile:
 * **A tile covers several heads**: G heads x ``block_q`` queries x up to ``block_k`` keys of
   one sequence, so one ``np.matmul`` call does G block products and the Python between
   calls is paid once per G blocks. The scratch of a tile is G block_q block_k numbers
-  (1.5 MiB for G = 3, 128 x 512 in float32; never S x S per head for S > block_k, and never
-  kept after the call).
+  (0.75 MiB for G = 3, 128 x 512 in float32, two of them in the backward; never S x S per
+  head for S > block_k, and never kept after the call).
 
 Threads. The work is cut into tasks (sequence b, group of G heads): a task owns the rows
 of out, lse, dq, dk and dv of its heads, so no two tasks write the same element. The cut
 depends on the shape only (at least ``MIN_TASKS`` tasks), never on the number of
 threads, and each task computes the same operations whatever thread runs it, so every
 thread count gives the same bits. ``numba.get_num_threads()`` threads run the tasks from a
-thread pool; BLAS and the Numba functions release the GIL, and BLAS itself is held to one
-thread meanwhile (threadpoolctl), so that the two kinds of threads do not fight over the
-cores (measured: with BLAS's own threads left on, two workers ran up to 1.5x slower).
+thread pool, the calling thread one of them, largest task first; BLAS and the Numba
+functions release the GIL, and BLAS itself is held to one thread meanwhile (threadpoolctl),
+so that the two kinds of threads do not fight over the cores (measured: with BLAS's own
+threads left on, two workers ran 1.3x slower at (2, 12, 512, 64)). Why not Numba's
+``prange``: BLAS called from inside Numba's OpenMP threads warned that it "may hang".
 """
 from __future__ import annotations
 
