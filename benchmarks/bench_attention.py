@@ -56,11 +56,12 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
 from pathlib import Path
+
+from machine import SGEMM_N, configure_environment, cpu_model, sgemm_gflops
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -68,7 +69,6 @@ RESULT = HERE / "results" / "bench_attention_cpu.json"
 
 SHAPES = [(8, 12, 128, 64), (2, 12, 512, 64)]
 QUICK_SHAPES = [(8, 12, 128, 64)]
-SGEMM_N = 1024
 
 # pause before each implementation's turn: idle thread pools stop spinning meanwhile
 SETTLE_S = 0.25
@@ -103,20 +103,6 @@ def parse_args(argv=None):
     return args
 
 
-def configure_environment(threads):
-    """Thread counts and Numba's cache directory; must run before numpy/numba are imported."""
-    notes = []
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    # Numba's pool is sized at import; allow more threads than cores if asked
-    os.environ["NUMBA_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
-    kernels_dir = ROOT / "kernels"
-    if "NUMBA_CACHE_DIR" not in os.environ and not os.access(kernels_dir, os.W_OK):
-        cache = Path.home() / ".cache" / "minibert" / "numba"
-        cache.mkdir(parents=True, exist_ok=True)
-        os.environ["NUMBA_CACHE_DIR"] = str(cache)
-        notes.append(f"{kernels_dir} is not writable: Numba's cache is in {cache}")
-    return notes
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
@@ -140,30 +126,8 @@ except ImportError:                              # torch is optional: that peer 
 # --------------------------------------------------------------------------- machine
 
 
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-_SGEMM_CODE = """
-import sys, time, numpy as np
-n, repeat = int(sys.argv[1]), int(sys.argv[2])
-r = np.random.default_rng(0)
-a = r.standard_normal((n, n)).astype(np.float32)
-b = r.standard_normal((n, n)).astype(np.float32)
-c = np.empty((n, n), np.float32)
-np.matmul(a, b, out=c)
-times = []
-for _ in range(repeat):
-    t = time.perf_counter(); np.matmul(a, b, out=c); times.append(time.perf_counter() - t)
-times.sort()
-print(2 * n ** 3 / times[len(times) // 2] / 1e9)
-"""
 
 
 def measure_yardsticks(threads):
@@ -179,15 +143,6 @@ def measure_yardsticks(threads):
     return {"sgemm": rates, "exp_ns": t_exp}
 
 
-def sgemm_gflops(threads, repeat=15):
-    """Median SGEMM rate of ``np.matmul`` (1024^3) with ``threads`` BLAS threads, measured in
-    a fresh interpreter (OpenBLAS fixes its thread count when it is loaded)."""
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
-    out = subprocess.run([sys.executable, "-c", _SGEMM_CODE, str(SGEMM_N), str(repeat)],
-                         env=env, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
