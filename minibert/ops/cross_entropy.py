@@ -25,12 +25,20 @@ Backward. With ``p_n = softmax(logits_n)`` (C,) and ``dl_n / dlogits[n, k] = p_n
 
 Ignored rows (c_n = 0) and zero-weight rows get exactly zero gradient. ``labels`` and
 ``weights`` are not differentiable; backward returns ``dlogits`` only.
+
+Fast path. On NumPy float32/float64 logits (``minibert.ops.use_kernel``) the (N, C) work
+runs in ``minibert.kernels.cross_entropy_cpu``: max, sum of exps and l_n in fused row passes,
+saving the row log-sum-exp instead of the (N, C) probabilities, and a backward that
+recomputes them in the pass that writes dlogits (a ``Fused`` cache). The weights, the
+ignored rows and W are computed by the same lines below on both paths. The code below stays
+the reference, and runs alone under ``minibert.ops.readable_ops()``.
 """
 from __future__ import annotations
 
 import numbers
 
 from ..backend import get_array_module
+from . import Fused, use_kernel
 
 
 def _validate(logits, labels, weights, ignore_index, xp):
@@ -75,24 +83,32 @@ def forward(logits, labels, weights=None, ignore_index=-100):
     N, C = logits.shape
     counts = labels != ignore_index                           # (N,) bool
     safe = xp.where(counts, labels, 0)                        # (N,) a valid index on ignored rows
-    z = logits - xp.max(logits, axis=1, keepdims=True)        # (N, C) every exponent <= 0
-    e = xp.exp(z)
-    s = xp.sum(e, axis=1, keepdims=True)                      # (N, 1) in [1, C]
-    probs = e / s                                             # (N, C) softmax
-    rows = xp.arange(N)
-    nll = xp.log(s[:, 0]) - z[rows, safe]                     # (N,) l_n = lse_n - logits[n, label_n]
     w = counts.astype(logits.dtype)                           # (N,) c_n
     if weights is not None:
         w = w * weights                                       # (N,) c_n w_n
     total = xp.sum(w)                                         # W
     # W = 0 -> every c_n w_n is 0, so dividing by 1 instead gives loss 0 and gradient 0
     scale = w / xp.where(total > 0, total, 1)                 # (N,) c_n w_n / W
+    if use_kernel(logits) and C > 0:
+        from ..kernels import cross_entropy_cpu   # lazy: Numba takes a while to import
+        nll, row_max, row_sum = cross_entropy_cpu.forward(logits, safe)   # (N,) float64 each
+        # the weighted sum in float64 too, then one rounding to the logits' dtype
+        loss = xp.asarray(xp.sum(scale * nll), dtype=logits.dtype)
+        return loss, Fused(cross_entropy_cpu.backward, (logits, safe, row_max, row_sum, scale))
+    z = logits - xp.max(logits, axis=1, keepdims=True)        # (N, C) every exponent <= 0
+    e = xp.exp(z)
+    s = xp.sum(e, axis=1, keepdims=True)                      # (N, 1) in [1, C]
+    probs = e / s                                             # (N, C) softmax
+    rows = xp.arange(N)
+    nll = xp.log(s[:, 0]) - z[rows, safe]                     # (N,) l_n = lse_n - logits[n, label_n]
     loss = xp.asarray(xp.sum(scale * nll), dtype=logits.dtype)  # () 0-d, not a NumPy scalar
     return loss, (probs, safe, scale)
 
 
 def backward(dloss, cache):
     """Returns ``dlogits`` (N, C)."""
+    if isinstance(cache, Fused):
+        return cache.backward(dloss, *cache.saved)
     probs, safe, scale = cache
     xp = get_array_module(probs)
     N = probs.shape[0]

@@ -16,13 +16,20 @@ instead of storing it.
 Backward. For a fixed mask y is linear in x, so with ``dy = dL/dy``:
 
     dx = dy * keep / (1 - p)        (identity, dx = dy, when no mask was drawn)
+
+Fast path. On NumPy float32/float64 arrays (``minibert.ops.use_kernel``) the forward runs
+``minibert.kernels.dropout_cpu``: the Philox bits, the mask and y in one pass, bit for bit
+this op's result, and a ``Fused`` cache holding the mask (why the mask and not its
+regeneration: that module's docstring, with the measurements). The code below stays the
+reference, and runs under ``minibert.ops.readable_ops()``.
 """
 from __future__ import annotations
 
 import numbers
 
 from ..backend import get_array_module
-from ..rng import keep_mask
+from ..rng import _check_u64, keep_mask
+from . import Fused, use_kernel
 
 
 def _validate_p(p):
@@ -46,6 +53,12 @@ def forward(x, p, seed, offset=0, training=True):
         return x, (None, 0.0)                        # identity: no mask is drawn
     xp = get_array_module(x)
     p = float(p)          # a NumPy float64 scalar would promote float32 x to float64
+    if use_kernel(x):
+        from ..kernels import dropout_cpu        # lazy: Numba takes a while to import
+        # the same checks, with the same messages, as keep_mask's
+        seed, offset = _check_u64("seed", seed), _check_u64("offset", offset)
+        y, keep = dropout_cpu.forward(x, p, seed, offset)
+        return y, Fused(dropout_cpu.backward, (keep, p))
     keep = keep_mask(x.shape, p, seed, offset, xp)   # bool, shape of x
     y = x * keep / (1.0 - p)
     return y, (keep, p)
@@ -53,6 +66,8 @@ def forward(x, p, seed, offset=0, training=True):
 
 def backward(dy, cache):
     """Returns ``dx``."""
+    if isinstance(cache, Fused):
+        return cache.backward(dy, *cache.saved)
     keep, p = cache
     if keep is None:
         return dy.copy()                             # undoes y = x (a fresh array, as every op)

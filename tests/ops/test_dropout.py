@@ -6,12 +6,17 @@ import pytest
 
 from minibert import rng
 from minibert.gradcheck import check_op
-from minibert.ops import dropout
+from minibert.ops import Fused, dropout
 from tests.helpers import to_np
 
 
 def _randn(xp, shape, dtype=np.float64, seed=0):
     return xp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
+def _keep_of(cache):
+    """The saved keep-mask: ``cache[0]`` of the readable op, ``saved[0]`` of the kernel's."""
+    return cache.saved[0] if isinstance(cache, Fused) else cache[0]
 
 
 def _mask_of(y):
@@ -41,7 +46,7 @@ def test_mask_is_philox_keep_mask(xp, dtype):
     x = xp.asarray(np.random.default_rng(2).uniform(1.0, 2.0, shape).astype(dtype))   # no zeros
     y, cache = dropout.forward(x, p, seed, offset)
     expected = to_np(rng.keep_mask(shape, p, seed, offset))
-    np.testing.assert_array_equal(to_np(cache[0]), expected)
+    np.testing.assert_array_equal(to_np(_keep_of(cache)), expected)
     np.testing.assert_array_equal(_mask_of(y), expected)
     # the same bits from the documented convention: element i (C order) takes word i
     words = to_np(rng.random_bits(int(np.prod(shape)), seed, offset))
@@ -74,7 +79,7 @@ def test_keep_fraction_and_mean(xp, p):
     n = 1 << 20
     x = xp.ones(n, dtype=np.float32)
     y, cache = dropout.forward(x, p, seed=123, offset=0)
-    kept = float(to_np(cache[0]).mean())
+    kept = float(to_np(_keep_of(cache)).mean())
     # binomial: the kept fraction has standard deviation sqrt(p (1 - p) / n) < 5e-4
     sd = math.sqrt(p * (1 - p) / n)
     assert abs(kept - (1 - p)) < 6 * sd, (kept, 1 - p)
@@ -105,10 +110,10 @@ def test_backward_applies_the_same_mask(xp):
     dy = _randn(xp, (5, 7), seed=9)
     p = 0.25
     y, cache = dropout.forward(x, p, seed=99, offset=4)
-    keep0 = to_np(cache[0]).copy()
+    keep0 = to_np(_keep_of(cache)).copy()
     dx = dropout.backward(dy, cache)
     np.testing.assert_array_equal(to_np(dx), to_np(dy) * keep0 / (1 - p))
-    np.testing.assert_array_equal(to_np(cache[0]), keep0)       # the cache is not written
+    np.testing.assert_array_equal(to_np(_keep_of(cache)), keep0)       # the cache is not written
 
 
 def test_float32_kept_with_numpy_scalar_p(xp):
