@@ -36,8 +36,10 @@ What it does, in order:
    wrapped with a timer, per call, nesting excluded; GFLOP/s of the matrix products
    against the SGEMM rate. What the ops do not cover (reshapes, residual adds, gradient
    accumulation, Python) is reported as "model glue".
-5. Measures the peak resident memory of one step above the memory before it (Linux
-   ``VmHWM`` after resetting it through ``/proc/self/clear_refs``), for both libraries.
+5. Measures peak memory: for each implementation a fresh process builds the model and runs
+   two calls; its peak resident memory (Linux ``VmHWM``) above the resident memory after
+   the imports counts parameters, gradients, optimizer state, activations and what the
+   allocators keep.
 6. Prints the tables and writes benchmarks/results/bench_model_cpu.json (or ``--out``).
 
 FLOPs of a step (matrix products only; N = B*S tokens, P = B*20 predicted positions, V the
@@ -55,6 +57,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,6 +82,7 @@ def parse_args(argv=None):
     ap.add_argument("--readable", action="store_true",
                     help="minibert on its readable ops (the kernels switched off)")
     ap.add_argument("--quick", action="store_true", help="smoke run: mini only, 2 rounds")
+    ap.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)   # internal
     ap.add_argument("--out", type=Path, default=RESULT,
                     help=f"JSON file to write (default: {RESULT.relative_to(ROOT)})")
     args = ap.parse_args(argv)
@@ -284,21 +288,39 @@ def time_round_robin(fns, repeat):
     return {k: statistics.median(v) for k, v in times.items()}, times
 
 
-def peak_rss_mib(fn):
-    """Peak resident memory during ``fn()`` above the resident memory before it, in MiB
-    (None where /proc/self/clear_refs cannot reset the peak)."""
-    def status(field):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024                        # kB -> MiB
-    gc.collect()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")                     # VmHWM := VmRSS
-    except OSError:
-        return None
-    before = status("VmRSS")
+def _rss_mib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024                              # kB -> MiB
+    return None
+
+
+def memory_child(name, preset):
+    """In a fresh process: resident memory after the imports, then the peak while building
+    the model and running two calls of ``name`` (parameters, gradients, optimizer state,
+    activations and whatever the allocators keep), printed as JSON."""
+    base = _rss_mib("VmRSS")
+    config = BertConfig.preset(preset)
+    batch = make_batch(config)
+    if name.startswith("minibert"):
+        model, opt = minibert_model(config)
+        fns = minibert_fns(model, opt, batch)
+    else:
+        torch.set_num_threads(1)                        # memory does not depend on threads
+        fns = hf_fns(*hf_models(config), batch)
+    fn = fns[name.split(" ", 1)[1]]
     fn()
-    return status("VmHWM") - before
+    fn()
+    print(json.dumps({"peak_mib": _rss_mib("VmHWM") - base}))
+
+
+def peak_memory_mib(name, preset):
+    """``memory_child`` in a subprocess (None where /proc is missing)."""
+    if _rss_mib("VmHWM") is None:
+        return None
+    out = subprocess.run([sys.executable, __file__, "--memory-of", name, "--presets", preset,
+                          "--threads", "1"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 # --------------------------------------------------------------------------- profile
@@ -467,7 +489,7 @@ def main(args):
         for f in fns.values():                          # compile kernels, first allocations
             f()
         med, all_times = time_round_robin(fns, args.repeat)
-        memory = {name: peak_rss_mib(fn) for name, fn in fns.items()}
+        memory = {name: peak_memory_mib(name, preset) for name in fns}
         entry["times_ms"] = {k: v * 1e3 for k, v in med.items()}
         entry["times_ms_all"] = {k: [x * 1e3 for x in v] for k, v in all_times.items()}
         entry["peak_rss_mib_above_start"] = memory
@@ -507,7 +529,8 @@ def main(args):
               "sgemm_gflops": {"start": sgemm_start, "end": sgemm_end},
               "statistic": "median of the rounds, interleaved",
               "speedup_note": "time of the peer / time of minibert (>1: minibert faster)",
-              "memory_note": "peak RSS during one call above the RSS before it (VmHWM)",
+              "memory_note": "peak RSS (VmHWM) of a fresh process that builds the model and "
+                             "runs two calls, above its RSS after the imports",
               "results": results, "notes": notes}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -538,4 +561,7 @@ def print_profile(table, total, sgemm, flops):
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    if ARGS.memory_of:
+        memory_child(ARGS.memory_of, ARGS.presets)
+    else:
+        main(ARGS)
