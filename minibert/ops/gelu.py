@@ -17,6 +17,13 @@ with beta = sqrt(2/pi) and kappa = 0.044715:
 
 Backward: ``dx = dy * dy/dx`` elementwise, from the ``Phi`` (or ``t``) kept in the cache.
 
+With a bias (``bias_forward`` / ``bias_backward``), the GELU of a linear layer's output
+``x + bias``, x (..., C) and bias (C,) broadcast over the leading dimensions. With
+``z = x + bias``: ``y = GELU(z)``, and since dz/dx is the identity and the bias is added to
+every row, ``dx = dy * GELU'(z)`` and ``dbias = sum of dx over the leading dimensions`` (C,).
+The readable pair is those lines around ``forward`` and ``backward``; the fast path computes
+them in one pass.
+
 Where erf comes from. NumPy has no erf. On the CPU minibert compiles ``math.erf`` (the C
 library's ``erf``, within about one ulp in float64, and ``erff`` for float32 input) into a
 NumPy ufunc with Numba's ``@vectorize``: accurate to float64 rounding, which the float64
@@ -25,6 +32,13 @@ dependency for one function. Numba is imported the first time exact GELU runs on
 arrays, so ``import minibert`` stays light; the compiled ufunc is cached on disk, or built
 in memory when no cache directory is writable. On the GPU ``cupyx.scipy.special.erf``
 (CUDA's ``erf`` / ``erff``) is used.
+
+Fast path. On NumPy float32/float64 arrays (``minibert.ops.use_kernel``) ``forward`` and
+``bias_forward`` run ``minibert.kernels.gelu_cpu``: z, GELU(z) and GELU'(z) in one pass,
+with a ``Fused`` cache holding GELU'(z), which the backward hands back to that module for
+dx and dbias in one more. Its float64 path computes these lines with the same ``erf``; its
+float32 path computes Phi without erf, to within 0.51 ulp (that module's docstring). The
+code below stays the reference, and runs under ``minibert.ops.readable_ops()``.
 """
 from __future__ import annotations
 
@@ -33,6 +47,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from . import Fused, use_kernel
 
 #: Hugging Face ``hidden_act`` names -> the ``approximate`` argument of this op.
 APPROXIMATE_FOR_ACT = {
@@ -87,19 +102,44 @@ def approximate_for_act(hidden_act: str) -> str:
     return APPROXIMATE_FOR_ACT[hidden_act]
 
 
+def _check_approximate(approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate={approximate!r} is not known, expected 'none' or 'tanh'")
+
+
 def forward(x, approximate="none"):
     """``y = GELU(x)``, exact (``"none"``) or tanh-approximated (``"tanh"``); returns
     ``(y, cache)``."""
+    _check_approximate(approximate)
+    if use_kernel(x):
+        from ..kernels import gelu_cpu           # lazy: Numba takes a while to import
+        y, saved = gelu_cpu.bias_forward(x, None, approximate)
+        return y, Fused(gelu_cpu.backward, saved)
     if approximate == "none":
         cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))           # Phi(x)
         y = x * cdf
         return y, (x, cdf, approximate)
-    if approximate == "tanh":
-        xp = get_array_module(x)
-        t = xp.tanh(_BETA * (x + _KAPPA * (x * x * x)))    # tanh(u)
-        y = 0.5 * x * (1.0 + t)
-        return y, (x, t, approximate)
-    raise ValueError(f"approximate={approximate!r} is not known, expected 'none' or 'tanh'")
+    xp = get_array_module(x)
+    t = xp.tanh(_BETA * (x + _KAPPA * (x * x * x)))        # tanh(u)
+    y = 0.5 * x * (1.0 + t)
+    return y, (x, t, approximate)
+
+
+def bias_forward(x, bias, approximate="none"):
+    """``y = GELU(x + bias)`` for x (..., C) and bias (C,); returns ``(y, cache)`` for
+    ``bias_backward``."""
+    _check_approximate(approximate)
+    C = x.shape[-1] if x.ndim else None
+    if C is None or tuple(bias.shape) != (C,):
+        raise ValueError(f"x has shape {tuple(x.shape)} and bias {tuple(bias.shape)}: expected "
+                         f"x (..., C) and bias (C,)")
+    if use_kernel(x, bias):
+        from ..kernels import gelu_cpu
+        y, saved = gelu_cpu.bias_forward(x, bias, approximate)
+        return y, Fused(gelu_cpu.bias_backward, saved)
+    z = x + bias                                           # (..., C)
+    y, cache = forward(z, approximate)
+    return y, (cache, C)
 
 
 def forward_act(x, hidden_act="gelu"):
@@ -109,6 +149,8 @@ def forward_act(x, hidden_act="gelu"):
 
 def backward(dy, cache):
     """Returns ``dx``."""
+    if isinstance(cache, Fused):
+        return cache.backward(dy, *cache.saved)
     x, s, approximate = cache
     xp = get_array_module(dy)
     if approximate == "none":
@@ -119,3 +161,13 @@ def backward(dy, cache):
     # undoes t = tanh(beta (x + kappa x^3)), then y = 0.5 x (1 + t)
     du_dx = _BETA * (1.0 + 3.0 * _KAPPA * (x * x))
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+def bias_backward(dy, cache):
+    """Returns ``(dx, dbias)``: dx of x's shape, dbias (C,)."""
+    if isinstance(cache, Fused):
+        return cache.backward(dy, *cache.saved)
+    cache, C = cache
+    dx = backward(dy, cache)                               # undoes y = GELU(z)
+    dbias = dx.reshape(-1, C).sum(axis=0)                  # undoes z = x + bias, (C,)
+    return dx, dbias

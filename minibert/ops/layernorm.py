@@ -31,22 +31,48 @@ and contracting with dxhat_j:
 
 The two means are the projections that make dx orthogonal to the constant vector and to
 xhat: shifting or scaling a row of x leaves xhat unchanged, so it cannot change the loss.
+
+With a residual. ``forward(x, weight, bias, residual=r)`` normalizes the sum
+``x + r`` (r of x's shape), BERT's ``LayerNorm(dense(h) + h)`` in one call. The sum's two
+terms enter with coefficient one, so the gradient with respect to x and the gradient with
+respect to r are the same array: ``backward`` still returns ``(dx, dweight, dbias)``, and
+dx is the gradient of the sum, to be used for both.
+
+Fast path. On NumPy float32/float64 arrays (``minibert.ops.use_kernel``) the forward runs
+``minibert.kernels.layernorm_cpu``: the sum, the row statistics and y in one pass per row
+(statistics accumulated in float64), and a ``Fused`` cache that the backward hands back to
+that module, which computes dx, dweight and dbias in one pass per row. The code below stays
+the reference, and runs under ``minibert.ops.readable_ops()``.
 """
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import Fused, use_kernel
 
 
-def forward(x, weight, bias, eps=1e-12):
+def forward(x, weight, bias, eps=1e-12, residual=None):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis; returns
-    ``(y, cache)``. ``eps`` defaults to BERT's ``layer_norm_eps``."""
+    ``(y, cache)``. ``eps`` defaults to BERT's ``layer_norm_eps``.
+
+    With ``residual`` (an array of x's shape) the op normalizes ``x + residual`` instead;
+    the gradient ``dx`` that ``backward`` returns is then also the residual's gradient (the
+    module docstring)."""
     H = x.shape[-1]
     if tuple(weight.shape) != (H,) or tuple(bias.shape) != (H,):
         raise ValueError(f"x has shape {tuple(x.shape)}, weight {tuple(weight.shape)} and bias "
                          f"{tuple(bias.shape)}: expected x (..., H), weight (H,) and bias (H,)")
+    if residual is not None and tuple(residual.shape) != tuple(x.shape):
+        raise ValueError(f"residual has shape {tuple(residual.shape)}, expected x's shape "
+                         f"{tuple(x.shape)}")
     if not eps >= 0:
         raise ValueError(f"eps={eps!r} is not valid, expected a number >= 0")
     eps = float(eps)      # a NumPy float64 scalar would promote float32 x to float64
+    if use_kernel(x, weight, bias) and (residual is None or use_kernel(x, residual)):
+        from ..kernels import layernorm_cpu      # lazy: Numba takes a while to import
+        y, saved = layernorm_cpu.forward(x, weight, bias, eps, residual)
+        return y, Fused(layernorm_cpu.backward, saved)
+    if residual is not None:
+        x = x + residual                                      # (..., H)
     xp = get_array_module(x)
     mu = xp.mean(x, axis=-1, keepdims=True)                   # (..., 1)
     xc = x - mu                                               # (..., H)
@@ -58,7 +84,9 @@ def forward(x, weight, bias, eps=1e-12):
 
 
 def backward(dy, cache):
-    """Returns ``(dx, dweight, dbias)``."""
+    """Returns ``(dx, dweight, dbias)``; with a residual, dx is its gradient too."""
+    if isinstance(cache, Fused):
+        return cache.backward(dy, *cache.saved)
     xhat, rstd, weight = cache
     xp = get_array_module(dy)
     H = xhat.shape[-1]

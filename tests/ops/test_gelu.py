@@ -1,5 +1,12 @@
-"""Tests of GELU (exact erf and tanh forms): gradients, erf accuracy, float32, torch, names."""
+"""Tests of GELU (exact erf and tanh forms, with and without a bias): gradients, erf accuracy,
+float32, torch, names.
+
+Every test runs twice: on the readable op (``readable_ops()``) and with the kernels on,
+where NumPy float arrays take ``minibert.kernels.gelu_cpu`` (tested against the readable
+op in tests/kernels/test_gelu_kernel.py); CuPy arrays take the readable op either way.
+"""
 import math
+import os
 import subprocess
 import sys
 
@@ -7,11 +14,17 @@ import numpy as np
 import pytest
 
 from minibert.gradcheck import check_op
-from minibert.ops import gelu
+from minibert.ops import READABLE_ENV, Fused, gelu, readable_ops
 from tests.helpers import assert_close, to_np
 
 EPS32 = float(np.finfo(np.float32).eps)
 APPROXIMATIONS = ["none", "tanh"]
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["readable", "kernels"])
+def readable(request):
+    with readable_ops(request.param):
+        yield request.param
 
 
 def _randn(xp, shape, dtype=np.float64, seed=0, scale=1.0):
@@ -119,9 +132,12 @@ def test_unknown_names_raise():
         gelu.forward_act(np.ones(3), "relu")
 
 
-def test_no_writable_numba_cache_falls_back(monkeypatch):
+def test_no_writable_numba_cache_falls_back(monkeypatch, readable):
     # A read-only install with no NUMBA_CACHE_DIR: Numba finds no cache locator and raises
     # RuntimeError from vectorize(cache=True); the op must compile in memory instead.
+    # (The erf ufunc is the readable op's: with the kernels on, NumPy arrays never reach it.)
+    if not readable:
+        pytest.skip("the erf ufunc runs on the readable path only")
     numba_caching = pytest.importorskip("numba.core.caching")
     monkeypatch.setattr(numba_caching.CacheImpl, "_locator_classes", [])
     monkeypatch.setattr(gelu, "_numba_erf", None)
@@ -132,23 +148,98 @@ def test_no_writable_numba_cache_falls_back(monkeypatch):
     np.testing.assert_allclose(y, [0.0, 0.5 * (1 + math.erf(1 / math.sqrt(2)))], rtol=1e-15)
 
 
-def test_gelu_module_imports_without_numba():
-    # Numba is needed only when exact GELU first runs on NumPy arrays
+def test_gelu_module_imports_without_numba(readable):
+    # On the readable path Numba is needed only when exact GELU first runs on NumPy arrays
+    # (with the kernels on, every NumPy GELU runs the Numba kernel: the environment switch
+    # is how to run without them)
+    if not readable:
+        pytest.skip("the subprocess sets the readable switch itself")
     code = ("import sys; sys.modules['numba'] = None\n"
             "import numpy as np\n"
             "from minibert.ops import gelu\n"
             "gelu.forward(np.ones(3), approximate='tanh')\n"
             "print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = dict(os.environ, **{READABLE_ENV: "1"})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _cached_arrays(cache):
+    """The arrays a cache holds (the readable tuples, or a Fused cache's saved arguments)."""
+    if isinstance(cache, Fused):
+        return [a for a in cache.saved if hasattr(a, "dtype")]
+    return [a for a in cache if hasattr(a, "dtype")] + (
+        _cached_arrays(cache[0]) if isinstance(cache[0], tuple) else [])
 
 
 def test_backward_returns_fresh_array(xp):
     x = _randn(xp, (4,), seed=8)
     for approximate in APPROXIMATIONS:
         y, cache = gelu.forward(x, approximate)
-        before = [to_np(a).copy() for a in cache[:2]]
-        dx = gelu.backward(xp.ones(4), cache)
-        for a, a0 in zip(cache[:2], before):
+        before = [to_np(a).copy() for a in _cached_arrays(cache)]
+        dy = xp.ones(4)
+        dx = gelu.backward(dy, cache)
+        for a, a0 in zip(_cached_arrays(cache), before):
             np.testing.assert_array_equal(to_np(a), a0)
-        assert dx is not x
+        assert all(dx is not a for a in [x, y, dy] + _cached_arrays(cache))
+
+
+# --------------------------------------------------------------------------- with a bias
+
+
+def _bias_backward(dy, cache):
+    return gelu.bias_backward(dy, cache)
+
+
+@pytest.mark.parametrize("approximate", APPROXIMATIONS)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 7)])
+def test_bias_gradcheck_float64(xp, approximate, shape):
+    x = _randn(xp, shape, seed=len(shape) + 10, scale=2.5)
+    b = _randn(xp, shape[-1:], seed=11)
+    check_op(gelu.bias_forward, _bias_backward, {"x": x, "bias": b},
+             kwargs={"approximate": approximate}, seed=sum(shape) + 1)
+
+
+@pytest.mark.parametrize("approximate", APPROXIMATIONS)
+def test_bias_is_gelu_of_the_sum(xp, approximate):
+    x = _randn(xp, (2, 3, 6), seed=12, scale=2.0)
+    b = _randn(xp, (6,), seed=13)
+    dy = _randn(xp, (2, 3, 6), seed=14)
+    y, cache = gelu.bias_forward(x, b, approximate)
+    dx, db = gelu.bias_backward(dy, cache)
+    y_sum, cache_sum = gelu.forward(x + b, approximate)
+    dx_sum = gelu.backward(dy, cache_sum)
+    assert dx.shape == x.shape and db.shape == b.shape
+    # the same sum, rounded once, then the same arithmetic
+    tol = 4 * np.finfo(np.float64).eps
+    assert_close("y", y, y_sum, atol=tol, rtol=tol)
+    assert_close("dx", dx, dx_sum, atol=tol, rtol=tol)
+    # dbias sums dx over the 6 rows: a few roundings of sums of O(1) terms
+    assert_close("dbias", db, dx_sum.reshape(-1, 6).sum(axis=0), atol=16 * tol, rtol=16 * tol)
+
+
+@pytest.mark.parametrize("approximate", APPROXIMATIONS)
+def test_bias_float32_matches_float64(xp, approximate):
+    x32 = _randn(xp, (5, 97), np.float32, seed=15, scale=3.0)
+    b32 = _randn(xp, (97,), np.float32, seed=16)
+    dy32 = _randn(xp, (5, 97), np.float32, seed=17)
+    y32, c32 = gelu.bias_forward(x32, b32, approximate)
+    dx32, db32 = gelu.bias_backward(dy32, c32)
+    y64, c64 = gelu.bias_forward(x32.astype(np.float64), b32.astype(np.float64), approximate)
+    dx64, db64 = gelu.bias_backward(dy32.astype(np.float64), c64)
+    assert y32.dtype == dx32.dtype == db32.dtype == np.float32
+    # as test_float32_matches_float64, plus the rounding of x + bias (relative eps32 of z,
+    # times GELU' <= 1.13 and GELU'' |z| <= ~1 for the slope); dbias sums 5 rows of dx
+    tol = 16 * EPS32
+    assert_close("y", y32, y64, atol=tol, rtol=tol)
+    assert_close("dx", dx32, dx64, atol=4 * tol, rtol=tol)
+    assert_close("dbias", db32, db64, atol=4 * math.sqrt(5) * tol, rtol=tol)
+
+
+def test_bias_bad_input_raises(xp):
+    x = xp.ones((2, 4))
+    with pytest.raises(ValueError, match=r"x has shape \(2, 4\) and bias \(3,\): expected x "
+                                         r"\(\.\.\., C\) and bias \(C,\)"):
+        gelu.bias_forward(x, xp.ones(3))
+    with pytest.raises(ValueError, match=r"approximate='erf' is not known"):
+        gelu.bias_forward(x, xp.ones(4), approximate="erf")

@@ -1,4 +1,10 @@
-"""Tests of LayerNorm: gradients, float32 against float64, torch, properties, errors."""
+"""Tests of LayerNorm: gradients, float32 against float64, torch, properties, errors.
+
+Every test runs twice: on the readable op (``readable_ops()``) and with the kernels on,
+where NumPy float arrays take ``minibert.kernels.layernorm_cpu`` (tested against the
+readable op in tests/kernels/test_layernorm_kernel.py); CuPy arrays take the readable op
+either way.
+"""
 import math
 
 import numpy as np
@@ -6,11 +12,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from minibert.gradcheck import check_op
-from minibert.ops import layernorm
+from minibert.ops import Fused, layernorm, readable_ops
 from tests.helpers import assert_close, to_np
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["readable", "kernels"])
+def readable(request):
+    with readable_ops(request.param):
+        yield request.param
+
+
+def _forward_with_residual(x, weight, bias, residual, eps=1e-12):
+    return layernorm.forward(x, weight, bias, eps, residual=residual)
+
+
+def _backward_with_residual(dy, cache):
+    """(dx, dweight, dbias, dresidual): the residual's gradient is dx (module docstring)."""
+    dx, dw, db = layernorm.backward(dy, cache)
+    return dx, dw, db, dx
 
 
 def _inputs(xp, shape, dtype=np.float64, seed=0, shift=0.0):
@@ -112,27 +134,72 @@ def test_hypothesis_gradcheck_and_normalization(xp, lead, H, seed, shift):
     np.testing.assert_allclose(y.var(-1), 1.0, atol=1e-9)
 
 
-def test_two_features_give_zero_input_gradient(xp):
+def test_two_features_give_zero_input_gradient(xp, readable):
     # H = 2: with eps = 0 each row normalizes to (-1, 1) or (1, -1) whatever x is, so y does
     # not depend on x and dx = 0 (with eps > 0, dx = O(eps / |x_1 - x_0|^3), tiny but real).
     # The finite-difference check would only compare roundings here, which is why the
     # grid above starts at H = 3; check the analytic zero instead, to rounding (eps64 * rstd).
     x, w, b = _inputs(xp, (4, 2), seed=5)
     y, cache = layernorm.forward(x, w, b, eps=0.0)
-    np.testing.assert_allclose(np.abs(to_np(cache[0])), 1.0, atol=1e-15)
+    if readable or xp is not np:
+        np.testing.assert_allclose(np.abs(to_np(cache[0])), 1.0, atol=1e-15)
     dy = xp.asarray(np.random.default_rng(6).standard_normal((4, 2)))
     dx, _, _ = layernorm.backward(dy, cache)
-    bound = 8 * np.finfo(np.float64).eps * float(to_np(cache[1]).max()) * float(np.abs(to_np(dy * w)).max())
+    rstd = 2.0 / np.abs(np.diff(to_np(x), axis=-1))          # 1 / sigma, sigma = |x_1 - x_0| / 2
+    bound = 8 * np.finfo(np.float64).eps * float(rstd.max()) * float(np.abs(to_np(dy * w)).max())
     assert float(np.abs(to_np(dx)).max()) <= bound
 
 
-def test_backward_does_not_write_into_cache(xp):
+def _cached_arrays(cache):
+    """The arrays a cache holds (the readable tuple, or a Fused cache's saved arguments)."""
+    items = cache.saved if isinstance(cache, Fused) else cache
+    return [a for a in items if hasattr(a, "shape") and hasattr(a, "dtype")]
+
+
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_backward_does_not_write_into_cache_or_inputs(xp, with_residual):
     x, w, b = _inputs(xp, (3, 5), seed=2)
-    _, cache = layernorm.forward(x, w, b)
-    before = [to_np(a).copy() for a in cache]
-    layernorm.backward(xp.ones((3, 5)), cache)
-    for name, a, a0 in zip(("xhat", "rstd", "weight"), cache, before):
+    r = xp.asarray(np.random.default_rng(3).standard_normal((3, 5))) if with_residual else None
+    inputs_before = [to_np(a).copy() for a in (x, w, b) + ((r,) if with_residual else ())]
+    _, cache = layernorm.forward(x, w, b, residual=r)
+    before = [to_np(a).copy() for a in _cached_arrays(cache)]
+    assert before, "the cache holds no arrays"
+    dy = xp.ones((3, 5))
+    grads = layernorm.backward(dy, cache)
+    for i, (a, a0) in enumerate(zip(_cached_arrays(cache), before)):
+        np.testing.assert_array_equal(to_np(a), a0, err_msg=f"cached array {i}")
+    for name, a, a0 in zip(("x", "weight", "bias", "residual"), (x, w, b, r), inputs_before):
         np.testing.assert_array_equal(to_np(a), a0, err_msg=name)
+    for g in grads:                                            # fresh arrays
+        assert all(g is not a for a in (x, w, b, r, dy) + tuple(_cached_arrays(cache)))
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 7), (2, 3, 5)])
+def test_residual_gradcheck_float64(xp, shape):
+    x, w, b = _inputs(xp, shape, seed=21 + shape[-1])
+    r = xp.asarray(np.random.default_rng(22).standard_normal(shape))
+    check_op(_forward_with_residual, _backward_with_residual,
+             {"x": x, "weight": w, "bias": b, "residual": r}, seed=len(shape))
+
+
+def test_residual_is_layernorm_of_the_sum(xp):
+    x, w, b = _inputs(xp, (2, 3, 9), seed=23)
+    r = xp.asarray(np.random.default_rng(24).standard_normal((2, 3, 9)))
+    dy = xp.asarray(np.random.default_rng(25).standard_normal((2, 3, 9)))
+    y, cache = layernorm.forward(x, w, b, residual=r)
+    y_sum, cache_sum = layernorm.forward(x + r, w, b)
+    # the same sum, rounded once, then the same arithmetic: equal to the last rounding
+    assert_close("y", y, y_sum, atol=4 * EPS64, rtol=4 * EPS64)
+    for name, g, g_sum in zip(("dx", "dweight", "dbias"), layernorm.backward(dy, cache),
+                              layernorm.backward(dy, cache_sum)):
+        assert_close(name, g, g_sum, atol=64 * EPS64, rtol=64 * EPS64)
+
+
+def test_bad_residual_shape_raises(xp):
+    x, w, b = _inputs(xp, (2, 4))
+    with pytest.raises(ValueError,
+                       match=r"residual has shape \(4, 2\), expected x's shape \(2, 4\)"):
+        layernorm.forward(x, w, b, residual=xp.zeros((4, 2)))
 
 
 def test_dtype_kept_with_numpy_scalar_eps(xp):
