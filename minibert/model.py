@@ -5,6 +5,7 @@ Forward, for token ids (B, S):
     x   = LayerNorm(E_word[ids] + E_pos[0..S-1] + E_type[segments]); x = dropout(x)
     for each layer l = 0..L-1:                                        (post-LN, as in BERT)
         q, k, v = x Wq^T + bq, x Wk^T + bk, x Wv^T + bv                 (B, S, H) -> (B, A, S, D)
+                  (one GEMM: [Wq; Wk; Wv] is one (3H, H) view of the flat buffer)
         c   = attention(q, k, v, mask)                                 (B, A, S, D) -> (B, S, H)
         h   = LayerNorm(dropout(c Wo^T + bo) + x)                      attention block
         x   = LayerNorm(dropout(GELU(h Wi^T + bi) Wo2^T + bo2) + h)    feed-forward block
@@ -46,7 +47,9 @@ class BertOutput:
 
 
 def bert_param_specs(config: BertConfig, prefix: str = "", add_pooling_layer: bool = True):
-    """The parameters of BertModel in Hugging Face's order and names. Linear weights [out, in]."""
+    """The parameters of BertModel in Hugging Face's names, linear weights [out, in]; in
+    Hugging Face's order except that each layer's query, key and value weights come first,
+    then their three biases."""
     H, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
     P, T = config.max_position_embeddings, config.type_vocab_size
     specs = [
@@ -58,9 +61,15 @@ def bert_param_specs(config: BertConfig, prefix: str = "", add_pooling_layer: bo
     ]
     for l in range(config.num_hidden_layers):
         p = f"{prefix}encoder.layer.{l}."
-        for sub in ("attention.self.query", "attention.self.key", "attention.self.value",
-                    "attention.output.dense"):
-            specs += [ParamSpec(p + sub + ".weight", (H, H)), ParamSpec(p + sub + ".bias", (H,), "zeros")]
+        # the three projection weights back to back, then their biases: in the flat buffer
+        # they form one (3H, H) matrix and one (3H,) vector, so q, k and v are one GEMM
+        # (``BertModel._qkv``). Biases draw no random numbers, so every weight is initialized
+        # with the same numbers as in Hugging Face's order.
+        qkv = ("attention.self.query", "attention.self.key", "attention.self.value")
+        specs += [ParamSpec(p + sub + ".weight", (H, H)) for sub in qkv]
+        specs += [ParamSpec(p + sub + ".bias", (H,), "zeros") for sub in qkv]
+        specs += [ParamSpec(p + "attention.output.dense.weight", (H, H)),
+                  ParamSpec(p + "attention.output.dense.bias", (H,), "zeros")]
         specs += [ParamSpec(p + "attention.output.LayerNorm.weight", (H,), "ones"),
                   ParamSpec(p + "attention.output.LayerNorm.bias", (H,), "zeros"),
                   ParamSpec(p + "intermediate.dense.weight", (I, H)),
@@ -127,6 +136,15 @@ class BertModel(PretrainedMixin):
         """Accumulate a parameter gradient into the flat gradient buffer."""
         if g is not None:
             self.grads[self.prefix + name] += g
+
+    def _qkv(self, layer, grads=False):
+        """Layer ``layer``'s query, key and value weights as one (3H, H) view and their biases
+        as one (3H,) view (or the views of their gradients), rows [q; k; v]."""
+        H = self.config.hidden_size
+        p = f"{self.prefix}encoder.layer.{layer}.attention.self."
+        w = self.store.span(p + "query.weight", p + "value.weight", (3 * H, H))
+        b = self.store.span(p + "query.bias", p + "value.bias", (3 * H,))
+        return (w[1], b[1]) if grads else (w[0], b[0])
 
     def num_parameters(self) -> int:
         return sum(int(v.size) for k, v in self.params.items() if k.startswith(self.prefix))
@@ -203,19 +221,17 @@ class BertModel(PretrainedMixin):
         for l in range(cfg.num_hidden_layers):
             n = f"encoder.layer.{l}."
             c = {}
-            heads = []
-            for which in ("query", "key", "value"):
-                t, c[which] = linear.forward(x, self._p(n + f"attention.self.{which}.weight"),
-                                             self._p(n + f"attention.self.{which}.bias"))   # (B, S, H)
-                heads.append(t.reshape(B, S, A, D).transpose(0, 2, 1, 3))               # (B, A, S, D)
+            w_qkv, b_qkv = self._qkv(l)                                                    # (3H, H), (3H,)
+            qkv, c["qkv"] = linear.forward(x, w_qkv, b_qkv)                                # (B, S, 3H)
+            heads = qkv.reshape(B, S, 3, A, D).transpose(2, 0, 3, 1, 4)                    # (3, B, A, S, D)
             if cfg.attn_implementation == "fused":
                 # the fused kernel keeps only out and the row log-sum-exp (no (S, S) probabilities:
                 # outputs.attentions gets None, as Hugging Face's sdpa path); same dropout bits
                 from .kernels import fused_attention_forward
-                q, k, v = (xp.ascontiguousarray(t) for t in heads)                      # (B, A, S, D)
+                q, k, v = xp.ascontiguousarray(heads)                                      # (B, A, S, D) each
                 fused = dict(mask=mask, scale=1.0 / np.sqrt(D), dropout_p=p_attn, seed=self.seed,
                              offset=offset(_site(l, 0)))
-                ctx, lse = fused_attention_forward(q, k, v, **fused)                    # (B, A, S, D)
+                ctx, lse = fused_attention_forward(q, k, v, **fused)                        # (B, A, S, D)
                 c["attn"] = dict(q=q, k=k, v=v, out=ctx, lse=lse, **fused)
                 attentions.append(None)
             else:
@@ -227,17 +243,18 @@ class BertModel(PretrainedMixin):
             a, c["attn_out"] = linear.forward(ctx, self._p(n + "attention.output.dense.weight"),
                                               self._p(n + "attention.output.dense.bias"))
             a, c["attn_do"] = dropout.forward(a, p_hidden, self.seed, offset(_site(l, 1)), training)
-            h, c["attn_ln"] = layernorm.forward(a + x, self._p(n + "attention.output.LayerNorm.weight"),
+            h, c["attn_ln"] = layernorm.forward(a, self._p(n + "attention.output.LayerNorm.weight"),
                                                 self._p(n + "attention.output.LayerNorm.bias"),
-                                                cfg.layer_norm_eps)
-            i, c["inter"] = linear.forward(h, self._p(n + "intermediate.dense.weight"),
-                                           self._p(n + "intermediate.dense.bias"))          # (B, S, I)
-            g, c["gelu"] = gelu.forward(i, approximate=approx)
+                                                cfg.layer_norm_eps, residual=x)             # LN(a + x)
+            # the intermediate bias is added by the GELU op (one pass over (B, S, I) less)
+            i, c["inter"] = linear.forward(h, self._p(n + "intermediate.dense.weight"))     # (B, S, I)
+            g, c["gelu"] = gelu.bias_forward(i, self._p(n + "intermediate.dense.bias"), approx)
             o, c["out"] = linear.forward(g, self._p(n + "output.dense.weight"),
                                          self._p(n + "output.dense.bias"))                  # (B, S, H)
             o, c["out_do"] = dropout.forward(o, p_hidden, self.seed, offset(_site(l, 2)), training)
-            x, c["out_ln"] = layernorm.forward(o + h, self._p(n + "output.LayerNorm.weight"),
-                                               self._p(n + "output.LayerNorm.bias"), cfg.layer_norm_eps)
+            x, c["out_ln"] = layernorm.forward(o, self._p(n + "output.LayerNorm.weight"),
+                                               self._p(n + "output.LayerNorm.bias"), cfg.layer_norm_eps,
+                                               residual=h)                                  # LN(o + h)
             layer_caches.append(c)
             hidden_states.append(x)
 
@@ -295,7 +312,7 @@ class BertModel(PretrainedMixin):
         for l in reversed(range(cfg.num_hidden_layers)):
             n = f"encoder.layer.{l}."
             c = cache["layers"][l]
-            # x = LayerNorm(o + h)
+            # x = LayerNorm(o + h): the gradient of the sum flows to both o and h
             dsum, dw, db = layernorm.backward(dx, c["out_ln"])
             self._acc(n + "output.LayerNorm.weight", dw)
             self._acc(n + "output.LayerNorm.bias", db)
@@ -304,11 +321,11 @@ class BertModel(PretrainedMixin):
             dg, dw, db = linear.backward(do, c["out"])                   # o = g Wo2^T + bo2
             self._acc(n + "output.dense.weight", dw)
             self._acc(n + "output.dense.bias", db)
-            di = gelu.backward(dg, c["gelu"])                            # g = GELU(i)
-            dh2, dw, db = linear.backward(di, c["inter"])                # i = h Wi^T + bi
-            self._acc(n + "intermediate.dense.weight", dw)
+            di, db = gelu.bias_backward(dg, c["gelu"])                   # g = GELU(i + bi)
             self._acc(n + "intermediate.dense.bias", db)
-            dh = dh + dh2
+            dh2, dw, _ = linear.backward(di, c["inter"])                 # i = h Wi^T
+            self._acc(n + "intermediate.dense.weight", dw)
+            dh += dh2
             # h = LayerNorm(a + x)
             dsum, dw, db = layernorm.backward(dh, c["attn_ln"])
             self._acc(n + "attention.output.LayerNorm.weight", dw)
@@ -327,12 +344,14 @@ class BertModel(PretrainedMixin):
                                                   f["dropout_p"], f["seed"], f["offset"])
             else:
                 dheads = attention.backward(dctx, c["attn"])             # ctx = attention(q, k, v)
-            for which, dt in zip(("query", "key", "value"), dheads):
-                dt = dt.transpose(0, 2, 1, 3).reshape(B, S, H)           # (B, S, H)
-                dxi, dw, db = linear.backward(dt, c[which])              # q = x Wq^T + bq, ...
-                self._acc(n + f"attention.self.{which}.weight", dw)
-                self._acc(n + f"attention.self.{which}.bias", db)
-                dx = dx + dxi
+            dqkv = xp.empty((B, S, 3, A, D), dtype=self.dtype)           # undoes the head split
+            for j, dt in enumerate(dheads):
+                dqkv[:, :, j] = dt.transpose(0, 2, 1, 3)                 # (B, S, A, D)
+            dxi, dw, db = linear.backward(dqkv.reshape(B, S, 3 * H), c["qkv"])  # qkv = x Wqkv^T + bqkv
+            gw, gb = self._qkv(l, grads=True)
+            gw += dw
+            gb += db
+            dx += dxi
 
         # --- embeddings
         c_we, c_pe, c_te, c_ln, c_do = cache["emb"]

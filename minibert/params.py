@@ -75,6 +75,16 @@ class FlatParams:
                 host[a:b] = 1.0
         self.data[...] = self.xp.asarray(host.astype(self.dtype))
 
+    def span(self, first: str, last: str, shape):
+        """Views ``(data, grad)`` of the parameters from ``first`` to ``last`` (adjacent in
+        the flat buffer) as one array of ``shape``: e.g. the query, key and value weights as
+        one (3H, H) matrix."""
+        a, b = self.offsets[first][0], self.offsets[last][1]
+        if int(np.prod(shape)) != b - a:
+            raise ValueError(f"parameters {first!r} to {last!r} hold {b - a} numbers, not the "
+                             f"{int(np.prod(shape))} of shape {tuple(shape)}")
+        return self.data[a:b].reshape(shape), self.grad[a:b].reshape(shape)
+
     def zero_grad(self):
         self.grad.fill(0)
 

@@ -208,6 +208,32 @@ def test_init_follows_bert(rng):
     assert np.all(w == 0)
 
 
+def test_qkv_is_one_view_of_the_three_projections():
+    """q, k and v are one GEMM: [Wq; Wk; Wv] and [bq; bk; bv] are views of the flat buffer
+    (data and gradient), rows in that order; the initialization is the one of Hugging
+    Face's parameter order (biases draw no random numbers)."""
+    cfg = tiny_config()
+    m = BertModel(cfg, seed=0)
+    H = cfg.hidden_size
+    for layer in range(cfg.num_hidden_layers):
+        p = f"encoder.layer.{layer}.attention.self."
+        for grads, named in ((False, m.params), (True, m.grads)):
+            w, b = m._qkv(layer, grads=grads)
+            assert w.shape == (3 * H, H) and b.shape == (3 * H,)
+            for j, which in enumerate(("query", "key", "value")):
+                assert np.shares_memory(w, named[p + which + ".weight"])
+                assert np.array_equal(w[j * H:(j + 1) * H], named[p + which + ".weight"])
+                assert np.array_equal(b[j * H:(j + 1) * H], named[p + which + ".bias"])
+    # the random numbers depend only on the order of the normal-initialized weights, which
+    # is Hugging Face's: a store of those weights alone draws the same numbers
+    from minibert.params import FlatParams
+    specs = [s for s in m.store.specs if s.init == "normal"]
+    ref = FlatParams(specs, np.float64)
+    ref.initialize(0, cfg.initializer_range)
+    for s in specs:
+        assert np.allclose(ref.params[s.name], m.params[s.name], rtol=1e-6), s.name
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(input_ids=np.array([[1, 2, 23]])), "input_ids"),
     (dict(input_ids=np.array([[1, -1]])), "input_ids"),
