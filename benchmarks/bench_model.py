@@ -396,7 +396,11 @@ class Profiler:
             return lambda a, k: ((name, direction), 0)
 
         def linear_key(a, k):
-            x, w = (a[0], a[1]) if direction == "forward" else (a[1][0], a[1][1])
+            if direction == "forward":
+                x, w = a[0], a[1]
+            else:
+                cache = a[1].saved if isinstance(a[1], ops.Fused) else a[1]
+                x, w = cache[0], cache[1]
             n = x.size // x.shape[-1]
             o, i = w.shape
             flops = 2 * n * i * o * (1 if direction == "forward" else 2)

@@ -39,14 +39,11 @@ threads left on, two workers ran 1.3x slower at (2, 12, 512, 64)). Why not Numba
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
-import numba
 import numpy as np
 from numba import njit
 
+from ._threads import run_tasks
 from .attn_v4_tiled import (_EXP_CONSTANTS, _INT_OF, FASTMATH, _check_blocks, _exp_row,
                             _keep_factors, _kernel_args, _row_max)
 
@@ -304,77 +301,10 @@ def _longest_first(tasks, key_lo, key_hi):
     return sorted(tasks, key=lambda t: -int(keys[t[0]]) * (t[2] - t[1]))
 
 
-_POOLS = {}                      # worker count -> ThreadPoolExecutor, kept for the process
-_BLAS = {"controller": None, "limiter": None, "depth": 0}
-_LOCK = threading.Lock()
-
-
-def _pool(workers):
-    with _LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="minibert-attn")
-        return _POOLS[workers]
-
-
-@contextmanager
-def _blas_single_threaded():
-    """BLAS limited to one thread for the duration (our workers are the threads). Calls
-    from several user threads at once share one limit: the first sets it, the last gives
-    the user's setting back."""
-    with _LOCK:
-        if _BLAS["depth"] == 0:
-            if _BLAS["controller"] is None:
-                from threadpoolctl import ThreadpoolController
-                _BLAS["controller"] = ThreadpoolController()
-            _BLAS["limiter"] = _BLAS["controller"].limit(limits=1, user_api="blas")
-        _BLAS["depth"] += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _BLAS["depth"] -= 1
-            if _BLAS["depth"] == 0:
-                _BLAS["limiter"].restore_original_limits()
-                _BLAS["limiter"] = None
-
-
 def _run(task, tasks, work):
-    """Runs ``task(*t)`` for every t: on the calling thread alone for small work or one
-    thread, else on ``numba.get_num_threads()`` threads, the calling thread one of them,
-    each taking the next task when it is free. BLAS is held to one thread meanwhile in
-    both cases (a BLAS left with its own threads both oversubscribes the cores and, idle
-    between calls, costs milliseconds to wake). The first exception of a task stops the
-    hand-out and is raised here."""
-    threads = min(numba.get_num_threads(), len(tasks))
-    if threads <= 1 or work < MIN_PARALLEL_WORK:
-        with _blas_single_threaded():       # one thread means one thread, BLAS's included
-            for t in tasks:
-                task(*t)
-        return
-    pending = iter(tasks)
-    lock = threading.Lock()
-    failed = []
-
-    def drain():
-        while True:
-            with lock:
-                t = None if failed else next(pending, None)
-            if t is None:
-                return
-            try:
-                task(*t)
-            except BaseException:
-                failed.append(True)
-                raise
-
-    with _blas_single_threaded():
-        # the caller works too: one thread fewer to wake, and no core left waiting
-        helpers = [_pool(threads - 1).submit(drain) for _ in range(threads - 1)]
-        try:
-            drain()
-        finally:
-            for h in helpers:
-                h.result()
+    """``run_tasks`` (``_threads.py``): in parallel when the problem has at least
+    ``MIN_PARALLEL_WORK`` multiply-adds."""
+    run_tasks(task, tasks, parallel=work >= MIN_PARALLEL_WORK)
 
 
 # --------------------------------------------------------------------------- entry points

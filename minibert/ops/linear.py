@@ -13,6 +13,7 @@ Backward. With ``dy = dL/dy`` of shape (N, O):
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import Fused, use_kernel
 
 
 def forward(x, weight, bias=None):
@@ -20,6 +21,11 @@ def forward(x, weight, bias=None):
     if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has shape {tuple(x.shape)} and weight {tuple(weight.shape)}: "
                          "expected x (..., in) and weight (out, in)")
+    if use_kernel(x, weight) and (bias is None or use_kernel(x, bias)):
+        # the same products, split between the kernel threads (minibert.kernels.linear_cpu)
+        from ..kernels import linear_cpu
+        y, saved = linear_cpu.forward(x, weight, bias)
+        return y, Fused(linear_cpu.backward, saved)
     x2 = x.reshape(-1, x.shape[-1])                   # (N, I): one GEMM, not one per batch row
     y = x2 @ weight.T                                 # (N, O)
     if bias is not None:
@@ -29,6 +35,8 @@ def forward(x, weight, bias=None):
 
 def backward(dy, cache):
     """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias."""
+    if isinstance(cache, Fused):
+        return cache.backward(dy, *cache.saved)
     x, weight, has_bias = cache
     xp = get_array_module(dy)
     x2 = x.reshape(-1, x.shape[-1])                   # (N, I)
