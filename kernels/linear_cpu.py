@@ -12,6 +12,11 @@ threads of ``_threads.run_tasks``:
     dW = dy^T x  rows of dW (columns of dy), ~ O / ``PARTS``       (O, I)
     db = 1^T dy  the same columns of dy as dW's part               (O,)
 
+With fewer than 2 ``ROWS`` rows (the masked-LM decoder: 160 rows, 30522 outputs) a cut
+by rows would leave one part, so y is cut by columns instead (``PARTS`` blocks of W's rows,
+each written into its columns of y), and dx = dy W by its sum over O: ``PARTS`` partial
+products ``dy[:, part] W[part]`` added in a fixed order.
+
 Why not BLAS's own threads: see ``_threads.py`` (one threading policy for every kernel;
 BLAS's idle threads spin and slow down whatever runs next). Why these cuts: a part's
 BLAS call packs the operand it shares with the other parts again, a cost of about one
@@ -55,7 +60,16 @@ def forward(x, weight, bias=None):
         if bias is not None:
             y[lo:hi] += bias
 
-    run_tasks(rows, _cut(N, ROWS), parallel=N * I * O >= MIN_PARALLEL_MACS)
+    def columns(lo, hi):
+        np.matmul(x2, wt[:, lo:hi], out=y[:, lo:hi])                  # (N, hi - lo)
+        if bias is not None:
+            y[:, lo:hi] += bias[lo:hi]
+
+    parallel = N * I * O >= MIN_PARALLEL_MACS
+    if N >= 2 * ROWS or not parallel:
+        run_tasks(rows, _cut(N, ROWS), parallel=parallel)
+    else:
+        run_tasks(columns, _cut(O, max(ROWS, -(-O // PARTS))), parallel=parallel)
     return y.reshape(*x.shape[:-1], O), (x, weight, bias is not None)
 
 
@@ -69,9 +83,16 @@ def backward(dy, x, weight, has_bias):
     dw = np.empty((O, I), dtype=dy.dtype)                              # (O, I)
     db = np.empty(O, dtype=dy.dtype) if has_bias else None             # (O,)
 
+    parallel = N * I * O >= MIN_PARALLEL_MACS
+    by_sum = N < 2 * ROWS and O >= 2 * ROWS and parallel    # few rows: cut dx's sum over O
+    sums = _cut(O, max(ROWS, -(-O // PARTS))) if by_sum else []
+    partial = np.empty((len(sums), N, I), dtype=dy.dtype) if by_sum else None
+
     def part(kind, lo, hi):
         if kind == "dx":                                               # undoes y = x @ W.T
             np.matmul(dy2[lo:hi], weight, out=dx[lo:hi])
+        elif kind == "dx sum":
+            np.matmul(dy2[:, lo:hi], weight[lo:hi], out=partial[sums.index((lo, hi))])
         else:
             np.matmul(dy2[:, lo:hi].T, x2, out=dw[lo:hi])             # (hi - lo, I)
             if has_bias:                                               # undoes + bias
@@ -79,6 +100,11 @@ def backward(dy, x, weight, has_bias):
 
     dw_rows = max(MIN_DW_ROWS, -(-O // PARTS))
     tasks = [("dw", lo, hi) for lo, hi in _cut(O, dw_rows)]
-    tasks += [("dx", lo, hi) for lo, hi in _cut(N, ROWS)]
-    run_tasks(part, tasks, parallel=N * I * O >= MIN_PARALLEL_MACS)
+    if by_sum:
+        tasks += [("dx sum", lo, hi) for lo, hi in sums]
+    else:
+        tasks += [("dx", lo, hi) for lo, hi in _cut(N, ROWS)]
+    run_tasks(part, tasks, parallel=parallel)
+    if by_sum:
+        np.sum(partial, axis=0, out=dx)                               # in the order of the parts
     return dx.reshape(x.shape), dw, db

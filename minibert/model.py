@@ -359,9 +359,10 @@ class BertModel(PretrainedMixin):
         dsum, dw, db = layernorm.backward(dx, c_ln)
         self._acc("embeddings.LayerNorm.weight", dw)
         self._acc("embeddings.LayerNorm.bias", db)
-        self._acc("embeddings.word_embeddings.weight", embedding.backward(dsum, c_we))
-        self._acc("embeddings.position_embeddings.weight", embedding.backward(dsum, c_pe))
-        self._acc("embeddings.token_type_embeddings.weight", embedding.backward(dsum, c_te))
+        # scatter-added straight into the gradient buffer: the tables are large, the rows few
+        for name, c_e in (("word_embeddings", c_we), ("position_embeddings", c_pe),
+                          ("token_type_embeddings", c_te)):
+            embedding.backward(dsum, c_e, out=self.grads[self.prefix + f"embeddings.{name}.weight"])
         return self.grads
 
     # ---------------------------------------------------------------- RNG state

@@ -53,11 +53,20 @@ def forward(ids, weight, *, name="ids"):
     return y, (ids, weight.shape)
 
 
-def backward(dy, cache):
-    """Returns ``dweight`` (V, H): the upstream rows summed into the rows they came from."""
+def backward(dy, cache, out=None):
+    """Returns ``dweight`` (V, H): the upstream rows summed into the rows they came from.
+
+    With ``out`` (a (V, H) array, e.g. the parameter's view of a gradient buffer) the rows
+    are added into ``out`` in place and ``out`` is returned: no (V, H) array is allocated,
+    filled with zeros and added afterwards (for BERT's 30522 x 768 table, 94 MB per step
+    for 1024 used rows).
+    """
     ids, (V, H) = cache
     xp = get_array_module(dy)
-    dw = xp.zeros((V, H), dtype=dy.dtype)             # rows that were never used stay 0
+    if out is None:
+        out = xp.zeros((V, H), dtype=dy.dtype)        # rows that were never used stay 0
+    elif tuple(out.shape) != (V, H):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected the table's {(V, H)}")
     # undoes y = weight[ids]: repeated ids accumulate (unbuffered scatter-add)
-    scatter_add(dw, ids.reshape(-1), dy.reshape(-1, H))   # (N,) ids, (N, H) rows
-    return dw
+    scatter_add(out, ids.reshape(-1), dy.reshape(-1, H))   # (N,) ids, (N, H) rows
+    return out

@@ -17,7 +17,8 @@ from minibert.ops import Fused, linear, readable_ops
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 SHAPES = [((1,), 1, 1), ((7,), 5, 3), ((2, 3), 97, 129), ((255,), 33, 300),
-          ((256,), 64, 257), ((3, 199), 40, 17), ((600,), 130, 70)]
+          ((256,), 64, 257), ((3, 199), 40, 17), ((600,), 130, 70),
+          ((160,), 24, 1100), ((2, 50), 9, 513)]      # few rows, many outputs: cut by columns
 
 
 @pytest.fixture(autouse=True)

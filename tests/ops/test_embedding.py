@@ -126,3 +126,20 @@ def test_token_type_name_in_message(xp):
 def test_bad_table_raises(xp):
     with pytest.raises(ValueError, match=r"weight has shape \(6,\), expected \(V, H\)"):
         embedding.forward(xp.asarray(np.array([0])), xp.zeros(6))
+
+
+def test_backward_adds_into_out():
+    """``out=`` adds the scatter into an existing gradient (repeated ids included) and
+    returns it: the same numbers as adding the fresh dweight."""
+    r = np.random.default_rng(0)
+    w = r.standard_normal((6, 3))
+    ids = np.array([[1, 4, 1], [0, 1, 5]])
+    _, cache = embedding.forward(ids, w)
+    dy = r.standard_normal((2, 3, 3))
+    start = r.standard_normal((6, 3))
+    out = start.copy()
+    got = embedding.backward(dy, cache, out=out)
+    assert got is out
+    np.testing.assert_allclose(out, start + embedding.backward(dy, cache), rtol=1e-15, atol=1e-15)
+    with pytest.raises(ValueError, match="out has shape"):
+        embedding.backward(dy, cache, out=np.zeros((5, 3)))
