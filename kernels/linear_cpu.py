@@ -73,14 +73,15 @@ def forward(x, weight, bias=None):
     return y.reshape(*x.shape[:-1], O), (x, weight, bias is not None)
 
 
-def backward(dy, x, weight, has_bias):
-    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias."""
+def backward(dy, x, weight, has_bias, dweight_out=None):
+    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias;
+    dweight is written into ``dweight_out`` when given (see the op)."""
     O, I = weight.shape
     x2 = x.reshape(-1, I)                                              # (N, I)
     dy2 = dy.reshape(-1, O)                                            # (N, O)
     N = dy2.shape[0]
     dx = np.empty((N, I), dtype=dy.dtype)                              # (N, I)
-    dw = np.empty((O, I), dtype=dy.dtype)                              # (O, I)
+    dw = np.empty((O, I), dtype=dy.dtype) if dweight_out is None else dweight_out  # (O, I)
     db = np.empty(O, dtype=dy.dtype) if has_bias else None             # (O,)
 
     parallel = N * I * O >= MIN_PARALLEL_MACS

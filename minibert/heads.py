@@ -184,8 +184,10 @@ class BertForPreTraining(_BertWithHead):
         if cache["mlm_loss"] is not None:
             dlogits = cross_entropy.backward(d_loss, cache["mlm_loss"]).reshape(B, P, V)
             # mlm_logits = t E^T + b_dec  (decoder tied: its weight gradient goes to E)
-            dt, dw, db = linear.backward(dlogits, cache["dec"])
-            self._acc("bert.embeddings.word_embeddings.weight", dw)
+            # written straight into E's gradient, zero until now (no fresh (V, H) array); the
+            # embedding backward adds its rows into it later
+            dt, _, db = linear.backward(dlogits, cache["dec"],
+                                        dweight_out=self.grads["bert.embeddings.word_embeddings.weight"])
             self._acc("cls.predictions.bias", db)
             dt, dw, db = layernorm.backward(dt, cache["tl"])                 # t = LayerNorm(t)
             self._acc("cls.predictions.transform.LayerNorm.weight", dw)

@@ -33,15 +33,28 @@ def forward(x, weight, bias=None):
     return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight, bias is not None)
 
 
-def backward(dy, cache):
-    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias."""
+def backward(dy, cache, dweight_out=None):
+    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias.
+
+    ``dweight_out``: an (O, I) array to write dweight into (overwritten, and returned as
+    ``dweight``) instead of a fresh one; for a large weight whose gradient buffer is known to
+    be zero, such as the masked-LM decoder's (the word embeddings, 30522 x H).
+    """
+    if dweight_out is not None and tuple(dweight_out.shape) != tuple(cache_weight(cache).shape):
+        raise ValueError(f"dweight_out has shape {tuple(dweight_out.shape)}, expected the "
+                         f"weight's {tuple(cache_weight(cache).shape)}")
     if isinstance(cache, Fused):
-        return cache.backward(dy, *cache.saved)
+        return cache.backward(dy, *cache.saved, dweight_out=dweight_out)
     x, weight, has_bias = cache
     xp = get_array_module(dy)
     x2 = x.reshape(-1, x.shape[-1])                   # (N, I)
     dy2 = dy.reshape(-1, dy.shape[-1])                # (N, O)
     dx = (dy2 @ weight).reshape(x.shape)              # (..., I)   undoes y = x @ W.T
-    dw = dy2.T @ x2                                   # (O, I)
+    dw = xp.matmul(dy2.T, x2, out=dweight_out)        # (O, I)
     db = xp.sum(dy2, axis=0) if has_bias else None    # (O,)       undoes + bias
     return dx, dw, db
+
+
+def cache_weight(cache):
+    """The weight a forward saved (from either kind of cache)."""
+    return (cache.saved if isinstance(cache, Fused) else cache)[1]

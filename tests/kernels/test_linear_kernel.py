@@ -143,3 +143,18 @@ def test_task_error_is_raised():
             raise ValueError("task 3 failed")
     with pytest.raises(ValueError, match="task 3"):
         _threads.run_tasks(task, [(i,) for i in range(8)])
+
+
+@pytest.mark.parametrize("readable", [False, True], ids=["kernel", "readable"])
+def test_dweight_out_is_written_and_returned(readable):
+    x, w, b, dy = _problem((160,), 24, 1100, np.float64, seed=4)
+    with readable_ops(readable):
+        _, cache = linear.forward(x, w, b)
+        ref = linear.backward(dy, cache)
+        out = np.full_like(w, np.nan)                  # overwritten, not added to
+        got = linear.backward(dy, cache, dweight_out=out)
+        assert got[1] is out
+        for a, r in zip(got, ref):
+            assert _rel(a, r) <= 1e-12
+        with pytest.raises(ValueError, match="dweight_out has shape"):
+            linear.backward(dy, cache, dweight_out=np.zeros((3, 3)))
