@@ -25,7 +25,7 @@ allocated by each call, compilation excluded (2-core AMD EPYC, AVX2, Numba 0.68,
     readable op (erf ufunc, keeps Phi)         ~12 + ~5  = ~17
 
     export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
-    python -m minibert.kernels.gelu_cpu
+    python benchmarks/bench_row_kernels.py gelu
 
 (the variables: see ``layernorm_cpu.py``). The recomputing backward repeats the forward's
 arithmetic; writing the slope costs the forward ~0.4 ns per element and turns the backward
@@ -333,42 +333,3 @@ def normal_cdf(z):
     out = np.empty_like(z2)
     run_rows(cdf_rows, z2.shape[0], z2, out)
     return out.reshape(z.shape)
-
-
-def _main():
-    """Times this module (through the op) against the readable op: float32, one thread."""
-    import time
-
-    import numba
-
-    from minibert.ops import gelu, readable_ops
-
-    def median_ms(f, repeats=11):
-        f()                                                     # compilation, first touch
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * float(np.median(times))
-
-    numba.set_num_threads(1)           # run_rows's tasks then all run on the calling thread
-    rng = np.random.default_rng(0)
-    shape = (1024, 3072)
-    x = rng.standard_normal(shape).astype(np.float32)
-    bias = (0.1 * rng.standard_normal(shape[-1])).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    print(f"bias + GELU, float32 {shape}, one thread: ms (ns per element)")
-    for approximate in ("none", "tanh"):
-        for name, readable in (("readable", True), ("kernel", False)):
-            with readable_ops(readable):
-                t_fwd = median_ms(lambda: gelu.bias_forward(x, bias, approximate))
-                _, cache = gelu.bias_forward(x, bias, approximate)
-                t_bwd = median_ms(lambda: gelu.bias_backward(dy, cache))
-            per = 1e6 / x.size
-            print(f"  {approximate:5s} {name:9s} forward {t_fwd:7.2f} ({t_fwd * per:5.2f})   "
-                  f"backward {t_bwd:7.2f} ({t_bwd * per:5.2f})")
-
-
-if __name__ == "__main__":
-    _main()

@@ -44,7 +44,7 @@ Numba 0.68, NumPy 2.4), ms, the spread of three runs::
                   readable         2.1 - 2.3     2.3 - 2.5      (x + residual, then the op)
 
     export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
-    python -m minibert.kernels.layernorm_cpu
+    python benchmarks/bench_row_kernels.py layernorm
 
 The two variables keep glibc from handing each freed temporary of a few MB back to the
 system. Without them the readable op's forward took 2 to 12 ms from one run to the next
@@ -197,40 +197,3 @@ def backward(dy, s, mean, rstd, weight, shape):
     dweight = dweight_part.sum(axis=0).astype(s.dtype)       # (H,)
     dbias = dbias_part.sum(axis=0).astype(s.dtype)           # (H,)
     return dx.reshape(shape), dweight, dbias
-
-
-def _main():
-    """Times this module (through the op) against the readable op: float32, one thread."""
-    import time
-
-    import numba
-
-    from minibert.ops import layernorm, readable_ops
-
-    def median_ms(f, repeats=21):
-        f()                                                     # compilation, first touch
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * float(np.median(times))
-
-    numba.set_num_threads(1)           # run_rows's tasks then all run on the calling thread
-    rng = np.random.default_rng(0)
-    N, H = 1024, 768
-    x, residual, dy = (rng.standard_normal((N, H)).astype(np.float32) for _ in range(3))
-    weight = (1.0 + 0.1 * rng.standard_normal(H)).astype(np.float32)
-    bias = (0.1 * rng.standard_normal(H)).astype(np.float32)
-    print(f"LayerNorm, float32 ({N}, {H}), one thread: ms")
-    for res_name, res in (("no residual", None), ("residual", residual)):
-        for name, readable in (("readable", True), ("kernel", False)):
-            with readable_ops(readable):
-                t_fwd = median_ms(lambda: layernorm.forward(x, weight, bias, residual=res))
-                _, cache = layernorm.forward(x, weight, bias, residual=res)
-                t_bwd = median_ms(lambda: layernorm.backward(dy, cache))
-            print(f"  {res_name:11s} {name:9s} forward {t_fwd:6.2f}   backward {t_bwd:6.2f}")
-
-
-if __name__ == "__main__":
-    _main()
