@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from .config import BertConfig
+from .io import atomic_write, atomic_write_text
 
 HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
 IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -173,25 +173,11 @@ def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu
     return model
 
 
-def _atomic_write(path: str, write):
-    """Write via a temporary file in the same directory, then rename over ``path``: a crash
-    mid-write leaves the previous file intact."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_pretrained(model, path):
     """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads as is.
 
-    Every file is written to a temporary name and renamed into place.
+    Every file is written to a temporary name and renamed into place (``minibert.io``): a
+    crash mid-save leaves each file either as it was or completely new.
     """
     from safetensors.numpy import save_file
     path = os.fspath(path)
@@ -205,14 +191,10 @@ def save_pretrained(model, path):
     # the attention kernel is a run-time choice, not part of the model; transformers refuses
     # names it does not know ("fused"), so the exported config says nothing about it
     cfg.pop("attn_implementation", None)
-    _atomic_write(os.path.join(path, "model.safetensors"),
-                  lambda tmp: save_file(state, tmp, metadata={"format": "np"}))
-
-    def write_cfg(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(cfg, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-    _atomic_write(os.path.join(path, "config.json"), write_cfg)
+    atomic_write(os.path.join(path, "model.safetensors"),
+                 lambda tmp: save_file(state, tmp, metadata={"format": "np"}))
+    atomic_write_text(os.path.join(path, "config.json"),
+                      json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 class PretrainedMixin:

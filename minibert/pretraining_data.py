@@ -89,6 +89,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .io import atomic_write
+
 # ----------------------------------------------------------------------------- sentences
 
 # Words after which a period does not end a sentence (compared in lower case).
@@ -204,7 +206,6 @@ def read_corpus(path) -> list[list[str]]:
 def write_corpus(documents, path) -> None:
     """Write ``documents`` in the format ``read_corpus`` reads (one sentence per line, a blank
     line between documents), atomically (a temporary file renamed into place)."""
-    from .checkpoint import _atomic_write
     docs = _check_documents(documents)
     for d, doc in enumerate(docs):
         for s, sentence in enumerate(doc):
@@ -216,7 +217,7 @@ def write_corpus(documents, path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             fh.write("\n\n".join("\n".join(doc) for doc in docs if doc))
             fh.write("\n")
-    _atomic_write(os.fspath(path), write)
+    atomic_write(os.fspath(path), write)
 
 
 def corpus_text(documents) -> Iterator[str]:
@@ -813,13 +814,12 @@ class PretrainingData:
     def save(self, path) -> None:
         """Write the arrays to ``path`` (.npz, uncompressed) through a temporary file renamed
         into place, so an interrupted save never leaves a truncated cache behind."""
-        from .checkpoint import _atomic_write
         path = os.fspath(path)
 
         def write(tmp):
             with open(tmp, "wb") as fh:         # a file object: numpy adds no ".npz" suffix
                 np.savez(fh, **self.arrays)
-        _atomic_write(path, write)
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path) -> "PretrainingData":

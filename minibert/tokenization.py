@@ -92,6 +92,8 @@ from collections import Counter
 
 import numpy as np
 
+from .io import atomic_write_text
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONFIG_FILE = "tokenizer_config.json"
 VOCAB_FILE = "vocab.txt"
@@ -210,18 +212,6 @@ def load_vocab(path) -> dict[str, int]:
     return vocab
 
 
-def _atomic_write_text(path: str, text: str):
-    """Write ``text`` through checkpoint's temporary-file-then-rename, so a crash mid-write
-    leaves the previous file intact."""
-    from .checkpoint import _atomic_write
-
-    def write(tmp):
-        # newline="" writes "\n" as is on every platform (the format is one token per "\n")
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-    _atomic_write(os.fspath(path), write)
-
-
 def write_vocab(tokens, path):
     """Write ``tokens`` to ``path``, one per line (line i = id i), atomically.
 
@@ -239,7 +229,7 @@ def write_vocab(tokens, path):
         if t in seen:
             raise ValueError(f"tokens[{i}]={t!r} is a duplicate, expected unique tokens")
         seen.add(t)
-    _atomic_write_text(os.fspath(path), "".join(t + "\n" for t in tokens))
+    atomic_write_text(os.fspath(path), "".join(t + "\n" for t in tokens))
 
 
 # ----------------------------------------------------------------------------- basic
@@ -681,7 +671,7 @@ class BertTokenizer:
         os.makedirs(directory, exist_ok=True)
         vocab_path = os.path.join(directory, VOCAB_FILE)
         config_path = os.path.join(directory, CONFIG_FILE)
-        _atomic_write_text(vocab_path, "".join(t + "\n" for t in self.ids_to_tokens))
+        atomic_write_text(vocab_path, "".join(t + "\n" for t in self.ids_to_tokens))
         config = {
             "tokenizer_class": "BertTokenizer",
             "do_lower_case": self.do_lower_case,
@@ -692,7 +682,7 @@ class BertTokenizer:
             "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
             "sep_token": "[SEP]", "mask_token": "[MASK]",
         }
-        _atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return vocab_path, config_path
 
 

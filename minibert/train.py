@@ -46,14 +46,14 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from .backend import to_device, to_numpy
-from .checkpoint import _atomic_write, map_state_dict, read_state_dict
+from .checkpoint import map_state_dict, read_state_dict
+from .io import atomic_directory, atomic_write, atomic_write_text
 from .optim import AdamW, LRSchedule, clip_grad_norm
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -359,8 +359,8 @@ class Trainer:
         os.makedirs(self.out_dir, exist_ok=True)
         name = f"{CHECKPOINT_PREFIX}{self.step:07d}"
         final = os.path.join(self.out_dir, name)
-        tmp = tempfile.mkdtemp(dir=self.out_dir, prefix=f".{name}.tmp-")
-        try:
+        # the same step may be saved again (resume): atomic_directory replaces it
+        with atomic_directory(final) as tmp:
             self.model.save_pretrained(tmp)
             opt = self.optimizer.state_dict()
             with open(os.path.join(tmp, OPTIMIZER_STATE), "wb") as fh:
@@ -369,13 +369,7 @@ class Trainer:
                 json.dump(self.state(), fh, indent=1)
             if self.save_extra is not None:
                 self.save_extra(tmp)
-            if os.path.exists(final):                    # the same step saved again (resume)
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _atomic_write(os.path.join(self.out_dir, LATEST), lambda p: _write_text(p, name + "\n"))
+        atomic_write_text(os.path.join(self.out_dir, LATEST), name + "\n")
         self.last_checkpoint = final
         for old in list_checkpoints(self.out_dir)[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -406,11 +400,6 @@ class Trainer:
         self.step = int(state["step"])
         self.history, self.evals = list(state["history"]), list(state["evals"])
         self.last_checkpoint = path
-
-
-def _write_text(path, text):
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def list_checkpoints(out_dir: str) -> list:
@@ -484,5 +473,5 @@ def plot_history(history, evals, path, task="pretraining"):
     ax2.set_ylabel("accuracy")
     ax2.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

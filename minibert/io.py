@@ -1,0 +1,103 @@
+"""Atomic writes: a file or a directory appears complete under its name, or not at all.
+
+Every writer in minibert (checkpoints, vocabularies, corpora, pretraining arrays, the
+training run's ``latest`` pointer and plots) goes through these functions. Each writes under
+a hidden temporary name in the destination's own directory and then renames it into place:
+a rename within one file system is atomic, so a reader sees the old content or the new one,
+never a half-written mix.
+
+What a crash mid-write leaves behind:
+
+* an exception raised while writing (a full disk, a bad value, Ctrl-C): the destination as
+  it was before, and no temporary file or directory (they are removed before re-raising);
+* a process killed outright (SIGKILL, a power cut): the destination as it was before, and
+  possibly a hidden temporary (``.tmp-*``) next to it, which nothing reads.
+
+Durability across a power cut (fsync) is not attempted: the guarantee is about processes
+that die, not about disks that lose their cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterator
+
+TEMP_PREFIX = ".tmp-"
+
+
+def atomic_write(path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` to write a temporary file in ``path``'s directory, then rename it
+    over ``path``.
+
+    ``write`` receives the temporary file's path (the file exists, empty) and writes the whole
+    content there. If it raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8, line ends as given: ``"\\n"`` stays ``"\\n"`` on every platform)
+    to ``path`` with ``atomic_write``."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def atomic_directory(path) -> Iterator[str]:
+    """Build a directory under a temporary name and rename it to ``path`` when done::
+
+        with atomic_directory("out/checkpoint-0000100") as tmp:
+            write_files_into(tmp)
+
+    The body fills ``tmp``, a new hidden directory next to ``path``. When it finishes, ``tmp``
+    becomes ``path``; an existing ``path`` is replaced, the old one moved aside first and
+    removed only once the new one is in place. If the body raises, ``tmp`` is removed and
+    ``path`` is untouched.
+
+    A process killed outright leaves ``path`` complete (old or new) and at worst a hidden
+    ``.tmp-*`` directory next to it, with one exception: killed between the two renames of a
+    replacement, ``path`` is missing and the old directory survives under its hidden name.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{name}-")
+    try:
+        yield tmp
+        if os.path.exists(path):
+            _replace_directory(tmp, path)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_directory(new: str, path: str) -> None:
+    """Rename ``new`` over the existing directory ``path`` (a directory cannot be renamed
+    over a non-empty one): move ``path`` aside into a hidden directory, move ``new`` in, then
+    delete the old one. If the second rename fails, the old directory goes back."""
+    parent, name = os.path.split(path)
+    aside_dir = tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{name}-old-")
+    aside = os.path.join(aside_dir, name)
+    os.rename(path, aside)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(aside, path)
+        raise
+    finally:
+        shutil.rmtree(aside_dir, ignore_errors=True)

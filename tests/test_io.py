@@ -1,0 +1,113 @@
+"""Atomic writes: a failed write leaves the old content and no temporary file or directory."""
+import os
+import pathlib
+
+import pytest
+
+from minibert.io import atomic_directory, atomic_write, atomic_write_text
+
+
+def _write_bytes(data):
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    return write
+
+
+def test_atomic_write_creates_and_replaces(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write(path, _write_bytes(b"one"))
+    assert path.read_bytes() == b"one"
+    atomic_write(str(path), _write_bytes(b"two"))
+    assert path.read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_atomic_write_that_raises_keeps_old_file(tmp_path, error):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def fail(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"half of the new")
+        raise error
+    with pytest.raises(type(error)):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]              # no temporary file left
+
+
+def test_atomic_write_that_raises_creates_nothing(tmp_path):
+    def fail(tmp):
+        raise ValueError("bad")
+    with pytest.raises(ValueError):
+        atomic_write(tmp_path / "new.bin", fail)
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_text_keeps_line_ends(tmp_path):
+    path = tmp_path / "vocab.txt"
+    atomic_write_text(path, "a\nb\r\nc\n")
+    assert path.read_bytes() == "a\nb\r\nc\n".encode()
+    atomic_write_text(path, "é\n")
+    assert path.read_bytes() == "é\n".encode("utf-8")
+
+
+def test_atomic_directory_creates(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as tmp:
+        assert os.path.isdir(tmp) and os.path.dirname(tmp) == str(tmp_path)
+        assert os.path.basename(tmp).startswith(".")       # hidden while it is being written
+        assert not target.exists()
+        pathlib.Path(tmp, "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "new"
+    assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_atomic_directory_replaces_existing(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_directory(target) as tmp:
+        pathlib.Path(tmp, "new.txt").write_text("new")
+    assert os.listdir(target) == ["new.txt"]
+    assert os.listdir(tmp_path) == ["ckpt"]                # the old one moved aside is gone
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_atomic_directory_that_raises_keeps_old(tmp_path, existing):
+    target = tmp_path / "ckpt"
+    if existing:
+        target.mkdir()
+        (target / "old.txt").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(target) as tmp:
+            pathlib.Path(tmp, "partial").write_text("x")
+            raise KeyboardInterrupt
+    if existing:
+        assert os.listdir(target) == ["old.txt"]
+        assert (target / "old.txt").read_text() == "old"
+        assert os.listdir(tmp_path) == ["ckpt"]
+    else:
+        assert os.listdir(tmp_path) == []                  # no temporary directory left
+
+
+def test_atomic_directory_failed_swap_restores_old(tmp_path, monkeypatch):
+    """If moving the new directory in fails after the old one was moved aside, the old one
+    goes back under its name."""
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.path.basename(src).startswith(".tmp-ckpt-") and str(dst) == str(target):
+            raise OSError("rename failed")
+        return real_rename(src, dst)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="rename failed"):
+        with atomic_directory(target) as tmp:
+            pathlib.Path(tmp, "new.txt").write_text("new")
+    assert os.listdir(target) == ["old.txt"]
+    assert os.listdir(tmp_path) == ["ckpt"]
