@@ -18,7 +18,8 @@ from .heads import (BertForMultipleChoice, BertForPreTraining, BertForQuestionAn
                     BertForSequenceClassification, BertForTokenClassification)
 from .model import BertModel
 from .backend import gpu_available
-from .checkpoint import from_pretrained, save_pretrained
+from .checkpoint import save_pretrained
+from .recipes import from_pretrained
 from .tokenization import BertTokenizer, train_wordpiece_vocab
 from .optim import AdamW, LRSchedule, clip_grad_norm
 from .train import TrainConfig, Trainer

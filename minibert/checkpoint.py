@@ -141,18 +141,18 @@ def map_state_dict(state: dict, model, new_head: bool = False):
     return mapped, skipped, new
 
 
-def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu",
+def load_pretrained(path, model_class, dtype=np.float32, device: str = "cpu",
                     new_head: bool = False, **config_overrides):
-    """Load a Hugging Face (or minibert-saved) BERT directory.
+    """Load a Hugging Face (or minibert-saved) BERT directory into a new ``model_class``.
 
     Args:
         path: directory with config.json and model.safetensors (or pytorch_model.bin).
-        model_class: BertModel (default) or one of the head classes.
+        model_class: BertModel or one of the head classes; it is passed in (this module sits
+            below the model classes and imports none of them).
         dtype, device: of the new model.
         new_head: initialize head parameters the checkpoint lacks (fine-tuning start).
         config_overrides: BertConfig fields to change (e.g. num_labels for a new head).
     """
-    from .model import BertModel
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint directory {path!r} does not exist")
@@ -165,7 +165,6 @@ def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu
         if unknown:
             raise ValueError(f"config overrides {unknown} are not BertConfig fields")
         config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
-    model_class = model_class or BertModel
     model = model_class(config, dtype=dtype, device=device)
     state = read_state_dict(path)
     mapped, _, _ = map_state_dict(state, model, new_head=new_head)
@@ -203,7 +202,9 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32, device: str = "cpu", new_head: bool = False,
                         **config_overrides):
-        return from_pretrained(path, cls, dtype, device, new_head, **config_overrides)
+        """A new ``cls`` with the parameters of the checkpoint directory ``path``
+        (``load_pretrained``)."""
+        return load_pretrained(path, cls, dtype, device, new_head, **config_overrides)
 
     def save_pretrained(self, path):
         save_pretrained(self, path)
