@@ -36,6 +36,27 @@ def test_roundtrip_minibert(tmp_path, rng):
     assert np.array_equal(a.last_hidden_state, b.last_hidden_state)
 
 
+def test_free_from_pretrained_defaults_to_bert_model(tmp_path):
+    m = BertForPreTraining(BertConfig(**SMALL), seed=2)
+    m.save_pretrained(tmp_path)
+    enc = from_pretrained(tmp_path)
+    assert type(enc) is BertModel
+    for name, value in enc.params.items():
+        assert np.array_equal(value, m.params["bert." + name]), name
+    again = from_pretrained(tmp_path, BertForPreTraining, dtype=np.float64)
+    assert type(again) is BertForPreTraining and again.store.data.dtype == np.float64
+
+
+def test_checkpoint_imports_no_model_class():
+    """checkpoint.py sits below the models (they inherit its mixin): it must not import
+    model.py or heads.py, not even inside a function."""
+    import ast
+    import minibert.checkpoint
+    tree = ast.parse(open(minibert.checkpoint.__file__, encoding="utf-8").read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"model", "heads", "minibert.model", "minibert.heads"}, imported
+
+
 def test_new_head_only_when_asked(tmp_path):
     BertModel(BertConfig(**SMALL)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="missing keys.*classifier.weight"):
