@@ -75,7 +75,9 @@ def forward(x, weight, bias=None):
 
 def backward(dy, x, weight, has_bias, dweight_out=None):
     """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias;
-    dweight is written into ``dweight_out`` when given (see the op)."""
+    dweight is added into ``dweight_out`` when given (see the op): each part's rows are
+    computed into a scratch block of at most ``ROWS`` rows and added, so no (O, I) array is
+    allocated."""
     O, I = weight.shape
     x2 = x.reshape(-1, I)                                              # (N, I)
     dy2 = dy.reshape(-1, O)                                            # (N, O)
@@ -94,12 +96,15 @@ def backward(dy, x, weight, has_bias, dweight_out=None):
             np.matmul(dy2[lo:hi], weight, out=dx[lo:hi])
         elif kind == "dx sum":
             np.matmul(dy2[:, lo:hi], weight[lo:hi], out=partial[sums.index((lo, hi))])
-        else:
+        elif dweight_out is None:
             np.matmul(dy2[:, lo:hi].T, x2, out=dw[lo:hi])             # (hi - lo, I)
-            if has_bias:                                               # undoes + bias
-                np.sum(dy2[:, lo:hi], axis=0, out=db[lo:hi])
+        else:
+            dw[lo:hi] += dy2[:, lo:hi].T @ x2                          # (hi - lo, I) scratch
+        if kind == "dw" and has_bias:                                  # undoes + bias
+            np.sum(dy2[:, lo:hi], axis=0, out=db[lo:hi])
 
-    dw_rows = max(MIN_DW_ROWS, -(-O // PARTS))
+    # adding into a buffer goes through scratch blocks: keep them small
+    dw_rows = ROWS if dweight_out is not None else max(MIN_DW_ROWS, -(-O // PARTS))
     tasks = [("dw", lo, hi) for lo, hi in _cut(O, dw_rows)]
     if by_sum:
         tasks += [("dx sum", lo, hi) for lo, hi in sums]

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
-ATTN_IMPLEMENTATIONS = ("eager", "fused")
+ATTN_IMPLEMENTATIONS = ("auto", "eager", "fused")
 
 
 @dataclass
@@ -30,8 +30,10 @@ class BertConfig:
     initializer_range: float = 0.02        # std of the truncated-normal-like init of BERT
     layer_norm_eps: float = 1e-12          # BERT's TF code used 1e-12, kept by Hugging Face
     pad_token_id: int = 0
-    attn_implementation: str = "eager"     # "eager": the textbook op in minibert/ops/attention.py;
-    #                                        "fused": minibert.kernels (no (S, S) matrices kept)
+    attn_implementation: str = "auto"      # "auto": the fused kernel wherever one exists, the
+    #                                        textbook op for output_attentions=True or under
+    #                                        readable_ops(); "eager" / "fused" force one
+    #                                        (minibert/ops/attention.py explains each)
     num_labels: int = 2                    # fine-tuning heads (sequence/token classification)
     classifier_dropout: float | None = None  # None: use hidden_dropout_prob, as Hugging Face
 

@@ -16,7 +16,8 @@ import numpy as np
 from .backend import get_xp, scatter_add
 from .checkpoint import PretrainedMixin
 from .config import BertConfig
-from .model import SITE_HEAD, BertModel, _check_int_array, bert_param_specs
+from .model import (SITE_HEAD, BertModel, _accumulate, bert_param_specs, check_int_array,
+                    reject_positional)
 from .ops import cross_entropy, dropout, gelu, layernorm, linear
 from .params import FlatParams, ParamSpec
 
@@ -45,7 +46,11 @@ class PreTrainingOutput:
 
 
 class _BertWithHead(PretrainedMixin):
-    """Shared plumbing: one flat buffer, the encoder as ``self.bert``, names, loading."""
+    """Shared plumbing: one flat buffer, the encoder as ``self.bert``, names, loading.
+
+    ``forward(input_ids, *, ..., training=False)`` returns ``(outputs, cache)`` for
+    ``backward``; ``model(input_ids, *, ...)`` is inference: the outputs only, no cache kept.
+    Every argument after ``input_ids`` is keyword-only, in Hugging Face's names."""
     add_pooling_layer = True
 
     def __init__(self, config: BertConfig, dtype=np.float32, seed: int = 0, device: str = "cpu"):
@@ -77,9 +82,30 @@ class _BertWithHead(PretrainedMixin):
     def set_rng_state(self, state: dict):
         self.bert.set_rng_state(state)
 
-    def _acc(self, name, g):
-        if g is not None:
-            self.grads[name] += g
+    def __call__(self, input_ids, *args, **kwargs):
+        """Inference, as Hugging Face's ``model(...)``: the outputs of ``forward`` without
+        dropout, keeping no cache for a backward."""
+        reject_positional(type(self).__name__, args)
+        for name in ("training", "keep_cache"):
+            if name in kwargs:
+                raise TypeError(f"{type(self).__name__}() is inference and takes no {name}=; "
+                                "use forward(..., training=True) to train")
+        return self.forward(input_ids, keep_cache=False, **kwargs)[0]
+
+    def _encode(self, input_ids, args, attention_mask, token_type_ids, output_attentions,
+                output_hidden_states, training, keep_cache):
+        """The encoder's forward for this head's ``forward`` (its positional arguments
+        refused first)."""
+        reject_positional(f"{type(self).__name__}.forward", args)
+        return self.bert.forward(input_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids, output_attentions=output_attentions,
+                                 output_hidden_states=output_hidden_states, training=training,
+                                 keep_cache=keep_cache)
+
+    def _pair(self, name, grads=False):
+        """(weight, bias) of the head module ``name`` (or their gradient views)."""
+        d = self.grads if grads else self.params
+        return d[name + ".weight"], d[name + ".bias"]
 
     def _classifier_dropout_p(self, training):
         cfg = self.config
@@ -87,7 +113,7 @@ class _BertWithHead(PretrainedMixin):
         return p if training else 0.0
 
     def _labels(self, name, labels, shape, num_classes, ignore_index=None):
-        labels = _check_int_array(name, labels, len(shape))
+        labels = check_int_array(name, labels, len(shape))
         if tuple(labels.shape) != tuple(shape):
             raise ValueError(f"{name} has shape {tuple(labels.shape)}, expected {tuple(shape)}")
         labels = self.xp.asarray(labels)
@@ -121,89 +147,113 @@ class BertForPreTraining(_BertWithHead):
                 ParamSpec("cls.seq_relationship.weight", (2, H)),
                 ParamSpec("cls.seq_relationship.bias", (2,), "zeros")]
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, masked_lm_positions=None,
-                masked_lm_ids=None, masked_lm_weights=None, next_sentence_labels=None, training=False):
-        cfg, xp = self.config, self.xp
-        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
+    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+                masked_lm_positions=None, masked_lm_ids=None, masked_lm_weights=None,
+                next_sentence_labels=None, output_attentions=False, output_hidden_states=False,
+                training=False, keep_cache=True):
+        """Returns ``(PreTrainingOutput, cache)``.
+
+        Args:
+            input_ids: (B, S); every other argument is keyword-only, in Hugging Face's names.
+            attention_mask, token_type_ids, output_attentions, output_hidden_states,
+                training, keep_cache: as ``BertModel.forward``.
+            masked_lm_positions: (B, P) positions to predict (None: all S, as Hugging Face's
+                prediction_logits).
+            masked_lm_ids: (B, P) the original tokens there; gives the MLM loss.
+            masked_lm_weights: (B, P), 1 for real predictions, 0 for padded slots.
+            next_sentence_labels: (B,), 0 = IsNext, 1 = NotNext; gives the NSP loss.
+        """
+        xp = self.xp
+        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
+                                   output_hidden_states, training, keep_cache)
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
-        V = cfg.vocab_size
         if masked_lm_positions is None:                      # every position, as HF's prediction_logits
             masked_lm_positions = xp.broadcast_to(xp.arange(S), (B, S))
         pos = self._labels("masked_lm_positions", masked_lm_positions,
                            (B, np.shape(masked_lm_positions)[-1]), S)
-        P = pos.shape[1]
-        rows = xp.arange(B)[:, None]
-        gathered = x[rows, pos]                                          # (B, P, H)
-        t, c_td = linear.forward(gathered, self.params["cls.predictions.transform.dense.weight"],
-                                 self.params["cls.predictions.transform.dense.bias"])
-        t, c_tg = gelu.forward(t, approximate=gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
-        t, c_tl = layernorm.forward(t, self.params["cls.predictions.transform.LayerNorm.weight"],
-                                    self.params["cls.predictions.transform.LayerNorm.bias"],
-                                    cfg.layer_norm_eps)
-        mlm_logits, c_dec = linear.forward(t, self.params["bert.embeddings.word_embeddings.weight"],
-                                           self.params["cls.predictions.bias"])   # (B, P, V)
-        nsp_logits, c_nsp = linear.forward(out.pooler_output, self.params["cls.seq_relationship.weight"],
-                                           self.params["cls.seq_relationship.bias"])  # (B, 2)
-
-        mlm_loss = nsp_loss = loss = None
-        c_mlm = c_nspl = None
-        if masked_lm_ids is not None:
-            ids = self._labels("masked_lm_ids", masked_lm_ids, (B, P), V)
-            if masked_lm_weights is None:
-                w = xp.ones((B, P), dtype=self.dtype)
-            else:
-                w = xp.asarray(masked_lm_weights, dtype=self.dtype)
-                if tuple(w.shape) != (B, P):
-                    raise ValueError(f"masked_lm_weights has shape {tuple(w.shape)}, expected {(B, P)}")
-            mlm_loss, c_mlm = cross_entropy.forward(mlm_logits.reshape(B * P, V), ids.reshape(-1),
-                                                    w.reshape(-1))
+        mlm_logits, c_mlm_head = self._mlm_head_forward(x, pos)         # (B, P, V)
+        nsp_logits, c_nsp = linear.forward(out.pooler_output, *self._pair("cls.seq_relationship"))  # (B, 2)
+        mlm_loss, c_mlm = self._mlm_loss(mlm_logits, masked_lm_ids, masked_lm_weights)
+        nsp_loss = c_nspl = None
         if next_sentence_labels is not None:
             nsl = self._labels("next_sentence_labels", next_sentence_labels, (B,), 2)
             nsp_loss, c_nspl = cross_entropy.forward(nsp_logits, nsl)
-        if mlm_loss is not None or nsp_loss is not None:
-            loss = sum(v for v in (mlm_loss, nsp_loss) if v is not None)
+        losses = [v for v in (mlm_loss, nsp_loss) if v is not None]
+        loss = sum(losses) if losses else None
         outputs = PreTrainingOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits, x,
                                     out.pooler_output, out.hidden_states, out.attentions)
-        cache = dict(bert=bcache, pos=pos, shape=(B, S, H, P), td=c_td, tg=c_tg, tl=c_tl,
-                     dec=c_dec, nsp=c_nsp, mlm_loss=c_mlm, nsp_loss=c_nspl)
-        return outputs, cache
+        if not keep_cache:
+            return outputs, None
+        return outputs, dict(bert=bcache, shape=(B, S, H), mlm_head=c_mlm_head, nsp=c_nsp,
+                             mlm_loss=c_mlm, nsp_loss=c_nspl)
+
+    def _mlm_head_forward(self, x, pos):
+        """logits (B, P, V) at positions ``pos`` (B, P) of x (B, S, H):
+        t = LayerNorm(GELU(x[pos] Wt^T + bt));  logits = t E_word^T + b_dec (decoder tied)."""
+        cfg = self.config
+        gathered = x[self.xp.arange(x.shape[0])[:, None], pos]                     # (B, P, H)
+        t, c_td = linear.forward(gathered, *self._pair("cls.predictions.transform.dense"))
+        t, c_tg = gelu.forward(t, approximate=gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
+        t, c_tl = layernorm.forward(t, *self._pair("cls.predictions.transform.LayerNorm"),
+                                    cfg.layer_norm_eps)
+        logits, c_dec = linear.forward(t, self.params["bert.embeddings.word_embeddings.weight"],
+                                       self.params["cls.predictions.bias"])        # (B, P, V)
+        return logits, (pos, c_td, c_tg, c_tl, c_dec)
+
+    def _mlm_head_backward(self, dlogits, c, dseq):
+        """Adds dL/dx into ``dseq`` (B, S, H) and the head's parameter gradients."""
+        pos, c_td, c_tg, c_tl, c_dec = c
+        B, P = pos.shape
+        # logits = t E^T + b_dec: the decoder is tied, so its weight gradient adds into E's
+        dt, _, db = linear.backward(dlogits, c_dec,
+                                    dweight_out=self.grads["bert.embeddings.word_embeddings.weight"])
+        _accumulate((self.grads["cls.predictions.bias"],), db)
+        dt, dw, db = layernorm.backward(dt, c_tl)                               # t = LayerNorm(t)
+        _accumulate(self._pair("cls.predictions.transform.LayerNorm", grads=True), dw, db)
+        dt = gelu.backward(dt, c_tg)                                             # t = GELU(t)
+        dg, dw, db = linear.backward(dt, c_td)                                   # t = gathered Wt^T + bt
+        _accumulate(self._pair("cls.predictions.transform.dense", grads=True), dw, db)
+        # gathered = x[rows, pos]: scatter-add back (a position may repeat, e.g. padded slots)
+        rows = self.xp.broadcast_to(self.xp.arange(B)[:, None], (B, P))
+        scatter_add(dseq, (rows, pos), dg)
+
+    def _mlm_loss(self, mlm_logits, masked_lm_ids, masked_lm_weights):
+        """sum(w * l) / sum(w) over the predicted positions, and its cache; (None, None)
+        without labels."""
+        if masked_lm_ids is None:
+            return None, None
+        B, P, V = mlm_logits.shape
+        ids = self._labels("masked_lm_ids", masked_lm_ids, (B, P), V)
+        if masked_lm_weights is None:
+            w = self.xp.ones((B, P), dtype=self.dtype)
+        else:
+            w = self.xp.asarray(masked_lm_weights, dtype=self.dtype)
+            if tuple(w.shape) != (B, P):
+                raise ValueError(f"masked_lm_weights has shape {tuple(w.shape)}, expected {(B, P)}")
+        return cross_entropy.forward(mlm_logits.reshape(B * P, V), ids.reshape(-1), w.reshape(-1))
 
     def backward(self, cache, d_loss=1.0):
         """Gradients of ``d_loss * loss`` for every parameter (dict named as ``params``)."""
-        xp = self.xp
-        B, S, H, P = cache["shape"]
-        V = self.config.vocab_size
+        if cache is None:
+            raise ValueError("cache is None: it comes from forward(..., keep_cache=True)")
         if cache["mlm_loss"] is None and cache["nsp_loss"] is None:
             raise ValueError("backward needs a loss: pass masked_lm_ids and/or next_sentence_labels "
                              "to forward")
+        xp = self.xp
+        B, S, H = cache["shape"]
         self.store.zero_grad()
         dseq = xp.zeros((B, S, H), dtype=self.dtype)
-        dpooled = xp.zeros((B, H), dtype=self.dtype)
+        dpooled = None
         d_loss = xp.asarray(d_loss, dtype=self.dtype)
         if cache["mlm_loss"] is not None:
-            dlogits = cross_entropy.backward(d_loss, cache["mlm_loss"]).reshape(B, P, V)
-            # mlm_logits = t E^T + b_dec  (decoder tied: its weight gradient goes to E)
-            # written straight into E's gradient, zero until now (no fresh (V, H) array); the
-            # embedding backward adds its rows into it later
-            dt, _, db = linear.backward(dlogits, cache["dec"],
-                                        dweight_out=self.grads["bert.embeddings.word_embeddings.weight"])
-            self._acc("cls.predictions.bias", db)
-            dt, dw, db = layernorm.backward(dt, cache["tl"])                 # t = LayerNorm(t)
-            self._acc("cls.predictions.transform.LayerNorm.weight", dw)
-            self._acc("cls.predictions.transform.LayerNorm.bias", db)
-            dt = gelu.backward(dt, cache["tg"])                              # t = GELU(t)
-            dg, dw, db = linear.backward(dt, cache["td"])                    # t = gathered Wt^T + bt
-            self._acc("cls.predictions.transform.dense.weight", dw)
-            self._acc("cls.predictions.transform.dense.bias", db)
-            # gathered = x[rows, pos]: scatter-add back (a position may repeat, e.g. padded slots)
-            rows = xp.broadcast_to(xp.arange(B)[:, None], (B, P))
-            scatter_add(dseq, (rows, cache["pos"]), dg)
+            dlogits = cross_entropy.backward(d_loss, cache["mlm_loss"])             # (B*P, V)
+            P = cache["mlm_head"][0].shape[1]
+            self._mlm_head_backward(dlogits.reshape(B, P, -1), cache["mlm_head"], dseq)
         if cache["nsp_loss"] is not None:
-            dnsp = cross_entropy.backward(d_loss, cache["nsp_loss"])        # (B, 2)
-            dpooled, dw, db = linear.backward(dnsp, cache["nsp"])           # nsp = pooled W^T + b
-            self._acc("cls.seq_relationship.weight", dw)
-            self._acc("cls.seq_relationship.bias", db)
+            dnsp = cross_entropy.backward(d_loss, cache["nsp_loss"])                # (B, 2)
+            dpooled, dw, db = linear.backward(dnsp, cache["nsp"])                   # nsp = pooled W^T + b
+            _accumulate(self._pair("cls.seq_relationship", grads=True), dw, db)
         return self.bert.backward(cache["bert"], dseq, dpooled, zero_grad=False)
 
 
@@ -224,20 +274,20 @@ class _ClassifierHead(_BertWithHead):
         p = self._classifier_dropout_p(training)
         f, c_do = dropout.forward(features, p, self.bert.seed,
                                   (call << 20) | SITE_HEAD, training)
-        logits, c_lin = linear.forward(f, self.params[f"{self.head_name}.weight"],
-                                       self.params[f"{self.head_name}.bias"])
+        logits, c_lin = linear.forward(f, *self._pair(self.head_name))
         return logits, (c_do, c_lin)
 
     def _head_backward(self, dlogits, hcache):
         c_do, c_lin = hcache
-        df, dw, db = linear.backward(dlogits, c_lin)
-        self._acc(f"{self.head_name}.weight", dw)
-        self._acc(f"{self.head_name}.bias", db)
+        df, dw, db = linear.backward(dlogits, c_lin)                   # logits = f W^T + b
+        _accumulate(self._pair(self.head_name, grads=True), dw, db)
         return dropout.backward(df, c_do)
 
     def backward(self, cache, d_logits=None, d_loss=1.0):
         """Gradients for ``d_loss * loss`` (when labels were given) plus ``d_logits``."""
         xp = self.xp
+        if cache is None:
+            raise ValueError("cache is None: it comes from forward(..., keep_cache=True)")
         if d_logits is None and cache["loss"] is None:
             raise ValueError("backward needs labels in forward or d_logits")
         self.store.zero_grad()
@@ -256,9 +306,13 @@ class BertForSequenceClassification(_ClassifierHead):
     """[CLS] pooled output -> dropout -> linear (num_labels). Loss: cross-entropy, or mean
     squared error when ``num_labels == 1`` (regression), as Hugging Face."""
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
-        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
-        logits, hcache = self._head_forward(out.pooler_output, training, bcache["call"])  # (B, C)
+    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+                output_attentions=False, output_hidden_states=False, training=False,
+                keep_cache=True):
+        call = self.bert.dropout_calls               # the head's dropout joins the encoder's call
+        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
+                                   output_hidden_states, training, keep_cache)
+        logits, hcache = self._head_forward(out.pooler_output, training, call)    # (B, C)
         loss, lcache = None, None
         if labels is not None:
             B, C = logits.shape
@@ -270,7 +324,7 @@ class BertForSequenceClassification(_ClassifierHead):
                 lab = self._labels("labels", labels, (B,), C)
                 loss, c = cross_entropy.forward(logits, lab)
                 lcache = ("ce", c)
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, out.pooler_output,
                           out.hidden_states, out.attentions), cache
 
@@ -290,16 +344,20 @@ class BertForTokenClassification(_ClassifierHead):
     cross-entropy averaged over tokens whose label is not -100."""
     add_pooling_layer = False
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
-        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
-        logits, hcache = self._head_forward(out.last_hidden_state, training, bcache["call"])  # (B, S, C)
+    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+                output_attentions=False, output_hidden_states=False, training=False,
+                keep_cache=True):
+        call = self.bert.dropout_calls               # the head's dropout joins the encoder's call
+        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
+                                   output_hidden_states, training, keep_cache)
+        logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, C)
         loss = lcache = None
         if labels is not None:
             B, S, C = logits.shape
             lab = self._labels("labels", labels, (B, S), C, ignore_index=-100)
             loss, lcache = cross_entropy.forward(logits.reshape(B * S, C), lab.reshape(-1),
                                                  ignore_index=-100)
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, None,
                           out.hidden_states, out.attentions), cache
 
@@ -324,11 +382,14 @@ class BertForQuestionAnswering(_ClassifierHead):
     def _classifier_dropout_p(self, training):
         return 0.0
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
-                end_positions=None, training=False):
+    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+                start_positions=None, end_positions=None, output_attentions=False, output_hidden_states=False, training=False,
+                keep_cache=True):
         xp = self.xp
-        out, bcache = self.bert.forward(input_ids, attention_mask, token_type_ids, training)
-        logits, hcache = self._head_forward(out.last_hidden_state, training, bcache["call"])  # (B, S, 2)
+        call = self.bert.dropout_calls               # the head's dropout joins the encoder's call
+        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
+                                   output_hidden_states, training, keep_cache)
+        logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, 2)
         B, S, _ = logits.shape
         start_logits = logits[..., 0]
         end_logits = logits[..., 1]
@@ -340,7 +401,7 @@ class BertForQuestionAnswering(_ClassifierHead):
             loss = 0.0
             for name, pos, lg in (("start_positions", start_positions, start_logits),
                                   ("end_positions", end_positions, end_logits)):
-                pos = _check_int_array(name, pos, 1)
+                pos = check_int_array(name, pos, 1)
                 if tuple(pos.shape) != (B,):
                     raise ValueError(f"{name} has shape {tuple(pos.shape)}, expected {(B,)}")
                 pos = xp.clip(xp.asarray(pos), 0, S)                     # S = ignored, as HF
@@ -348,7 +409,7 @@ class BertForQuestionAnswering(_ClassifierHead):
                 loss = loss + l / 2
                 caches.append(c)
             lcache = caches
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, None, out.hidden_states,
                           out.attentions), cache
 
@@ -370,8 +431,10 @@ class BertForMultipleChoice(_ClassifierHead):
     def _n_out(self, config):
         return 1
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, training=False):
-        input_ids = _check_int_array("input_ids", input_ids, 3)
+    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+                output_attentions=False, output_hidden_states=False, training=False,
+                keep_cache=True):
+        input_ids = check_int_array("input_ids", input_ids, 3)
         B, C, S = input_ids.shape
 
         def flat(a):
@@ -379,15 +442,16 @@ class BertForMultipleChoice(_ClassifierHead):
         for name, a in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if a is not None and tuple(np.shape(a)) != (B, C, S):
                 raise ValueError(f"{name} has shape {tuple(np.shape(a))}, expected {(B, C, S)}")
-        out, bcache = self.bert.forward(flat(input_ids), flat(attention_mask),
-                                         flat(token_type_ids), training)
-        scores, hcache = self._head_forward(out.pooler_output, training, bcache["call"])  # (B*C, 1)
+        call = self.bert.dropout_calls
+        out, bcache = self._encode(flat(input_ids), args, flat(attention_mask), flat(token_type_ids),
+                                   output_attentions, output_hidden_states, training, keep_cache)
+        scores, hcache = self._head_forward(out.pooler_output, training, call)    # (B*C, 1)
         logits = scores.reshape(B, C)
         loss = lcache = None
         if labels is not None:
             lab = self._labels("labels", labels, (B,), C)
             loss, lcache = cross_entropy.forward(logits, lab)
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape)
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, out.pooler_output,
                           out.hidden_states, out.attentions), cache
 

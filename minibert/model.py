@@ -1,26 +1,39 @@
 """BertModel: embeddings -> L post-LN encoder layers -> pooler, forward and backward.
 
+Reading order: the loss and the heads' backward in ``heads.py`` hand dL/d(last hidden
+state) to ``BertModel.backward`` below, which undoes ``forward`` block by block:
+``_pooler_backward``, then ``_layer_backward`` for the layers from last to first, then
+``_embeddings_backward``. Each ``*_backward`` is its ``*_forward`` read from the bottom up,
+one line undoing one line (quoted on the right); the math of every step is derived in the
+op's docstring (``minibert/ops/``). To step through the textbook NumPy code in a debugger
+rather than the fused kernels, run under ``with minibert.ops.readable_ops():`` (or
+``MINIBERT_READABLE_OPS=1``): same functions, same dropout bits.
+
 Forward, for token ids (B, S):
 
     x   = LayerNorm(E_word[ids] + E_pos[0..S-1] + E_type[segments]); x = dropout(x)
     for each layer l = 0..L-1:                                        (post-LN, as in BERT)
-        q, k, v = x Wq^T + bq, x Wk^T + bk, x Wv^T + bv                 (B, S, H) -> (B, A, S, D)
-                  (one GEMM: [Wq; Wk; Wv] is one (3H, H) view of the flat buffer)
-        c   = attention(q, k, v, mask)                                 (B, A, S, D) -> (B, S, H)
+        q, k, v = split_heads(x [Wq; Wk; Wv]^T + [bq; bk; bv])        (B, S, 3H) -> 3 x (B, A, S, D)
+        c   = merge_heads(attention(q, k, v, mask))                   (B, A, S, D) -> (B, S, H)
         h   = LayerNorm(dropout(c Wo^T + bo) + x)                      attention block
         x   = LayerNorm(dropout(GELU(h Wi^T + bi) Wo2^T + bo2) + h)    feed-forward block
     last_hidden_state = x;  pooler_output = tanh(x[:, 0] Wp^T + bp)    ([CLS] token)
 
-Backward calls the same ops in the reverse order, each op's ``backward`` fed with its own
-cache; parameter gradients are accumulated into the model's flat gradient buffer.
+Parameter gradients are added into the model's one flat gradient buffer (``_accumulate``);
+the gradients ``backward`` returns are views of it.
+
+Two ways to run: ``model.forward(ids, ...)`` returns ``(outputs, cache)`` for a backward;
+``model(ids, ...)`` is inference: the outputs only, each layer's cache dropped as soon as
+the layer is done, so memory holds one layer's activations at a time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from .backend import get_xp
+from .backend import get_array_module, get_xp
 from .checkpoint import PretrainedMixin
 from .config import BertConfig
 from .params import FlatParams, ParamSpec
@@ -41,9 +54,10 @@ def _site(layer: int, which: int) -> int:
 class BertOutput:
     last_hidden_state: object = None            # (B, S, H)
     pooler_output: object = None                # (B, H), None without a pooler
-    hidden_states: list = field(default_factory=list)   # L + 1 arrays (B, S, H); [0] = embeddings
-    attentions: list = field(default_factory=list)      # L arrays (B, A, S, S), pre-dropout;
-    #                                                     None per layer with attn_implementation="fused"
+    hidden_states: list | None = None           # output_hidden_states: L + 1 arrays (B, S, H),
+    #                                             [0] = the embeddings
+    attentions: list | None = None              # output_attentions: L arrays (B, A, S, S),
+    #                                             the probabilities before dropout
 
 
 def bert_param_specs(config: BertConfig, prefix: str = "", add_pooling_layer: bool = True):
@@ -63,7 +77,7 @@ def bert_param_specs(config: BertConfig, prefix: str = "", add_pooling_layer: bo
         p = f"{prefix}encoder.layer.{l}."
         # the three projection weights back to back, then their biases: in the flat buffer
         # they form one (3H, H) matrix and one (3H,) vector, so q, k and v are one GEMM
-        # (``BertModel._qkv``). Biases draw no random numbers, so every weight is initialized
+        # (``LayerParams.qkv``). Biases draw no random numbers, so every weight is initialized
         # with the same numbers as in Hugging Face's order.
         qkv = ("attention.self.query", "attention.self.key", "attention.self.value")
         specs += [ParamSpec(p + sub + ".weight", (H, H)) for sub in qkv]
@@ -84,7 +98,20 @@ def bert_param_specs(config: BertConfig, prefix: str = "", add_pooling_layer: bo
     return specs
 
 
-def _check_int_array(name, a, ndim=2):
+class LayerParams(NamedTuple):
+    """One encoder layer's tensors as (weight, bias) pairs of views into a flat buffer (the
+    parameters, or their gradients): what ``_layer_forward`` reads and ``_layer_backward``
+    adds into."""
+    qkv: tuple          # [Wq; Wk; Wv] (3H, H), [bq; bk; bv] (3H,)
+    attn_out: tuple     # Wo (H, H), bo (H,)
+    attn_ln: tuple      # LayerNorm weight (H,), bias (H,)
+    inter: tuple        # Wi (I, H), bi (I,)
+    out: tuple          # Wo2 (H, I), bo2 (H,)
+    out_ln: tuple       # LayerNorm weight (H,), bias (H,)
+
+
+def check_int_array(name, a, ndim=2):
+    """``a`` as an array, after checking it holds integers in ``ndim`` dimensions."""
     if not hasattr(a, "dtype"):
         a = np.asarray(a)
     if a.dtype.kind not in "iu":
@@ -92,6 +119,41 @@ def _check_int_array(name, a, ndim=2):
     if a.ndim != ndim:
         raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {ndim} dimensions")
     return a
+
+
+def reject_positional(method: str, args: tuple):
+    """Every argument after ``input_ids`` is keyword-only, in Hugging Face's names: two 0/1
+    arrays of one shape passed in the wrong order would otherwise run and be silently wrong."""
+    if args:
+        raise TypeError(f"{method}() takes input_ids as its only positional argument, got "
+                        f"{len(args)} more: pass attention_mask=..., token_type_ids=... and the "
+                        "rest by keyword (Hugging Face's names)")
+
+
+def _accumulate(buffers, *grads):
+    """Add each gradient into its view of the flat gradient buffer (None: no gradient)."""
+    for buf, g in zip(buffers, grads):
+        if g is not None:
+            buf += g
+
+
+def split_heads(t, A: int, n: int = 1):
+    """(B, S, n*H) -> n arrays (B, A, S, D), strided views: part j, head a is columns
+    [j*H + a*D, j*H + (a+1)*D). n = 3 splits the [q | k | v] product, n = 1 a context."""
+    B, S, nH = t.shape
+    D = nH // (n * A)
+    parts = t.reshape(B, S, n, A, D).transpose(2, 0, 3, 1, 4)                  # (n, B, A, S, D)
+    return tuple(parts)
+
+
+def merge_heads(*parts):
+    """The inverse of ``split_heads``: n arrays (B, A, S, D) -> one (B, S, n*A*D)."""
+    B, A, S, D = parts[0].shape
+    xp = get_array_module(parts[0])
+    out = xp.empty((B, S, len(parts), A, D), dtype=parts[0].dtype)            # (B, S, n, A, D)
+    for j, t in enumerate(parts):
+        out[:, :, j] = t.transpose(0, 2, 1, 3)                                 # (B, S, A, D)
+    return out.reshape(B, S, len(parts) * A * D)
 
 
 class BertModel(PretrainedMixin):
@@ -128,23 +190,27 @@ class BertModel(PretrainedMixin):
         self.params = store.params
         self.grads = store.grads
 
-    # ---------------------------------------------------------------- helpers
-    def _p(self, name):
-        return self.params[self.prefix + name]
+    # ---------------------------------------------------------------- parameters
+    def _pair(self, name, grads=False):
+        """(weight, bias) of the module ``name`` (parameters, or gradients with ``grads``)."""
+        d = self.grads if grads else self.params
+        return d[self.prefix + name + ".weight"], d[self.prefix + name + ".bias"]
 
-    def _acc(self, name, g):
-        """Accumulate a parameter gradient into the flat gradient buffer."""
-        if g is not None:
-            self.grads[self.prefix + name] += g
-
-    def _qkv(self, layer, grads=False):
-        """Layer ``layer``'s query, key and value weights as one (3H, H) view and their biases
-        as one (3H,) view (or the views of their gradients), rows [q; k; v]."""
+    def _layer_params(self, l: int, grads: bool = False) -> LayerParams:
+        """Layer ``l``'s tensors (or their gradients): views into the flat buffer."""
         H = self.config.hidden_size
-        p = f"{self.prefix}encoder.layer.{layer}.attention.self."
-        w = self.store.span(p + "query.weight", p + "value.weight", (3 * H, H))
-        b = self.store.span(p + "query.bias", p + "value.bias", (3 * H,))
-        return (w[1], b[1]) if grads else (w[0], b[0])
+        p = f"{self.prefix}encoder.layer.{l}."
+        w = self.store.span(p + "attention.self.query.weight", p + "attention.self.value.weight",
+                            (3 * H, H))                                        # (3H, H)
+        b = self.store.span(p + "attention.self.query.bias", p + "attention.self.value.bias",
+                            (3 * H,))                                          # (3H,)
+        n, j = f"encoder.layer.{l}.", 1 if grads else 0
+        return LayerParams(qkv=(w[j], b[j]),
+                           attn_out=self._pair(n + "attention.output.dense", grads),
+                           attn_ln=self._pair(n + "attention.output.LayerNorm", grads),
+                           inter=self._pair(n + "intermediate.dense", grads),
+                           out=self._pair(n + "output.dense", grads),
+                           out_ln=self._pair(n + "output.LayerNorm", grads))
 
     def num_parameters(self) -> int:
         return sum(int(v.size) for k, v in self.params.items() if k.startswith(self.prefix))
@@ -157,7 +223,7 @@ class BertModel(PretrainedMixin):
 
     def _validate_inputs(self, input_ids, attention_mask, token_type_ids):
         cfg, xp = self.config, self.xp
-        input_ids = _check_int_array("input_ids", input_ids)
+        input_ids = check_int_array("input_ids", input_ids)
         B, S = input_ids.shape
         if S > cfg.max_position_embeddings:
             raise ValueError(f"input_ids has sequence length {S}, longer than "
@@ -166,7 +232,7 @@ class BertModel(PretrainedMixin):
             raise ValueError(f"input_ids has shape {(B, S)}, expected at least one token per row")
         if token_type_ids is None:
             token_type_ids = xp.zeros((B, S), dtype=np.int64)
-        token_type_ids = _check_int_array("token_type_ids", token_type_ids)
+        token_type_ids = check_int_array("token_type_ids", token_type_ids)
         if tuple(token_type_ids.shape) != (B, S):
             raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, "
                              f"expected the shape of input_ids {(B, S)}")
@@ -183,94 +249,100 @@ class BertModel(PretrainedMixin):
         return xp.asarray(input_ids), xp.asarray(token_type_ids), m
 
     # ---------------------------------------------------------------- forward
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, training=False):
+    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+                output_attentions=False, output_hidden_states=False, training=False,
+                keep_cache=True):
         """Returns ``(BertOutput, cache)``; ``cache`` feeds ``backward``.
 
-        With ``config.attn_implementation == "fused"`` attention runs in
-        ``minibert.kernels`` (same function, same dropout bits), which never forms the
-        (S, S) probabilities: ``outputs.attentions`` then holds None for every layer.
+        Args:
+            input_ids: (B, S) token ids; every other argument is keyword-only.
+            attention_mask: (B, S), 1 = attend, 0 = padding (None: all ones).
+            token_type_ids: (B, S) segment ids (None: all zeros).
+            output_attentions: return each layer's attention probabilities (runs the textbook
+                attention, the only one that forms them).
+            output_hidden_states: return the embeddings and every layer's output.
+            training: dropout on, with the next call index of this model's dropout streams.
+            keep_cache: False drops each layer's cache when the layer is done (``__call__``);
+                the returned cache is then None.
         """
-        cfg, xp = self.config, self.xp
+        reject_positional("BertModel.forward", args)
         ids, tt, mask = self._validate_inputs(input_ids, attention_mask, token_type_ids)
-        B, S = ids.shape
-        A, D = cfg.num_attention_heads, cfg.head_size
-        call = self.dropout_calls
+        run = _Run.start(self, training, output_attentions)
+        x, emb_cache = self._embeddings_forward(ids, tt, run)                          # (B, S, H)
+        hidden_states, attentions, layer_caches = [x], [], []
+        for l in range(self.config.num_hidden_layers):
+            x, c = self._layer_forward(l, x, mask, run)                                # (B, S, H)
+            attentions.append(attention.probabilities(c["attn"]) if output_attentions else None)
+            hidden_states.append(x)
+            if keep_cache:
+                layer_caches.append(c)
+        pooled, pool_cache = self._pooler_forward(x)                                   # (B, H)
         if training:
             self.dropout_calls += 1
-        p_hidden = cfg.hidden_dropout_prob if training else 0.0
-        p_attn = cfg.attention_probs_dropout_prob if training else 0.0
-        approx = gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act]
+        out = BertOutput(x, pooled, hidden_states if output_hidden_states else None,
+                         attentions if output_attentions else None)
+        if not keep_cache:
+            return out, None
+        return out, dict(shape=ids.shape, emb=emb_cache, layers=layer_caches, pool=pool_cache,
+                         call=run.call)
 
-        def offset(site):
-            return (call << 20) | site
+    def __call__(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+                 output_attentions=False, output_hidden_states=False):
+        """Inference, as Hugging Face's ``model(...)``: the ``BertOutput`` of a forward without
+        dropout, keeping no cache for a backward."""
+        reject_positional("BertModel", args)
+        return self.forward(input_ids, attention_mask=attention_mask,
+                            token_type_ids=token_type_ids, output_attentions=output_attentions,
+                            output_hidden_states=output_hidden_states, keep_cache=False)[0]
 
-        # --- embeddings
-        we, c_we = embedding.forward(ids, self._p("embeddings.word_embeddings.weight"), name="input_ids")
-        pos_ids = xp.broadcast_to(xp.arange(S), (B, S))
-        pe, c_pe = embedding.forward(pos_ids, self._p("embeddings.position_embeddings.weight"),
+    def _embeddings_forward(self, ids, token_type_ids, run):
+        """x = dropout(LayerNorm(E_word[ids] + E_pos[0..S-1] + E_type[segments]))  (B, S, H)"""
+        B, S = ids.shape
+        pos_ids = self.xp.broadcast_to(self.xp.arange(S), (B, S))
+        we, c_we = embedding.forward(ids, self.params[self.prefix + "embeddings.word_embeddings.weight"],
+                                     name="input_ids")                                 # (B, S, H)
+        pe, c_pe = embedding.forward(pos_ids, self.params[self.prefix + "embeddings.position_embeddings.weight"],
                                      name="position_ids")
-        te, c_te = embedding.forward(tt, self._p("embeddings.token_type_embeddings.weight"),
+        te, c_te = embedding.forward(token_type_ids,
+                                     self.params[self.prefix + "embeddings.token_type_embeddings.weight"],
                                      name="token_type_ids")
-        x, c_ln = layernorm.forward(we + pe + te, self._p("embeddings.LayerNorm.weight"),
-                                    self._p("embeddings.LayerNorm.bias"), cfg.layer_norm_eps)
-        x, c_do = dropout.forward(x, p_hidden, self.seed, offset(SITE_EMBEDDINGS), training)
-        emb_cache = (c_we, c_pe, c_te, c_ln, c_do)
-        hidden_states, attentions, layer_caches = [x], [], []
+        x, c_ln = layernorm.forward(we + pe + te, *self._pair("embeddings.LayerNorm"),
+                                    self.config.layer_norm_eps)
+        x, c_do = dropout.forward(x, run.p_hidden, self.seed, run.offset(SITE_EMBEDDINGS), run.training)
+        return x, (c_we, c_pe, c_te, c_ln, c_do)
 
-        # --- encoder layers
-        for l in range(cfg.num_hidden_layers):
-            n = f"encoder.layer.{l}."
-            c = {}
-            w_qkv, b_qkv = self._qkv(l)                                                    # (3H, H), (3H,)
-            qkv, c["qkv"] = linear.forward(x, w_qkv, b_qkv)                                # (B, S, 3H)
-            heads = qkv.reshape(B, S, 3, A, D).transpose(2, 0, 3, 1, 4)                    # (3, B, A, S, D)
-            if cfg.attn_implementation == "fused":
-                # the fused kernel keeps only out and the row log-sum-exp (no (S, S) probabilities:
-                # outputs.attentions gets None, as Hugging Face's sdpa path); same dropout bits
-                from .kernels import fused_attention_forward
-                q, k, v = xp.ascontiguousarray(heads)                                      # (B, A, S, D) each
-                fused = dict(mask=mask, scale=1.0 / np.sqrt(D), dropout_p=p_attn, seed=self.seed,
-                             offset=offset(_site(l, 0)))
-                ctx, lse = fused_attention_forward(q, k, v, **fused)                        # (B, A, S, D)
-                c["attn"] = dict(q=q, k=k, v=v, out=ctx, lse=lse, **fused)
-                attentions.append(None)
-            else:
-                ctx, c["attn"] = attention.forward(*heads, attention_mask=mask, scale=1.0 / np.sqrt(D),
-                                                   dropout_p=p_attn, seed=self.seed,
-                                                   offset=offset(_site(l, 0)), training=training)
-                attentions.append(c["attn"]["probs"])
-            ctx = ctx.transpose(0, 2, 1, 3).reshape(B, S, A * D)                           # (B, S, H)
-            a, c["attn_out"] = linear.forward(ctx, self._p(n + "attention.output.dense.weight"),
-                                              self._p(n + "attention.output.dense.bias"))
-            a, c["attn_do"] = dropout.forward(a, p_hidden, self.seed, offset(_site(l, 1)), training)
-            h, c["attn_ln"] = layernorm.forward(a, self._p(n + "attention.output.LayerNorm.weight"),
-                                                self._p(n + "attention.output.LayerNorm.bias"),
-                                                cfg.layer_norm_eps, residual=x)             # LN(a + x)
-            # the intermediate bias is added by the GELU op (one pass over (B, S, I) less)
-            i, c["inter"] = linear.forward(h, self._p(n + "intermediate.dense.weight"))     # (B, S, I)
-            g, c["gelu"] = gelu.bias_forward(i, self._p(n + "intermediate.dense.bias"), approx)
-            o, c["out"] = linear.forward(g, self._p(n + "output.dense.weight"),
-                                         self._p(n + "output.dense.bias"))                  # (B, S, H)
-            o, c["out_do"] = dropout.forward(o, p_hidden, self.seed, offset(_site(l, 2)), training)
-            x, c["out_ln"] = layernorm.forward(o, self._p(n + "output.LayerNorm.weight"),
-                                               self._p(n + "output.LayerNorm.bias"), cfg.layer_norm_eps,
-                                               residual=h)                                  # LN(o + h)
-            layer_caches.append(c)
-            hidden_states.append(x)
+    def _layer_forward(self, l: int, x, mask, run):
+        """Encoder layer ``l``: (B, S, H) -> (B, S, H) and its cache (post-LN, as in BERT)."""
+        cfg, p, c = self.config, self._layer_params(l), {}
+        A = cfg.num_attention_heads
+        qkv, c["qkv"] = linear.forward(x, *p.qkv)                                      # (B, S, 3H)
+        q, k, v = split_heads(qkv, A, 3)                                               # (B, A, S, D) each
+        ctx, c["attn"] = attention.forward(q, k, v, mask, None, run.p_attn, self.seed,
+                                           run.offset(_site(l, 0)), run.training,
+                                           implementation=cfg.attn_implementation,
+                                           return_probs=run.output_attentions)        # (B, A, S, D)
+        ctx = merge_heads(ctx)                                                         # (B, S, H)
+        a, c["attn_out"] = linear.forward(ctx, *p.attn_out)                            # (B, S, H)
+        a, c["attn_do"] = dropout.forward(a, run.p_hidden, self.seed, run.offset(_site(l, 1)), run.training)
+        h, c["attn_ln"] = layernorm.forward(a, *p.attn_ln, cfg.layer_norm_eps, residual=x)  # LN(a + x)
+        # the intermediate bias is added by the GELU op (one pass over (B, S, I) less)
+        i, c["inter"] = linear.forward(h, p.inter[0])                                  # (B, S, I)
+        g, c["gelu"] = gelu.bias_forward(i, p.inter[1], gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
+        o, c["out"] = linear.forward(g, *p.out)                                        # (B, S, H)
+        o, c["out_do"] = dropout.forward(o, run.p_hidden, self.seed, run.offset(_site(l, 2)), run.training)
+        x, c["out_ln"] = layernorm.forward(o, *p.out_ln, cfg.layer_norm_eps, residual=h)   # LN(o + h)
+        return x, c
 
-        # --- pooler: dense + tanh on the [CLS] token
-        pooled = pool_cache = None
-        if self.add_pooling_layer:
-            z, c_pd = linear.forward(x[:, 0], self._p("pooler.dense.weight"), self._p("pooler.dense.bias"))
-            pooled, c_pt = tanh.forward(z)                                                 # (B, H)
-            pool_cache = (c_pd, c_pt)
-
-        out = BertOutput(x, pooled, hidden_states, attentions)
-        cache = dict(shape=(B, S), emb=emb_cache, layers=layer_caches, pool=pool_cache, call=call)
-        return out, cache
+    def _pooler_forward(self, x):
+        """pooled = tanh(x[:, 0] Wp^T + bp) (B, H) on the [CLS] token; None without a pooler."""
+        if not self.add_pooling_layer:
+            return None, None
+        z, c_pd = linear.forward(x[:, 0], *self._pair("pooler.dense"))                # (B, H)
+        pooled, c_pt = tanh.forward(z)                                                 # (B, H)
+        return pooled, (c_pd, c_pt)
 
     # ---------------------------------------------------------------- backward
-    def backward(self, cache, d_last_hidden_state=None, d_pooler_output=None, zero_grad=True):
+    def backward(self, cache, d_last_hidden_state=None, d_pooler_output=None, *, zero_grad=True):
         """Gradients of every parameter, named as ``params`` (views into the flat buffer).
 
         Args:
@@ -281,89 +353,75 @@ class BertModel(PretrainedMixin):
         Returns:
             dict name -> gradient view; overwritten by the next ``backward``.
         """
-        cfg, xp = self.config, self.xp
-        B, S = cache["shape"]
-        H, A, D = cfg.hidden_size, cfg.num_attention_heads, cfg.head_size
+        if cache is None:
+            raise ValueError("cache is None: it comes from forward(..., keep_cache=True); "
+                             "model(...) is inference and keeps none")
+        dx = self._upstream(cache, d_last_hidden_state, d_pooler_output)               # (B, S, H)
         if zero_grad:
             self.store.zero_grad()
-        if d_last_hidden_state is None:
-            dx = xp.zeros((B, S, H), dtype=self.dtype)
-        else:
-            if tuple(d_last_hidden_state.shape) != (B, S, H):
-                raise ValueError(f"d_last_hidden_state has shape {tuple(d_last_hidden_state.shape)}, "
-                                 f"expected {(B, S, H)}")
-            dx = xp.array(d_last_hidden_state, dtype=self.dtype)       # a copy we may add into
+        if d_pooler_output is not None:
+            dx[:, 0] += self._pooler_backward(d_pooler_output.astype(self.dtype), cache["pool"])
+        for l in reversed(range(self.config.num_hidden_layers)):
+            dx = self._layer_backward(l, dx, cache["layers"][l])                       # (B, S, H)
+        self._embeddings_backward(dx, cache["emb"])
+        return self.grads
 
-        # --- pooler
+    def _upstream(self, cache, d_last_hidden_state, d_pooler_output):
+        """Checks the upstream gradients' shapes; a fresh dL/d last_hidden_state to add into."""
+        B, S = cache["shape"]
+        H = self.config.hidden_size
         if d_pooler_output is not None:
             if not self.add_pooling_layer:
                 raise ValueError("d_pooler_output was given but the model has no pooling layer")
             if tuple(d_pooler_output.shape) != (B, H):
                 raise ValueError(f"d_pooler_output has shape {tuple(d_pooler_output.shape)}, "
                                  f"expected {(B, H)}")
-            c_pd, c_pt = cache["pool"]
-            dz = tanh.backward(d_pooler_output.astype(self.dtype), c_pt)  # undoes pooled = tanh(z)
-            dcls, dw, db = linear.backward(dz, c_pd)                     # undoes z = x[:, 0] Wp^T + bp
-            self._acc("pooler.dense.weight", dw)
-            self._acc("pooler.dense.bias", db)
-            dx[:, 0] += dcls                                             # undoes x[:, 0]
+        if d_last_hidden_state is None:
+            return self.xp.zeros((B, S, H), dtype=self.dtype)
+        if tuple(d_last_hidden_state.shape) != (B, S, H):
+            raise ValueError(f"d_last_hidden_state has shape {tuple(d_last_hidden_state.shape)}, "
+                             f"expected {(B, S, H)}")
+        return self.xp.array(d_last_hidden_state, dtype=self.dtype)                  # a copy we add into
 
-        # --- encoder layers, last to first
-        for l in reversed(range(cfg.num_hidden_layers)):
-            n = f"encoder.layer.{l}."
-            c = cache["layers"][l]
-            # x = LayerNorm(o + h): the gradient of the sum flows to both o and h
-            dsum, dw, db = layernorm.backward(dx, c["out_ln"])
-            self._acc(n + "output.LayerNorm.weight", dw)
-            self._acc(n + "output.LayerNorm.bias", db)
-            dh = dsum                                                    # residual branch
-            do = dropout.backward(dsum, c["out_do"])                     # o = dropout(o)
-            dg, dw, db = linear.backward(do, c["out"])                   # o = g Wo2^T + bo2
-            self._acc(n + "output.dense.weight", dw)
-            self._acc(n + "output.dense.bias", db)
-            di, db = gelu.bias_backward(dg, c["gelu"])                   # g = GELU(i + bi)
-            self._acc(n + "intermediate.dense.bias", db)
-            dh2, dw, _ = linear.backward(di, c["inter"])                 # i = h Wi^T
-            self._acc(n + "intermediate.dense.weight", dw)
-            dh += dh2
-            # h = LayerNorm(a + x)
-            dsum, dw, db = layernorm.backward(dh, c["attn_ln"])
-            self._acc(n + "attention.output.LayerNorm.weight", dw)
-            self._acc(n + "attention.output.LayerNorm.bias", db)
-            dx = dsum                                                    # residual branch
-            da = dropout.backward(dsum, c["attn_do"])                    # a = dropout(a)
-            dctx, dw, db = linear.backward(da, c["attn_out"])            # a = ctx Wo^T + bo
-            self._acc(n + "attention.output.dense.weight", dw)
-            self._acc(n + "attention.output.dense.bias", db)
-            dctx = dctx.reshape(B, S, A, D).transpose(0, 2, 1, 3)       # (B, A, S, D)
-            if cfg.attn_implementation == "fused":
-                from .kernels import fused_attention_backward
-                f = c["attn"]
-                dheads = fused_attention_backward(xp.ascontiguousarray(dctx), f["q"], f["k"], f["v"],
-                                                  f["out"], f["lse"], f["mask"], f["scale"],
-                                                  f["dropout_p"], f["seed"], f["offset"])
-            else:
-                dheads = attention.backward(dctx, c["attn"])             # ctx = attention(q, k, v)
-            dqkv = xp.empty((B, S, 3, A, D), dtype=self.dtype)           # undoes the head split
-            for j, dt in enumerate(dheads):
-                dqkv[:, :, j] = dt.transpose(0, 2, 1, 3)                 # (B, S, A, D)
-            dxi, dw, db = linear.backward(dqkv.reshape(B, S, 3 * H), c["qkv"])  # qkv = x Wqkv^T + bqkv
-            gw, gb = self._qkv(l, grads=True)
-            gw += dw
-            gb += db
-            dx += dxi
+    def _pooler_backward(self, dpooled, pool_cache):
+        """dL/d x[:, 0] (B, H) from dL/d pooled; adds the pooler's parameter gradients."""
+        c_pd, c_pt = pool_cache
+        dz = tanh.backward(dpooled, c_pt)                                  # pooled = tanh(z)
+        dcls, dw, db = linear.backward(dz, c_pd)                           # z = x[:, 0] Wp^T + bp
+        _accumulate(self._pair("pooler.dense", grads=True), dw, db)
+        return dcls
 
-        # --- embeddings
-        c_we, c_pe, c_te, c_ln, c_do = cache["emb"]
-        dx = dropout.backward(dx, c_do)
-        dsum, dw, db = layernorm.backward(dx, c_ln)
-        self._acc("embeddings.LayerNorm.weight", dw)
-        self._acc("embeddings.LayerNorm.bias", db)
-        # scatter-added straight into the gradient buffer: the tables are large, the rows few
+    def _layer_backward(self, l: int, dx, c):
+        """dL/d x of layer ``l``'s input from dL/d its output; adds its parameter gradients.
+        ``_layer_forward`` read from the bottom up."""
+        g, A = self._layer_params(l, grads=True), self.config.num_attention_heads
+        do, dw, db = layernorm.backward(dx, c["out_ln"]);  _accumulate(g.out_ln, dw, db)   # x = LN(o + h)
+        dh = do                                                                        # ... + h: residual
+        do = dropout.backward(do, c["out_do"])                                         # o = dropout(o)
+        dg, dw, db = linear.backward(do, c["out"]);  _accumulate(g.out, dw, db)        # o = g Wo2^T + bo2
+        di, db = gelu.bias_backward(dg, c["gelu"]);  _accumulate(g.inter, None, db)    # g = GELU(i + bi)
+        dh_i, dw, _ = linear.backward(di, c["inter"]);  _accumulate(g.inter, dw)       # i = h Wi^T
+        dh = dh + dh_i                                                                 # (B, S, H)
+        da, dw, db = layernorm.backward(dh, c["attn_ln"]);  _accumulate(g.attn_ln, dw, db)  # h = LN(a + x)
+        dx = da                                                                        # ... + x: residual
+        da = dropout.backward(da, c["attn_do"])                                        # a = dropout(a)
+        dctx, dw, db = linear.backward(da, c["attn_out"]);  _accumulate(g.attn_out, dw, db)  # a = ctx Wo^T + bo
+        (dctx,) = split_heads(dctx, A)                                                 # ctx = merge_heads(ctx)
+        dq, dk, dv = attention.backward(dctx, c["attn"])                               # ctx = attention(q, k, v)
+        dqkv = merge_heads(dq, dk, dv)                                                 # q, k, v = split_heads(qkv)
+        dx_qkv, dw, db = linear.backward(dqkv, c["qkv"]);  _accumulate(g.qkv, dw, db)  # qkv = x Wqkv^T + bqkv
+        return dx + dx_qkv                                                             # (B, S, H)
+
+    def _embeddings_backward(self, dx, emb_cache):
+        """Adds the gradients of the tables and the LayerNorm from dL/dx (B, S, H)."""
+        c_we, c_pe, c_te, c_ln, c_do = emb_cache
+        dx = dropout.backward(dx, c_do)                                    # x = dropout(x)
+        dsum, dw, db = layernorm.backward(dx, c_ln)                        # x = LN(we + pe + te)
+        _accumulate(self._pair("embeddings.LayerNorm", grads=True), dw, db)
+        # added straight into the gradient buffer: the tables are large, the rows used few
         for name, c_e in (("word_embeddings", c_we), ("position_embeddings", c_pe),
-                          ("token_type_embeddings", c_te)):
+                          ("token_type_embeddings", c_te)):              # we = E_word[ids], ...
             embedding.backward(dsum, c_e, out=self.grads[self.prefix + f"embeddings.{name}.weight"])
-        return self.grads
 
     # ---------------------------------------------------------------- RNG state
     def rng_state(self) -> dict:
@@ -373,3 +431,25 @@ class BertModel(PretrainedMixin):
         self.seed = int(state["seed"])
         self.dropout_calls = int(state["dropout_calls"])
 
+
+class _Run(NamedTuple):
+    """What one forward call needs besides its inputs: dropout rates and streams, and
+    whether the caller reads the attention probabilities."""
+    training: bool
+    call: int                   # this forward's dropout call index
+    p_hidden: float             # hidden-state dropout (0 outside training)
+    p_attn: float               # attention-probability dropout (0 outside training)
+    output_attentions: bool
+
+    @classmethod
+    def start(cls, model, training, output_attentions) -> "_Run":
+        """The run of ``model``'s next forward call."""
+        cfg = model.config
+        return cls(bool(training), model.dropout_calls,
+                   cfg.hidden_dropout_prob if training else 0.0,
+                   cfg.attention_probs_dropout_prob if training else 0.0,
+                   bool(output_attentions))
+
+    def offset(self, site: int) -> int:
+        """The Philox offset of dropout ``site`` in this call: (call << 20) | site."""
+        return (self.call << 20) | site

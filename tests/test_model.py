@@ -6,6 +6,7 @@ import pytest
 from minibert import (BertConfig, BertForMultipleChoice, BertForPreTraining,
                       BertForQuestionAnswering, BertForSequenceClassification,
                       BertForTokenClassification, BertModel, count_parameters, gradcheck)
+from minibert.ops import readable_ops
 from tests.helpers import assert_close, to_np
 
 # Small enough for a float64 check of every parameter in a second; odd sizes on purpose.
@@ -43,9 +44,16 @@ def frozen_dropout(model, fn):
     return f
 
 
+@pytest.fixture(params=["kernels", "readable"])
+def ops_mode(request):
+    """Run the test on the default path (the kernels) and on the readable ops."""
+    with readable_ops(request.param == "readable"):
+        yield request.param
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
-def test_bert_model_gradcheck(xp, rng, training, hidden_act):
+def test_bert_model_gradcheck(xp, rng, training, hidden_act, ops_mode):
     cfg = tiny_config(hidden_act=hidden_act, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
     model = BertModel(cfg, dtype=np.float64, seed=3, device="cpu" if xp is np else "gpu")
     perturb(model, rng)
@@ -54,12 +62,12 @@ def test_bert_model_gradcheck(xp, rng, training, hidden_act):
     dpool = xp.asarray(rng.standard_normal((3, 12)))
 
     def loss():
-        out, _ = model.forward(ids, mask, tt, training=training)
+        out, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=training)
         return (out.last_hidden_state * dlast).sum() + (out.pooler_output * dpool).sum()
     f = frozen_dropout(model, loss)
     f()
     model.set_rng_state({"seed": 3, "dropout_calls": 0})
-    out, cache = model.forward(ids, mask, tt, training=training)
+    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=training)
     grads = {k: v.copy() for k, v in model.backward(cache, dlast, dpool).items()}
     assert set(grads) == set(model.params)
     report = gradcheck(f, model.params, grads, mode="direction", n_directions=2)
@@ -70,27 +78,28 @@ def _head_cases(rng):
     ids, mask, tt = batch(rng)
     return {
         "pretraining": (BertForPreTraining, lambda m, tr: m.forward(
-            ids, tt, mask, masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
+            ids, token_type_ids=tt, attention_mask=mask,
+            masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
             masked_lm_ids=np.array([[5, 7, 9], [1, 2, 3], [4, 0, 0]]),
             masked_lm_weights=np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
             next_sentence_labels=np.array([0, 1, 0]), training=tr)),
         "sequence_classification": (BertForSequenceClassification, lambda m, tr: m.forward(
-            ids, mask, tt, labels=np.array([0, 2, 1]), training=tr)),
+            ids, attention_mask=mask, token_type_ids=tt, labels=np.array([0, 2, 1]), training=tr)),
         "token_classification": (BertForTokenClassification, lambda m, tr: m.forward(
-            ids, mask, tt, labels=np.where(mask == 1, ids % 3, -100), training=tr)),
+            ids, attention_mask=mask, token_type_ids=tt, labels=np.where(mask == 1, ids % 3, -100), training=tr)),
         "question_answering": (BertForQuestionAnswering, lambda m, tr: m.forward(
-            ids, mask, tt, start_positions=np.array([1, 0, 9]), end_positions=np.array([4, 3, 1]),
+            ids, attention_mask=mask, token_type_ids=tt, start_positions=np.array([1, 0, 9]), end_positions=np.array([4, 3, 1]),
             training=tr)),
         "multiple_choice": (BertForMultipleChoice, lambda m, tr: m.forward(
-            np.stack([ids, ids[::-1]], 1), np.stack([mask, mask[::-1]], 1),
-            np.stack([tt, tt[::-1]], 1), labels=np.array([1, 0, 1]), training=tr)),
+            np.stack([ids, ids[::-1]], 1), attention_mask=np.stack([mask, mask[::-1]], 1),
+            token_type_ids=np.stack([tt, tt[::-1]], 1), labels=np.array([1, 0, 1]), training=tr)),
     }
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("head", ["pretraining", "sequence_classification", "token_classification",
                                   "question_answering", "multiple_choice"])
-def test_head_gradcheck(rng, head, training):
+def test_head_gradcheck(rng, head, training, ops_mode):
     cls, run = _head_cases(rng)[head]
     model = cls(tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3),
                 dtype=np.float64, seed=5)
@@ -111,9 +120,9 @@ def test_sequence_regression_gradcheck(rng):
     perturb(model, rng)
     ids, mask, tt = batch(rng)
     y = rng.standard_normal(3)
-    out, cache = model.forward(ids, mask, tt, labels=y)
+    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=y)
     grads = {k: v.copy() for k, v in model.backward(cache).items()}
-    assert gradcheck(lambda: model.forward(ids, mask, tt, labels=y)[0].loss, model.params, grads,
+    assert gradcheck(lambda: model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=y)[0].loss, model.params, grads,
                      mode="direction").passed
 
 
@@ -122,9 +131,9 @@ def test_backward_with_d_logits_only(rng):
     perturb(model, rng)
     ids, mask, tt = batch(rng)
     dl = rng.standard_normal((3, 7, 3))
-    out, cache = model.forward(ids, mask, tt)
+    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt)
     grads = {k: v.copy() for k, v in model.backward(cache, d_logits=dl).items()}
-    f = lambda: (model.forward(ids, mask, tt)[0].logits * dl).sum()  # noqa: E731
+    f = lambda: (model.forward(ids, attention_mask=mask, token_type_ids=tt)[0].logits * dl).sum()  # noqa: E731
     assert gradcheck(f, model.params, grads, mode="direction").passed
 
 
@@ -162,10 +171,11 @@ def test_padding_does_not_change_real_tokens(rng):
     model = BertModel(tiny_config(), dtype=np.float64, seed=0)
     perturb(model, rng)
     ids, mask, tt = batch(rng, B=2, S=5, lengths=(5, 3))
-    out, _ = model.forward(ids, mask, tt)
+    out, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt)
     pad = np.zeros((2, 4), dtype=np.int64)
-    out2, _ = model.forward(np.concatenate([ids, pad + 7], 1), np.concatenate([mask, pad], 1),
-                            np.concatenate([tt, pad], 1))
+    out2, _ = model.forward(np.concatenate([ids, pad + 7], 1),
+                            attention_mask=np.concatenate([mask, pad], 1),
+                            token_type_ids=np.concatenate([tt, pad], 1))
     for b, n in enumerate((5, 3)):
         assert_close(f"row {b}", out2.last_hidden_state[b, :n], out.last_hidden_state[b, :n], atol=1e-12)
     assert_close("pooler_output", out2.pooler_output, out.pooler_output, atol=1e-12)
@@ -175,7 +185,7 @@ def test_fully_masked_row_is_finite(rng):
     model = BertForSequenceClassification(tiny_config(), dtype=np.float64, seed=0)
     ids, mask, tt = batch(rng)
     mask[1] = 0
-    out, cache = model.forward(ids, mask, tt, labels=np.array([0, 1, 2]))
+    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=np.array([0, 1, 2]))
     grads = model.backward(cache)
     assert np.all(np.isfinite(out.last_hidden_state))
     assert all(np.all(np.isfinite(g)) for g in grads.values())
@@ -185,13 +195,13 @@ def test_dropout_is_deterministic_and_off_in_eval(rng):
     cfg = tiny_config(hidden_dropout_prob=0.5)
     ids, mask, tt = batch(rng)
     a, b = BertModel(cfg, np.float64, seed=1), BertModel(cfg, np.float64, seed=1)
-    oa, _ = a.forward(ids, mask, tt, training=True)
-    ob, _ = b.forward(ids, mask, tt, training=True)
+    oa, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
+    ob, _ = b.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     assert np.array_equal(oa.last_hidden_state, ob.last_hidden_state)
-    oa2, _ = a.forward(ids, mask, tt, training=True)          # next call: new masks
+    oa2, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)          # next call: new masks
     assert not np.array_equal(oa.last_hidden_state, oa2.last_hidden_state)
-    e1, _ = a.forward(ids, mask, tt)
-    e2, _ = b.forward(ids, mask, tt)
+    e1, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt)
+    e2, _ = b.forward(ids, attention_mask=mask, token_type_ids=tt)
     assert np.array_equal(e1.last_hidden_state, e2.last_hidden_state)
 
 
@@ -218,7 +228,7 @@ def test_qkv_is_one_view_of_the_three_projections():
     for layer in range(cfg.num_hidden_layers):
         p = f"encoder.layer.{layer}.attention.self."
         for grads, named in ((False, m.params), (True, m.grads)):
-            w, b = m._qkv(layer, grads=grads)
+            w, b = m._layer_params(layer, grads=grads).qkv
             assert w.shape == (3 * H, H) and b.shape == (3 * H,)
             for j, which in enumerate(("query", "key", "value")):
                 assert np.shares_memory(w, named[p + which + ".weight"])
@@ -263,7 +273,7 @@ def test_bad_labels():
 def test_mlm_logits_default_to_every_position(rng):
     model = BertForPreTraining(tiny_config(), dtype=np.float64, seed=0)
     ids, mask, tt = batch(rng)
-    every, _ = model.forward(ids, tt, mask)
-    explicit, _ = model.forward(ids, tt, mask, masked_lm_positions=np.tile(np.arange(7), (3, 1)))
+    every, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask)
+    explicit, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask, masked_lm_positions=np.tile(np.arange(7), (3, 1)))
     assert every.mlm_logits.shape == (3, 7, 23) and every.loss is None
     assert np.array_equal(every.mlm_logits, explicit.mlm_logits)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from minibert import BertConfig, BertForPreTraining, BertModel, gradcheck
+from minibert.ops import Fused
 from tests.helpers import to_np
 from tests.test_model import batch, frozen_dropout, perturb, tiny_config
 
@@ -24,7 +25,7 @@ def _run(model, rng_seed, training):
     rng = np.random.default_rng(rng_seed)
     ids, mask, tt = batch(rng)
     out, cache = model.forward(
-        ids, tt, mask, masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
+        ids, token_type_ids=tt, attention_mask=mask, masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
         masked_lm_ids=np.array([[5, 7, 9], [1, 2, 3], [4, 0, 0]]),
         masked_lm_weights=np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
         next_sentence_labels=np.array([0, 1, 0]), training=training)
@@ -58,9 +59,8 @@ def test_fused_equals_eager_float64(training):
     assert set(gf) == set(ge)
     for name in ge:
         _close(name, gf[name], ge[name], REL64)
-    # the fused path keeps no (S, S) probabilities: None per layer, as Hugging Face's sdpa
-    assert of.attentions == [None] * fused.config.num_hidden_layers
-    assert all(a.shape == (3, 3, 7, 7) for a in oe.attentions)
+    # attentions only when asked for (output_attentions=True), as Hugging Face
+    assert of.attentions is None and oe.attentions is None
 
 
 def test_fused_cache_keeps_out_and_lse_not_probabilities():
@@ -69,10 +69,12 @@ def test_fused_cache_keeps_out_and_lse_not_probabilities():
     A, D = cfg.num_attention_heads, cfg.head_size
     for layer in cache["bert"]["layers"]:
         c = layer["attn"]
-        assert "probs" not in c and "keep" not in c
-        for name in ("q", "k", "v", "out"):
-            assert c[name].shape == (3, A, 7, D) and c[name].flags.c_contiguous, name
-        assert c["lse"].shape == (3, A, 7) and c["lse"].flags.c_contiguous
+        assert isinstance(c, Fused)                  # the kernel's cache, not the textbook dict
+        q, k, v, out, lse = c.saved[:5]
+        for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+            assert t.shape == (3, A, 7, D) and t.flags.c_contiguous, name
+        assert lse.shape == (3, A, 7) and lse.flags.c_contiguous
+        assert not any(getattr(t, "shape", ())[-2:] == (7, 7) for t in c.saved), "an (S, S) array"
 
 
 def test_fused_dropout_streams_follow_the_model():
@@ -84,14 +86,14 @@ def test_fused_dropout_streams_follow_the_model():
     model = BertModel(cfg, np.float64, seed=4)
     eager = BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5),
                       np.float64, seed=4)
-    first, _ = model.forward(ids, mask, tt, training=True)
-    second, _ = model.forward(ids, mask, tt, training=True)
+    first, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
+    second, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     assert np.abs(first.last_hidden_state - second.last_hidden_state).max() > 1e-3
     for out in (first, second):
-        ref, _ = eager.forward(ids, mask, tt, training=True)
+        ref, _ = eager.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
         _close("last_hidden_state", out.last_hidden_state, ref.last_hidden_state, REL64)
-    e1, _ = model.forward(ids, mask, tt)
-    e2, _ = eager.forward(ids, mask, tt)
+    e1, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt)
+    e2, _ = eager.forward(ids, attention_mask=mask, token_type_ids=tt)
     _close("eval last_hidden_state", e1.last_hidden_state, e2.last_hidden_state, REL64)
 
 
@@ -131,12 +133,12 @@ def test_fused_model_gradcheck_with_dropout():
     dpool = rng.standard_normal((3, 12))
 
     def loss():
-        out, _ = model.forward(ids, mask, tt, training=True)
+        out, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
         return (out.last_hidden_state * dlast).sum() + (out.pooler_output * dpool).sum()
     f = frozen_dropout(model, loss)
     f()
     model.set_rng_state({"seed": 3, "dropout_calls": 0})
-    out, cache = model.forward(ids, mask, tt, training=True)
+    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     grads = {k: v.copy() for k, v in model.backward(cache, dlast, dpool).items()}
     assert gradcheck(f, model.params, grads, mode="direction", n_directions=2).passed
 
@@ -145,7 +147,7 @@ def test_fused_all_padding_sequence_is_finite():
     model = BertForPreTraining(tiny_config(attn_implementation="fused"), np.float64, seed=0)
     ids, mask, tt = batch(np.random.default_rng(0))
     mask[1] = 0
-    out, cache = model.forward(ids, tt, mask, next_sentence_labels=np.array([0, 1, 0]))
+    out, cache = model.forward(ids, token_type_ids=tt, attention_mask=mask, next_sentence_labels=np.array([0, 1, 0]))
     grads = model.backward(cache)
     assert np.all(np.isfinite(out.last_hidden_state)) and np.isfinite(float(out.loss))
     assert all(np.all(np.isfinite(g)) for g in grads.values())
@@ -156,6 +158,6 @@ def test_config_accepts_fused_and_still_drops_unknown_values():
     d = BertConfig(attn_implementation="fused").to_dict()
     assert BertConfig.from_dict(d).attn_implementation == "fused"
     # transformers writes its own names ("sdpa", ...): read as the default
-    assert BertConfig.from_dict({**d, "attn_implementation": "sdpa"}).attn_implementation == "eager"
+    assert BertConfig.from_dict({**d, "attn_implementation": "sdpa"}).attn_implementation == "auto"
     with pytest.raises(ValueError, match=r"attn_implementation='flash'"):
         BertConfig(attn_implementation="flash")

@@ -66,8 +66,12 @@ def ref_model(dtype):
 
 
 def run_pretraining(model, inputs):
-    outputs, cache = model.forward(**inputs, training=False)
+    """Forward and backward on the default attention (the fused kernel wherever one exists),
+    plus the attention probabilities of an inference call that asks for them (which runs the
+    textbook attention, the one that forms them)."""
+    outputs, cache = model.forward(**inputs, output_hidden_states=True, training=False)
     grads = model.backward(cache)
+    outputs.attentions = model(**inputs, output_attentions=True).attentions
     return outputs, grads
 
 

@@ -4,7 +4,8 @@ Every head of every sequence attends on its own, so all shapes carry (B, A) in f
 q, k, v (B, A, S, D) with the same S for queries and keys (self-attention), the padding
 mask ``attention_mask`` (B, S) with Hugging Face's convention 1 = attend, 0 = padding.
 This file is the readable reference of ``minibert.kernels.fused_attention_*``: the fused
-kernels compute the same function without materialising the (S, S) matrices.
+kernels compute the same function without materialising the (S, S) matrices, and this op
+hands its work to them (see "Implementations" below).
 
 Forward, per (b, a), with ``c = scale`` (default 1/sqrt(D)) and ``p`` the dropout rate:
 
@@ -38,6 +39,20 @@ The softmax step: for one row, y = softmax(s) has Jacobian dy_j/ds_i = y_j (delt
 so ds_i = sum_j dy_j y_j (delta_ij - y_i) = y_i (dy_i - sum_j dy_j y_j). With the factor h
 the Jacobian is h times that, which the same formula gives when evaluated at P = h y (for
 h in {0, 1}, h^2 = h). M is a constant: no gradient flows to the mask.
+
+Implementations. ``forward(..., implementation=)`` chooses who computes the function:
+
+* ``"eager"``: the code below, which forms S, P and Pd and keeps P in its cache;
+* ``"fused"``: the fused kernel (``minibert.kernels.fused_attention_forward``), which keeps
+  only the context and the row log-sum-exp and recomputes P block by block in its backward
+  (FlashAttention-2); same function, same dropout bits; it never forms P, so it cannot
+  return the probabilities;
+* ``"auto"`` (the default): the kernel wherever one exists for the arrays (NumPy float32 or
+  float64, ``minibert.ops.use_kernel``), the code below when the caller asks for the
+  probabilities (``return_probs=True``) or under ``minibert.ops.readable_ops()``.
+
+The kernel's cache is a ``Fused`` that ``backward`` hands back to the kernel, as for the
+other ops; ``probabilities(cache)`` gives P from an eager cache.
 """
 from __future__ import annotations
 
@@ -48,6 +63,9 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..rng import keep_mask
+from .switch import Fused, use_kernel
+
+IMPLEMENTATIONS = ("auto", "eager", "fused")
 
 
 def additive_mask(attention_mask, dtype):
@@ -97,9 +115,11 @@ def _validate(q, k, v, attention_mask, scale, dropout_p):
         if x.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of q ({q.dtype})")
     B, _, S, _ = q.shape
-    if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                         f"(B, S) = {(B, S)} with 1 = attend and 0 = padding")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, S):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                             f"(B, S) = {(B, S)} with 1 = attend and 0 = padding")
+        additive_mask(attention_mask, q.dtype)        # checks the values are 0 and 1
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
         raise TypeError(f"scale={scale!r} has type {type(scale).__name__}, expected a real number "
                         "or None (1/sqrt(D))")
@@ -113,7 +133,7 @@ def _validate(q, k, v, attention_mask, scale, dropout_p):
 
 
 def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, offset=0,
-            training=False):
+            training=False, *, implementation="auto", return_probs=False):
     """Attention core ``softmax(q k^T * scale + mask) @ v`` with attention dropout.
 
     Args:
@@ -123,10 +143,14 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
         dropout_p: probability of dropping an attention probability (training only).
         seed, offset: the Philox stream of the dropout mask (see ``minibert.rng``).
         training: dropout is applied only when True and ``dropout_p > 0``.
+        implementation: "auto", "eager" or "fused" (the module docstring).
+        return_probs: the caller will read the probabilities (``probabilities(cache)``):
+            "auto" then runs the eager code; "fused" cannot and raises ValueError.
 
     Returns:
-        ``(context, cache)``: context (B, A, S, D); cache a dict whose ``"probs"`` holds the
-        post-softmax, pre-dropout probabilities (B, A, S, S) (Hugging Face's attentions).
+        ``(context, cache)``: context (B, A, S, D); cache feeds ``backward``, and for the
+        eager code ``probabilities(cache)`` is the post-softmax, pre-dropout P (B, A, S, S)
+        (Hugging Face's attentions).
     """
     xp = get_array_module(q)
     if attention_mask is not None:
@@ -134,6 +158,9 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     _validate(q, k, v, attention_mask, scale, dropout_p)
     B, A, S, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if _choose(implementation, return_probs, q, k, v) == "fused":
+        return _fused_forward(q, k, v, attention_mask, scale, dropout_p if training else 0.0,
+                              seed, offset)
 
     scores = (q @ k.swapaxes(-1, -2)) * scale                         # (B, A, S, S)
     has_key = None
@@ -162,6 +189,8 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
 
 def backward(dcontext, cache):
     """Returns ``(dq, dk, dv)``, each (B, A, S, D); see the module docstring."""
+    if isinstance(cache, Fused):
+        return cache.backward(dcontext, *cache.saved)
     q, k, v = cache["q"], cache["k"], cache["v"]
     probs, keep, scale, p = cache["probs"], cache["keep"], cache["scale"], cache["dropout_p"]
     xp = get_array_module(dcontext)
@@ -181,3 +210,42 @@ def backward(dcontext, cache):
     dq = (dscores @ k) * scale                                        # (B, A, S, D)
     dk = (dscores.swapaxes(-1, -2) @ q) * scale                       # (B, A, S, D)
     return dq, dk, dv
+
+
+def probabilities(cache):
+    """P (B, A, S, S), the post-softmax, pre-dropout probabilities an eager forward kept;
+    None for a fused forward's cache (the kernel never forms them)."""
+    return None if isinstance(cache, Fused) else cache["probs"]
+
+
+def _choose(implementation, return_probs, q, k, v) -> str:
+    """"eager" or "fused" for ``forward``'s ``implementation`` and ``return_probs``."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is not known, expected one of "
+                         f"{IMPLEMENTATIONS}")
+    if implementation == "fused" and return_probs:
+        raise ValueError("output_attentions=True asks for the attention probabilities, which "
+                         "attn_implementation='fused' never forms; use 'eager' or 'auto' "
+                         "(both return them)")
+    if implementation == "auto":
+        return "fused" if use_kernel(q, k, v) and not return_probs else "eager"
+    return implementation
+
+
+def _fused_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset):
+    """The kernel's forward behind the op's contract: ``(context, Fused cache)``. The kernel
+    takes C-contiguous heads (the model's are strided views of one (B, S, 3H) product)."""
+    from ..kernels import fused_attention_forward     # lazy: Numba takes a while to import
+    xp = get_array_module(q)
+    q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))                # (B, A, S, D) each
+    out, lse = fused_attention_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset)
+    saved = (q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset)
+    return out, Fused(_fused_backward, saved)
+
+
+def _fused_backward(dout, q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset):
+    """The kernel's backward: ``(dq, dk, dv)`` from the saved context and log-sum-exp."""
+    from ..kernels import fused_attention_backward
+    dout = get_array_module(dout).ascontiguousarray(dout)                 # (B, A, S, D)
+    return fused_attention_backward(dout, q, k, v, out, lse, attention_mask, scale,
+                                    dropout_p, seed, offset)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numbers
 
 from ..backend import get_array_module
-from . import Fused, use_kernel
+from .switch import Fused, use_kernel
 
 
 def _validate(logits, labels, weights, ignore_index, xp):

@@ -47,7 +47,7 @@ the reference, and runs under ``minibert.ops.readable_ops()``.
 from __future__ import annotations
 
 from ..backend import get_array_module
-from . import Fused, use_kernel
+from .switch import Fused, use_kernel
 
 
 def forward(x, weight, bias, eps=1e-12, residual=None):

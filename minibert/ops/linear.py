@@ -13,7 +13,7 @@ Backward. With ``dy = dL/dy`` of shape (N, O):
 from __future__ import annotations
 
 from ..backend import get_array_module
-from . import Fused, use_kernel
+from .switch import Fused, use_kernel
 
 
 def forward(x, weight, bias=None):
@@ -36,9 +36,11 @@ def forward(x, weight, bias=None):
 def backward(dy, cache, dweight_out=None):
     """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias.
 
-    ``dweight_out``: an (O, I) array to write dweight into (overwritten, and returned as
-    ``dweight``) instead of a fresh one; for a large weight whose gradient buffer is known to
-    be zero, such as the masked-LM decoder's (the word embeddings, 30522 x H).
+    ``dweight_out``: an (O, I) gradient buffer to add dweight into (and return as
+    ``dweight``) instead of a fresh array, the one meaning a gradient-buffer argument has in
+    every op (``embedding.backward(out=)`` too): for a large weight such as the masked-LM
+    decoder's, tied to the word embeddings (30522 x H), whose gradient buffer the embedding
+    backward adds into as well, in either order.
     """
     if dweight_out is not None and tuple(dweight_out.shape) != tuple(cache_weight(cache).shape):
         raise ValueError(f"dweight_out has shape {tuple(dweight_out.shape)}, expected the "
@@ -50,7 +52,10 @@ def backward(dy, cache, dweight_out=None):
     x2 = x.reshape(-1, x.shape[-1])                   # (N, I)
     dy2 = dy.reshape(-1, dy.shape[-1])                # (N, O)
     dx = (dy2 @ weight).reshape(x.shape)              # (..., I)   undoes y = x @ W.T
-    dw = xp.matmul(dy2.T, x2, out=dweight_out)        # (O, I)
+    dw = dy2.T @ x2                                   # (O, I)
+    if dweight_out is not None:
+        dweight_out += dw
+        dw = dweight_out
     db = xp.sum(dy2, axis=0) if has_bias else None    # (O,)       undoes + bias
     return dx, dw, db
 

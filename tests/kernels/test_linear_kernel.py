@@ -146,15 +146,20 @@ def test_task_error_is_raised():
 
 
 @pytest.mark.parametrize("readable", [False, True], ids=["kernel", "readable"])
-def test_dweight_out_is_written_and_returned(readable):
-    x, w, b, dy = _problem((160,), 24, 1100, np.float64, seed=4)
+@pytest.mark.parametrize("O", [1100, 5000])
+def test_dweight_out_is_added_into_and_returned(readable, O):
+    """dweight_out means "add into" (as embedding.backward(out=)): the tied MLM decoder and
+    the word-embedding backward both add into one buffer, in either order."""
+    x, w, b, dy = _problem((160,), 24, O, np.float64, seed=4)
     with readable_ops(readable):
         _, cache = linear.forward(x, w, b)
         ref = linear.backward(dy, cache)
-        out = np.full_like(w, np.nan)                  # overwritten, not added to
+        start = np.random.default_rng(5).standard_normal(w.shape)
+        out = start.copy()
         got = linear.backward(dy, cache, dweight_out=out)
         assert got[1] is out
-        for a, r in zip(got, ref):
+        assert _rel(out, start + ref[1]) <= 1e-12
+        for a, r in zip((got[0], got[2]), (ref[0], ref[2])):
             assert _rel(a, r) <= 1e-12
         with pytest.raises(ValueError, match="dweight_out has shape"):
             linear.backward(dy, cache, dweight_out=np.zeros((3, 3)))

@@ -1,4 +1,12 @@
-"""Tests of the eager attention core: gradients, masks, dropout, precision, torch, errors."""
+"""Tests of the attention op: gradients, masks, dropout, precision, torch, errors.
+
+Every test runs twice: on the readable (textbook) op under ``readable_ops()`` and with the
+kernels on, where the op's default ``implementation="auto"`` hands NumPy float arrays to the
+fused kernel (tested against the textbook op in tests/kernels/test_fused_attention.py); CuPy
+arrays take the textbook op either way. Tests of what only the textbook op keeps (the
+probabilities, the keep-mask) ask for it with ``implementation="eager"``.
+"""
+import functools
 import math
 
 import numpy as np
@@ -7,10 +15,20 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
-from minibert.ops import attention
+from minibert.ops import Fused, attention, readable_ops
 from tests.helpers import assert_close, to_np
 
 EPS32 = float(np.finfo(np.float32).eps)
+
+
+# the textbook op, whichever mode: the only one that forms the probabilities
+_forward_with_probs = functools.partial(attention.forward, return_probs=True)
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["readable", "kernels"])
+def readable(request):
+    with readable_ops(request.param):
+        yield request.param
 
 
 def _qkv(xp, shape, dtype=np.float64, seed=0, scale=1.0):
@@ -66,8 +84,12 @@ def test_gradcheck_float64(xp, S, D, masked, dropout):
     if dropout:
         # the keep-mask is a function of (seed, offset): fixed, so the op is differentiable
         kwargs.update(dropout_p=0.3, seed=12345, offset=7, training=True)
+    # tiny: an input whose gradient is exactly zero (S = 1: one key, so the softmax is the
+    # constant 1 and q, k cannot change the output) is judged on an absolute scale,
+    # 1e-8 x rtol = 1e-15: the fused kernel gets that zero as a difference of two sums of O(1)
+    # terms (dP - rowsum(dO * O)), a few float64 roundings away from 0
     check_op(attention.forward, attention.backward, {"q": q, "k": k, "v": v},
-             kwargs=kwargs, seed=S + D)
+             kwargs=kwargs, seed=S + D, tiny=1e-8)
 
 
 def test_gradcheck_custom_scale(xp):
@@ -82,17 +104,17 @@ def test_all_padding_sequence_gives_exact_zeros(xp, dtype):
     q, k, v = _qkv(xp, (B, A, S, D), dtype, seed=1, scale=3.0)
     mask = _padding_mask(xp, B, S, [6, 0, 3])                          # sequence 1: no real key
     for kw in ({}, {"dropout_p": 0.2, "seed": 9, "training": True}):
-        ctx, cache = attention.forward(q, k, v, attention_mask=mask, **kw)
+        ctx, cache = _forward_with_probs(q, k, v, attention_mask=mask, **kw)
         dctx = xp.asarray(np.random.default_rng(2).standard_normal(ctx.shape).astype(dtype))
         grads = attention.backward(dctx, cache)
         assert bool(xp.all(ctx[1] == 0)), "context of the all-padding sequence is not zero"
-        assert bool(xp.all(cache["probs"][1] == 0)), "probs of the all-padding sequence"
+        assert bool(xp.all(attention.probabilities(cache)[1] == 0)), "probs of the all-padding sequence"
         for name, g in zip("qkv", grads):
             assert bool(xp.all(xp.isfinite(g))), f"d{name} is not finite"
             assert bool(xp.all(g[1] == 0)), f"d{name} of the all-padding sequence is not zero"
         # the other sequences are untouched and finite
         assert bool(xp.all(xp.isfinite(ctx)))
-        rows = to_np(cache["probs"]).sum(axis=-1)                       # (B, A, S)
+        rows = to_np(attention.probabilities(cache)).sum(axis=-1)                       # (B, A, S)
         np.testing.assert_allclose(rows[[0, 2]], 1.0, rtol=0, atol=8 * np.finfo(dtype).eps)
 
 
@@ -104,8 +126,8 @@ def test_padded_keys_do_not_change_real_outputs(xp, dtype):
     mask_short = mask_long[:, :S]
     dctx = xp.asarray(np.random.default_rng(5).standard_normal((B, A, S + extra, D)).astype(dtype))
 
-    ctx_l, cache_l = attention.forward(q, k, v, attention_mask=mask_long)
-    ctx_s, cache_s = attention.forward(q[:, :, :S], k[:, :, :S], v[:, :, :S],
+    ctx_l, cache_l = _forward_with_probs(q, k, v, attention_mask=mask_long)
+    ctx_s, cache_s = _forward_with_probs(q[:, :, :S], k[:, :, :S], v[:, :, :S],
                                        attention_mask=mask_short)
     # upstream gradient only at the first S queries, so the two problems are the same
     dctx[:, :, S:] = 0
@@ -115,8 +137,8 @@ def test_padded_keys_do_not_change_real_outputs(xp, dtype):
     # Same math, different summation lengths: only the rounding of sums differs (a few eps).
     tol = 16 * float(np.finfo(dtype).eps)
     assert_close("context", ctx_l[:, :, :S], ctx_s, atol=tol, rtol=tol)
-    assert_close("probs", cache_l["probs"][:, :, :S, :S], cache_s["probs"], atol=tol, rtol=tol)
-    assert bool(xp.all(cache_l["probs"][..., S:] == 0)), "appended padded keys got probability"
+    assert_close("probs", attention.probabilities(cache_l)[:, :, :S, :S], attention.probabilities(cache_s), atol=tol, rtol=tol)
+    assert bool(xp.all(attention.probabilities(cache_l)[..., S:] == 0)), "appended padded keys got probability"
     for name, a, b in zip("qkv", g_l, g_s):
         assert_close(f"d{name}", a[:, :, :S], b, atol=tol, rtol=tol)
     for name, g in zip("kv", g_l[1:]):
@@ -139,16 +161,16 @@ def test_float32_matches_float64(xp):
     dctx = xp.asarray(np.random.default_rng(7).standard_normal((B, A, S, D)))
     mask = _padding_mask(xp, B, S, [S, 5])
     kw = dict(attention_mask=mask, dropout_p=0.1, seed=3, offset=1, training=True)
-    c64, cache64 = attention.forward(q, k, v, **kw)
+    c64, cache64 = _forward_with_probs(q, k, v, **kw)
     g64 = attention.backward(dctx, cache64)
     f32 = [x.astype(np.float32) for x in (q, k, v, dctx)]
-    c32, cache32 = attention.forward(*f32[:3], **kw)
+    c32, cache32 = _forward_with_probs(*f32[:3], **kw)
     g32 = attention.backward(f32[3], cache32)
 
     assert c32.dtype == np.float32 and all(g.dtype == np.float32 for g in g32)
     tol = 8 * math.sqrt(S + D) * EPS32
     assert_close("context", c32, c64, atol=tol, rtol=tol)
-    assert_close("probs", cache32["probs"], cache64["probs"], atol=tol, rtol=tol)
+    assert_close("probs", attention.probabilities(cache32), attention.probabilities(cache64), atol=tol, rtol=tol)
     for name, a, b in zip("qkv", g32, g64):
         scale = float(np.abs(to_np(b)).max())
         assert_close(f"d{name}", a, b, atol=tol * scale, rtol=tol)
@@ -158,12 +180,13 @@ def test_backward_leaves_cache_untouched_and_returns_fresh_arrays(xp):
     q, k, v = _qkv(xp, (2, 2, 5, 4), seed=8)
     mask = _padding_mask(xp, 2, 5, [5, 3])
     ctx, cache = attention.forward(q, k, v, attention_mask=mask, dropout_p=0.2, training=True)
-    before = {key: (val.copy() if hasattr(val, "copy") else val) for key, val in cache.items()}
+    items = dict(enumerate(cache.saved)) if isinstance(cache, Fused) else cache   # the kernel's
+    before = {key: (val.copy() if hasattr(val, "copy") else val) for key, val in items.items()}
     grads = attention.backward(xp.ones_like(ctx), cache)
-    for key, val in cache.items():
+    for key, val in items.items():
         if hasattr(val, "shape"):
             assert bool(xp.all(val == before[key])), f"backward wrote into cache[{key!r}]"
-    cached = [val for val in cache.values() if hasattr(val, "shape")]
+    cached = [val for val in items.values() if hasattr(val, "shape")]
     for name, g in zip("qkv", grads):
         assert not any(xp.may_share_memory(g, c) for c in cached), f"d{name} aliases the cache"
 
@@ -202,7 +225,7 @@ def test_matches_torch(xp, S, D, dropout):
     kw = dict(attention_mask=mask)
     if dropout:
         kw.update(dropout_p=0.25, seed=77, offset=3, training=True)
-    ctx, cache = attention.forward(q, k, v, **kw)
+    ctx, cache = _forward_with_probs(q, k, v, **kw)
     dq, dk, dv = attention.backward(dctx, cache)
 
     tq, tk, tv = (torch.tensor(to_np(x), requires_grad=True) for x in (q, k, v))
@@ -216,7 +239,7 @@ def test_matches_torch(xp, S, D, dropout):
     t_ctx.backward(tdctx)
     tol = 1e-12
     assert_close("context vs torch manual", ctx, t_ctx.detach().numpy(), atol=tol, rtol=tol)
-    assert_close("probs vs torch manual", cache["probs"], t_probs.detach().numpy(),
+    assert_close("probs vs torch manual", attention.probabilities(cache), t_probs.detach().numpy(),
                  atol=tol, rtol=tol)
     for name, g, tg in (("dq", dq, tq.grad), ("dk", dk, tk.grad), ("dv", dv, tv.grad)):
         assert_close(f"{name} vs torch manual", g, tg.numpy(), atol=tol, rtol=tol)
@@ -244,11 +267,11 @@ def test_dropout_uses_the_philox_keep_mask(xp, dtype):
     v = xp.broadcast_to(xp.eye(S, dtype=dtype), (B, A, S, S)).copy()
     mask = _padding_mask(xp, B, S, [S, 6])
     p, seed, offset = 0.4, 2024, 5
-    ctx, cache = attention.forward(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
+    ctx, cache = _forward_with_probs(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
                                    offset=offset, training=True)
     keep = mrng.keep_mask((B, A, S, S), p, seed, offset, xp)
     real = to_np(mask)[:, None, None, :].astype(bool) & np.ones((B, A, S, S), bool)
-    ctx_np, keep_np, probs_np = to_np(ctx), to_np(keep), to_np(cache["probs"])
+    ctx_np, keep_np, probs_np = to_np(ctx), to_np(keep), to_np(attention.probabilities(cache))
     assert np.all(ctx_np[~keep_np] == 0), "an entry was kept where keep_mask is False"
     assert np.all(ctx_np[keep_np & real] != 0), "an entry was dropped where keep_mask is True"
     expected = probs_np * keep_np / dtype(1.0 - p)
@@ -257,21 +280,21 @@ def test_dropout_uses_the_philox_keep_mask(xp, dtype):
     np.testing.assert_allclose(probs_np.sum(-1), 1.0, atol=8 * np.finfo(dtype).eps)
 
     # same seed and offset: the same bits
-    ctx2, _ = attention.forward(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
+    ctx2, _ = _forward_with_probs(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
                                 offset=offset, training=True)
     np.testing.assert_array_equal(to_np(ctx2), ctx_np)
     # another offset or seed: another mask
     for kw in ({"seed": seed, "offset": offset + 1}, {"seed": seed + 1, "offset": offset}):
-        other, _ = attention.forward(q, k, v, attention_mask=mask, dropout_p=p, training=True, **kw)
+        other, _ = _forward_with_probs(q, k, v, attention_mask=mask, dropout_p=p, training=True, **kw)
         assert not np.array_equal(to_np(other), ctx_np), f"{kw} gave the same dropout mask"
 
 
 def test_training_false_or_p_zero_ignores_dropout(xp):
     q, k, v = _qkv(xp, (2, 2, 6, 4), seed=13)
-    plain, plain_cache = attention.forward(q, k, v)
+    plain, plain_cache = _forward_with_probs(q, k, v)
     for kw in ({"dropout_p": 0.5, "seed": 1, "training": False},
                {"dropout_p": 0.0, "seed": 1, "training": True}):
-        ctx, cache = attention.forward(q, k, v, **kw)
+        ctx, cache = _forward_with_probs(q, k, v, **kw)
         np.testing.assert_array_equal(to_np(ctx), to_np(plain))
         assert cache["keep"] is None
 
@@ -301,12 +324,12 @@ def test_hypothesis_matches_float64_reference(xp, prob):
     dtype, p = prob["dtype"], prob["p"]
     q, k, v = _qkv(xp, prob["shape"], dtype, seed=prob["data_seed"], scale=prob["magnitude"])
     mask = xp.asarray(prob["mask"])
-    ctx, cache = attention.forward(q, k, v, attention_mask=mask, dropout_p=p, seed=prob["seed"],
+    ctx, cache = _forward_with_probs(q, k, v, attention_mask=mask, dropout_p=p, seed=prob["seed"],
                                    offset=prob["offset"], training=prob["training"])
     dctx = xp.ones_like(ctx)
     grads = attention.backward(dctx, cache)
     assert ctx.dtype == dtype
-    named = [("context", ctx), ("probs", cache["probs"])] + list(zip(("dq", "dk", "dv"), grads))
+    named = [("context", ctx), ("probs", attention.probabilities(cache))] + list(zip(("dq", "dk", "dv"), grads))
     for name, x in named:
         assert bool(xp.all(xp.isfinite(x))), f"{name} has non-finite entries"
 
@@ -322,7 +345,7 @@ def test_hypothesis_matches_float64_reference(xp, prob):
     s_max = float(np.abs(scale * q64 @ k64.swapaxes(-1, -2)).max())
     v_max = float(np.abs(to_np(v)).max())
     tol = 8 * math.sqrt(S + D) * eps * (1.0 + s_max)
-    assert_close("probs", cache["probs"], ref_probs, atol=tol)
+    assert_close("probs", attention.probabilities(cache), ref_probs, atol=tol)
     assert_close("context", ctx, ref, atol=tol * v_max / (1.0 - (p if dropping else 0.0)))
 
 

@@ -1,0 +1,48 @@
+"""The kernel switch: whether an op hands its work to a fused kernel, and the cache it then
+keeps. Its own module so that every op can import it while ``minibert.ops`` imports the ops
+(see the package docstring)."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+READABLE_ENV = "MINIBERT_READABLE_OPS"
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_state = {"readable": os.environ.get(READABLE_ENV, "0").strip() not in ("", "0")}
+
+
+class Fused(NamedTuple):
+    """The cache of an op whose forward ran a kernel: ``backward(dy, *saved)`` undoes it."""
+    backward: Callable
+    saved: tuple
+
+
+def set_readable_ops(readable: bool) -> bool:
+    """Force the readable NumPy ops (True) or let kernels run (False); returns the old value."""
+    if not isinstance(readable, (bool, np.bool_)):
+        raise TypeError(f"readable={readable!r} has type {type(readable).__name__}, expected a bool")
+    old, _state["readable"] = _state["readable"], bool(readable)
+    return old
+
+
+@contextmanager
+def readable_ops(readable: bool = True):
+    """``with readable_ops():`` runs the block on the readable ops, then restores the setting."""
+    old = set_readable_ops(readable)
+    try:
+        yield
+    finally:
+        set_readable_ops(old)
+
+
+def use_kernel(*arrays) -> bool:
+    """True when the kernels are on and every array is a NumPy float32/float64 array of one
+    dtype: the inputs the Numba kernels are compiled for. CuPy arrays (and the readable
+    switch) keep the op's own code."""
+    if _state["readable"] or not arrays:
+        return False
+    dtype = arrays[0].dtype if type(arrays[0]) is np.ndarray else None
+    return dtype in _FLOATS and all(type(a) is np.ndarray and a.dtype == dtype for a in arrays)
