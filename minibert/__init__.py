@@ -20,7 +20,8 @@ from .model import BertModel
 from .backend import gpu_available
 from .checkpoint import save_pretrained
 from .recipes import from_pretrained
-from .tokenization import BertTokenizer, train_wordpiece_vocab
+from .tokenization import BertTokenizer
+from .wordpiece_trainer import train_wordpiece_vocab
 from .optim import AdamW, LRSchedule, clip_grad_norm
 from .train import TrainConfig, Trainer
 

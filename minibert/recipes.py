@@ -21,7 +21,8 @@ from .checkpoint import load_pretrained
 from .config import PRESETS, BertConfig
 from .heads import BertForPreTraining, BertForSequenceClassification
 from .model import BertModel
-from .tokenization import BertTokenizer, train_wordpiece_vocab, write_vocab
+from .tokenization import BertTokenizer, write_vocab
+from .wordpiece_trainer import train_wordpiece_vocab
 from .train import (TrainConfig, Trainer, latest_checkpoint, list_checkpoints,
                     read_trainer_state, resolve_checkpoint)
 

@@ -1,4 +1,4 @@
-"""BERT's WordPiece tokenizer and a WordPiece vocabulary trainer.
+"""BERT's WordPiece tokenizer: text -> tokens -> ids, and the vocab.txt files it reads.
 
 Text becomes ids in two stages, exactly as in the original BERT.
 
@@ -59,36 +59,14 @@ follows the original algorithm (as does ``transformers.BertTokenizerLegacy``):
 ``BertTokenizerLegacy`` in turn applies NFC before everything, which the original does not
 (it matters only without accent stripping: the cased tokenizer).
 
-**The vocabulary trainer** (``train_wordpiece_vocab``) builds a WordPiece vocabulary bottom
-up. Every word of the training text (after basic tokenization) starts as its characters,
-the first as itself and the others as continuations: ``"low" -> l ##o ##w``. The alphabet
-of those symbols is the initial vocabulary. Then, repeatedly, the adjacent pair ``(a, b)``
-with the best score
-
-    score(a, b) = freq(ab) / (freq(a) freq(b))
-
-is merged into one symbol (``"l" + "##o" -> "lo"``) everywhere, where ``freq`` counts
-occurrences in the training words weighted by how often each word occurs. Unlike BPE, which
-merges the most frequent pair, the score prefers pairs whose parts rarely occur apart (it
-is the pointwise mutual information ratio ``P(ab) / (P(a) P(b))`` up to a constant). Ties are
-broken by the higher pair frequency, then by the symbols' strings. Merging stops when the
-vocabulary reaches ``vocab_size`` or no pair occurs ``min_frequency`` times.
-
-The work is incremental. Unique words are counted once; the pair counts, the symbol counts
-and an index ``pair -> words that contain it`` are kept up to date, so a merge touches only
-the words that contain the merged pair. The best pair comes from a heap with lazy deletion:
-an entry whose pair's score has dropped since it was pushed is pushed again with its current
-score when it surfaces; a score can rise only for pairs containing ``a`` or ``b`` (their
-counts drop) or the new symbol, and those pairs are pushed again at once.
+The vocabulary trainer, ``train_wordpiece_vocab``, is in ``minibert/wordpiece_trainer.py``.
 """
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import re
 import unicodedata
-from collections import Counter
 
 import numpy as np
 
@@ -684,195 +662,3 @@ class BertTokenizer:
         }
         atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return vocab_path, config_path
-
-
-# ----------------------------------------------------------------------------- trainer
-def _merged(a: str, b: str) -> str:
-    """The token of the merged pair: "lo" + "##w" -> "low", "##o" + "##w" -> "##ow"."""
-    return a + b[2:]
-
-
-def train_wordpiece_vocab(texts, vocab_size, do_lower_case=True, min_frequency=2,
-                          special_tokens=SPECIAL_TOKENS, limit_alphabet=1000,
-                          score="frequency") -> list[str]:
-    """Learn a WordPiece vocabulary from ``texts`` (an iterable of str: lines or documents).
-
-    Returns the tokens in id order: ``special_tokens``, then the alphabet (sorted), then the
-    merged tokens in the order they were learnt. The length is ``vocab_size`` unless merging
-    runs out of pairs that occur ``min_frequency`` times (shorter), or the special tokens and
-    the alphabet alone are more (then the result is those, nothing is cut).
-
-    Args:
-        texts: the training text; it is basic-tokenized (with ``do_lower_case``) into words.
-        vocab_size: the size to reach.
-        do_lower_case: lowercase and strip accents before counting, as the tokenizer will.
-        min_frequency: a pair must occur at least this often (over all words) to be merged.
-        special_tokens: the first tokens of the vocabulary.
-        limit_alphabet: keep only the this many most frequent characters; words with any
-            other character are left out of training (the tokenizer maps them to [UNK]).
-        score: which adjacent pair is merged next.
-            ``"frequency"``: the most frequent pair, freq(ab) (byte-pair encoding's rule, which
-            Hugging Face's ``tokenizers`` WordPiece trainer also uses). Common words become
-            single tokens early: on the standard library's docstrings an 8k vocabulary holds
-            "the", "return", "value" whole.
-            ``"likelihood"``: freq(ab) / (freq(a) freq(b)), the gain in unigram log-likelihood
-            of merging (the score usually quoted for WordPiece). It prefers pairs whose parts
-            rarely occur apart, so rare strings (a foreign word, "9999") merge before common
-            ones, and an 8k vocabulary still splits "the" into "th ##e".
-
-    The output is deterministic: it depends only on the texts and the arguments.
-    """
-    vocab_size = _check_positive_int(vocab_size, "vocab_size")
-    min_frequency = _check_positive_int(min_frequency, "min_frequency")
-    limit_alphabet = _check_positive_int(limit_alphabet, "limit_alphabet")
-    if isinstance(special_tokens, str):
-        raise TypeError(f"special_tokens={special_tokens!r} is invalid, expected a sequence of str")
-    special_tokens = list(special_tokens)
-    for i, t in enumerate(special_tokens):
-        if not isinstance(t, str) or not t:
-            raise TypeError(f"special_tokens[{i}]={t!r} is invalid, expected a non-empty str")
-    if len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special_tokens={special_tokens!r} has duplicates, expected unique tokens")
-    if vocab_size < len(special_tokens):
-        raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(special_tokens)} "
-                         "special tokens, expected at least as many")
-    if isinstance(texts, str):
-        raise TypeError("texts is a str, expected an iterable of str (wrap one text in a list)")
-    if score not in ("frequency", "likelihood"):
-        raise ValueError(f"score={score!r} is unknown, expected 'frequency' or 'likelihood'")
-    likelihood = score == "likelihood"
-
-    # 1. Count the words once; everything after works on unique words with a weight.
-    basic = BasicTokenizer(do_lower_case=do_lower_case)
-    word_counts: Counter = Counter()
-    for i, text in enumerate(texts):
-        word_counts.update(basic.tokenize(_check_text(text, f"texts[{i}]")))
-
-    # 2. The alphabet: the limit_alphabet most frequent characters (ties: by code point).
-    char_counts: Counter = Counter()
-    for word, c in word_counts.items():
-        for ch in word:
-            char_counts[ch] += c
-    kept = sorted(char_counts, key=lambda ch: (-char_counts[ch], ch))[:limit_alphabet]
-    kept = set(kept)
-    words = sorted(w for w in word_counts if all(ch in kept for ch in w))
-
-    symbols: list[str] = []                     # symbol id -> token string
-    symbol_id: dict[str, int] = {}
-
-    def intern(token: str) -> int:
-        if token not in symbol_id:
-            symbol_id[token] = len(symbols)
-            symbols.append(token)
-        return symbol_id[token]
-
-    alphabet = sorted({w[0] for w in words} | {"##" + ch for w in words for ch in w[1:]})
-    for t in alphabet:
-        intern(t)
-    seqs = [[symbol_id[w[0]]] + [symbol_id["##" + ch] for ch in w[1:]] for w in words]
-    counts = [word_counts[w] for w in words]
-
-    vocab = list(special_tokens)
-    in_vocab = set(vocab)
-    for t in alphabet:
-        if t not in in_vocab:
-            vocab.append(t)
-            in_vocab.add(t)
-
-    # 3. Counts: freq of each symbol, of each adjacent pair, and pair -> words containing it.
-    unit: list[int] = [0] * len(symbols)
-    pair_freq: dict[tuple[int, int], int] = {}
-    pair_words: dict[tuple[int, int], set[int]] = {}
-    symbol_pairs: dict[int, set[tuple[int, int]]] = {}   # symbol -> live pairs containing it
-    for wi, (seq, c) in enumerate(zip(seqs, counts)):
-        for s in seq:
-            unit[s] += c
-        for p in zip(seq, seq[1:]):
-            pair_freq[p] = pair_freq.get(p, 0) + c
-            pair_words.setdefault(p, set()).add(wi)
-    for p in pair_freq:
-        symbol_pairs.setdefault(p[0], set()).add(p)
-        symbol_pairs.setdefault(p[1], set()).add(p)
-
-    def key(p):
-        """Heap order: best score first, then higher frequency, then the strings."""
-        f = pair_freq[p]
-        best = -f / (unit[p[0]] * unit[p[1]]) if likelihood else -f
-        return (best, -f, symbols[p[0]], symbols[p[1]], p)
-
-    heap = [key(p) for p, f in pair_freq.items() if f >= min_frequency]
-    heapq.heapify(heap)
-
-    def add_pair(p, c, wi):
-        f = pair_freq.get(p, 0)
-        if f == 0:
-            symbol_pairs.setdefault(p[0], set()).add(p)
-            symbol_pairs.setdefault(p[1], set()).add(p)
-            pair_words[p] = set()
-        pair_freq[p] = f + c
-        pair_words[p].add(wi)
-
-    def remove_pair(p, c):
-        f = pair_freq[p] - c
-        if f:
-            pair_freq[p] = f
-        else:                                    # the pair is gone from every word
-            del pair_freq[p], pair_words[p]
-            symbol_pairs[p[0]].discard(p)
-            symbol_pairs[p[1]].discard(p)
-
-    # 4. Merge the best pair until the vocabulary is full or no pair is frequent enough.
-    while len(vocab) < vocab_size and heap:
-        entry = heapq.heappop(heap)
-        p = entry[-1]
-        if pair_freq.get(p, 0) < min_frequency:
-            continue                             # merged already, or too rare
-        current = key(p)
-        if current != entry:
-            if current > entry:                  # its score dropped since: queue it anew
-                heapq.heappush(heap, current)
-            continue                             # (a rise was pushed when it happened)
-        a, b = p
-        token = _merged(symbols[a], symbols[b])
-        c_id = intern(token)
-        if c_id == len(unit):
-            unit.append(0)
-        if token not in in_vocab:
-            vocab.append(token)
-            in_vocab.add(token)
-
-        risen = set()                            # new pairs: their counts went up
-        for wi in list(pair_words[p]):        # (order does not matter: sums)
-            old, c = seqs[wi], counts[wi]
-            new = []
-            i, n = 0, len(old)
-            while i < n:
-                if i + 1 < n and old[i] == a and old[i + 1] == b:
-                    new.append(c_id)             # a b -> ab, left to right
-                    i += 2
-                else:
-                    new.append(old[i])
-                    i += 1
-            merges = n - len(new)
-            unit[a] -= c * merges
-            unit[b] -= c * merges
-            unit[c_id] += c * merges
-            for q in zip(old, old[1:]):
-                remove_pair(q, c)
-            for q in zip(new, new[1:]):
-                add_pair(q, c, wi)
-                if c_id in q:
-                    risen.add(q)
-            # pairs that left this word keep it in their index; drop it
-            for q in set(zip(old, old[1:])) - set(zip(new, new[1:])):
-                if q in pair_words:
-                    pair_words[q].discard(wi)
-            seqs[wi] = new
-        if likelihood:
-            # freq(a) and freq(b) fell: every score with a or b in it rose
-            # (push order does not matter: the keys order the heap totally)
-            risen |= symbol_pairs.get(a, set()) | symbol_pairs.get(b, set())
-        for q in risen:
-            if pair_freq.get(q, 0) >= min_frequency:
-                heapq.heappush(heap, key(q))
-    return vocab
