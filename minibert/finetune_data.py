@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pretraining_data import docstring_paragraphs, file_docstrings, stdlib_root, stdlib_source_files
+from .corpora import docstring_paragraphs, file_docstrings, stdlib_root, stdlib_source_files
 
 _INT = re.compile(r"[+-]?\d+")
 

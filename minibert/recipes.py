@@ -83,7 +83,7 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
     Returns:
         TrainResult (the final step, the last checkpoint, the metric history).
     """
-    from . import pretraining_data as pdata
+    from . import corpora, pretraining_data as pdata
     _check_common(preset, seq_len, batch_size, device)
     config = BertConfig.preset(preset)
     _check_seq_len(seq_len, config, f"preset {preset!r}")
@@ -103,7 +103,7 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
 
     on_stage("reading the corpus " + (repr(corpus) if corpus else
                                       "(docstrings of the Python standard library)"))
-    documents = pdata.read_corpus(corpus) if corpus else pdata.stdlib_documents()
+    documents = corpora.read_corpus(corpus) if corpus else corpora.stdlib_documents()
     n_sent = sum(len(d) for d in documents)
     on_stage(f"  {len(documents):,} documents, {n_sent:,} sentences")
 

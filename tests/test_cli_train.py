@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from minibert.cli import main
-from minibert.pretraining_data import stdlib_documents
+from minibert.corpora import stdlib_documents
 
 SMALL = ["--preset", "tiny", "--vocab-size", "400", "--steps", "4", "--batch-size", "4",
          "--seq-len", "32", "--save-every", "2", "--eval-every", "2"]
