@@ -59,10 +59,12 @@ def cpu_model():
 
 def sgemm_gflops(threads, repeat=15):
     """Median SGEMM rate of ``np.matmul`` (1024^3) with ``threads`` BLAS threads, measured in
-    a fresh interpreter (OpenBLAS fixes its thread count when it is loaded)."""
+    a fresh interpreter (OpenBLAS fixes its thread count when it is loaded); ``threads=None``
+    leaves the environment as it is (the BLAS library's own default)."""
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
+        if threads is not None:
+            env[var] = str(threads)
     out = subprocess.run([sys.executable, "-c", _SGEMM_CODE, str(SGEMM_N), str(repeat)],
                          env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
