@@ -83,7 +83,7 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
     Returns:
         TrainResult (the final step, the last checkpoint, the metric history).
     """
-    from . import corpora, pretraining_data as pdata
+    from . import corpora
     _check_common(preset, seq_len, batch_size, device)
     config = BertConfig.preset(preset)
     _check_seq_len(seq_len, config, f"preset {preset!r}")
@@ -91,6 +91,32 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                      seed=seed, save_every=save_every, eval_every=eval_every).validate()
     out_dir = os.fspath(out_dir)
+    ckpt = _check_pretrain_out_dir(out_dir, resume, vocab)
+
+    on_stage("reading the corpus " + (repr(corpus) if corpus else
+                                      "(docstrings of the Python standard library)"))
+    documents = corpora.read_corpus(corpus) if corpus else corpora.stdlib_documents()
+    n_sent = sum(len(d) for d in documents)
+    on_stage(f"  {len(documents):,} documents, {n_sent:,} sentences")
+    tokenizer = _pretraining_tokenizer(documents, out_dir, ckpt, vocab, vocab_size, on_stage)
+    train_data, eval_data = _pretraining_arrays(documents, tokenizer, seq_len, P, dupe_factor,
+                                                seed, on_stage)
+
+    config.vocab_size = len(tokenizer)
+    config.validate()
+    model = BertForPreTraining(config, dtype=np.float32, seed=seed, device=device)
+    on_stage(f"model: BertForPreTraining, preset {preset!r} (L={config.num_hidden_layers} "
+             f"H={config.hidden_size} A={config.num_attention_heads} V={config.vocab_size}), "
+             f"{model.num_parameters():,} parameters, device {device}")
+    trainer = Trainer(model, train_data, eval_data, out_dir, tc, "pretraining",
+                      save_extra=tokenizer.save_pretrained)
+    return trainer.train(resume=resume, stop_at=stop_at, on_step=on_step, on_eval=on_eval)
+
+
+def _check_pretrain_out_dir(out_dir, resume, vocab):
+    """The checkpoint to resume from (None for a new run), checked before any data is built:
+    a new run refuses a directory that holds one already."""
+    ckpt = None
     if resume:
         ckpt = latest_checkpoint(out_dir)
         read_trainer_state(ckpt)                   # fail now, not after building the data
@@ -100,28 +126,34 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
                          "continue it or choose another --out")
     if vocab is not None and not os.path.isfile(vocab):
         raise ValueError(f"vocab file {vocab!r} does not exist")
+    return ckpt
 
-    on_stage("reading the corpus " + (repr(corpus) if corpus else
-                                      "(docstrings of the Python standard library)"))
-    documents = corpora.read_corpus(corpus) if corpus else corpora.stdlib_documents()
-    n_sent = sum(len(d) for d in documents)
-    on_stage(f"  {len(documents):,} documents, {n_sent:,} sentences")
 
-    if resume:
+def _pretraining_tokenizer(documents, out_dir, ckpt, vocab, vocab_size, on_stage):
+    """The resumed checkpoint's tokenizer, the one of ``vocab``, or one whose vocabulary is
+    trained on ``documents`` and written to ``out_dir/vocab.txt``."""
+    if ckpt is not None:
         tokenizer = BertTokenizer.from_pretrained(ckpt)
         on_stage(f"vocabulary: {len(tokenizer):,} tokens from {ckpt}")
-    elif vocab is not None:
+        return tokenizer
+    if vocab is not None:
         tokenizer = BertTokenizer(vocab)
         on_stage(f"vocabulary: {len(tokenizer):,} tokens from {vocab}")
-    else:
-        on_stage(f"training a WordPiece vocabulary of {vocab_size:,} tokens")
-        tokens = train_wordpiece_vocab((s for d in documents for s in d), vocab_size)
-        os.makedirs(out_dir, exist_ok=True)
-        vocab = os.path.join(out_dir, "vocab.txt")
-        write_vocab(tokens, vocab)
-        tokenizer = BertTokenizer(vocab)
-        on_stage(f"  {len(tokenizer):,} tokens written to {vocab}")
+        return tokenizer
+    on_stage(f"training a WordPiece vocabulary of {vocab_size:,} tokens")
+    tokens = train_wordpiece_vocab((s for d in documents for s in d), vocab_size)
+    os.makedirs(out_dir, exist_ok=True)
+    vocab = os.path.join(out_dir, "vocab.txt")
+    write_vocab(tokens, vocab)
+    tokenizer = BertTokenizer(vocab)
+    on_stage(f"  {len(tokenizer):,} tokens written to {vocab}")
+    return tokenizer
 
+
+def _pretraining_arrays(documents, tokenizer, seq_len, P, dupe_factor, seed, on_stage):
+    """Training arrays and held-out arrays (None when the held-out documents give no
+    instance) from disjoint documents."""
+    from . import pretraining_data as pdata
     train_docs, held_docs = _split_documents(documents)
     on_stage(f"making pretraining instances (max_seq_length {seq_len}, {P} masked positions, "
              f"dupe_factor {dupe_factor})")
@@ -138,16 +170,7 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
             on_stage(f"  no held-out evaluation: {e}")
     on_stage(f"  {len(inst):,} training instances, "
              f"{0 if eval_data is None else len(eval_data['input_ids']):,} held-out")
-
-    config.vocab_size = len(tokenizer)
-    config.validate()
-    model = BertForPreTraining(config, dtype=np.float32, seed=seed, device=device)
-    on_stage(f"model: BertForPreTraining, preset {preset!r} (L={config.num_hidden_layers} "
-             f"H={config.hidden_size} A={config.num_attention_heads} V={config.vocab_size}), "
-             f"{model.num_parameters():,} parameters, device {device}")
-    trainer = Trainer(model, train_data, eval_data, out_dir, tc, "pretraining",
-                      save_extra=tokenizer.save_pretrained)
-    return trainer.train(resume=resume, stop_at=stop_at, on_step=on_step, on_eval=on_eval)
+    return train_data, eval_data
 
 
 # --------------------------------------------------------------------------- fine-tuning

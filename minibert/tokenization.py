@@ -335,6 +335,49 @@ def _truncate_pair(a: list, b: list, budget: int):
     return a[:keep_long], b[:keep_short]
 
 
+def _batch_texts(text, text_pair):
+    """``(texts, pairs)``: the batch's first sequences as a list, and the second ones as a
+    list of the same length or None; checks the types and lengths."""
+    if isinstance(text, str):
+        texts = [text]
+        pairs = None if text_pair is None else [_check_text(text_pair, "text_pair")]
+    elif isinstance(text, (list, tuple)):
+        texts = list(text)
+        for i, t in enumerate(texts):
+            _check_text(t, f"text[{i}]")
+        if text_pair is None:
+            pairs = None
+        elif isinstance(text_pair, (list, tuple)):
+            pairs = list(text_pair)
+            if len(pairs) != len(texts):
+                raise ValueError(f"text_pair has {len(pairs)} entries, expected "
+                                 f"{len(texts)} (one per text)")
+        else:
+            raise TypeError(f"text_pair must be a list of str for a list text, got "
+                            f"{type(text_pair).__name__}")
+    else:
+        raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}")
+    if not texts:
+        raise ValueError("text=[] is empty, expected at least one text")
+    return texts, pairs
+
+
+def _padded_length(lengths: list[int], padding: str, max_length) -> int:
+    """S, the length of a batch of sequences of ``lengths`` under ``padding``."""
+    if padding == "longest":
+        return max(lengths)
+    if padding == "max_length":
+        if max(lengths) > max_length:
+            raise ValueError(f"a sequence has {max(lengths)} tokens, more than "
+                             f"max_length={max_length}; expected truncation=True to pad to "
+                             "max_length")
+        return max_length
+    if any(n != lengths[0] for n in lengths):
+        raise ValueError(f"padding=False but the sequences have lengths {lengths}; expected "
+                         "equal lengths (or padding='longest')")
+    return lengths[0]
+
+
 class BertTokenizer:
     """BERT's tokenizer: special tokens, basic tokenization, WordPiece, and model inputs.
 
@@ -544,31 +587,7 @@ class BertTokenizer:
                              "'max_length' or False")
         truncation = _check_bool(truncation, "truncation")
 
-        if isinstance(text, str):
-            texts = [text]
-            if text_pair is not None:
-                pairs = [_check_text(text_pair, "text_pair")]
-            else:
-                pairs = None
-        elif isinstance(text, (list, tuple)):
-            texts = list(text)
-            for i, t in enumerate(texts):
-                _check_text(t, f"text[{i}]")
-            if text_pair is None:
-                pairs = None
-            elif isinstance(text_pair, (list, tuple)):
-                pairs = list(text_pair)
-                if len(pairs) != len(texts):
-                    raise ValueError(f"text_pair has {len(pairs)} entries, expected "
-                                     f"{len(texts)} (one per text)")
-            else:
-                raise TypeError(f"text_pair must be a list of str for a list text, got "
-                                f"{type(text_pair).__name__}")
-        else:
-            raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}")
-        if not texts:
-            raise ValueError("text=[] is empty, expected at least one text")
-
+        texts, pairs = _batch_texts(text, text_pair)
         pair = pairs is not None
         needs_length = truncation or padding == "max_length" or max_length is not None
         max_length = self._check_max_length(max_length, pair) if needs_length else None
@@ -580,26 +599,17 @@ class BertTokenizer:
             if pair:
                 b = self.convert_tokens_to_ids(self.tokenize(pairs[i], f"text_pair[{i}]"))
             rows.append(self._build(a, b, truncation, max_length))
+        S = _padded_length([len(ids) for ids, _ in rows], padding, max_length)
+        return self._pad(rows, S)
 
-        lengths = [len(ids) for ids, _ in rows]
-        if padding == "longest":
-            S = max(lengths)
-        elif padding == "max_length":
-            S = max_length
-            if max(lengths) > S:
-                raise ValueError(f"a sequence has {max(lengths)} tokens, more than "
-                                 f"max_length={S}; expected truncation=True to pad to max_length")
-        else:
-            S = lengths[0]
-            if any(n != S for n in lengths):
-                raise ValueError(f"padding=False but the sequences have lengths {lengths}; expected "
-                                 "equal lengths (or padding='longest')")
-
+    def _pad(self, rows, S: int) -> dict:
+        """The (input_ids, token_type_ids) rows padded on the right to S, as (B, S) arrays."""
         B = len(rows)
         input_ids = np.full((B, S), self.pad_token_id, dtype=np.int64)   # (B, S)
         token_type_ids = np.zeros((B, S), dtype=np.int64)                # (B, S)
         attention_mask = np.zeros((B, S), dtype=np.int64)                # (B, S)
-        for r, ((ids, types), n) in enumerate(zip(rows, lengths)):
+        for r, (ids, types) in enumerate(rows):
+            n = len(ids)
             input_ids[r, :n] = ids
             token_type_ids[r, :n] = types
             attention_mask[r, :n] = 1
