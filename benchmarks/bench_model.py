@@ -236,14 +236,6 @@ def finetune_config(preset):
 # --------------------------------------------------------------------------- minibert
 
 
-def inference_call(model):
-    """``model(...)``: the outputs only, no cache (the forward's outputs where the model
-    has no ``__call__`` yet)."""
-    if callable(model):
-        return model
-    return lambda *a, **k: model.forward(*a, **k)[0]
-
-
 def minibert_model(config, attn="fused"):
     """BertForPreTraining and its AdamW; ``attn=None`` keeps the config's attention."""
     if attn is not None:
@@ -266,11 +258,10 @@ def pretrain_step(model, opt, batch):
 
 
 def encoder_inference(encoder, batch):
-    call = inference_call(encoder)
-
+    """``encoder(...)``: inference as documented, the outputs only, no cache."""
     def infer():
-        return call(batch["ids"], attention_mask=batch["mask"],
-                    token_type_ids=batch["token_types"]).last_hidden_state
+        return encoder(batch["ids"], attention_mask=batch["mask"],
+                       token_type_ids=batch["token_types"]).last_hidden_state
     return infer
 
 
