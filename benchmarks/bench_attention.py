@@ -113,8 +113,8 @@ import numba  # noqa: E402
 
 from minibert.ops import attention  # noqa: E402
 from minibert import kernels as fused  # noqa: E402
-from minibert.kernels import (attn_v1_naive, attn_v2_fused_softmax,  # noqa: E402
-                              attn_v3_online_softmax, attn_v4_tiled)
+from minibert.kernels.ladder import (attn_v1_naive, attn_v2_fused_softmax,  # noqa: E402
+                                     attn_v3_online_softmax, attn_v4_tiled)
 
 try:
     import torch
@@ -274,7 +274,8 @@ def implementations(threads, itemsize=4):
         ladder_impl("v3 online softmax", attn_v3_online_softmax, 1,
                     f"fwd {bk} scores + D accumulators, bwd {bk}"),
         ladder_impl("v4 tiled", attn_v4_tiled, threads,
-                    f"blocks of {bq4} queries x {bk4} keys per task (see attn_v4_tiled.py)"),
+                    f"blocks of {bq4} queries x {bk4} keys per task "
+                    "(see ladder/attn_v4_tiled.py)"),
         ladder_impl("v5 minibert.kernels", _V5, threads, scratch5),
     ]
     if threads > 1:

@@ -25,7 +25,7 @@ call to the C library's sqrtf, and neither loop vectorised: 42 ms instead of 10 
 step on 11 M float32 numbers (one thread; the results are the same bits either way).
 
 The work is cut into rows of ``CHUNK`` consecutive flat indices, the unit ``run_rows``
-hands out, so that threading can be decided in one place (``_rows.py``); every element
+hands out, so that threading can be decided in one place (``_threads.py``); every element
 is computed the same way whichever row it falls in.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._rows import run_rows
+from ._threads import run_rows
 
 #: Flat indices per row of the kernels (256 KiB of each float32 array).
 CHUNK = 1 << 16

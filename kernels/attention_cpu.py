@@ -1,9 +1,12 @@
 """Fused softmax attention on the CPU, the production kernel (rung 5 of the ladder):
-FlashAttention-2's algorithm of ``attn_v4_tiled.py``, with the block products done by BLAS.
+FlashAttention-2's algorithm of ``ladder/attn_v4_tiled.py``, with the block products done
+by BLAS.
 
 The function, the tiles, the online softmax, the skipping of padded keys, the recomputing
-backward and its row statistics are those of rung 4 (``attn_v4_tiled.py``, whose docstring
-derives them); read that first. What changes is who does which part of a tile:
+backward and its row statistics are those of rung 4 (``ladder/attn_v4_tiled.py``, whose
+docstring derives them); read that first. The building blocks the two share (exp, row max,
+dropout factors, key-block spans, argument checks) live in ``_blocks.py``; this kernel
+imports no rung. What changes is who does which part of a tile:
 
 * **The block products go to BLAS** (``np.matmul`` on stacks of blocks): S = Q K^T and
   O += P V forward; S = Q K^T, dP = dO V^T, dV += Pd^T dO, dK += dS^T Q, dQ += dS K
@@ -43,9 +46,9 @@ import math
 import numpy as np
 from numba import njit
 
+from ._blocks import (EXP_CONSTANTS, FASTMATH, INT_OF, check_blocks, exp_row, keep_factors,
+                      kernel_args, row_max)
 from ._threads import run_tasks
-from .attn_v4_tiled import (_EXP_CONSTANTS, _INT_OF, FASTMATH, _check_blocks, _exp_row,
-                            _keep_factors, _kernel_args, _row_max)
 
 #: Default tile: 128 queries x 512 keys. block_k = 512 covers a BERT sequence in one key
 #: block (no online-softmax rescaling, and the backward's row statistics come with the
@@ -93,9 +96,9 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
                 srow[c] = srow[c] * scale + bias_blk[c]
             # a block's span starts and ends at real keys, so m_new is finite; before the
             # first block m = -inf and alpha = exp(-inf) = 0
-            m_new = max(m[g, r], _row_max(srow, nc))
+            m_new = max(m[g, r], row_max(srow, nc))
             alpha = np.exp(m[g, r] - m_new)
-            _exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)           # P~ = exp(s - m_new)
+            exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)            # P~ = exp(s - m_new)
             row_sum = zero
             for c in range(nc):
                 row_sum += srow[c]
@@ -103,7 +106,7 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
             m[g, r] = m_new
             if dropping:
                 base = ((b * A + h0 + g) * S + i0 + r) * S + j0
-                _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
+                keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
                 for c in range(nc):
                     srow[c] *= kf[c]
             if not first:
@@ -141,7 +144,7 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
     sums sum_j P_ij and sum_j P_ij dP_ij is added to ``row_sum`` and ``row_pdp`` (G, nr);
     with ``grads`` (the sums being complete) ``p`` leaves as Pd = P keep / (1 - p_drop) and
     ``ds`` as scale dS = scale P (dP - D_i), with P normalised by its row sum and
-    D_i = rowsum(dP P) (see "The row statistics" in ``attn_v4_tiled.py``).
+    D_i = rowsum(dP P) (see "The row statistics" in ``ladder/attn_v4_tiled.py``).
     """
     G, nr, nc = p.shape
     ftype = p.dtype.type
@@ -158,10 +161,10 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
             lse_i = lse[g, r]
             for c in range(nc):
                 prow[c] = prow[c] * scale + bias_blk[c] - lse_i
-            _exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
+            exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
             if dropping:
                 base = ((b * A + h0 + g) * S + i0 + r) * S + j0
-                _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
+                keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
             if stats:
                 t_sum = zero
                 t_pdp = zero
@@ -187,7 +190,7 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k):
     key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed, offset = args
     _, A, S, D = q.shape
     G = h1 - h0
-    consts, int_type = _EXP_CONSTANTS[q.dtype], _INT_OF[q.dtype]
+    consts, int_type = EXP_CONSTANTS[q.dtype], INT_OF[q.dtype]
     s_buf = np.empty(G * block_q * block_k, dtype=q.dtype)              # scores, then P~
     t_buf = np.empty(G * block_q * D, dtype=q.dtype)                    # P~ V of a later block
     m = np.empty((G, block_q), dtype=q.dtype)
@@ -226,7 +229,7 @@ def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, block_q, blo
     key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed, offset = args
     _, A, S, D = q.shape
     G = h1 - h0
-    consts, int_type = _EXP_CONSTANTS[q.dtype], _INT_OF[q.dtype]
+    consts, int_type = EXP_CONSTANTS[q.dtype], INT_OF[q.dtype]
     p_buf = np.empty(G * block_q * block_k, dtype=q.dtype)              # P, then Pd
     ds_buf = np.empty(G * block_q * block_k, dtype=q.dtype)             # dO V^T, then c dS
     t_buf = np.empty(G * max(block_q, block_k) * D, dtype=q.dtype)      # a product to add
@@ -235,7 +238,7 @@ def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, block_q, blo
     blocks = [(int(key_lo[b, kb]), int(key_hi[b, kb])) for kb in range(key_lo.shape[1])
               if key_lo[b, kb] < key_hi[b, kb]]
     # with one key block the row sums come with the block; with several a first sweep over
-    # all blocks computes them before any dS (see ``attn_v4_tiled.py``)
+    # all blocks computes them before any dS (see ``ladder/attn_v4_tiled.py``)
     sweeps = [(True, True)] if len(blocks) == 1 else [(True, False), (False, True)]
     # rows that no product writes are zero: dK and dV at keys outside every block span
     # (padding), dQ of a sequence without a real key
@@ -310,8 +313,8 @@ def _run(task, tasks, work):
 # --------------------------------------------------------------------------- entry points
 
 
-def _blocks(block_q, block_k, S):
-    _check_blocks(block_q, block_k)
+def _block_sizes(block_q, block_k, S):
+    check_blocks(block_q, block_k)
     return max(1, min(int(block_q), S)), max(1, min(int(block_k), S))
 
 
@@ -326,8 +329,8 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
     """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
     NumPy arrays, ``scale`` a float, ``mask`` (B, S) of 0/1 or None."""
     B, A, S, D = q.shape
-    block_q, block_k = _blocks(block_q, block_k, S)
-    args = _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
+    block_q, block_k = _block_sizes(block_q, block_k, S)
+    args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     out = _uninitialised(q)                                              # (B, A, S, D)
     lse = _uninitialised(q[..., 0])                                      # (B, A, S)
     _run(lambda b, h0, h1: _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k),
@@ -338,10 +341,11 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
                        *, block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
-    ``out`` is not read (see ``attn_v4_tiled.py``); it stays in FlashAttention's signature."""
+    ``out`` is not read (see ``ladder/attn_v4_tiled.py``); it stays in FlashAttention's
+    signature."""
     B, A, S, D = q.shape
-    block_q, block_k = _blocks(block_q, block_k, S)
-    args = _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
+    block_q, block_k = _block_sizes(block_q, block_k, S)
+    args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     dq, dk, dv = _uninitialised(q), _uninitialised(q), _uninitialised(q)  # (B, A, S, D) each
     _run(lambda b, h0, h1: _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args,
                                           block_q, block_k),

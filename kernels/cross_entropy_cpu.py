@@ -27,10 +27,10 @@ within a factor 2 of the max the difference is exact), and 1 / s_n enters as a f
 float64. With exp(logits - lse_n) in float32 the subtraction would round at the scale of
 |lse_n| instead of |z|: for logits near 300, a hundred times coarser.
 
-Arithmetic. exp is ``attn_v4_tiled._exp_row`` (a vectorised range reduction and
-polynomial; the scalar libm exp costs 3 to 5 times more per element), in the logits'
-dtype; measured in float32 on [-20, 0] against a long-double exp: 0.91 ulp at most, 0.30
-rms (NumPy's float32 exp: 2.35 and 0.58). The sum of the exps is accumulated in float64
+Arithmetic. exp is ``_blocks.exp_row`` (a vectorised range reduction and polynomial;
+the scalar libm exp costs 3 to 5 times more per element), in the logits' dtype;
+measured in float32 on [-20, 0] against a long-double exp: 0.91 ulp at most, 0.30 rms
+(NumPy's float32 exp: 2.35 and 0.58). The sum of the exps is accumulated in float64
 for either dtype (``fastmath`` "reassoc" on that loop only, so that it vectorises; its
 rounding, ~C eps64, is then far below float32's), log s_n and l_n in float64, and the
 backward's per-row factor dloss scale_n / s_n too, so that each gradient is rounded once
@@ -53,8 +53,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._rows import run_rows
-from .attn_v4_tiled import _EXP_CONSTANTS, _INT_OF, _exp_row
+from ._blocks import EXP_CONSTANTS, INT_OF, exp_row
+from ._threads import run_rows
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -95,7 +95,7 @@ def forward_rows(logits, labels, exp_consts, int_type, row_max, row_sum, nll, r0
     (the op puts 0 on ignored rows, whose l_n it weighs by 0)."""
     C = logits.shape[1]
     e = np.empty(C, dtype=logits.dtype)             # exp of one row
-    ebuf = np.empty(C, dtype=logits.dtype)          # _exp_row's scratch
+    ebuf = np.empty(C, dtype=logits.dtype)          # exp_row's scratch
     ebits = ebuf.view(int_type)
     inf = np.inf
     for n in range(r0, r1):
@@ -106,7 +106,7 @@ def forward_rows(logits, labels, exp_consts, int_type, row_max, row_sum, nll, r0
             row_sum[n] = np.nan
             nll[n] = np.nan
             continue
-        _exp_row(e, C, m, ebuf, ebits, exp_consts)                      # e = exp(x - m)
+        exp_row(e, C, m, ebuf, ebits, exp_consts)                       # e = exp(x - m)
         s = _sum64(e, C)                                                # in [1, C]
         row_sum[n] = s
         # l_n = lse_n - logit[label] = log s - (logit[label] - m); the difference of two
@@ -128,7 +128,7 @@ def backward_rows(logits, labels, row_max, row_sum, scale, dloss, exp_consts, in
         d = dloss * np.float64(scale[n])              # dloss c_n w_n / W: the row's weight
         coef = d / row_sum[n]                         # ... times 1 / s_n: p = exp(x - m) / s
         _copy(logits[n], g, C)
-        _exp_row(g, C, row_max[n], ebuf, ebits, exp_consts)            # g = exp(x - m)
+        exp_row(g, C, row_max[n], ebuf, ebits, exp_consts)             # g = exp(x - m)
         at_label = np.float64(g[labels[n]])
         for c in range(np.uint64(C)):
             g[c] = ftype(np.float64(g[c]) * coef)     # undoes nll = lse - ...: the softmax
@@ -145,8 +145,8 @@ def forward(logits, labels):
     row_max = np.empty(N, dtype=logits.dtype)
     row_sum = np.empty(N, dtype=np.float64)
     nll = np.empty(N, dtype=np.float64)
-    run_rows(forward_rows, N, logits, labels, _EXP_CONSTANTS[logits.dtype],
-             _INT_OF[logits.dtype], row_max, row_sum, nll)
+    run_rows(forward_rows, N, logits, labels, EXP_CONSTANTS[logits.dtype],
+             INT_OF[logits.dtype], row_max, row_sum, nll)
     return nll, row_max, row_sum
 
 
@@ -160,7 +160,7 @@ def backward(dloss, logits, labels, row_max, row_sum, scale):
     dlogits = np.empty(logits.shape, dtype=dtype)
     d = float(dloss) if dloss.shape == () else 1.0
     run_rows(backward_rows, logits.shape[0], logits, labels, row_max, row_sum,
-             np.ascontiguousarray(scale), d, _EXP_CONSTANTS[dtype], _INT_OF[dtype], dlogits)
+             np.ascontiguousarray(scale), d, EXP_CONSTANTS[dtype], INT_OF[dtype], dlogits)
     if dloss.shape != ():
         dlogits = dloss * dlogits        # a non-scalar upstream broadcasts, as in the readable op
     return dlogits

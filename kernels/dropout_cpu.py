@@ -46,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._rows import run_rows
+from ._threads import run_rows
 from .philox_cpu import keep_from_word, philox4x32_10
 
 #: Elements per row of the kernels: a multiple of 4, so that every row but the last starts

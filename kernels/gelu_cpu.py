@@ -71,9 +71,9 @@ import math
 import numpy as np
 from numba import njit
 
-from minibert.ops.gelu import _BETA, _INV_SQRT_2PI, _KAPPA, _SQRT_HALF
+from minibert.constants import BETA, INV_SQRT_2PI, KAPPA, SQRT_HALF
 
-from ._rows import run_rows
+from ._threads import run_rows
 
 #: Columns per piece of a row: the float32 path's three scratch rows (z, and the two exp
 #: parts; 4 KiB each) stay in the L1 cache.
@@ -135,7 +135,7 @@ def _exp_arg(z, tanh_form):
     """The argument w of the one exp per element: -z^2 / 2 (exact form) or -2u (tanh form,
     u = beta (z + kappa z^3)), clamped to exp's range."""
     if tanh_form:
-        w = -2.0 * _BETA * (z + _KAPPA * (z * z * z))
+        w = -2.0 * BETA * (z + KAPPA * (z * z * z))
     else:
         w = -0.5 * (z * z)
     return min(max(w, -_W_MAX), _W_MAX), w
@@ -168,7 +168,7 @@ def _cdf_and_slope_parts(z, e, w, tanh_form):
         else:
             s = 1.0 / (1.0 + e)                            # e = exp(-2u)
             one_minus_s = e * s
-        t = 2.0 * s * one_minus_s * _BETA * (1.0 + 3.0 * _KAPPA * (z * z))
+        t = 2.0 * s * one_minus_s * BETA * (1.0 + 3.0 * KAPPA * (z * z))
         return s, t
     a = abs(z)
     if a > _A_CUT:
@@ -178,7 +178,7 @@ def _cdf_and_slope_parts(z, e, w, tanh_form):
     den = (((((_D6 * ac + _D5) * ac + _D4) * ac + _D3) * ac + _D2) * ac + _D1) * ac + 1.0
     q = e * (num / den)                                     # Phi(-|z|)
     s = q if z < 0.0 else 1.0 - q
-    return s, e * _INV_SQRT_2PI
+    return s, e * INV_SQRT_2PI
 
 
 @njit(inline="always", **_FLAGS)
@@ -203,13 +203,13 @@ def _forward_rows(x, bias, has_bias, tanh_form, y, slope, r0, r1):
                 for j in range(n):
                     z = _z(xr, br, has_bias, j)
                     if tanh_form:
-                        t = math.tanh(_BETA * (z + _KAPPA * (z * z * z)))
-                        du_dz = _BETA * (1.0 + 3.0 * _KAPPA * (z * z))
+                        t = math.tanh(BETA * (z + KAPPA * (z * z * z)))
+                        du_dz = BETA * (1.0 + 3.0 * KAPPA * (z * z))
                         yr[j] = 0.5 * z * (1.0 + t)
                         gr[j] = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du_dz
                     else:
-                        cdf = 0.5 * (1.0 + math.erf(z * _SQRT_HALF))
-                        pdf = _INV_SQRT_2PI * math.exp(-0.5 * (z * z))
+                        cdf = 0.5 * (1.0 + math.erf(z * SQRT_HALF))
+                        pdf = INV_SQRT_2PI * math.exp(-0.5 * (z * z))
                         yr[j] = z * cdf
                         gr[j] = cdf + z * pdf
             else:

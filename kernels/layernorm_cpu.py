@@ -56,7 +56,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._rows import run_rows
+from ._threads import run_rows
 
 #: Rows per partial sum of dweight and dbias; each block writes one row of the buffer.
 ROWS_PER_BLOCK = 32

@@ -14,7 +14,7 @@ so ``dropout_keep(seed, offset, i, p)`` equals ``minibert.rng.keep_mask(shape, p
 offset).reshape(-1)[i]`` bit for bit, whatever the implementation that asks.
 
 One Philox call yields four words (four consecutive elements); a kernel that walks a row
-of a mask can call ``philox4x32_10`` once per group of four (see ``attn_v4_tiled.py``)
+of a mask can call ``philox4x32_10`` once per group of four (see ``_blocks.keep_factors``)
 instead of ``philox_uint32`` per element.
 
 Integer typing in Numba: a Python int below 2**63 arrives as int64, above as uint64, and

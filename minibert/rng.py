@@ -32,7 +32,10 @@ PHILOX_W1 = 0xBB67AE85
 MASK32 = 0xFFFFFFFF
 
 
-def _check_u64(name, value):
+def check_u64(name, value):
+    """``int(value)`` for an integer ``value`` in [0, 2**64) (a seed or an offset); raises
+    TypeError for a non-integer (bool included) and ValueError out of range, naming
+    ``name``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}={value!r} has type {type(value).__name__}, expected an integer")
     if not 0 <= int(value) < 2**64:
@@ -67,8 +70,8 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
 
 def random_bits(n: int, seed: int, offset: int = 0, xp=np):
     """The first ``n`` uint32 words of the stream (seed, offset): word i for element i."""
-    seed = _check_u64("seed", seed)
-    offset = _check_u64("offset", offset)
+    seed = check_u64("seed", seed)
+    offset = check_u64("offset", offset)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} is not a valid element count, expected an integer >= 0")
     n_blocks = (int(n) + 3) // 4

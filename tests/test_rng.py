@@ -187,6 +187,17 @@ def test_bad_seed_or_offset_raises(name):
         rng.keep_mask((3,), 0.5, **{"seed": 0, "offset": 0, name: -1})
 
 
+def test_check_u64_is_the_public_check():
+    """``check_u64`` (used by the dropout op and the kernels) returns a Python int and
+    raises with the argument's name."""
+    assert rng.check_u64("seed", np.uint64(2**64 - 1)) == 2**64 - 1
+    assert type(rng.check_u64("offset", np.int32(7))) is int
+    with pytest.raises(ValueError, match=r"offset=-1 is out of range, expected 0 <= offset"):
+        rng.check_u64("offset", -1)
+    with pytest.raises(TypeError, match=r"seed=True has type bool, expected an integer"):
+        rng.check_u64("seed", True)
+
+
 def test_bad_count_raises():
     with pytest.raises(ValueError, match=r"n=-1 is not a valid element count"):
         rng.random_bits(-1, 0)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numbers
 
 from ..backend import get_array_module
-from ..rng import _check_u64, keep_mask
+from ..rng import check_u64, keep_mask
 from . import Fused, use_kernel
 
 
@@ -56,7 +56,7 @@ def forward(x, p, seed, offset=0, training=True):
     if use_kernel(x):
         from ..kernels import dropout_cpu        # lazy: Numba takes a while to import
         # the same checks, with the same messages, as keep_mask's
-        seed, offset = _check_u64("seed", seed), _check_u64("offset", offset)
+        seed, offset = check_u64("seed", seed), check_u64("offset", offset)
         y, keep = dropout_cpu.forward(x, p, seed, offset)
         return y, Fused(dropout_cpu.backward, (keep, p))
     keep = keep_mask(x.shape, p, seed, offset, xp)   # bool, shape of x

@@ -47,6 +47,8 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from ..constants import BETA as _BETA, INV_SQRT_2PI as _INV_SQRT_2PI, KAPPA as _KAPPA
+from ..constants import SQRT_HALF as _SQRT_HALF
 from . import Fused, use_kernel
 
 #: Hugging Face ``hidden_act`` names -> the ``approximate`` argument of this op.
@@ -55,11 +57,6 @@ APPROXIMATE_FOR_ACT = {
     "gelu_new": "tanh",
     "gelu_pytorch_tanh": "tanh",
 }
-
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_BETA = math.sqrt(2.0 / math.pi)
-_KAPPA = 0.044715
 
 _numba_erf = None     # the compiled ufunc, built on first use
 

@@ -4,7 +4,7 @@
 * float64: the kernel against the readable op within 1e-12 relative, not bit for bit: the
   two compute the same function but sum the C exponentials in different orders (NumPy's
   pairwise sum, the kernel's vectorised one) with different exp implementations (libm's,
-  and ``_exp_row``'s polynomial, within 0.6 ulp), so they differ by a few eps64 per
+  and ``_blocks.exp_row``'s polynomial, within 0.6 ulp), so they differ by a few eps64 per
   quantity (measured: up to ~1e-15 relative); a wrong term is off by 1e-3 or more.
   Gradients are compared entry by entry with relative error 1e-12, except at the label,
   where dlogits = dloss c_n w_n / W (p - 1) is a difference that both sides round at the
@@ -138,9 +138,9 @@ def test_float32_error_no_worse_than_readable():
     c_n / W exact, and dloss = 0.75 is exact, so each path is judged on its own error.
 
     The kernel rounds less: its sums and the factor dloss scale_n / s_n are float64 and
-    each gradient is rounded once from exp(z) (``_exp_row``, 0.3 ulp rms, 0.9 max), where
-    the readable op rounds e / s, then times scale, then times dloss, with NumPy's float32
-    exp (0.6 ulp rms, 2.4 max) and a float32 sum of the C exponentials. So:
+    each gradient is rounded once from exp(z) (``_blocks.exp_row``, 0.3 ulp rms, 0.9 max),
+    where the readable op rounds e / s, then times scale, then times dloss, with NumPy's
+    float32 exp (0.6 ulp rms, 2.4 max) and a float32 sum of the C exponentials. So:
 
     * loss: the kernel's is the float64 loss rounded once (plus an error ~1e-9 relative
       from the float32 exps), within 2 ulps of the exact value, and never worse than the

@@ -17,9 +17,10 @@ from hypothesis import given, strategies as st
 
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
-from minibert.kernels import attention_cpu, attn_v4_tiled, fused_attention_backward, fused_attention_forward
+from minibert.kernels import attention_cpu, fused_attention_backward, fused_attention_forward
+from minibert.kernels.ladder import attn_v4_tiled
 from minibert.kernels.philox_cpu import dropout_keep, philox_uint32
-from minibert.ops import attention
+from minibert.ops import attention, readable_ops
 from tests.helpers import assert_close
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
@@ -53,10 +54,12 @@ def _mixed_mask(S, seed=0):
 
 
 def _textbook(q, k, v, dout, mask, scale=None, p=0.0, seed=0, offset=0):
-    """(out, dq, dk, dv) of the textbook op (dropout with training=True when p > 0)."""
-    out, cache = attention.forward(q, k, v, attention_mask=mask, scale=scale, dropout_p=p,
-                                   seed=seed, offset=offset, training=p > 0)
-    return (out,) + tuple(attention.backward(dout, cache))
+    """(out, dq, dk, dv) of the textbook op (dropout with training=True when p > 0), under
+    ``readable_ops()``: the readable code, never a kernel, is the reference."""
+    with readable_ops():
+        out, cache = attention.forward(q, k, v, attention_mask=mask, scale=scale, dropout_p=p,
+                                       seed=seed, offset=offset, training=p > 0)
+        return (out,) + tuple(attention.backward(dout, cache))
 
 
 def _fused(q, k, v, dout, mask, scale=None, p=0.0, seed=0, offset=0):

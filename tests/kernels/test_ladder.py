@@ -1,4 +1,4 @@
-"""Tests of the kernel ladder (kernels/attn_v1_naive.py, attn_v2_fused_softmax.py,
+"""Tests of the kernel ladder (kernels/ladder/: attn_v1_naive.py, attn_v2_fused_softmax.py,
 attn_v3_online_softmax.py, attn_v4_tiled.py; rung 5, the production kernel, is tested in
 test_fused_attention.py) against the textbook op ``minibert.ops.attention``.
 
@@ -14,11 +14,11 @@ import math
 import numpy as np
 import pytest
 
-from minibert.kernels import attn_v1_naive as v1
-from minibert.kernels import attn_v2_fused_softmax as v2
-from minibert.kernels import attn_v3_online_softmax as v3
-from minibert.kernels import attn_v4_tiled as v4
-from minibert.ops import attention
+from minibert.kernels.ladder import attn_v1_naive as v1
+from minibert.kernels.ladder import attn_v2_fused_softmax as v2
+from minibert.kernels.ladder import attn_v3_online_softmax as v3
+from minibert.kernels.ladder import attn_v4_tiled as v4
+from minibert.ops import attention, readable_ops
 from tests.helpers import assert_close
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -46,10 +46,12 @@ def _problem(S, D, dtype, seed):
 
 
 def _textbook(q, k, v, dout, mask, p=0.0, seed=0, offset=0):
-    """The textbook op's (out, dq, dk, dv) and probabilities, in the dtype of q."""
-    out, cache = attention.forward(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
-                                   offset=offset, training=p > 0)
-    return (out,) + tuple(attention.backward(dout, cache)), cache["probs"]
+    """The textbook op's (out, dq, dk, dv) and probabilities, in the dtype of q (under
+    ``readable_ops()``: the readable code, never a kernel, is the reference)."""
+    with readable_ops():
+        out, cache = attention.forward(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
+                                       offset=offset, training=p > 0)
+        return (out,) + tuple(attention.backward(dout, cache)), cache["probs"]
 
 
 def _lse(q, k, mask):
@@ -234,10 +236,12 @@ def test_no_mask_and_explicit_scale(mod):
     b, lse_b = mod.forward(q, k, v, ones, 0.3)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(lse_a, lse_b)
-    ref, cache = attention.forward(q, k, v, attention_mask=ones, scale=0.3)
+    with readable_ops():
+        ref, cache = attention.forward(q, k, v, attention_mask=ones, scale=0.3)
+        ref_grads = attention.backward(dout, cache)
     assert_close("out with scale=0.3", a, ref, atol=1e-12)
     grads = mod.backward(dout, q, k, v, a, lse_a, None, 0.3)
-    for name, g, r in zip(("dq", "dk", "dv"), grads, attention.backward(dout, cache)):
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert_close(f"{name} with scale=0.3", g, r, atol=1e-12)
 
 
@@ -288,13 +292,14 @@ def test_bad_inputs_raise():
         v3.forward(*(x.astype(np.float16) for x in (q, k, v)), mask, None)
     with pytest.raises(ValueError, match=r"mask contains the value 2, expected only 0"):
         v1.forward(q, k, v, mask * 2, None)
-    with pytest.raises(ValueError, match=r"attention_mask has shape \(5, 3\), expected \(B, S\)"):
+    with pytest.raises(ValueError, match=r"mask has shape \(5, 3\), expected \(B, S\)"):
         v3.forward(q, k, v, mask[:, :3], None)
     with pytest.raises(ValueError, match=r"dropout_p=1.0 is out of range"):
         v2.forward(q, k, v, mask, None, dropout_p=1.0)
     with pytest.raises(ValueError, match=r"seed=-1 is out of range"):
         v3.forward(q, k, v, mask, None, 0.1, seed=-1)
-    with pytest.raises(ValueError, match=r"lse has shape \(5, 2\), expected \(5, 2, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"lse has shape \(5, 2\), expected \(B, A, S\) = \(5, 2, 4\)"):
         v3.backward(dout, q, k, v, out, lse[..., 0], mask, None)
     with pytest.raises(TypeError, match=r"dout has dtype float32, expected the dtype of q"):
         v1.backward(dout.astype(np.float32), q, k, v, out, lse, mask, None)

@@ -40,7 +40,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .attn_v1_naive import FASTMATH, keep_bit, prepare_backward, prepare_forward
+from .._blocks import FASTMATH
+from .attn_v1_naive import keep_bit, prepare_backward, prepare_forward
 
 
 @njit(cache=True, fastmath=FASTMATH)

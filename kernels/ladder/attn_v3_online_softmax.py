@@ -37,8 +37,8 @@ what lets a kernel tile the keys at all; on a CPU, where one row of S = 512 scor
 fits in L1, the gain of this rung alone is small, and the rescaling costs D
 multiplications per block. The tiling of queries (reusing one loaded key block for many
 query rows), threads and the skipping of fully padded key blocks are the next rung, the
-tiled kernel ``kernels/attn_v4_tiled.py`` (v4). Like rungs 1 and 2, this rung computes
-every score, padded keys included, and only gives padded keys zero weight.
+tiled kernel ``kernels/ladder/attn_v4_tiled.py`` (v4). Like rungs 1 and 2, this rung
+computes every score, padded keys included, and only gives padded keys zero weight.
 
 Parallelism: none (the (b, a) problems run one after the other; see rung 1).
 """
@@ -49,7 +49,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .attn_v1_naive import FASTMATH, keep_bit, prepare_backward, prepare_forward
+from .._blocks import FASTMATH
+from .attn_v1_naive import keep_bit, prepare_backward, prepare_forward
 
 # keys per block: 64 scores (256 B in float32) plus a block of K and V (2 x 64 x D numbers,
 # 32 KiB at D = 64 in float32) stay in L1 while the block is used

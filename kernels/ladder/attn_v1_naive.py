@@ -47,15 +47,19 @@ of K or V per multiply-add.
 
 Parallelism: none. Every rung of the ladder (v1 to v3) runs the B * A independent (b, a)
 problems one after the other on one thread, so that the rungs differ only by the
-algorithm; threads are the business of the top rungs, ``kernels/attn_v4_tiled.py`` (v4) and
-``kernels/attention_cpu.py`` (v5),
-which the benchmark also times on one thread for a like-for-like comparison. (A
-``prange`` over (b, a) would be a one-word change, but Numba's parallel compilation of
-every kernel would triple the ladder's compile time.)
+algorithm; threads are the business of the top rungs, ``kernels/ladder/attn_v4_tiled.py``
+(v4) and ``kernels/attention_cpu.py`` (v5), which the benchmark also times on one thread
+for a like-for-like comparison. (A ``prange`` over (b, a) would be a one-word change, but
+Numba's parallel compilation of every kernel would triple the ladder's compile time.)
 
-Compiler flags (also shared by the ladder): ``fastmath={"reassoc", "contract"}`` lets LLVM
-reorder sums, so that dot products vectorize, and fuse multiply-adds. It makes no
-assumption about NaN or infinity, so ``-inf`` maxima and ``+inf`` lse keep their meaning.
+Compiler flags (``_blocks.FASTMATH``, shared by the ladder and the production kernels):
+``fastmath={"reassoc", "contract"}`` lets LLVM reorder sums, so that dot products
+vectorize, and fuse multiply-adds. It makes no assumption about NaN or infinity, so
+``-inf`` maxima and ``+inf`` lse keep their meaning.
+
+Arguments are checked by ``_blocks.forward_args`` / ``backward_args``, the checks of
+``minibert.kernels.fused_attention_*`` with their messages; unlike the public entry points
+the rungs also take arrays of any strides (copied to C order) and masks as lists.
 """
 from __future__ import annotations
 
@@ -64,12 +68,8 @@ import math
 import numpy as np
 from numba import njit
 
-from minibert.ops.attention import _validate
-from minibert.rng import _check_u64
-from .philox_cpu import dropout_keep
-
-# shared by the ladder: reorder sums (vectorized dot products) and fuse multiply-adds
-FASTMATH = {"reassoc", "contract"}
+from .._blocks import FASTMATH, backward_args, forward_args
+from ..philox_cpu import dropout_keep
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -86,30 +86,21 @@ def prepare_forward(q, k, v, mask, scale, dropout_p, seed, offset):
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy array "
                             "(these are CPU kernels)")
+    q, k, v = _contiguous(q, k, v)
     if mask is not None:
         mask = np.asarray(mask)
-    # shapes, dtypes, scale and dropout_p: the textbook op's checks and messages
-    _validate(q, k, v, mask, scale, dropout_p)
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{name} has dtype {x.dtype}, expected float32 or float64")
-    seed = np.uint64(_check_u64("seed", seed))
-    offset = np.uint64(_check_u64("offset", offset))
+    # shapes, dtypes, mask, scale, dropout_p, seed and offset: the checks and messages of
+    # minibert.kernels.fused_attention_forward
+    mask, scale, p, seed, offset = forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
     B, _, S, D = q.shape
     if mask is None:
         keymask = np.ones((B, S), dtype=np.int8)
     else:
-        is_one = mask == 1
-        if not np.all(is_one | (mask == 0)):
-            bad = mask[~(is_one | (mask == 0))].reshape(-1)[0]
-            raise ValueError(f"mask contains the value {bad.item()!r}, expected only 0 "
-                             "(padding) and 1 (attend)")
-        keymask = is_one.astype(np.int8)                                  # (B, S)
+        keymask = (mask == 1).astype(np.int8)                             # (B, S)
     dtype = q.dtype.type
-    scale = dtype(1.0 / math.sqrt(D) if scale is None else scale)
-    p = float(dropout_p)
+    scale = dtype(scale)
     inv_keep = dtype(1.0 / (1.0 - p))
-    q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
+    seed, offset = np.uint64(seed), np.uint64(offset)
     return q, k, v, keymask, scale, p, inv_keep, seed, offset
 
 
@@ -118,18 +109,24 @@ def prepare_backward(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offs
 
     Returns ``(dout, q, k, v, out, lse, keymask, scale, p, inv_keep, seed, offset)``.
     """
-    q, k, v, keymask, scale, p, inv_keep, seed, offset = prepare_forward(
-        q, k, v, mask, scale, dropout_p, seed, offset)
-    for name, x, shape in (("dout", dout, q.shape), ("out", out, q.shape),
-                           ("lse", lse, q.shape[:3])):
+    prepared = prepare_forward(q, k, v, mask, scale, dropout_p, seed, offset)
+    q, k, v = prepared[:3]
+    for name, x in (("dout", dout), ("out", out), ("lse", lse)):
         if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy array")
-        if x.shape != shape:
-            raise ValueError(f"{name} has shape {x.shape}, expected {shape}")
-        if x.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of q ({q.dtype})")
-    dout, out, lse = (np.ascontiguousarray(x) for x in (dout, out, lse))
-    return dout, q, k, v, out, lse, keymask, scale, p, inv_keep, seed, offset
+            raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy array "
+                            "(these are CPU kernels)")
+    dout, out, lse = _contiguous(dout, out, lse)
+    if mask is not None:
+        mask = np.asarray(mask)
+    # dout and out like q, lse (B, A, S): the checks of fused_attention_backward
+    backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+    return (dout, q, k, v, out, lse) + prepared[3:]
+
+
+def _contiguous(*arrays):
+    """The ladder's rungs accept any strides (the public interface asks for C order): a
+    C-contiguous copy of each array that is not."""
+    return tuple(x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in arrays)
 
 
 # --------------------------------------------------------------------------- kernels

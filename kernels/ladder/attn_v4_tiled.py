@@ -1,9 +1,11 @@
 """Fused softmax attention on the CPU, all in Numba (rung 4 of the ladder): FlashAttention-2's
 algorithm, forward and backward, never forming an (S, S) matrix.
 
-This is where the algorithm is derived. The production kernel, ``attention_cpu.py`` (rung 5),
-runs the same algorithm on the same tiles with the block products handed to BLAS; its
-fused row passes are this file's, and it imports the building blocks below.
+This is where the algorithm is derived. The production kernel, ``kernels/attention_cpu.py``
+(rung 5), runs the same algorithm on the same tiles with the block products handed to BLAS;
+its fused row passes are this file's. The building blocks both use (exp, row max, dropout
+factors, key-block spans, argument checks) live in ``kernels/_blocks.py``, and this rung
+imports them from there like the production kernel does.
 
 The function is the one of ``minibert/ops/attention.py`` (the readable reference): per
 (b, a), with ``c = scale``, the key padding mask M (0 at real keys, -inf-like at padding)
@@ -94,7 +96,7 @@ result (the tests hold them to twice the reference's own float32 error); float64
   four terms at a time, whose innermost loop runs over contiguous memory: LLVM turns it into
   SIMD fused multiply-adds. For Q K^T and dO V^T that needs K^T and V^T: each call makes
   one transposed copy (B, A, D, S) of K (and V), shared read-only by all tasks.
-* exp (``_exp_row``) is evaluated a row at a time in a form LLVM can vectorise too (the
+* exp (``_blocks.exp_row``) is evaluated a row at a time in a form LLVM can vectorise too (the
   scalar C library exp cannot be): exp(x) = 2^k exp(r) with k = round(x / ln 2) and
   r = x - k ln 2 in [-ln2/2, ln2/2] (Cody and Waite: ln 2 split in a short high part, so
   k ln2_hi is exact, and a low part), exp(r) by its Taylor polynomial (degree 7 in float32,
@@ -103,7 +105,7 @@ result (the tests hold them to twice the reference's own float32 error); float64
   normal number it returns 0 (the true value is below 1.2e-38 in float32), and exp(-inf) = 0.
 * ``fastmath={"reassoc", "contract"}`` lets LLVM reorder sums (so reductions vectorise) and
   fuse multiply-adds. It makes no assumption about infinities, so the -inf and +inf above
-  keep their meaning. ``_exp_row`` has only "contract": reassociation could merge the two
+  keep their meaning. ``exp_row`` has only "contract": reassociation could merge the two
   halves of ln 2 and lose the point of splitting it.
 * Typed scalars come from the input dtype (``q.dtype.type``): in Numba a float32 mixed with
   a Python float or int silently becomes float64.
@@ -116,9 +118,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .philox_cpu import keep_from_word, philox_block
-
-FASTMATH = {"reassoc", "contract"}
+from .._blocks import (EXP_CONSTANTS, FASTMATH, INT_OF, backward_args, check_blocks, exp_row,
+                       forward_args, keep_factors, kernel_args, row_max)
 
 #: Default block sizes, chosen by measurement at the benchmark's shapes (D = 64, S = 128 and
 #: 512, float32, one thread): block_k = 512 against 128 took the backward at S = 512 from
@@ -132,72 +133,8 @@ BLOCK_K = 512
 #: on a busy one, more than a small problem takes. The result is the same bits either way.
 MIN_PARALLEL_WORK = 1 << 20
 
-# exp(x) = 2^k exp(r): ln 2 = LN2_HI + LN2_LO with LN2_HI = 355/512 (9 significant bits,
-# so k * LN2_HI is exact for |k| < 2^15 in float32) and LN2_LO the float64 remainder
-_LOG2E = 1.4426950408889634
-_LN2_HI = 0.693359375
-_LN2_LO = -2.1219444005469057e-4
 
-#: Per dtype: (2^m + bias as a float, the bits of 2^m, m, log of the smallest normal, a
-#: bound below the log of the largest; the arguments here are <= 0 anyway). Adding 2^m + bias to an integer k puts k + bias in the low mantissa
-#: bits; subtracting the bits of 2^m and shifting by m moves it into the exponent: 2^k.
-_EXP_CONSTANTS = {
-    np.dtype(np.float32): (np.float32(2.0 ** 23 + 127), np.int32(0x4B000000), np.int32(23),
-                           np.float32(-87.33654), np.float32(88.0)),
-    np.dtype(np.float64): (np.float64(2.0 ** 52 + 1023), np.int64(0x4330000000000000),
-                           np.int64(52), np.float64(-708.3964185322641), np.float64(709.0)),
-}
-_INT_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
-
-
-# --------------------------------------------------------------------------- building blocks
-
-
-@njit(cache=True, fastmath={"contract"})
-def _exp_row(x, n, shift, scratch, scratch_bits, consts):
-    """x[c] = exp(x[c] - shift) for c < n, in place; 0 below the smallest normal number.
-
-    ``scratch`` is a buffer of x's dtype and ``scratch_bits`` the same memory viewed as the
-    integer type of that size; ``consts`` the entry of ``_EXP_CONSTANTS`` for the dtype.
-    Three loops that each vectorise: the polynomial and k, then 2^k from k's bits, then the
-    product.
-    """
-    magic_f, magic_i, mant_bits, lo, hi = consts
-    ftype = x.dtype.type
-    zero = ftype(0)
-    for c in range(n):
-        t = x[c] - shift
-        tc = min(max(t, lo), hi)                                # keeps 2^k a normal number
-        k = np.floor(tc * ftype(_LOG2E) + ftype(0.5))           # nearest integer to t / ln 2
-        r = (tc - k * ftype(_LN2_HI)) - k * ftype(_LN2_LO)      # |r| <= ln2 / 2
-        # Taylor polynomial of exp(r) by Horner's rule; x.itemsize is a compile-time constant
-        if x.itemsize == 4:
-            e = ftype(1.0 / 5040)
-            e = e * r + ftype(1.0 / 720)
-            e = e * r + ftype(1.0 / 120)
-            e = e * r + ftype(1.0 / 24)
-            e = e * r + ftype(1.0 / 6)
-        else:
-            e = ftype(1.0 / 6227020800)
-            e = e * r + ftype(1.0 / 479001600)
-            e = e * r + ftype(1.0 / 39916800)
-            e = e * r + ftype(1.0 / 3628800)
-            e = e * r + ftype(1.0 / 362880)
-            e = e * r + ftype(1.0 / 40320)
-            e = e * r + ftype(1.0 / 5040)
-            e = e * r + ftype(1.0 / 720)
-            e = e * r + ftype(1.0 / 120)
-            e = e * r + ftype(1.0 / 24)
-            e = e * r + ftype(1.0 / 6)
-        e = e * r + ftype(0.5)
-        e = e * r + ftype(1.0)
-        e = e * r + ftype(1.0)
-        x[c] = e if t >= lo else zero                           # exp(-inf) = 0
-        scratch[c] = k + magic_f                                # k + bias in the low bits
-    for c in range(n):
-        scratch_bits[c] = (scratch_bits[c] - magic_i) << mant_bits   # ... moved to the exponent
-    for c in range(n):
-        x[c] *= scratch[c]                                      # exp(r) 2^k
+# --------------------------------------------------------------------------- block products
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -257,59 +194,6 @@ def _gemm_acc(out, o0, a, a0, trans_a, b, b0, bj0, nr, nx, n):
         r += 2
 
 
-@njit(cache=True)
-def _row_max(x, n):
-    """max(x[:n]) for n >= 1 with eight running maxima: one running max is a chain of
-    dependent compare-and-selects (latency-bound, about four cycles per element), and an
-    IEEE max does not vectorise without assuming there is no NaN."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
-    c = 0
-    while c + 8 <= n:
-        m0, m1, m2, m3 = max(m0, x[c]), max(m1, x[c + 1]), max(m2, x[c + 2]), max(m3, x[c + 3])
-        m4, m5, m6, m7 = max(m4, x[c + 4]), max(m5, x[c + 5]), max(m6, x[c + 6]), max(m7, x[c + 7])
-        c += 8
-    while c < n:
-        m0 = max(m0, x[c])
-        c += 1
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-
-
-@njit(cache=True)
-def _keep_factors(seed, offset, base, n, p32, keep_scale, zero, dst):
-    """dst[c] = keep_scale (1 / (1 - p)) if element base + c of the Philox stream is kept,
-    else 0, for c < n. One Philox call serves four consecutive elements."""
-    e = base
-    end = base + n
-    c = 0
-    while e < end:
-        block = e >> 2
-        w0, w1, w2, w3 = philox_block(seed, offset, block)
-        lane = e - 4 * block
-        for t in range(lane, min(4, lane + end - e)):
-            w = w0 if t == 0 else (w1 if t == 1 else (w2 if t == 2 else w3))
-            dst[c] = keep_scale if keep_from_word(w, p32) else zero
-            c += 1
-        e = 4 * (block + 1)
-
-
-def key_block_ranges(key_mask, block_k):
-    """Per sequence and key block, the span [lo, hi) from the block's first to its last real
-    key; lo == hi for a block of padding only. key_mask (B, S) of 0/1; returns two
-    (B, n_key_blocks) int64 arrays."""
-    B, S = key_mask.shape
-    nk = -(-S // block_k)
-    real = np.zeros((B, nk * block_k), dtype=bool)
-    real[:, :S] = key_mask != 0
-    real = real.reshape(B, nk, block_k)                                     # (B, nk, block_k)
-    any_real = real.any(axis=-1)
-    first = real.argmax(axis=-1)
-    last = block_k - 1 - real[..., ::-1].argmax(axis=-1)
-    start = np.arange(nk, dtype=np.int64) * block_k                         # (nk,)
-    lo = np.where(any_real, start + first, start).astype(np.int64)          # (B, nk)
-    hi = np.where(any_real, start + last + 1, start).astype(np.int64)
-    return np.ascontiguousarray(lo), np.ascontiguousarray(hi)
-
-
 # --------------------------------------------------------------------------- forward
 
 
@@ -318,11 +202,13 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
                    offset, block_q, block_k, exp_consts, int_type, out, lse):
     """Writes out (B, A, S, D) and lse (B, A, S), one task per (b, a, query block).
 
-    ``k_t`` is K transposed, (B, A, D, S). ``key_bias`` (B, S) is the additive mask in q's dtype (0 real, -inf padding) and
-    ``key_lo``/``key_hi`` come from ``key_block_ranges``; ``scale`` and ``keep_scale``
+    ``k_t`` is K transposed, (B, A, D, S). ``key_bias`` (B, S) is the additive mask in q's
+    dtype (0 real, -inf padding) and ``key_lo``/``key_hi`` come from
+    ``_blocks.key_block_ranges`` (all of them from ``_blocks.kernel_args``); ``scale`` and
+    ``keep_scale``
     (1 / (1 - p)) have q's dtype, ``dropout_p`` is float32 (the keep test compares in
     float32), ``seed`` and ``offset`` uint64; ``exp_consts`` and ``int_type`` the entries of
-    ``_EXP_CONSTANTS`` and ``_INT_OF`` for q's dtype.
+    ``EXP_CONSTANTS`` and ``INT_OF`` for q's dtype.
     """
     B, A, S, D = q.shape
     ftype = q.dtype.type
@@ -349,7 +235,7 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
             m[r] = neg_inf
         s = np.empty((nr, block_k), dtype=q.dtype)             # scores, then probabilities
         kf = np.empty(block_k, dtype=q.dtype)                  # dropout factors of one row
-        ebuf = np.empty(block_k, dtype=q.dtype)                # _exp_row scratch
+        ebuf = np.empty(block_k, dtype=q.dtype)                # exp_row scratch
         ebits = ebuf.view(int_type)
         for kb in range(nk):
             j0, j1 = key_lo[b, kb], key_hi[b, kb]
@@ -365,11 +251,11 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
                 srow = s[r]
                 for c in range(nc):
                     srow[c] = srow[c] * scale + bias_blk[c]     # scores = (q k^T) * scale + mask
-                m_new = max(m[r], _row_max(srow, nc))
+                m_new = max(m[r], row_max(srow, nc))
                 # a block's span starts and ends at real keys, so m_new is finite; before
                 # the first block m[r] = -inf and alpha = exp(-inf) = 0
                 alpha = np.exp(m[r] - m_new)
-                _exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)      # P~ = exp(s - m_new)
+                exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)      # P~ = exp(s - m_new)
                 row_sum = zero
                 for c in range(nc):
                     row_sum += srow[c]
@@ -377,7 +263,7 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
                 m[r] = m_new
                 if dropping:
                     base = ((b * A + a) * S + i0 + r) * S + j0
-                    _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
+                    keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
                     for c in range(nc):
                         srow[c] *= kf[c]
                 for d in range(D):
@@ -461,10 +347,10 @@ def backward_kernel(dout, q, k, k_t, v_t, lse, key_bias, key_lo, key_hi, scale, 
                         lse_i = lh[i]
                         for c in range(nc):
                             prow[c] = prow[c] * scale + bias_blk[c] - lse_i
-                        _exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
+                        exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
                         if dropping:
                             base = ((b * A + a) * S + i) * S + j0
-                            _keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
+                            keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
                         if not last or n_blocks == 1:
                             # dP = dPd keep / (1 - p)
                             t_sum = zero
@@ -492,19 +378,6 @@ def backward_kernel(dout, q, k, k_t, v_t, lse, key_bias, key_lo, key_hi, scale, 
 # --------------------------------------------------------------------------- entry points
 
 
-def _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k):
-    """The additive key mask, key-block spans and typed scalars both kernels take."""
-    B, _, S, _ = q.shape
-    block_k = max(1, min(block_k, S))           # no scratch beyond the sequence
-    ftype = q.dtype.type
-    real = np.ones((B, S), dtype=bool) if mask is None else np.asarray(mask) != 0
-    key_bias = np.where(real, ftype(0), ftype(-np.inf)).astype(q.dtype)          # (B, S)
-    key_lo, key_hi = key_block_ranges(real, block_k)
-    # the keep test compares float32 numbers (minibert.rng); 1 / (1 - p) in q's dtype
-    return (key_bias, key_lo, key_hi, ftype(scale), np.float32(dropout_p),
-            ftype(1.0 / (1.0 - dropout_p)), np.uint64(seed), np.uint64(offset))
-
-
 @contextmanager
 def _threads_for(work):
     """Numba's threads for a call of ``work`` multiply-adds: all of them, or one."""
@@ -519,34 +392,28 @@ def _threads_for(work):
         numba.set_num_threads(threads)
 
 
-def _check_blocks(block_q, block_k):
-    for name, value in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}={value!r} is invalid, expected a positive integer")
-
-
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
                       block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
     NumPy arrays, ``scale`` a float, ``mask`` (B, S) of 0/1 or None."""
-    _check_blocks(block_q, block_k)
+    check_blocks(block_q, block_k)
     B, A, S, D = q.shape
-    args = _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
+    args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     out = np.empty_like(q)                                               # (B, A, S, D)
     lse = np.empty((B, A, S), dtype=q.dtype)                             # (B, A, S)
     block_q, block_k = max(1, min(block_q, S)), max(1, min(block_k, S))
     k_t = np.ascontiguousarray(k.transpose(0, 1, 3, 2))                  # (B, A, D, S)
     with _threads_for(B * A * S * S * D):
-        forward_kernel(q, k_t, v, *args, int(block_q), int(block_k), _EXP_CONSTANTS[q.dtype],
-                       _INT_OF[q.dtype], out, lse)
+        forward_kernel(q, k_t, v, *args, int(block_q), int(block_k), EXP_CONSTANTS[q.dtype],
+                       INT_OF[q.dtype], out, lse)
     return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
                        *, block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``."""
-    _check_blocks(block_q, block_k)
-    args = _kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
+    check_blocks(block_q, block_k)
+    args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     B, A, S, D = q.shape
     block_q, block_k = max(1, min(block_q, S)), max(1, min(block_k, S))
     dq, dk, dv = np.zeros_like(q), np.zeros_like(q), np.zeros_like(q)    # (B, A, S, D) each
@@ -554,7 +421,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     v_t = np.ascontiguousarray(v.transpose(0, 1, 3, 2))                  # (B, A, D, S)
     with _threads_for(B * A * S * S * D):
         backward_kernel(dout, q, k, k_t, v_t, lse, *args, int(block_q), int(block_k),
-                        _EXP_CONSTANTS[q.dtype], _INT_OF[q.dtype], dq, dk, dv)
+                        EXP_CONSTANTS[q.dtype], INT_OF[q.dtype], dq, dk, dv)
     return dq, dk, dv
 
 
@@ -565,16 +432,14 @@ def _contiguous(*arrays):
 
 def forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0):
     """Rung 4 behind the ladder's contract (inputs validated as by ``minibert.kernels``)."""
-    from minibert.kernels import _forward_args
     q, k, v = _contiguous(q, k, v)
-    return attention_forward(q, k, v, *_forward_args(q, k, v, mask, scale, dropout_p, seed,
-                                                     offset))
+    return attention_forward(q, k, v, *forward_args(q, k, v, mask, scale, dropout_p, seed,
+                                                    offset))
 
 
 def backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0):
     """Rung 4's backward behind the ladder's contract."""
-    from minibert.kernels import _backward_args
     dout, q, k, v, out, lse = _contiguous(dout, q, k, v, out, lse)
     return attention_backward(dout, q, k, v, out, lse,
-                              *_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p,
-                                              seed, offset))
+                              *backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p,
+                                             seed, offset))
