@@ -1,6 +1,6 @@
 """One-thread timings of the layernorm and bias + GELU kernels against their readable ops,
-at BERT-base sizes, float32 (the numbers quoted in kernels/layernorm_cpu.py and
-kernels/gelu_cpu.py).
+at BERT-base sizes, float32 (the numbers quoted in minibert/kernels/layernorm_cpu.py and
+minibert/kernels/gelu_cpu.py).
 
     export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
     python benchmarks/bench_row_kernels.py [layernorm|gelu|all]

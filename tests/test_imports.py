@@ -22,15 +22,6 @@ def _modules():
         parts = path.relative_to(ROOT).with_suffix("").parts
         name = ".".join(("minibert",) + parts)
         out[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path
-    try:                                          # an editable install maps minibert.kernels
-        import minibert.kernels as k              # to the kernels/ folder (package_dir)
-        kroot = pathlib.Path(k.__file__).resolve().parent
-        for path in kroot.rglob("*.py"):
-            parts = path.relative_to(kroot).with_suffix("").parts
-            name = ".".join(("minibert", "kernels") + parts)
-            out[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path
-    except ImportError:
-        pass
     return out
 
 

@@ -29,7 +29,7 @@ import numbers
 
 from ..backend import get_array_module
 from ..rng import check_u64, keep_mask
-from . import Fused, use_kernel
+from .switch import Fused, use_kernel
 
 
 def _validate_p(p):

@@ -49,7 +49,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..constants import BETA as _BETA, INV_SQRT_2PI as _INV_SQRT_2PI, KAPPA as _KAPPA
 from ..constants import SQRT_HALF as _SQRT_HALF
-from . import Fused, use_kernel
+from .switch import Fused, use_kernel
 
 #: Hugging Face ``hidden_act`` names -> the ``approximate`` argument of this op.
 APPROXIMATE_FOR_ACT = {

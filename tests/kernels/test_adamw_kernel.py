@@ -1,4 +1,4 @@
-"""Tests of the fused AdamW kernel (kernels/adamw_cpu.py) behind ``minibert.optim.AdamW``.
+"""Tests of the fused AdamW kernel (minibert/kernels/adamw_cpu.py) behind ``minibert.optim.AdamW``.
 
 The readable step is the reference and the kernel must equal it bit for bit: parameters,
 m and v after every step, both variants ("bert", "torch", and torch's two lerp branches),

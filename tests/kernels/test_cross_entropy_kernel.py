@@ -1,4 +1,4 @@
-"""Tests of the fused softmax cross-entropy kernel (kernels/cross_entropy_cpu.py) behind
+"""Tests of the fused softmax cross-entropy kernel (minibert/kernels/cross_entropy_cpu.py) behind
 ``minibert.ops.cross_entropy``.
 
 * float64: the kernel against the readable op within 1e-12 relative, not bit for bit: the

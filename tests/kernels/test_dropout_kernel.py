@@ -1,4 +1,4 @@
-"""Tests of the fused dropout kernel (kernels/dropout_cpu.py) behind ``minibert.ops.dropout``.
+"""Tests of the fused dropout kernel (minibert/kernels/dropout_cpu.py) behind ``minibert.ops.dropout``.
 
 The readable op is the reference, and the kernel must reproduce it bit for bit, in float64
 and in float32: both draw the same Philox bits (element i in C order over x.shape, any

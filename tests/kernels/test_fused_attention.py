@@ -1,6 +1,6 @@
 """Tests of the fused CPU attention (``minibert.kernels.fused_attention_forward`` /
-``fused_attention_backward``, kernels/attention_cpu.py) and its Philox bits
-(kernels/philox_cpu.py).
+``fused_attention_backward``, minibert/kernels/attention_cpu.py) and its Philox bits
+(minibert/kernels/philox_cpu.py).
 
 The textbook op ``minibert.ops.attention`` is the reference: float64 results agree with it
 to 1e-12, float32 results are held to twice the textbook float32's own error against the

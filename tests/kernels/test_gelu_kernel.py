@@ -1,4 +1,4 @@
-"""Tests of the fused GELU kernel (kernels/gelu_cpu.py) behind ``minibert.ops.gelu``: the
+"""Tests of the fused GELU kernel (minibert/kernels/gelu_cpu.py) behind ``minibert.ops.gelu``: the
 plain op and the op with a bias, exact and tanh forms.
 
 The readable op (run under ``readable_ops()``) is the reference: float64 results agree with

@@ -1,4 +1,4 @@
-"""Tests of the kernel ladder (kernels/ladder/: attn_v1_naive.py, attn_v2_fused_softmax.py,
+"""Tests of the kernel ladder (minibert/kernels/ladder/: attn_v1_naive.py, attn_v2_fused_softmax.py,
 attn_v3_online_softmax.py, attn_v4_tiled.py; rung 5, the production kernel, is tested in
 test_fused_attention.py) against the textbook op ``minibert.ops.attention``.
 

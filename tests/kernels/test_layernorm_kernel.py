@@ -1,4 +1,4 @@
-"""Tests of the fused LayerNorm kernel (kernels/layernorm_cpu.py) behind
+"""Tests of the fused LayerNorm kernel (minibert/kernels/layernorm_cpu.py) behind
 ``minibert.ops.layernorm``, with and without a residual.
 
 The readable op (run under ``readable_ops()``) is the reference: float64 results agree with

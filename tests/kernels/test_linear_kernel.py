@@ -1,5 +1,5 @@
-"""Tests of the threaded linear layer (kernels/linear_cpu.py) behind ``minibert.ops.linear``
-and of the threading policy it shares with every kernel (kernels/_threads.py).
+"""Tests of the threaded linear layer (minibert/kernels/linear_cpu.py) behind ``minibert.ops.linear``
+and of the threading policy it shares with every kernel (minibert/kernels/_threads.py).
 
 The readable op (under ``readable_ops()``) is the reference: the kernel runs the same BLAS
 products on pieces of the matrices, so float64 results agree to 1e-12 of each tensor's

@@ -1,10 +1,10 @@
 """Fused softmax attention on the CPU, all in Numba (rung 4 of the ladder): FlashAttention-2's
 algorithm, forward and backward, never forming an (S, S) matrix.
 
-This is where the algorithm is derived. The production kernel, ``kernels/attention_cpu.py``
+This is where the algorithm is derived. The production kernel, ``minibert/kernels/attention_cpu.py``
 (rung 5), runs the same algorithm on the same tiles with the block products handed to BLAS;
 its fused row passes are this file's. The building blocks both use (exp, row max, dropout
-factors, key-block spans, argument checks) live in ``kernels/_blocks.py``, and this rung
+factors, key-block spans, argument checks) live in ``minibert/kernels/_blocks.py``, and this rung
 imports them from there like the production kernel does.
 
 The function is the one of ``minibert/ops/attention.py`` (the readable reference): per

@@ -37,7 +37,7 @@ what lets a kernel tile the keys at all; on a CPU, where one row of S = 512 scor
 fits in L1, the gain of this rung alone is small, and the rescaling costs D
 multiplications per block. The tiling of queries (reusing one loaded key block for many
 query rows), threads and the skipping of fully padded key blocks are the next rung, the
-tiled kernel ``kernels/ladder/attn_v4_tiled.py`` (v4). Like rungs 1 and 2, this rung
+tiled kernel ``minibert/kernels/ladder/attn_v4_tiled.py`` (v4). Like rungs 1 and 2, this rung
 computes every score, padded keys included, and only gives padded keys zero weight.
 
 Parallelism: none (the (b, a) problems run one after the other; see rung 1).

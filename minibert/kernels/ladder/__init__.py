@@ -22,11 +22,11 @@ the backward recomputes the probabilities. The rungs, each a module with ``forwa
    blocks skipped, on all cores; its docstring derives the algorithm and its float32
    numerics.
 
-Rung 5 is the production kernel, ``kernels/attention_cpu.py``: rung 4's algorithm with the
+Rung 5 is the production kernel, ``minibert/kernels/attention_cpu.py``: rung 4's algorithm with the
 block products in BLAS. Production code imports no rung: what it shares with rung 4 lives
-in ``kernels/_blocks.py``, which the rungs import too. The rungs exist to be read, tested
+in ``minibert/kernels/_blocks.py``, which the rungs import too. The rungs exist to be read, tested
 (``tests/kernels/test_ladder.py``, against the textbook op) and timed
-(``benchmarks/bench_attention.py``; the numbers are in ``kernels/README.md``).
+(``benchmarks/bench_attention.py``; the numbers are in ``minibert/kernels/README.md``).
 """
 
 __all__ = ["attn_v1_naive", "attn_v2_fused_softmax", "attn_v3_online_softmax", "attn_v4_tiled"]

@@ -29,7 +29,7 @@ operations is the same as rung 1; the memory traffic of the scores drops from ~5
 read once per query row, S times per (b, a) (from L1/L2: one head's K and V are 2 S D
 numbers, 256 KiB at S = 512, D = 64), one load per multiply-add. At BERT's sizes the
 (S, S) matrix of rung 1 still fits in L2, so the inner loops, not the score traffic, set
-the speed of rungs 1 to 3 (measured in kernels/README.md).
+the speed of rungs 1 to 3 (measured in minibert/kernels/README.md).
 
 Parallelism: none (the (b, a) problems run one after the other; see rung 1).
 """

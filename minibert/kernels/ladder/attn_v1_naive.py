@@ -47,8 +47,8 @@ of K or V per multiply-add.
 
 Parallelism: none. Every rung of the ladder (v1 to v3) runs the B * A independent (b, a)
 problems one after the other on one thread, so that the rungs differ only by the
-algorithm; threads are the business of the top rungs, ``kernels/ladder/attn_v4_tiled.py``
-(v4) and ``kernels/attention_cpu.py`` (v5), which the benchmark also times on one thread
+algorithm; threads are the business of the top rungs, ``minibert/kernels/ladder/attn_v4_tiled.py``
+(v4) and ``minibert/kernels/attention_cpu.py`` (v5), which the benchmark also times on one thread
 for a like-for-like comparison. (A ``prange`` over (b, a) would be a one-word change, but
 Numba's parallel compilation of every kernel would triple the ladder's compile time.)
 
