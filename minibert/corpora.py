@@ -19,9 +19,7 @@ import gc
 import os
 import re
 import sysconfig
-from typing import Iterable, Iterator
-
-from .io import atomic_write
+from typing import Iterable
 
 # ----------------------------------------------------------------------------- sentences
 
@@ -133,38 +131,6 @@ def read_corpus(path) -> list[list[str]]:
         raise ValueError(f"corpus {path!r} has no sentences, expected one sentence per line "
                          "and blank lines between documents")
     return documents
-
-
-def write_corpus(documents, path) -> None:
-    """Write ``documents`` in the format ``read_corpus`` reads (one sentence per line, a blank
-    line between documents), atomically (a temporary file renamed into place)."""
-    docs = check_documents(documents)
-    for d, doc in enumerate(docs):
-        for s, sentence in enumerate(doc):
-            if "\n" in sentence or "\r" in sentence or not sentence.strip():
-                raise ValueError(f"documents[{d}][{s}]={sentence!r} is empty or holds a line break, "
-                                 "expected a one-line sentence")
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("\n\n".join("\n".join(doc) for doc in docs if doc))
-            fh.write("\n")
-    atomic_write(os.fspath(path), write)
-
-
-def corpus_text(documents) -> Iterator[str]:
-    """Every sentence of every document, in order: the texts for a vocabulary trainer."""
-    for doc in check_documents(documents):
-        yield from doc
-
-
-def corpus_stats(documents) -> dict:
-    """Counts of a corpus: documents, sentences, whitespace-separated words, UTF-8 bytes."""
-    docs = check_documents(documents)
-    sentences = [s for doc in docs for s in doc]
-    return dict(documents=len(docs), sentences=len(sentences),
-                words=sum(len(s.split()) for s in sentences),
-                bytes=sum(len(s.encode("utf-8")) + 1 for s in sentences))
 
 
 def check_documents(documents) -> list:

@@ -71,20 +71,15 @@ Where this module differs from the original script (each is a choice, stated her
 One ``numpy.random.Generator`` (``np.random.default_rng(seed)``) drives every random choice,
 so the instances are a deterministic function of the corpus, the tokenizer and the seed.
 
-``instances_to_arrays`` pads the instances into the arrays of
-``BertForPreTraining.forward`` and ``PretrainingData`` holds them, iterates over batches and
-saves/loads them as ``.npz`` (written atomically, validated on load).
+``instances_to_arrays`` pads the instances into the arrays of ``BertForPreTraining.forward``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
 from .corpora import check_documents
-from .io import atomic_write
 
 # ----------------------------------------------------------------------------- instances
 
@@ -307,18 +302,6 @@ def create_pretraining_instances(documents, tokenizer, max_seq_length: int = 128
 
 # ----------------------------------------------------------------------------- arrays
 
-# name -> (dtype, shape in the letters N instances, S sequence length, P predictions)
-ARRAY_SPECS = {
-    "input_ids": (np.int64, "NS"),
-    "token_type_ids": (np.int64, "NS"),
-    "attention_mask": (np.int64, "NS"),
-    "masked_lm_positions": (np.int64, "NP"),
-    "masked_lm_ids": (np.int64, "NP"),
-    "masked_lm_weights": (np.float32, "NP"),
-    "next_sentence_labels": (np.int64, "N"),
-}
-
-
 def instances_to_arrays(instances, tokenizer, max_seq_length: int,
                         max_predictions_per_seq: int) -> dict:
     """Pad instances into the inputs of ``BertForPreTraining.forward``.
@@ -366,119 +349,3 @@ def instances_to_arrays(instances, tokenizer, max_seq_length: int,
         out["masked_lm_weights"][n, :K] = 1.0
         out["next_sentence_labels"][n] = int(bool(inst.is_random_next))
     return out
-
-
-def validate_arrays(arrays: dict, source: str = "arrays") -> dict:
-    """Check that ``arrays`` are pretraining arrays (``ARRAY_SPECS``): exactly the keys, the
-    dtypes, consistent shapes, 0/1 masks, weights and labels, positions inside the real
-    tokens. Returns a plain dict of the arrays; raises ValueError naming ``source``."""
-    if not isinstance(arrays, dict):
-        raise TypeError(f"{source} has type {type(arrays).__name__}, expected a dict of arrays")
-    keys = set(arrays)
-    if keys != set(ARRAY_SPECS):
-        missing, unexpected = sorted(set(ARRAY_SPECS) - keys), sorted(keys - set(ARRAY_SPECS))
-        raise ValueError(f"{source} has keys {sorted(keys)}, expected exactly {sorted(ARRAY_SPECS)} "
-                         f"(missing {missing}, unexpected {unexpected})")
-    out = {k: arrays[k] for k in ARRAY_SPECS}
-    sizes = {}
-    for k, (dtype, dims) in ARRAY_SPECS.items():
-        a = out[k]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype:
-            raise ValueError(f"{source}[{k!r}] has dtype {getattr(a, 'dtype', type(a).__name__)}, "
-                             f"expected {np.dtype(dtype)}")
-        if a.ndim != len(dims):
-            raise ValueError(f"{source}[{k!r}] has shape {a.shape}, expected {len(dims)} dimensions "
-                             f"({', '.join(dims)})")
-        for letter, n in zip(dims, a.shape):
-            if sizes.setdefault(letter, n) != n:
-                raise ValueError(f"{source}[{k!r}] has shape {a.shape}, expected "
-                                 f"{letter}={sizes[letter]} as in the other arrays")
-    for k in ("token_type_ids", "attention_mask", "next_sentence_labels", "masked_lm_weights"):
-        if out[k].size and not np.isin(out[k], (0, 1)).all():
-            raise ValueError(f"{source}[{k!r}] has values other than 0 and 1")
-    for k in ("input_ids", "masked_lm_ids"):
-        if out[k].size and out[k].min() < 0:
-            raise ValueError(f"{source}[{k!r}] has a negative id {out[k].min()}, expected ids >= 0")
-    pos, w = out["masked_lm_positions"], out["masked_lm_weights"]
-    if pos.size:
-        S = sizes["S"]
-        if pos.min() < 0 or pos.max() >= S:
-            raise ValueError(f"{source}['masked_lm_positions'] has values in [{pos.min()}, {pos.max()}], "
-                             f"expected 0 <= position < {S}")
-        real = np.take_along_axis(out["attention_mask"], pos, axis=1)
-        if np.any((w == 1) & (real == 0)):
-            raise ValueError(f"{source}['masked_lm_positions'] points at padding for a real "
-                             "prediction (weight 1), expected positions of real tokens")
-    return out
-
-
-class PretrainingData:
-    """The pretraining arrays of ``instances_to_arrays``, with batches, save and load.
-
-    ``data = PretrainingData.from_instances(instances, tokenizer, 128, 20)``; ``len(data)``
-    instances; ``data.batches(32, seed=0)`` yields dicts of (B, ...) arrays that unpack
-    into ``BertForPreTraining.forward(**batch)``; ``data.save("cache.npz")`` and
-    ``PretrainingData.load("cache.npz")`` keep them between runs.
-    """
-
-    def __init__(self, arrays: dict):
-        self.arrays = validate_arrays(arrays)
-
-    @classmethod
-    def from_instances(cls, instances, tokenizer, max_seq_length: int,
-                       max_predictions_per_seq: int) -> "PretrainingData":
-        return cls(instances_to_arrays(instances, tokenizer, max_seq_length, max_predictions_per_seq))
-
-    def __len__(self) -> int:
-        return int(self.arrays["next_sentence_labels"].shape[0])
-
-    @property
-    def max_seq_length(self) -> int:
-        return int(self.arrays["input_ids"].shape[1])
-
-    @property
-    def max_predictions_per_seq(self) -> int:
-        return int(self.arrays["masked_lm_positions"].shape[1])
-
-    def __getitem__(self, index) -> dict:
-        """The arrays at ``index`` (an int, a slice or an index array) along the first axis."""
-        return {k: v[index] for k, v in self.arrays.items()}
-
-    def batches(self, batch_size: int, seed: int | None = 0, drop_last: bool = False) -> Iterator[dict]:
-        """Batches of ``batch_size`` instances, in an order shuffled by ``seed`` (``None``: in
-        order). The last, smaller batch is dropped when ``drop_last``."""
-        batch_size = _check_int("batch_size", batch_size, 1)
-        n = len(self)
-        order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            yield self[order[start:start + batch_size]]
-
-    def save(self, path) -> None:
-        """Write the arrays to ``path`` (.npz, uncompressed) through a temporary file renamed
-        into place, so an interrupted save never leaves a truncated cache behind."""
-        path = os.fspath(path)
-
-        def write(tmp):
-            with open(tmp, "wb") as fh:         # a file object: numpy adds no ".npz" suffix
-                np.savez(fh, **self.arrays)
-        atomic_write(path, write)
-
-    @classmethod
-    def load(cls, path) -> "PretrainingData":
-        """Read arrays written by ``save``; ValueError naming ``path`` if it is missing, not an
-        .npz archive, or not pretraining arrays (keys, dtypes, shapes, values)."""
-        import zipfile
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ValueError(f"pretraining data file {path!r} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-            raise ValueError(f"pretraining data file {path!r} is corrupt or not an .npz archive: "
-                             f"{e}") from None
-        try:
-            return cls(arrays)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"pretraining data file {path!r} is not pretraining data: {e}") from None

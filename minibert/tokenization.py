@@ -159,7 +159,7 @@ def _check_positive_int(value, name: str) -> int:
 
 
 # ----------------------------------------------------------------------------- vocab files
-def _read_vocab_lines(path, name: str = "path") -> list[str]:
+def _read_vocab_lines(path, name: str) -> list[str]:
     """The lines of a vocab file, without their line ends; line i is token id i. ``name`` is
     the argument that errors name."""
     path = os.fspath(path)
@@ -175,19 +175,6 @@ def _read_vocab_lines(path, name: str = "path") -> list[str]:
     if not tokens:
         raise ValueError(f"{name}={path!r} is empty, expected one token per line")
     return tokens
-
-
-def load_vocab(path) -> dict[str, int]:
-    """token -> id from a vocab file: one token per line, the id is the line number.
-
-    The dict keeps the file's order. A token that appears on several lines maps to its last
-    line (as Hugging Face's ``load_vocab``), so such a vocab has fewer entries than lines.
-    Raises ValueError for a missing or empty file.
-    """
-    vocab: dict[str, int] = {}
-    for i, token in enumerate(_read_vocab_lines(path)):
-        vocab[token] = i
-    return vocab
 
 
 def write_vocab(tokens, path):
@@ -428,10 +415,6 @@ class BertTokenizer:
 
     def __len__(self) -> int:
         return len(self.ids_to_tokens)
-
-    @property
-    def all_special_tokens(self) -> list[str]:
-        return list(SPECIAL_TOKENS)
 
     @property
     def all_special_ids(self) -> list[int]:

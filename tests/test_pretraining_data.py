@@ -1,5 +1,5 @@
-"""Pretraining data: NSP pairs, 80/10/10 masking, arrays and their .npz cache (the corpora
-they are made from: tests/test_corpora.py).
+"""Pretraining data: NSP pairs, 80/10/10 masking, the arrays (the corpora they are made
+from: tests/test_corpora.py).
 
 Several tests use an "identity" corpus whose every word names its place: ``d3s7w2`` is word
 2 of sentence 7 of document 3, and the vocabulary holds each such word whole. From an
@@ -15,13 +15,45 @@ from hypothesis import given, strategies as st
 
 from minibert import BertConfig, BertForPreTraining
 from minibert.corpora import stdlib_documents
-from minibert.pretraining_data import (ARRAY_SPECS, PretrainingData, TrainingInstance,
-                                       create_pretraining_instances, instances_to_arrays,
-                                       replacement_vocab, validate_arrays)
+from minibert.pretraining_data import (TrainingInstance, create_pretraining_instances,
+                                       instances_to_arrays, replacement_vocab)
 from minibert.tokenization import BertTokenizer, write_vocab
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# The arrays of instances_to_arrays: name -> (dtype, shape in the letters N instances,
+# S sequence length, P predictions).
+ARRAY_SPECS = {
+    "input_ids": (np.int64, "NS"),
+    "token_type_ids": (np.int64, "NS"),
+    "attention_mask": (np.int64, "NS"),
+    "masked_lm_positions": (np.int64, "NP"),
+    "masked_lm_ids": (np.int64, "NP"),
+    "masked_lm_weights": (np.float32, "NP"),
+    "next_sentence_labels": (np.int64, "N"),
+}
+
+
+def _assert_valid_arrays(arrays):
+    """Exactly the keys of ARRAY_SPECS, their dtypes, consistent shapes, 0/1 masks, weights
+    and labels, ids >= 0, and positions inside the real tokens."""
+    assert list(arrays) == list(ARRAY_SPECS)
+    sizes = {}
+    for k, (dtype, dims) in ARRAY_SPECS.items():
+        a = arrays[k]
+        assert a.dtype == dtype and a.ndim == len(dims), (k, a.dtype, a.shape)
+        for letter, n in zip(dims, a.shape):
+            assert sizes.setdefault(letter, n) == n, (k, letter, a.shape)
+    for k in ("token_type_ids", "attention_mask", "next_sentence_labels", "masked_lm_weights"):
+        assert np.isin(arrays[k], (0, 1)).all(), k
+    for k in ("input_ids", "masked_lm_ids"):
+        assert (arrays[k] >= 0).all(), k
+    pos, w = arrays["masked_lm_positions"], arrays["masked_lm_weights"]
+    assert ((pos >= 0) & (pos < sizes["S"])).all()
+    real = np.take_along_axis(arrays["attention_mask"], pos, axis=1)
+    assert not np.any((w == 1) & (real == 0)), "a real prediction points at padding"
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -311,7 +343,7 @@ def test_random_corpora_give_valid_instances(letters_tokenizer, docs, max_seq_le
     for inst in instances:
         _check_instance(inst, max_seq_length, max_pred, None if wwm else masked_lm_prob, wwm)
     arrays = instances_to_arrays(instances, letters_tokenizer, max_seq_length, max_pred)
-    validate_arrays(arrays)
+    _assert_valid_arrays(arrays)
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -349,76 +381,13 @@ def test_arrays_layout(id_corpus, id_tokenizer):
 def test_arrays_feed_bert_for_pretraining(id_corpus, id_tokenizer):
     """The arrays are what BertForPreTraining.forward takes: a loss near the uniform-guess
     value ln(V) + ln(2) for a freshly initialized model."""
-    data = PretrainingData.from_instances(
+    arrays = instances_to_arrays(
         create_pretraining_instances(id_corpus[:3], id_tokenizer, max_seq_length=32,
                                      max_predictions_per_seq=5, seed=0), id_tokenizer, 32, 5)
     config = BertConfig(vocab_size=len(id_tokenizer), hidden_size=16, num_hidden_layers=1,
                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
     model = BertForPreTraining(config, dtype=np.float64, seed=0)
-    batch = next(data.batches(8, seed=0))
+    batch = {k: v[:8] for k, v in arrays.items()}
     out, _ = model.forward(**batch, training=False)
     expected = math.log(len(id_tokenizer)) + math.log(2)
     assert abs(float(out.loss) - expected) < 0.5
-
-
-def test_batches(id_corpus, id_tokenizer):
-    data = PretrainingData.from_instances(
-        create_pretraining_instances(id_corpus[:5], id_tokenizer, max_seq_length=32,
-                                     max_predictions_per_seq=5, seed=0), id_tokenizer, 32, 5)
-    n = len(data)
-    sizes = [len(b["input_ids"]) for b in data.batches(7, seed=1)]
-    assert sum(sizes) == n and all(s == 7 for s in sizes[:-1])
-    assert all(s == 7 for s in (len(b["input_ids"]) for b in data.batches(7, drop_last=True)))
-    rows = np.concatenate([b["input_ids"] for b in data.batches(7, seed=1)])
-    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, data.arrays["input_ids"].tolist()))
-    in_order = np.concatenate([b["input_ids"] for b in data.batches(7, seed=None)])
-    assert np.array_equal(in_order, data.arrays["input_ids"])
-    assert not np.array_equal(rows, in_order)
-    assert data.max_seq_length == 32 and data.max_predictions_per_seq == 5
-
-
-def test_save_load_round_trip(tmp_path, id_corpus, id_tokenizer):
-    instances = create_pretraining_instances(id_corpus[:3], id_tokenizer, max_seq_length=32,
-                                             max_predictions_per_seq=5, seed=0)
-    data = PretrainingData.from_instances(instances, id_tokenizer, 32, 5)
-    path = tmp_path / "cache.npz"
-    data.save(path)
-    assert sorted(os.listdir(tmp_path)) == ["cache.npz"]       # no temporary file left behind
-    loaded = PretrainingData.load(path)
-    for k in ARRAY_SPECS:
-        assert loaded.arrays[k].dtype == data.arrays[k].dtype
-        assert np.array_equal(loaded.arrays[k], data.arrays[k]), k
-    data.save(path)                                             # overwriting is fine
-
-
-def test_load_rejects_bad_files(tmp_path, id_corpus, id_tokenizer):
-    with pytest.raises(ValueError, match="does not exist"):
-        PretrainingData.load(tmp_path / "none.npz")
-    junk = tmp_path / "junk.npz"
-    junk.write_bytes(os.urandom(200))
-    with pytest.raises(ValueError, match="junk.npz.*corrupt"):
-        PretrainingData.load(junk)
-    arrays = instances_to_arrays(create_pretraining_instances(
-        id_corpus[:2], id_tokenizer, max_seq_length=24, max_predictions_per_seq=4, seed=0),
-        id_tokenizer, 24, 4)
-    good = tmp_path / "good.npz"
-    PretrainingData(arrays).save(good)
-    truncated = tmp_path / "truncated.npz"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ValueError, match="truncated.npz.*corrupt"):
-        PretrainingData.load(truncated)
-    no_ids = {k: v for k, v in arrays.items() if k != "masked_lm_ids"}
-    foreign = [(no_ids, "missing \\['masked_lm_ids'\\]"),
-               ({**arrays, "extra": np.zeros(3)}, "unexpected \\['extra'\\]"),
-               ({**arrays, "input_ids": arrays["input_ids"].astype(np.int32)}, "dtype int32"),
-               ({**arrays, "masked_lm_weights": arrays["masked_lm_weights"][:-1]}, "expected N="),
-               ({**arrays, "attention_mask": arrays["attention_mask"] * 2}, "other than 0 and 1"),
-               ({**arrays, "masked_lm_positions": arrays["masked_lm_positions"] + 24},
-                "expected 0 <= position"),
-               ({**arrays, "next_sentence_labels": arrays["next_sentence_labels"][:, None]},
-                "1 dimensions")]
-    for i, (bad, match) in enumerate(foreign):
-        path = tmp_path / f"foreign{i}.npz"
-        np.savez(path, **bad)
-        with pytest.raises(ValueError, match=f"foreign{i}.npz.*not pretraining data.*{match}"):
-            PretrainingData.load(path)

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from minibert.tokenization import (SPECIAL_TOKENS, BasicTokenizer, BertTokenizer,
-                                   WordpieceTokenizer, load_vocab, write_vocab)
+                                   WordpieceTokenizer, write_vocab)
 from minibert.wordpiece_trainer import train_wordpiece_vocab
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -97,32 +97,30 @@ def _hf_ids(hf_tok, text):
 
 
 # ----------------------------------------------------------------------------- vocab files
-def test_load_vocab_real_file():
-    vocab = load_vocab(VOCAB)
+def test_vocab_file_real():
+    vocab = BertTokenizer(VOCAB).vocab
     assert len(vocab) == 30522
     assert list(vocab)[:2] == ["[PAD]", "[unused0]"]
     assert [vocab[t] for t in SPECIAL_TOKENS] == [0, 100, 101, 102, 103]
     assert list(vocab.values()) == list(range(30522))       # file order, id = line number
 
 
-def test_load_vocab_duplicates_crlf_and_errors(tmp_path):
+def test_vocab_file_duplicates_crlf_and_errors(tmp_path):
     f = tmp_path / "v.txt"
-    f.write_bytes(b"a\r\nb\r\na\r\nc")          # CRLF ends and no final newline
-    assert load_vocab(f) == {"a": 2, "b": 1, "c": 3}       # the later duplicate wins
-    with pytest.raises(ValueError, match="path=.*missing.txt.* does not exist"):
-        load_vocab(tmp_path / "missing.txt")
-    (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(ValueError, match="path=.*empty.txt.* is empty"):
-        load_vocab(tmp_path / "empty.txt")
+    f.write_bytes(b"[PAD]\r\n[UNK]\r\n[CLS]\r\n[SEP]\r\n[MASK]\r\n"
+                  b"a\r\nb\r\na\r\nc")                        # CRLF ends and no final newline
+    tok = BertTokenizer(f)
+    assert tok.ids_to_tokens[5:] == ["a", "b", "a", "c"] and len(tok) == 9
+    assert {t: tok.vocab[t] for t in "abc"} == {"a": 7, "b": 6, "c": 8}   # the later duplicate wins
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
-    with pytest.raises(ValueError, match="path=.*latin1.txt.* is not UTF-8"):
-        load_vocab(tmp_path / "latin1.txt")
+    with pytest.raises(ValueError, match="vocab_file=.*latin1.txt.* is not UTF-8"):
+        BertTokenizer(tmp_path / "latin1.txt")
 
 
 def test_write_vocab_roundtrip_and_errors(tmp_path):
     tokens = ["[PAD]", "a", "##b", "é", "中"]
     write_vocab(tokens, tmp_path / "v.txt")
-    assert load_vocab(tmp_path / "v.txt") == {t: i for i, t in enumerate(tokens)}
+    assert (tmp_path / "v.txt").read_bytes() == "".join(t + "\n" for t in tokens).encode("utf-8")
     assert os.listdir(tmp_path) == ["v.txt"]                 # no temporary file left behind
     with pytest.raises(ValueError, match=r"tokens\[2\]='a' is a duplicate"):
         write_vocab(["a", "b", "a"], tmp_path / "w.txt")
@@ -221,7 +219,6 @@ def test_special_tokens(tok):
     assert len(tok) == tok.vocab_size == 30522
     assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id,
             tok.mask_token_id) == (0, 100, 101, 102, 103)
-    assert tok.all_special_tokens == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert tok.all_special_ids == [0, 100, 101, 102, 103]
     assert tok.tokenize("hello [MASK] world") == ["hello", "[MASK]", "world"]
     assert tok.tokenize("Hello[MASK]World") == ["hello", "[MASK]", "world"]
