@@ -1,10 +1,10 @@
 """Atomic writes: a file or a directory appears complete under its name, or not at all.
 
-Every writer in minibert (checkpoints, vocabularies, corpora, pretraining arrays, the
-training run's ``latest`` pointer and plots) goes through these functions. Each writes under
-a hidden temporary name in the destination's own directory and then renames it into place:
-a rename within one file system is atomic, so a reader sees the old content or the new one,
-never a half-written mix.
+Every writer in minibert (Hugging Face checkpoints, vocabularies and tokenizer configs, the
+trainer's checkpoint directories, its ``latest`` pointer and plots) goes through these
+functions. Each writes under a hidden temporary name in the destination's own directory and
+then renames it into place: a rename within one file system is atomic, so a reader sees the
+old content or the new one, never a half-written mix.
 
 What a crash mid-write leaves behind:
 
