@@ -383,8 +383,8 @@ class BertForQuestionAnswering(_ClassifierHead):
         return 0.0
 
     def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
-                start_positions=None, end_positions=None, output_attentions=False, output_hidden_states=False, training=False,
-                keep_cache=True):
+                start_positions=None, end_positions=None, output_attentions=False,
+                output_hidden_states=False, training=False, keep_cache=True):
         xp = self.xp
         call = self.bert.dropout_calls               # the head's dropout joins the encoder's call
         out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,

@@ -299,12 +299,11 @@ class BertModel(PretrainedMixin):
         """x = dropout(LayerNorm(E_word[ids] + E_pos[0..S-1] + E_type[segments]))  (B, S, H)"""
         B, S = ids.shape
         pos_ids = self.xp.broadcast_to(self.xp.arange(S), (B, S))
-        we, c_we = embedding.forward(ids, self.params[self.prefix + "embeddings.word_embeddings.weight"],
-                                     name="input_ids")                                 # (B, S, H)
-        pe, c_pe = embedding.forward(pos_ids, self.params[self.prefix + "embeddings.position_embeddings.weight"],
-                                     name="position_ids")
-        te, c_te = embedding.forward(token_type_ids,
-                                     self.params[self.prefix + "embeddings.token_type_embeddings.weight"],
+        table = {name: self.params[f"{self.prefix}embeddings.{name}.weight"]
+                 for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
+        we, c_we = embedding.forward(ids, table["word_embeddings"], name="input_ids")  # (B, S, H)
+        pe, c_pe = embedding.forward(pos_ids, table["position_embeddings"], name="position_ids")
+        te, c_te = embedding.forward(token_type_ids, table["token_type_embeddings"],
                                      name="token_type_ids")
         x, c_ln = layernorm.forward(we + pe + te, *self._pair("embeddings.LayerNorm"),
                                     self.config.layer_norm_eps)
@@ -314,23 +313,22 @@ class BertModel(PretrainedMixin):
     def _layer_forward(self, l: int, x, mask, run):
         """Encoder layer ``l``: (B, S, H) -> (B, S, H) and its cache (post-LN, as in BERT)."""
         cfg, p, c = self.config, self._layer_params(l), {}
-        A = cfg.num_attention_heads
-        qkv, c["qkv"] = linear.forward(x, *p.qkv)                                      # (B, S, 3H)
-        q, k, v = split_heads(qkv, A, 3)                                               # (B, A, S, D) each
-        ctx, c["attn"] = attention.forward(q, k, v, mask, None, run.p_attn, self.seed,
-                                           run.offset(_site(l, 0)), run.training,
-                                           implementation=cfg.attn_implementation,
-                                           return_probs=run.output_attentions)        # (B, A, S, D)
-        ctx = merge_heads(ctx)                                                         # (B, S, H)
-        a, c["attn_out"] = linear.forward(ctx, *p.attn_out)                            # (B, S, H)
-        a, c["attn_do"] = dropout.forward(a, run.p_hidden, self.seed, run.offset(_site(l, 1)), run.training)
-        h, c["attn_ln"] = layernorm.forward(a, *p.attn_ln, cfg.layer_norm_eps, residual=x)  # LN(a + x)
+        A, eps, seed = cfg.num_attention_heads, cfg.layer_norm_eps, self.seed
+        qkv, c["qkv"] = linear.forward(x, *p.qkv)                 # qkv = x Wqkv^T + bqkv   (B, S, 3H)
+        q, k, v = split_heads(qkv, A, 3)                          # (B, A, S, D) each
+        ctx, c["attn"] = attention.forward(                       # ctx = attention(q, k, v)
+            q, k, v, mask, None, run.p_attn, seed, run.offset(_site(l, 0)), run.training,
+            implementation=cfg.attn_implementation, return_probs=run.output_attentions)
+        ctx = merge_heads(ctx)                                    # (B, A, S, D) -> (B, S, H)
+        a, c["attn_out"] = linear.forward(ctx, *p.attn_out)       # a = ctx Wo^T + bo
+        a, c["attn_do"] = dropout.forward(a, run.p_hidden, seed, run.offset(_site(l, 1)), run.training)
+        h, c["attn_ln"] = layernorm.forward(a, *p.attn_ln, eps, residual=x)    # h = LN(a + x)
         # the intermediate bias is added by the GELU op (one pass over (B, S, I) less)
-        i, c["inter"] = linear.forward(h, p.inter[0])                                  # (B, S, I)
+        i, c["inter"] = linear.forward(h, p.inter[0])             # i = h Wi^T              (B, S, I)
         g, c["gelu"] = gelu.bias_forward(i, p.inter[1], gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
-        o, c["out"] = linear.forward(g, *p.out)                                        # (B, S, H)
-        o, c["out_do"] = dropout.forward(o, run.p_hidden, self.seed, run.offset(_site(l, 2)), run.training)
-        x, c["out_ln"] = layernorm.forward(o, *p.out_ln, cfg.layer_norm_eps, residual=h)   # LN(o + h)
+        o, c["out"] = linear.forward(g, *p.out)                   # o = g Wo2^T + bo2       (B, S, H)
+        o, c["out_do"] = dropout.forward(o, run.p_hidden, seed, run.offset(_site(l, 2)), run.training)
+        x, c["out_ln"] = layernorm.forward(o, *p.out_ln, eps, residual=h)      # x = LN(o + h)
         return x, c
 
     def _pooler_forward(self, x):
@@ -395,22 +393,28 @@ class BertModel(PretrainedMixin):
         """dL/d x of layer ``l``'s input from dL/d its output; adds its parameter gradients.
         ``_layer_forward`` read from the bottom up."""
         g, A = self._layer_params(l, grads=True), self.config.num_attention_heads
-        do, dw, db = layernorm.backward(dx, c["out_ln"]);  _accumulate(g.out_ln, dw, db)   # x = LN(o + h)
-        dh = do                                                                        # ... + h: residual
-        do = dropout.backward(do, c["out_do"])                                         # o = dropout(o)
-        dg, dw, db = linear.backward(do, c["out"]);  _accumulate(g.out, dw, db)        # o = g Wo2^T + bo2
-        di, db = gelu.bias_backward(dg, c["gelu"]);  _accumulate(g.inter, None, db)    # g = GELU(i + bi)
-        dh_i, dw, _ = linear.backward(di, c["inter"]);  _accumulate(g.inter, dw)       # i = h Wi^T
-        dh = dh + dh_i                                                                 # (B, S, H)
-        da, dw, db = layernorm.backward(dh, c["attn_ln"]);  _accumulate(g.attn_ln, dw, db)  # h = LN(a + x)
-        dx = da                                                                        # ... + x: residual
-        da = dropout.backward(da, c["attn_do"])                                        # a = dropout(a)
-        dctx, dw, db = linear.backward(da, c["attn_out"]);  _accumulate(g.attn_out, dw, db)  # a = ctx Wo^T + bo
-        (dctx,) = split_heads(dctx, A)                                                 # ctx = merge_heads(ctx)
-        dq, dk, dv = attention.backward(dctx, c["attn"])                               # ctx = attention(q, k, v)
-        dqkv = merge_heads(dq, dk, dv)                                                 # q, k, v = split_heads(qkv)
-        dx_qkv, dw, db = linear.backward(dqkv, c["qkv"]);  _accumulate(g.qkv, dw, db)  # qkv = x Wqkv^T + bqkv
-        return dx + dx_qkv                                                             # (B, S, H)
+        do, dw, db = layernorm.backward(dx, c["out_ln"])          # x = LN(o + h)
+        _accumulate(g.out_ln, dw, db)
+        dh = do                                                   #   (+ h, the residual)
+        do = dropout.backward(do, c["out_do"])                    # o = dropout(o)
+        dg, dw, db = linear.backward(do, c["out"])                # o = g Wo2^T + bo2
+        _accumulate(g.out, dw, db)
+        di, db = gelu.bias_backward(dg, c["gelu"])                # g = GELU(i + bi)
+        dh_i, dw, _ = linear.backward(di, c["inter"])             # i = h Wi^T
+        _accumulate(g.inter, dw, db)
+        dh = dh + dh_i                                            # (B, S, H)
+        da, dw, db = layernorm.backward(dh, c["attn_ln"])         # h = LN(a + x)
+        _accumulate(g.attn_ln, dw, db)
+        dx = da                                                   #   (+ x, the residual)
+        da = dropout.backward(da, c["attn_do"])                   # a = dropout(a)
+        dctx, dw, db = linear.backward(da, c["attn_out"])         # a = ctx Wo^T + bo
+        _accumulate(g.attn_out, dw, db)
+        (dctx,) = split_heads(dctx, A)                            # ctx = merge_heads(ctx)
+        dq, dk, dv = attention.backward(dctx, c["attn"])          # ctx = attention(q, k, v)
+        dqkv = merge_heads(dq, dk, dv)                            # q, k, v = split_heads(qkv, 3)
+        dx_qkv, dw, db = linear.backward(dqkv, c["qkv"])          # qkv = x Wqkv^T + bqkv
+        _accumulate(g.qkv, dw, db)
+        return dx + dx_qkv                                        # (B, S, H)
 
     def _embeddings_backward(self, dx, emb_cache):
         """Adds the gradients of the tables and the LayerNorm from dL/dx (B, S, H)."""

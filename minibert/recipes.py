@@ -283,8 +283,8 @@ def fill_mask(checkpoint, text, top_k=5):
     if positions.size == 0:
         raise ValueError(f"text={text!r}: its [MASK] was truncated away "
                          f"(max {model.config.max_position_embeddings} tokens)")
-    out, _ = model.forward(ids, enc["token_type_ids"], enc["attention_mask"],
-                           masked_lm_positions=positions[None], training=False)
+    out = model(ids, attention_mask=enc["attention_mask"], token_type_ids=enc["token_type_ids"],
+                masked_lm_positions=positions[None])
     logits = to_numpy(out.mlm_logits[0]).astype(np.float64)                 # (P, V)
     logits = logits[:, :len(tokenizer)]
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -300,7 +300,8 @@ def encode(checkpoint, text):
     """Tokens, ids, and the [CLS] hidden state and pooled vector of ``text``."""
     tokenizer, model = _load(checkpoint, BertModel)
     enc = _encode_one(tokenizer, model, text)
-    out, _ = model.forward(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    out = model(enc["input_ids"], attention_mask=enc["attention_mask"],
+                token_type_ids=enc["token_type_ids"])
     ids = [int(i) for i in enc["input_ids"][0]]
     return dict(tokens=tokenizer.convert_ids_to_tokens(ids), ids=ids,
                 cls=to_numpy(out.last_hidden_state[0, 0]),

@@ -303,7 +303,7 @@ class Trainer:
         parts = []
         for start in range(0, min(n, bs * self.config.eval_batches), bs):
             batch = self._batch(self.eval_data, np.arange(start, min(start + bs, n)))
-            out, _ = self.model.forward(**batch, training=False)
+            out = self.model(**batch)                     # inference: no dropout, no caches kept
             parts.append(self.task.metrics(out, batch))
         rec = dict(step=self.step, **self.task.summarize(_pool(parts)))
         self.evals.append(rec)

@@ -50,7 +50,7 @@ def test_hf_config_keys_are_ignored():
          "transformers_version": "4.0", "id2label": {"0": "a", "1": "b", "2": "c"},
          "attn_implementation": "sdpa"}
     c = BertConfig.from_dict(d)
-    assert c.hidden_size == 64 and c.num_labels == 3 and c.attn_implementation == "eager"
+    assert c.hidden_size == 64 and c.num_labels == 3 and c.attn_implementation == "auto"
 
 
 @pytest.mark.parametrize("kwargs,match", [
