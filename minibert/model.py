@@ -269,13 +269,18 @@ class BertModel(PretrainedMixin):
         ids, tt, mask = self._validate_inputs(input_ids, attention_mask, token_type_ids)
         run = _Run.start(self, training, output_attentions)
         x, emb_cache = self._embeddings_forward(ids, tt, run)                          # (B, S, H)
+        if not keep_cache:
+            emb_cache = None
         hidden_states, attentions, layer_caches = [x], [], []
         for l in range(self.config.num_hidden_layers):
             x, c = self._layer_forward(l, x, mask, run)                                # (B, S, H)
-            attentions.append(attention.probabilities(c["attn"]) if output_attentions else None)
-            hidden_states.append(x)
+            if output_attentions:
+                attentions.append(attention.probabilities(c["attn"]))
+            if output_hidden_states:
+                hidden_states.append(x)
             if keep_cache:
                 layer_caches.append(c)
+            del c                   # without keep_cache: freed before the next layer runs
         pooled, pool_cache = self._pooler_forward(x)                                   # (B, H)
         if training:
             self.dropout_calls += 1
