@@ -16,8 +16,8 @@ import numpy as np
 from .backend import get_xp, scatter_add
 from .checkpoint import PretrainedMixin
 from .config import BertConfig
-from .model import (SITE_HEAD, BertModel, _accumulate, bert_param_specs, check_int_array,
-                    reject_positional)
+from .model import (SITE_HEAD, BertModel, accumulate, bert_param_specs, check_int_array,
+                    reject_positional, weight_and_bias)
 from .ops import cross_entropy, dropout, gelu, layernorm, linear
 from .params import FlatParams, ParamSpec
 
@@ -95,17 +95,20 @@ class _BertWithHead(PretrainedMixin):
     def _encode(self, input_ids, args, attention_mask, token_type_ids, output_attentions,
                 output_hidden_states, training, keep_cache):
         """The encoder's forward for this head's ``forward`` (its positional arguments
-        refused first)."""
+        refused first): ``(outputs, cache, call)``, ``call`` the dropout call index the
+        encoder used, which the head's own dropout joins."""
         reject_positional(f"{type(self).__name__}.forward", args)
-        return self.bert.forward(input_ids, attention_mask=attention_mask,
-                                 token_type_ids=token_type_ids, output_attentions=output_attentions,
-                                 output_hidden_states=output_hidden_states, training=training,
-                                 keep_cache=keep_cache)
+        call = self.bert.dropout_calls
+        out, cache = self.bert.forward(input_ids, attention_mask=attention_mask,
+                                       token_type_ids=token_type_ids,
+                                       output_attentions=output_attentions,
+                                       output_hidden_states=output_hidden_states,
+                                       training=training, keep_cache=keep_cache)
+        return out, cache, call
 
     def _pair(self, name, grads=False):
         """(weight, bias) of the head module ``name`` (or their gradient views)."""
-        d = self.grads if grads else self.params
-        return d[name + ".weight"], d[name + ".bias"]
+        return weight_and_bias(self.grads if grads else self.params, name)
 
     def _classifier_dropout_p(self, training):
         cfg = self.config
@@ -164,8 +167,8 @@ class BertForPreTraining(_BertWithHead):
             next_sentence_labels: (B,), 0 = IsNext, 1 = NotNext; gives the NSP loss.
         """
         xp = self.xp
-        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
-                                   output_hidden_states, training, keep_cache)
+        out, bcache, _ = self._encode(input_ids, args, attention_mask, token_type_ids,
+                                      output_attentions, output_hidden_states, training, keep_cache)
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
         if masked_lm_positions is None:                      # every position, as HF's prediction_logits
@@ -208,12 +211,12 @@ class BertForPreTraining(_BertWithHead):
         # logits = t E^T + b_dec: the decoder is tied, so its weight gradient adds into E's
         dt, _, db = linear.backward(dlogits, c_dec,
                                     dweight_out=self.grads["bert.embeddings.word_embeddings.weight"])
-        _accumulate((self.grads["cls.predictions.bias"],), db)
+        accumulate((self.grads["cls.predictions.bias"],), db)
         dt, dw, db = layernorm.backward(dt, c_tl)                               # t = LayerNorm(t)
-        _accumulate(self._pair("cls.predictions.transform.LayerNorm", grads=True), dw, db)
+        accumulate(self._pair("cls.predictions.transform.LayerNorm", grads=True), dw, db)
         dt = gelu.backward(dt, c_tg)                                             # t = GELU(t)
         dg, dw, db = linear.backward(dt, c_td)                                   # t = gathered Wt^T + bt
-        _accumulate(self._pair("cls.predictions.transform.dense", grads=True), dw, db)
+        accumulate(self._pair("cls.predictions.transform.dense", grads=True), dw, db)
         # gathered = x[rows, pos]: scatter-add back (a position may repeat, e.g. padded slots)
         rows = self.xp.broadcast_to(self.xp.arange(B)[:, None], (B, P))
         scatter_add(dseq, (rows, pos), dg)
@@ -253,7 +256,7 @@ class BertForPreTraining(_BertWithHead):
         if cache["nsp_loss"] is not None:
             dnsp = cross_entropy.backward(d_loss, cache["nsp_loss"])                # (B, 2)
             dpooled, dw, db = linear.backward(dnsp, cache["nsp"])                   # nsp = pooled W^T + b
-            _accumulate(self._pair("cls.seq_relationship", grads=True), dw, db)
+            accumulate(self._pair("cls.seq_relationship", grads=True), dw, db)
         return self.bert.backward(cache["bert"], dseq, dpooled, zero_grad=False)
 
 
@@ -280,7 +283,7 @@ class _ClassifierHead(_BertWithHead):
     def _head_backward(self, dlogits, hcache):
         c_do, c_lin = hcache
         df, dw, db = linear.backward(dlogits, c_lin)                   # logits = f W^T + b
-        _accumulate(self._pair(self.head_name, grads=True), dw, db)
+        accumulate(self._pair(self.head_name, grads=True), dw, db)
         return dropout.backward(df, c_do)
 
     def backward(self, cache, d_logits=None, d_loss=1.0):
@@ -309,9 +312,9 @@ class BertForSequenceClassification(_ClassifierHead):
     def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
-        call = self.bert.dropout_calls               # the head's dropout joins the encoder's call
-        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
-                                   output_hidden_states, training, keep_cache)
+        out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
+                                         output_attentions, output_hidden_states, training,
+                                         keep_cache)
         logits, hcache = self._head_forward(out.pooler_output, training, call)    # (B, C)
         loss, lcache = None, None
         if labels is not None:
@@ -324,7 +327,8 @@ class BertForSequenceClassification(_ClassifierHead):
                 lab = self._labels("labels", labels, (B,), C)
                 loss, c = cross_entropy.forward(logits, lab)
                 lcache = ("ce", c)
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) \
+            if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, out.pooler_output,
                           out.hidden_states, out.attentions), cache
 
@@ -347,9 +351,9 @@ class BertForTokenClassification(_ClassifierHead):
     def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
-        call = self.bert.dropout_calls               # the head's dropout joins the encoder's call
-        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
-                                   output_hidden_states, training, keep_cache)
+        out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
+                                         output_attentions, output_hidden_states, training,
+                                         keep_cache)
         logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, C)
         loss = lcache = None
         if labels is not None:
@@ -357,7 +361,8 @@ class BertForTokenClassification(_ClassifierHead):
             lab = self._labels("labels", labels, (B, S), C, ignore_index=-100)
             loss, lcache = cross_entropy.forward(logits.reshape(B * S, C), lab.reshape(-1),
                                                  ignore_index=-100)
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) \
+            if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, None,
                           out.hidden_states, out.attentions), cache
 
@@ -386,9 +391,9 @@ class BertForQuestionAnswering(_ClassifierHead):
                 start_positions=None, end_positions=None, output_attentions=False,
                 output_hidden_states=False, training=False, keep_cache=True):
         xp = self.xp
-        call = self.bert.dropout_calls               # the head's dropout joins the encoder's call
-        out, bcache = self._encode(input_ids, args, attention_mask, token_type_ids, output_attentions,
-                                   output_hidden_states, training, keep_cache)
+        out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
+                                         output_attentions, output_hidden_states, training,
+                                         keep_cache)
         logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, 2)
         B, S, _ = logits.shape
         start_logits = logits[..., 0]
@@ -409,7 +414,8 @@ class BertForQuestionAnswering(_ClassifierHead):
                 loss = loss + l / 2
                 caches.append(c)
             lcache = caches
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) \
+            if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, None, out.hidden_states,
                           out.attentions), cache
 
@@ -442,16 +448,17 @@ class BertForMultipleChoice(_ClassifierHead):
         for name, a in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if a is not None and tuple(np.shape(a)) != (B, C, S):
                 raise ValueError(f"{name} has shape {tuple(np.shape(a))}, expected {(B, C, S)}")
-        call = self.bert.dropout_calls
-        out, bcache = self._encode(flat(input_ids), args, flat(attention_mask), flat(token_type_ids),
-                                   output_attentions, output_hidden_states, training, keep_cache)
+        out, bcache, call = self._encode(flat(input_ids), args, flat(attention_mask),
+                                         flat(token_type_ids), output_attentions,
+                                         output_hidden_states, training, keep_cache)
         scores, hcache = self._head_forward(out.pooler_output, training, call)    # (B*C, 1)
         logits = scores.reshape(B, C)
         loss = lcache = None
         if labels is not None:
             lab = self._labels("labels", labels, (B,), C)
             loss, lcache = cross_entropy.forward(logits, lab)
-        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) if keep_cache else None
+        cache = dict(bert=bcache, head=hcache, loss=lcache, logits_shape=logits.shape) \
+            if keep_cache else None
         return HeadOutput(loss, logits, out.last_hidden_state, out.pooler_output,
                           out.hidden_states, out.attentions), cache
 

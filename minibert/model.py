@@ -19,7 +19,7 @@ Forward, for token ids (B, S):
         x   = LayerNorm(dropout(GELU(h Wi^T + bi) Wo2^T + bo2) + h)    feed-forward block
     last_hidden_state = x;  pooler_output = tanh(x[:, 0] Wp^T + bp)    ([CLS] token)
 
-Parameter gradients are added into the model's one flat gradient buffer (``_accumulate``);
+Parameter gradients are added into the model's one flat gradient buffer (``accumulate``);
 the gradients ``backward`` returns are views of it.
 
 Two ways to run: ``model.forward(ids, ...)`` returns ``(outputs, cache)`` for a backward;
@@ -130,7 +130,12 @@ def reject_positional(method: str, args: tuple):
                         "rest by keyword (Hugging Face's names)")
 
 
-def _accumulate(buffers, *grads):
+def weight_and_bias(named: dict, module: str):
+    """(weight, bias) of ``module`` from a name -> array dict (parameters or gradients)."""
+    return named[module + ".weight"], named[module + ".bias"]
+
+
+def accumulate(buffers, *grads):
     """Add each gradient into its view of the flat gradient buffer (None: no gradient)."""
     for buf, g in zip(buffers, grads):
         if g is not None:
@@ -193,8 +198,7 @@ class BertModel(PretrainedMixin):
     # ---------------------------------------------------------------- parameters
     def _pair(self, name, grads=False):
         """(weight, bias) of the module ``name`` (parameters, or gradients with ``grads``)."""
-        d = self.grads if grads else self.params
-        return d[self.prefix + name + ".weight"], d[self.prefix + name + ".bias"]
+        return weight_and_bias(self.grads if grads else self.params, self.prefix + name)
 
     def _layer_params(self, l: int, grads: bool = False) -> LayerParams:
         """Layer ``l``'s tensors (or their gradients): views into the flat buffer."""
@@ -391,7 +395,7 @@ class BertModel(PretrainedMixin):
         c_pd, c_pt = pool_cache
         dz = tanh.backward(dpooled, c_pt)                                  # pooled = tanh(z)
         dcls, dw, db = linear.backward(dz, c_pd)                           # z = x[:, 0] Wp^T + bp
-        _accumulate(self._pair("pooler.dense", grads=True), dw, db)
+        accumulate(self._pair("pooler.dense", grads=True), dw, db)
         return dcls
 
     def _layer_backward(self, l: int, dx, c):
@@ -399,26 +403,26 @@ class BertModel(PretrainedMixin):
         ``_layer_forward`` read from the bottom up."""
         g, A = self._layer_params(l, grads=True), self.config.num_attention_heads
         do, dw, db = layernorm.backward(dx, c["out_ln"])          # x = LN(o + h)
-        _accumulate(g.out_ln, dw, db)
+        accumulate(g.out_ln, dw, db)
         dh = do                                                   #   (+ h, the residual)
         do = dropout.backward(do, c["out_do"])                    # o = dropout(o)
         dg, dw, db = linear.backward(do, c["out"])                # o = g Wo2^T + bo2
-        _accumulate(g.out, dw, db)
+        accumulate(g.out, dw, db)
         di, db = gelu.bias_backward(dg, c["gelu"])                # g = GELU(i + bi)
         dh_i, dw, _ = linear.backward(di, c["inter"])             # i = h Wi^T
-        _accumulate(g.inter, dw, db)
+        accumulate(g.inter, dw, db)
         dh = dh + dh_i                                            # (B, S, H)
         da, dw, db = layernorm.backward(dh, c["attn_ln"])         # h = LN(a + x)
-        _accumulate(g.attn_ln, dw, db)
+        accumulate(g.attn_ln, dw, db)
         dx = da                                                   #   (+ x, the residual)
         da = dropout.backward(da, c["attn_do"])                   # a = dropout(a)
         dctx, dw, db = linear.backward(da, c["attn_out"])         # a = ctx Wo^T + bo
-        _accumulate(g.attn_out, dw, db)
+        accumulate(g.attn_out, dw, db)
         (dctx,) = split_heads(dctx, A)                            # ctx = merge_heads(ctx)
         dq, dk, dv = attention.backward(dctx, c["attn"])          # ctx = attention(q, k, v)
         dqkv = merge_heads(dq, dk, dv)                            # q, k, v = split_heads(qkv, 3)
         dx_qkv, dw, db = linear.backward(dqkv, c["qkv"])          # qkv = x Wqkv^T + bqkv
-        _accumulate(g.qkv, dw, db)
+        accumulate(g.qkv, dw, db)
         return dx + dx_qkv                                        # (B, S, H)
 
     def _embeddings_backward(self, dx, emb_cache):
@@ -426,7 +430,7 @@ class BertModel(PretrainedMixin):
         c_we, c_pe, c_te, c_ln, c_do = emb_cache
         dx = dropout.backward(dx, c_do)                                    # x = dropout(x)
         dsum, dw, db = layernorm.backward(dx, c_ln)                        # x = LN(we + pe + te)
-        _accumulate(self._pair("embeddings.LayerNorm", grads=True), dw, db)
+        accumulate(self._pair("embeddings.LayerNorm", grads=True), dw, db)
         # added straight into the gradient buffer: the tables are large, the rows used few
         for name, c_e in (("word_embeddings", c_we), ("position_embeddings", c_pe),
                           ("token_type_embeddings", c_te)):              # we = E_word[ids], ...
