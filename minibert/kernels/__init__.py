@@ -1,7 +1,7 @@
 """minibert.kernels: fast kernels behind the same contracts as the readable ops.
 
-Installed as the subpackage ``minibert.kernels`` (``package_dir`` in setup.cfg), so a plain
-``pip install .`` ships it. The readable op in ``minibert/ops/`` stays the reference every
+A plain subpackage of minibert (it once sat at the repository root, where it hid Hugging
+Face's ``kernels`` package from runs started there), so a plain ``pip install .`` ships it. The readable op in ``minibert/ops/`` stays the reference every
 kernel here is tested against.
 
 Fused attention

@@ -32,6 +32,7 @@ import numbers
 import numpy as np
 from numba import njit
 
+from minibert.backend import is_gpu_array
 from minibert.rng import check_u64
 
 from .philox_cpu import keep_from_word, philox_block
@@ -215,15 +216,10 @@ def check_blocks(block_q, block_k):
 # --------------------------------------------------------------------------- argument checks
 
 
-def is_cupy(x) -> bool:
-    """Whether ``x`` is a CuPy array (by its type's module: CuPy need not be installed)."""
-    return type(x).__module__.startswith("cupy")
-
-
 def reject_cupy(*arrays):
     """Raises NotImplementedError if any of ``arrays`` is a CuPy array: fused attention has
     no CUDA kernels yet."""
-    if any(is_cupy(x) for x in arrays):
+    if any(is_gpu_array(x) for x in arrays):
         raise NotImplementedError("fused attention on CuPy arrays needs the CUDA kernels, which "
                                   "are not available yet; use NumPy arrays or "
                                   "attn_implementation='eager'")

@@ -59,7 +59,7 @@ vectorize, and fuse multiply-adds. It makes no assumption about NaN or infinity,
 
 Arguments are checked by ``_blocks.forward_args`` / ``backward_args``, the checks of
 ``minibert.kernels.fused_attention_*`` with their messages; unlike the public entry points
-the rungs also take arrays of any strides (copied to C order) and masks as lists.
+rungs 1 to 3 also take arrays of any strides (copied to C order) and masks as lists.
 """
 from __future__ import annotations
 
