@@ -89,15 +89,20 @@ def atomic_directory(path) -> Iterator[str]:
 def _replace_directory(new: str, path: str) -> None:
     """Rename ``new`` over the existing directory ``path`` (a directory cannot be renamed
     over a non-empty one): move ``path`` aside into a hidden directory, move ``new`` in, then
-    delete the old one. If the second rename fails, the old directory goes back."""
+    delete the old one. If the second rename fails, the old directory goes back; the old one
+    is deleted only once the new one is in place, so no failure loses both."""
     parent, name = os.path.split(path)
     aside_dir = tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{name}-old-")
     aside = os.path.join(aside_dir, name)
-    os.rename(path, aside)
+    try:
+        os.rename(path, aside)
+    except BaseException:
+        os.rmdir(aside_dir)
+        raise
     try:
         os.rename(new, path)
     except BaseException:
-        os.rename(aside, path)
+        os.rename(aside, path)      # if this fails too, the old directory stays in aside_dir
+        os.rmdir(aside_dir)
         raise
-    finally:
-        shutil.rmtree(aside_dir, ignore_errors=True)
+    shutil.rmtree(aside_dir, ignore_errors=True)

@@ -111,3 +111,40 @@ def test_atomic_directory_failed_swap_restores_old(tmp_path, monkeypatch):
             pathlib.Path(tmp, "new.txt").write_text("new")
     assert os.listdir(target) == ["old.txt"]
     assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_atomic_directory_failed_swap_and_failed_restore_keep_the_old_files(tmp_path, monkeypatch):
+    """If the new directory cannot move in and the old one cannot move back either, the old
+    files must survive (under the hidden name next to ``path``): nothing deletes them."""
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(dst) == str(target):                  # both the swap and the restore fail
+            raise OSError("rename failed")
+        return real_rename(src, dst)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="rename failed"):
+        with atomic_directory(target) as tmp:
+            pathlib.Path(tmp, "new.txt").write_text("new")
+    kept = [p for p in tmp_path.rglob("old.txt")]
+    assert len(kept) == 1 and kept[0].read_text() == "old", list(tmp_path.rglob("*"))
+
+
+def test_atomic_directory_failed_move_aside_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(src) == str(target):
+            raise OSError("cannot move aside")
+        return real_rename(src, dst)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="cannot move aside"):
+        with atomic_directory(target) as tmp:
+            pathlib.Path(tmp, "new.txt").write_text("new")
+    assert os.listdir(tmp_path) == ["ckpt"] and os.listdir(target) == ["old.txt"]
