@@ -11,6 +11,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from .io import atomic_write_text
+
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "fused")
 
@@ -125,8 +127,8 @@ class BertConfig:
         return cls.from_dict(d)
 
     def save(self, path):
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json_string())
+        """Write the JSON atomically: a crash mid-write leaves the previous file."""
+        atomic_write_text(path, self.to_json_string())
 
 
 PRESETS = {

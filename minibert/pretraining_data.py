@@ -276,7 +276,7 @@ def create_pretraining_instances(documents, tokenizer, max_seq_length: int = 128
     vocab_words = replacement_vocab(tokenizer)
 
     # Text that spells a special token ("[SEP]" in a docstring) must not act as one.
-    specials = set(tokenizer.convert_ids_to_tokens([int(i) for i in tokenizer.all_special_ids]))
+    specials = set(tokenizer.all_special_tokens)
     unk = tokenizer.convert_ids_to_tokens([tokenizer.unk_token_id])[0]
     tokenized = []
     for doc in docs:

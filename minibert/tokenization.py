@@ -384,7 +384,7 @@ class BertTokenizer:
                  tokenize_chinese_chars=True, strip_accents=None, model_max_length=512):
         self.vocab_file = os.fspath(vocab_file)
         self.ids_to_tokens = _read_vocab_lines(self.vocab_file, "vocab_file")
-        # token -> id; a token on several lines maps to its last line, as load_vocab
+        # token -> id; a token on several lines maps to its last line, as Hugging Face's load_vocab
         self.vocab = {t: i for i, t in enumerate(self.ids_to_tokens)}
         missing = [t for t in SPECIAL_TOKENS if t not in self.vocab]
         if missing:
@@ -415,6 +415,11 @@ class BertTokenizer:
 
     def __len__(self) -> int:
         return len(self.ids_to_tokens)
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """[PAD], [UNK], [CLS], [SEP], [MASK], as Hugging Face's attribute."""
+        return list(SPECIAL_TOKENS)
 
     @property
     def all_special_ids(self) -> list[int]:

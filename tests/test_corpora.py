@@ -4,7 +4,7 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from minibert.corpora import (docstring_paragraphs, docstring_sentences, file_docstrings,
+from minibert.corpora import (check_documents, docstring_paragraphs, docstring_sentences, file_docstrings,
                               read_corpus, split_sentences, stdlib_documents)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -166,3 +166,18 @@ def test_stdlib_documents():
     assert stdlib_documents() == docs
     head = stdlib_documents(max_files=30)
     assert 0 < len(head) < len(docs) and head == docs[:len(head)]
+
+
+@pytest.mark.parametrize("documents,match", [
+    ("one text", r"documents has type str"),
+    (5, r"documents has type int"),
+    (["a sentence"], r"documents\[0\] has type str"),
+    ([["ok"], ["fine", 3]], r"documents\[1\]\[1\] has type int"),
+])
+def test_check_documents_names_the_bad_entry(documents, match):
+    with pytest.raises(TypeError, match=match):
+        check_documents(documents)
+
+
+def test_check_documents_returns_a_list():
+    assert check_documents(iter([("a", "b"), ["c"]])) == [("a", "b"), ["c"]]
