@@ -16,10 +16,9 @@ from .config import BertConfig, count_parameters, parameter_breakdown
 from .gradcheck import GradcheckError, GradcheckReport, check_op, gradcheck
 from .heads import (BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
                     BertForSequenceClassification, BertForTokenClassification)
-from .model import BertModel
+from .model import BertModel, from_pretrained
 from .backend import gpu_available
 from .checkpoint import save_pretrained
-from .recipes import from_pretrained
 from .tokenization import BertTokenizer
 from .wordpiece_trainer import train_wordpiece_vocab
 from .optim import AdamW, LRSchedule, clip_grad_norm

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .backend import get_array_module, get_xp
-from .checkpoint import PretrainedMixin
+from .checkpoint import PretrainedMixin, load_pretrained
 from .config import BertConfig
 from .params import FlatParams, ParamSpec
 from .ops import attention, dropout, embedding, gelu, layernorm, linear, tanh
@@ -443,6 +443,16 @@ class BertModel(PretrainedMixin):
     def set_rng_state(self, state: dict):
         self.seed = int(state["seed"])
         self.dropout_calls = int(state["dropout_calls"])
+
+
+def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu",
+                    new_head: bool = False, **config_overrides):
+    """``minibert.from_pretrained``: a ``model_class`` (default BertModel) loaded from the
+    Hugging Face directory ``path``, as ``model_class.from_pretrained(path, ...)``. It lives
+    here, beside its default class: ``checkpoint.py`` sits below the models and takes the
+    class as an argument (``checkpoint.load_pretrained``)."""
+    return load_pretrained(path, model_class or BertModel, dtype, device, new_head,
+                           **config_overrides)
 
 
 class _Run(NamedTuple):

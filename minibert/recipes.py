@@ -17,7 +17,6 @@ import os
 import numpy as np
 
 from .backend import to_numpy
-from .checkpoint import load_pretrained
 from .config import PRESETS, BertConfig
 from .heads import BertForPreTraining, BertForSequenceClassification
 from .model import BertModel
@@ -238,18 +237,6 @@ def finetune(checkpoint="runs/pretrain", data=None, out_dir="runs/finetune", ste
 
 
 # --------------------------------------------------------------------------- inference
-def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu",
-                    new_head: bool = False, **config_overrides):
-    """``minibert.from_pretrained``: a ``model_class`` (default BertModel) loaded from the
-    Hugging Face directory ``path``, as ``model_class.from_pretrained(path, ...)``.
-
-    It lives here, above the model classes, because of that default: ``checkpoint.py`` sits
-    below them and takes the class as an argument (``checkpoint.load_pretrained``).
-    """
-    return load_pretrained(path, model_class or BertModel, dtype, device, new_head,
-                           **config_overrides)
-
-
 def _load(checkpoint, model_class):
     model_dir = resolve_checkpoint(checkpoint)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
