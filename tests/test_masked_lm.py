@@ -2,6 +2,8 @@
 gathered positions with weights, a random upstream gradient on the logits; dropout on and
 off), parity of loss, logits and every gradient with transformers' autograd, float32
 against float64, and bad input."""
+import os
+
 import numpy as np
 import pytest
 
@@ -216,3 +218,35 @@ def test_bad_input(rng):
         model.backward(None)
     with pytest.raises(TypeError, match="takes input_ids as its only positional"):
         model.forward(ids, mask)
+
+
+REAL = os.environ.get("MINIBERT_REAL_CHECKPOINT")
+
+
+@pytest.mark.skipif(not REAL, reason="set MINIBERT_REAL_CHECKPOINT to a BERT directory")
+def test_real_checkpoint_masked_lm_matches_transformers():
+    """Opt-in, as tests/test_real_checkpoint.py: a real pretrained checkpoint with a masked-LM
+    head (bert-base-uncased and the like) as BertForMaskedLM against transformers, float32.
+    Hidden states agree to ~1e-4 there (that test's bound); the decoder turns a hidden error
+    d into a logit error of about |d| |E_row| (word embedding rows of norm ~1-2) summed over
+    the 768 dimensions with random signs, so 1e-3 on logits; the top 5 at each [MASK] agree."""
+    torch, transformers = _hf()
+    from minibert import BertTokenizer
+    from minibert.checkpoint import tensor_names
+    if not any(n.startswith("cls.predictions.") for n in tensor_names(REAL)):
+        pytest.skip("the checkpoint has no masked-LM head")
+    model = BertForMaskedLM.from_pretrained(REAL)
+    hf = transformers.BertForMaskedLM.from_pretrained(REAL, attn_implementation="eager").eval()
+    tok = BertTokenizer.from_pretrained(REAL)
+    enc = tok(["The capital of France is [MASK].", "She opened the [MASK] and read the letter."],
+              padding="longest")
+    out = model(enc["input_ids"], attention_mask=enc["attention_mask"],
+                token_type_ids=enc["token_type_ids"])
+    with torch.no_grad():
+        ref = hf(**{k: torch.tensor(np.asarray(enc[k])) for k in
+                    ("input_ids", "attention_mask", "token_type_ids")}).logits.numpy()
+    real = np.asarray(enc["attention_mask"])[..., None].astype(bool)
+    diff = np.abs(np.where(real, out.logits - ref, 0)).max()
+    assert diff <= 1e-3, f"logits differ by {diff:.3e}"
+    for b, s in zip(*np.nonzero(np.asarray(enc["input_ids"]) == tok.mask_token_id)):
+        assert list(np.argsort(-out.logits[b, s])[:5]) == list(np.argsort(-ref[b, s])[:5])
