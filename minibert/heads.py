@@ -66,6 +66,9 @@ class _BertWithHead(PretrainedMixin):
             raise TypeError(f"config has type {type(config).__name__}, expected BertConfig")
         if add_pooling_layer is None:
             add_pooling_layer = type(self).add_pooling_layer
+        if not isinstance(add_pooling_layer, (bool, np.bool_)):
+            raise TypeError(f"add_pooling_layer={add_pooling_layer!r} is invalid, expected True, "
+                            "False or None (the class default)")
         if not add_pooling_layer and self.needs_pooler:
             raise ValueError(f"add_pooling_layer={add_pooling_layer!r}: {type(self).__name__} reads "
                              "the pooled [CLS] output, expected True (or None)")

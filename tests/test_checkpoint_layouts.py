@@ -332,6 +332,10 @@ def test_parameter_counts_match_transformers():
 def test_heads_that_read_the_pooler_refuse_to_go_without(cls):
     with pytest.raises(ValueError, match=f"add_pooling_layer=False: {cls.__name__} reads the pooled"):
         cls(BertConfig(**SMALL), add_pooling_layer=False)
+    with pytest.raises(TypeError, match="add_pooling_layer=1 is invalid"):
+        BertForMaskedLM(BertConfig(**SMALL), add_pooling_layer=1)
+    with pytest.raises(TypeError, match="add_pooling_layer='yes' is invalid"):
+        BertModel(BertConfig(**SMALL), add_pooling_layer="yes")
 
 
 @pytest.mark.parametrize("cls", [BertForTokenClassification, BertForQuestionAnswering])
