@@ -159,11 +159,15 @@ def map_state_dict(state: dict, model, new_head: bool = False):
     """
     wanted = set(model.params)
     encoder_prefix = "bert." if any(n.startswith("bert.") for n in wanted) else ""
+    has_mlm_head = "cls.predictions.bias" in wanted
     mapped, skipped, unexpected = {}, [], []
     tied_bias = decoder = None
     for raw, value in state.items():
         name = _strip(_normalize_name(raw))
         if name in IGNORED:
+            continue
+        if name in (DECODER_WEIGHT, DECODER_BIAS) and not has_mlm_head:
+            skipped.append(raw)                      # another head's, as the rest of cls.*
             continue
         if name == DECODER_WEIGHT:
             decoder = (raw, value)                   # tied to the word embeddings: checked below
@@ -178,10 +182,10 @@ def map_state_dict(state: dict, model, new_head: bool = False):
             skipped.append(raw)                      # another head, or a pooler we do not use
         else:
             unexpected.append(raw)
-    if "cls.predictions.bias" in wanted and "cls.predictions.bias" not in mapped and tied_bias is not None:
+    if has_mlm_head and "cls.predictions.bias" not in mapped and tied_bias is not None:
         mapped["cls.predictions.bias"] = tied_bias
     words = mapped.get(encoder_prefix + WORD_EMBEDDINGS)
-    if decoder is not None and "cls.predictions.bias" in wanted and words is not None:
+    if decoder is not None and words is not None:
         raw, value = decoder
         if np.shape(value) != np.shape(words) or not np.array_equal(value, words):
             raise ValueError(f"checkpoint tensor {raw!r} differs from the word embeddings: the "

@@ -287,6 +287,12 @@ def test_pretraining_checkpoint_into_masked_lm_reports_unused(layouts):
 def test_buffers_and_legacy_names_are_not_reported(layouts):
     _, info = BertForMaskedLM.from_pretrained(layouts["legacy_bin"].path, output_loading_info=True)
     assert info == dict(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[])
+    # the encoder alone reports the whole masked-LM head unused, tied decoder tensors included
+    # (as Hugging Face's BertModel does), and the buffers not at all
+    _, info = BertModel.from_pretrained(layouts["legacy_bin"].path, output_loading_info=True)
+    assert info["unexpected_keys"] == sorted(
+        n for n in tensor_names(layouts["legacy_bin"].path) if n.startswith("cls."))
+    assert "cls.predictions.decoder.weight" in info["unexpected_keys"]
 
 
 def test_add_pooling_layer_explicit(layouts):
