@@ -35,7 +35,7 @@ from minibert import (BertConfig, BertForMaskedLM, BertForPreTraining,  # noqa: 
                       BertForTokenClassification, BertModel, from_pretrained)
 from minibert.checkpoint import tensor_names  # noqa: E402
 from minibert.cli import main  # noqa: E402
-from tests.helpers import assert_close, max_abs_diff  # noqa: E402
+from tests.helpers import assert_close  # noqa: E402
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of", "list", "file",
          "return", "open", "and", "read", "its", "contents", "value", "key", "first", "last",
