@@ -96,6 +96,16 @@ class _BertWithHead(PretrainedMixin):
     def rng_state(self) -> dict:
         return self.bert.rng_state()
 
+    @property
+    def batch_start(self) -> int:
+        """The encoder's ``batch_start`` (``BertModel``): this batch's first row in a larger
+        one, for the dropout masks."""
+        return self.bert.batch_start
+
+    @batch_start.setter
+    def batch_start(self, row: int):
+        self.bert.batch_start = int(row)
+
     def set_rng_state(self, state: dict):
         self.bert.set_rng_state(state)
 
@@ -276,8 +286,12 @@ class BertForPreTraining(_WithMLMHead):
         return outputs, dict(bert=bcache, shape=(B, S, H), mlm_head=c_mlm_head, nsp=c_nsp,
                              mlm_loss=c_mlm, nsp_loss=c_nspl)
 
-    def backward(self, cache, d_loss=1.0):
-        """Gradients of ``d_loss * loss`` for every parameter (dict named as ``params``)."""
+    def backward(self, cache, d_loss=1.0, *, d_mlm_loss=None, d_nsp_loss=None):
+        """Gradients of ``d_loss * loss`` for every parameter (dict named as ``params``);
+        ``d_mlm_loss`` and ``d_nsp_loss``, when given, weigh the two parts apart:
+        ``d_mlm_loss * mlm_loss + d_nsp_loss * nsp_loss``. (A data-parallel rank weighs its
+        slice's parts by its share of the whole batch's masked positions and sequences, so
+        that the ranks' gradients add up to the gradient of the whole batch's loss.)"""
         if cache is None:
             raise ValueError("cache is None: it comes from forward(..., keep_cache=True)")
         if cache["mlm_loss"] is None and cache["nsp_loss"] is None:
@@ -288,13 +302,14 @@ class BertForPreTraining(_WithMLMHead):
         self.store.zero_grad()
         dseq = xp.zeros((B, S, H), dtype=self.dtype)
         dpooled = None
-        d_loss = xp.asarray(d_loss, dtype=self.dtype)
+        d_mlm = xp.asarray(d_loss if d_mlm_loss is None else d_mlm_loss, dtype=self.dtype)
+        d_nsp = xp.asarray(d_loss if d_nsp_loss is None else d_nsp_loss, dtype=self.dtype)
         if cache["mlm_loss"] is not None:
-            dlogits = cross_entropy.backward(d_loss, cache["mlm_loss"])             # (B*P, V)
+            dlogits = cross_entropy.backward(d_mlm, cache["mlm_loss"])              # (B*P, V)
             P = cache["mlm_head"][0].shape[1]
             self._mlm_head_backward(dlogits.reshape(B, P, -1), cache["mlm_head"], dseq)
         if cache["nsp_loss"] is not None:
-            dnsp = cross_entropy.backward(d_loss, cache["nsp_loss"])                # (B, 2)
+            dnsp = cross_entropy.backward(d_nsp, cache["nsp_loss"])                 # (B, 2)
             dpooled, dw, db = linear.backward(dnsp, cache["nsp"])                   # nsp = pooled W^T + b
             accumulate(self._pair("cls.seq_relationship", grads=True), dw, db)
         return self.bert.backward(cache["bert"], dseq, dpooled, zero_grad=False)
@@ -408,8 +423,10 @@ class _ClassifierHead(_BertWithHead):
     def _head_forward(self, features, training, call):
         """Classifier dropout (stream ``call``, the encoder's call index) then the linear layer."""
         p = self._classifier_dropout_p(training)
+        # features' rows are the encoder's batch rows (B, or B*C for multiple choice)
+        start = self.bert.batch_start * (features.size // max(features.shape[0], 1))
         f, c_do = dropout.forward(features, p, self.bert.seed,
-                                  (call << 20) | SITE_HEAD, training)
+                                  (call << 20) | SITE_HEAD, training, start=start)
         logits, c_lin = linear.forward(f, *self._pair(self.head_name))
         return logits, (c_do, c_lin)
 

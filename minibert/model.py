@@ -195,6 +195,11 @@ class BertModel(PretrainedMixin):
         self.add_pooling_layer = bool(add_pooling_layer)
         self.prefix = prefix
         self.dropout_calls = 0             # training forwards so far: the dropout call index
+        # The row, within a larger batch, of the first row of the batches this model gets:
+        # 0, unless each data-parallel rank runs its slice of one batch (minibert.distributed).
+        # Dropout masks are drawn at the element indices of the whole batch, so the ranks
+        # together draw the masks of one process running it all.
+        self.batch_start = 0
         if store is None:
             store = FlatParams(bert_param_specs(config, prefix, add_pooling_layer), dtype, get_xp(device))
             store.initialize(seed, config.initializer_range)
@@ -324,27 +329,32 @@ class BertModel(PretrainedMixin):
                                      name="token_type_ids")
         x, c_ln = layernorm.forward(we + pe + te, *self._pair("embeddings.LayerNorm"),
                                     self.config.layer_norm_eps)
-        x, c_do = dropout.forward(x, run.p_hidden, self.seed, run.offset(SITE_EMBEDDINGS), run.training)
+        x, c_do = dropout.forward(x, run.p_hidden, self.seed, run.offset(SITE_EMBEDDINGS),
+                                  run.training, start=run.first_element(x))
         return x, (c_we, c_pe, c_te, c_ln, c_do)
 
     def _layer_forward(self, l: int, x, mask, run):
         """Encoder layer ``l``: (B, S, H) -> (B, S, H) and its cache (post-LN, as in BERT)."""
         cfg, p, c = self.config, self._layer_params(l), {}
         A, eps, seed = cfg.num_attention_heads, cfg.layer_norm_eps, self.seed
+        S = x.shape[1]
         qkv, c["qkv"] = linear.forward(x, *p.qkv)                 # qkv = x Wqkv^T + bqkv   (B, S, 3H)
         q, k, v = split_heads(qkv, A, 3)                          # (B, A, S, D) each
         ctx, c["attn"] = attention.forward(                       # ctx = attention(q, k, v)
             q, k, v, mask, None, run.p_attn, seed, run.offset(_site(l, 0)), run.training,
-            implementation=cfg.attn_implementation, return_probs=run.output_attentions)
+            implementation=cfg.attn_implementation, return_probs=run.output_attentions,
+            start=run.first_element(q, S * S * A))                        # P is (B, A, S, S)
         ctx = merge_heads(ctx)                                    # (B, A, S, D) -> (B, S, H)
         a, c["attn_out"] = linear.forward(ctx, *p.attn_out)       # a = ctx Wo^T + bo
-        a, c["attn_do"] = dropout.forward(a, run.p_hidden, seed, run.offset(_site(l, 1)), run.training)
+        a, c["attn_do"] = dropout.forward(a, run.p_hidden, seed, run.offset(_site(l, 1)),
+                                          run.training, start=run.first_element(a))
         h, c["attn_ln"] = layernorm.forward(a, *p.attn_ln, eps, residual=x)    # h = LN(a + x)
         # the intermediate bias is added by the GELU op (one pass over (B, S, I) less)
         i, c["inter"] = linear.forward(h, p.inter[0])             # i = h Wi^T              (B, S, I)
         g, c["gelu"] = gelu.bias_forward(i, p.inter[1], gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
         o, c["out"] = linear.forward(g, *p.out)                   # o = g Wo2^T + bo2       (B, S, H)
-        o, c["out_do"] = dropout.forward(o, run.p_hidden, seed, run.offset(_site(l, 2)), run.training)
+        o, c["out_do"] = dropout.forward(o, run.p_hidden, seed, run.offset(_site(l, 2)),
+                                         run.training, start=run.first_element(o))
         x, c["out_ln"] = layernorm.forward(o, *p.out_ln, eps, residual=h)      # x = LN(o + h)
         return x, c
 
@@ -472,6 +482,7 @@ class _Run(NamedTuple):
     p_hidden: float             # hidden-state dropout (0 outside training)
     p_attn: float               # attention-probability dropout (0 outside training)
     output_attentions: bool
+    batch_start: int            # the model's batch_start: this batch's first row in the whole
 
     @classmethod
     def start(cls, model, training, output_attentions) -> "_Run":
@@ -480,8 +491,16 @@ class _Run(NamedTuple):
         return cls(bool(training), model.dropout_calls,
                    cfg.hidden_dropout_prob if training else 0.0,
                    cfg.attention_probs_dropout_prob if training else 0.0,
-                   bool(output_attentions))
+                   bool(output_attentions), int(model.batch_start))
 
     def offset(self, site: int) -> int:
         """The Philox offset of dropout ``site`` in this call: (call << 20) | site."""
         return (self.call << 20) | site
+
+    def first_element(self, x, per_row=None) -> int:
+        """The element index, in the dropout stream, of the first element of a mask over
+        ``x`` (batch rows first, ``per_row`` elements each: by default x's own): the mask
+        of the whole batch, from row ``batch_start`` on."""
+        if per_row is None:
+            per_row = x.size // x.shape[0] if x.shape[0] else 0
+        return self.batch_start * per_row

@@ -16,7 +16,10 @@ minibert's convention, shared by every implementation:
     keep    = u >= p                                            dropout keeps with probability 1 - p
 
 ``offset`` separates independent streams under one seed (each dropout site of each forward
-call gets its own offset; see ``BertModel``).
+call gets its own offset; see ``BertModel``). ``start`` is the element index of the first
+element asked for: a tensor that is rows r0.. of a larger batch (one rank's slice of a
+data-parallel batch) draws the bits of those rows of the whole batch's mask, so the ranks
+together draw exactly the mask of one process running the whole batch.
 """
 from __future__ import annotations
 
@@ -68,37 +71,41 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
     return c0, c1, c2, c3
 
 
-def random_bits(n: int, seed: int, offset: int = 0, xp=np):
-    """The first ``n`` uint32 words of the stream (seed, offset): word i for element i."""
+def random_bits(n: int, seed: int, offset: int = 0, xp=np, start: int = 0):
+    """Words ``start`` .. ``start + n - 1`` of the stream (seed, offset), uint32 (n,): word i
+    for element i."""
     seed = check_u64("seed", seed)
     offset = check_u64("offset", offset)
+    start = check_u64("start", start)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} is not a valid element count, expected an integer >= 0")
-    n_blocks = (int(n) + 3) // 4
-    block = xp.arange(n_blocks, dtype=xp.uint64)                        # (n_blocks,)
+    first, lane = divmod(start, 4)                  # the block of element start, its word
+    n_blocks = (lane + int(n) + 3) // 4
+    block = xp.arange(n_blocks, dtype=xp.uint64) + xp.uint64(first)     # (n_blocks,)
     c0 = (block & xp.uint64(MASK32)).astype(xp.uint32)
     c1 = (block >> xp.uint64(32)).astype(xp.uint32)
     c2 = xp.full(n_blocks, offset & MASK32, dtype=xp.uint32)
     c3 = xp.full(n_blocks, offset >> 32, dtype=xp.uint32)
     words = philox4x32(c0, c1, c2, c3, seed & MASK32, seed >> 32)
     # element 4*b + j takes word j of block b
-    return xp.stack(words, axis=1).reshape(-1)[:n]                       # (n,)
+    return xp.stack(words, axis=1).reshape(-1)[lane:lane + n]            # (n,)
 
 
-def uniform(shape, seed: int, offset: int = 0, xp=np, dtype=np.float32):
-    """Uniform numbers in [0, 1) with 24 random bits each, laid out in C order over ``shape``."""
+def uniform(shape, seed: int, offset: int = 0, xp=np, dtype=np.float32, start: int = 0):
+    """Uniform numbers in [0, 1) with 24 random bits each, laid out in C order over ``shape``
+    from element ``start`` of the stream on."""
     shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
     n = int(np.prod(shape, dtype=np.int64))
-    bits = random_bits(n, seed, offset, xp)
+    bits = random_bits(n, seed, offset, xp, start)
     u = (bits >> xp.uint32(8)).astype(dtype) * dtype(2.0 ** -24)
     return u.reshape(shape)
 
 
-def keep_mask(shape, p: float, seed: int, offset: int = 0, xp=np):
+def keep_mask(shape, p: float, seed: int, offset: int = 0, xp=np, start: int = 0):
     """Boolean dropout keep-mask: True where ``uniform >= p`` (kept with probability 1 - p).
 
     The comparison is done in float32 on values that are exact multiples of 2**-24, so every
     implementation that follows the convention above produces the same bits.
     """
-    u = uniform(shape, seed, offset, xp, np.float32)
+    u = uniform(shape, seed, offset, xp, np.float32, start)
     return u >= np.float32(p)

@@ -44,22 +44,26 @@ from __future__ import annotations
 __all__ = ["fused_attention_forward", "fused_attention_backward"]
 
 
-def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0):
+def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0):
     """``(out, lse)``: out (B, A, S, D) = softmax(scale q k^T + mask) (with dropout) v, and
-    lse (B, A, S) the log-sum-exp of each row of masked scores. See the module docstring."""
+    lse (B, A, S) the log-sum-exp of each row of masked scores. See the module docstring;
+    ``start`` is the stream's element index of the first probability (0, or b0 A S S for
+    rows b0.. of a larger batch)."""
     # lazy: Numba takes a while to import, and ``import minibert.kernels`` should not
     from ._blocks import forward_args
     args = forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
+    from ..rng import check_u64
     from .attention_cpu import attention_forward
-    return attention_forward(q, k, v, *args)
+    return attention_forward(q, k, v, *args, start=check_u64("start", start))
 
 
 def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0,
-                             offset=0):
+                             offset=0, *, start=0):
     """``(dq, dk, dv)``, each (B, A, S, D): the gradients of the forward's ``out`` given
     ``dout`` = dL/d out. ``out`` and ``lse`` are what the forward returned for the same
-    q, k, v, mask, scale, dropout_p, seed and offset."""
+    q, k, v, mask, scale, dropout_p, seed, offset and start."""
     from ._blocks import backward_args
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+    from ..rng import check_u64
     from .attention_cpu import attention_backward
-    return attention_backward(dout, q, k, v, out, lse, *args)
+    return attention_backward(dout, q, k, v, out, lse, *args, start=check_u64("start", start))

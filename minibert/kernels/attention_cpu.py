@@ -71,7 +71,7 @@ MIN_TASKS = 8
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, seed, offset,
-                   b, h0, A, S, i0, j0, exp_consts, int_type):
+                   start, b, h0, A, S, i0, j0, exp_consts, int_type):
     """One key block of the online softmax, for a tile of G heads x nr queries, in place.
 
     ``s`` (G, nr, nc) holds Q K^T of the block and leaves with P~ = exp(scale s + mask -
@@ -79,7 +79,8 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
     are updated; ``acc`` (G, nr, D), the unnormalised output, is rescaled by
     alpha = exp(m_old - m_new) unless ``first`` (then the caller overwrites it with P~ V).
     ``bias_blk`` (nc,) is the additive key mask; the keep bit of score (i0 + r, j0 + c) of
-    head h0 + g is element ((b A + h0 + g) S + i0 + r) S + j0 + c of the Philox stream.
+    head h0 + g is element start + ((b A + h0 + g) S + i0 + r) S + j0 + c of the Philox
+    stream (``start`` int64: 0, or b0 A S S for rows b0.. of a larger batch).
     """
     G, nr, nc = s.shape
     D = acc.shape[2]
@@ -105,7 +106,7 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
             l[g, r] = l[g, r] * alpha + row_sum           # the sum is taken before dropout
             m[g, r] = m_new
             if dropping:
-                base = ((b * A + h0 + g) * S + i0 + r) * S + j0
+                base = start + ((b * A + h0 + g) * S + i0 + r) * S + j0
                 keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
                 for c in range(nc):
                     srow[c] *= kf[c]
@@ -136,7 +137,7 @@ def _forward_finish(acc, m, l, lse):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads, dropout_p,
-                    keep_scale, seed, offset, b, h0, A, S, i0, j0, exp_consts, int_type):
+                    keep_scale, seed, offset, start, b, h0, A, S, i0, j0, exp_consts, int_type):
     """The row pass of the backward for a tile of G heads x nr queries x nc keys, in place.
 
     ``p`` comes with Q K^T and ``ds`` with dO V^T (G, nr, nc). The probabilities are
@@ -163,7 +164,7 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
                 prow[c] = prow[c] * scale + bias_blk[c] - lse_i
             exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
             if dropping:
-                base = ((b * A + h0 + g) * S + i0 + r) * S + j0
+                base = start + ((b * A + h0 + g) * S + i0 + r) * S + j0
                 keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
             if stats:
                 t_sum = zero
@@ -185,7 +186,7 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
 # --------------------------------------------------------------------------- tasks
 
 
-def _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k):
+def _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q, block_k):
     """Rows of out and lse of sequence b, heads h0 .. h1 - 1."""
     key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed, offset = args
     _, A, S, D = q.shape
@@ -211,7 +212,7 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k):
             s = s_buf[:G * nr * nc].reshape(G, nr, nc)
             np.matmul(qi, k[b, h0:h1, j0:j1].transpose(0, 2, 1), out=s)     # Q K^T
             _forward_block(s, acc, mi, li, key_bias[b, j0:j1], scale, first, dropout_p,
-                           keep_scale, seed, offset, b, h0, A, S, i0, j0, consts, int_type)
+                           keep_scale, seed, offset, start, b, h0, A, S, i0, j0, consts, int_type)
             vj = v[b, h0:h1, j0:j1]                                     # (G, nc, D)
             if first:
                 np.matmul(s, vj, out=acc)                               # acc = P~ V
@@ -223,7 +224,7 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k):
         _forward_finish(acc, mi, li, lse[b, h0:h1, i0:i0 + nr])
 
 
-def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, block_q, block_k):
+def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, start, block_q, block_k):
     """Rows of dq, dk and dv of sequence b, heads h0 .. h1 - 1 (all of them: the caller
     allocates them uninitialised)."""
     key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed, offset = args
@@ -262,7 +263,7 @@ def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, block_q, blo
                 np.matmul(doi, vj.transpose(0, 2, 1), out=ds)                # dO V^T
                 _backward_block(p, ds, key_bias[b, j0:j1], lse[b, h0:h1, i0:i0 + nr],
                                 row_sum[:, i0:i0 + nr], row_pdp[:, i0:i0 + nr], scale,
-                                stats, grads, dropout_p, keep_scale, seed, offset,
+                                stats, grads, dropout_p, keep_scale, seed, offset, start,
                                 b, h0, A, S, i0, j0, consts, int_type)
                 if not grads:
                     continue
@@ -324,22 +325,25 @@ def _uninitialised(like):
     return np.empty_like(like)
 
 
-def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
+def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
                       block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
-    NumPy arrays, ``scale`` a float, ``mask`` (B, S) of 0/1 or None."""
+    NumPy arrays, ``scale`` a float, ``mask`` (B, S) of 0/1 or None, ``start`` the
+    dropout stream's element index of the first probability."""
     B, A, S, D = q.shape
     block_q, block_k = _block_sizes(block_q, block_k, S)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     out = _uninitialised(q)                                              # (B, A, S, D)
     lse = _uninitialised(q[..., 0])                                      # (B, A, S)
-    _run(lambda b, h0, h1: _forward_task(b, h0, h1, q, k, v, out, lse, args, block_q, block_k),
+    start = np.int64(start)
+    _run(lambda b, h0, h1: _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q,
+                                         block_k),
          _longest_first(head_groups(B, A), args[1], args[2]), B * A * S * S * D)
     return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
-                       *, block_q=BLOCK_Q, block_k=BLOCK_K):
+                       *, start=0, block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
     ``out`` is not read (see ``ladder/attn_v4_tiled.py``); it stays in FlashAttention's
     signature."""
@@ -347,7 +351,8 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     block_q, block_k = _block_sizes(block_q, block_k, S)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     dq, dk, dv = _uninitialised(q), _uninitialised(q), _uninitialised(q)  # (B, A, S, D) each
+    start = np.int64(start)
     _run(lambda b, h0, h1: _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args,
-                                          block_q, block_k),
+                                          start, block_q, block_k),
          _longest_first(head_groups(B, A), args[1], args[2]), B * A * S * S * D)
     return dq, dk, dv

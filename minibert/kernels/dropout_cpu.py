@@ -61,12 +61,12 @@ _U1, _U2, _U3, _U4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
 @njit(nogil=True, cache=True, error_model="numpy")
 def _keep_factors(seed, offset, p32, e0, e1, one, zero, kf):
     """kf[i - e0] = one where element i of the stream (seed, offset) is kept, else zero, for
-    e0 <= i < e1 with e0 a multiple of 4. One Philox call per four elements; the last call
-    may fill up to three factors past e1 - e0 (kf has room for them)."""
+    e0 <= i < e1 (uint64) with e0 a multiple of 4. One Philox call per four elements; the
+    last call may fill up to three factors past e1 - e0 (kf has room for them)."""
     s, o = np.uint64(seed), np.uint64(offset)
     s_lo, s_hi, o_lo, o_hi = s & _MASK32, s >> _SHIFT32, o & _MASK32, o >> _SHIFT32
-    first = np.uint64(e0 >> 2)                      # counter block of element e0
-    for b in range(np.uint64((e1 - e0 + 3) >> 2)):
+    first = e0 >> _U2                               # counter block of element e0
+    for b in range((e1 - e0 + _U3) >> _U2):
         block = first + b
         w0, w1, w2, w3 = philox4x32_10(block & _MASK32, block >> _SHIFT32, o_lo, o_hi, s_lo, s_hi)
         i = _U4 * b
@@ -77,22 +77,26 @@ def _keep_factors(seed, offset, p32, e0, e1, one, zero, kf):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def forward_rows(x, seed, offset, p32, denom, y, keep, chunk, r0, r1):
+def forward_rows(x, seed, offset, start, p32, denom, y, keep, chunk, r0, r1):
     """Rows r0 <= r < r1 (elements r chunk .. (r + 1) chunk - 1) of the flat x (n,):
-    y = x * keep / denom and the mask ``keep`` (bool). ``denom`` is dtype(1 - p), ``p32``
-    float32(p), ``seed`` and ``offset`` uint64 (see ``philox_cpu.py`` on why)."""
+    y = x * keep / denom and the mask ``keep`` (bool); element i of x is element
+    start + i of the stream. ``denom`` is dtype(1 - p), ``p32`` float32(p), ``seed``,
+    ``offset`` and ``start`` uint64 (see ``philox_cpu.py`` on why)."""
     n = x.shape[0]
     one, zero = x.dtype.type(1.0), x.dtype.type(0.0)
-    kf = np.empty(chunk + 4, dtype=x.dtype)         # keep factors of one row, 1 or 0
+    kf = np.empty(chunk + 8, dtype=x.dtype)         # keep factors of one row, 1 or 0
     for r in range(r0, r1):
         e0 = r * chunk
         e1 = min(e0 + chunk, n)
-        _keep_factors(seed, offset, p32, e0, e1, one, zero, kf)
         u0 = np.uint64(e0)
+        g0 = start + u0                             # the row's first element in the stream
+        lane = g0 & _U3                             # its word in its counter block
+        _keep_factors(seed, offset, p32, g0 - lane, g0 + np.uint64(e1 - e0), one, zero, kf)
         for i in range(np.uint64(e1 - e0)):
             # (x * keep) / (1 - p): the readable op's two roundings, in its order
-            y[u0 + i] = x[u0 + i] * kf[i] / denom
-            keep[u0 + i] = kf[i] != zero
+            f = kf[lane + i]
+            y[u0 + i] = x[u0 + i] * f / denom
+            keep[u0 + i] = f != zero
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -109,16 +113,17 @@ def _rows(n):
     return -(-n // CHUNK)
 
 
-def forward(x, p, seed, offset):
+def forward(x, p, seed, offset, start=0):
     """``y`` and the bool mask ``keep`` (both of x's shape) of
-    ``minibert.ops.dropout.forward(x, p, seed, offset, training=True)`` for 0 < p < 1 (the op
-    validates them); x a NumPy float32/float64 array of any shape. The op saves
-    ``(keep, p)`` for ``backward``."""
+    ``minibert.ops.dropout.forward(x, p, seed, offset, training=True, start=start)`` for
+    0 < p < 1 (the op validates them); x a NumPy float32/float64 array of any shape. The op
+    saves ``(keep, p)`` for ``backward``."""
     flat = np.ascontiguousarray(x).reshape(-1)              # C order: the element index
     n = flat.shape[0]
     y = np.empty(n, dtype=x.dtype)
     keep = np.empty(n, dtype=np.bool_)
-    run_rows(forward_rows, _rows(n), flat, np.uint64(seed), np.uint64(offset), np.float32(p),
+    run_rows(forward_rows, _rows(n), flat, np.uint64(seed), np.uint64(offset), np.uint64(start),
+             np.float32(p),
              x.dtype.type(1.0 - p), y, keep, CHUNK)
     return y.reshape(x.shape), keep.reshape(x.shape)
 

@@ -133,7 +133,7 @@ def _validate(q, k, v, attention_mask, scale, dropout_p):
 
 
 def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, offset=0,
-            training=False, *, implementation="auto", return_probs=False):
+            training=False, *, implementation="auto", return_probs=False, start=0):
     """Attention core ``softmax(q k^T * scale + mask) @ v`` with attention dropout.
 
     Args:
@@ -146,6 +146,8 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
         implementation: "auto", "eager" or "fused" (the module docstring).
         return_probs: the caller will read the probabilities (``probabilities(cache)``):
             "auto" then runs the eager code; "fused" cannot and raises ValueError.
+        start: the dropout stream's element index of P's first element: 0, or
+            b0 A S S when q holds rows b0.. of a larger batch (a data-parallel rank's share).
 
     Returns:
         ``(context, cache)``: context (B, A, S, D); cache feeds ``backward``, and for the
@@ -160,7 +162,7 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if _choose(implementation, return_probs, q, k, v) == "fused":
         return _fused_forward(q, k, v, attention_mask, scale, dropout_p if training else 0.0,
-                              seed, offset)
+                              seed, offset, start)
 
     scores = (q @ k.swapaxes(-1, -2)) * scale                         # (B, A, S, S)
     has_key = None
@@ -178,7 +180,7 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     keep = None
     dropped = probs
     if training and dropout_p > 0:
-        keep = keep_mask((B, A, S, S), dropout_p, seed, offset, xp)   # (B, A, S, S) bool
+        keep = keep_mask((B, A, S, S), dropout_p, seed, offset, xp, start)  # (B, A, S, S) bool
         dropped = probs * keep / (1.0 - dropout_p)                    # (B, A, S, S)
 
     context = dropped @ v                                             # (B, A, S, D)
@@ -232,20 +234,22 @@ def _choose(implementation, return_probs, q, k, v) -> str:
     return implementation
 
 
-def _fused_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset):
+def _fused_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset, start):
     """The kernel's forward behind the op's contract: ``(context, Fused cache)``. The kernel
     takes C-contiguous heads (the model's are strided views of one (B, S, 3H) product)."""
     from ..kernels import fused_attention_forward     # lazy: Numba takes a while to import
     xp = get_array_module(q)
     q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))                # (B, A, S, D) each
-    out, lse = fused_attention_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset)
-    saved = (q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset)
+    out, lse = fused_attention_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset,
+                                       start=start)
+    saved = (q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset, start)
     return out, Fused(_fused_backward, saved)
 
 
-def _fused_backward(dout, q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset):
+def _fused_backward(dout, q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset,
+                    start):
     """The kernel's backward: ``(dq, dk, dv)`` from the saved context and log-sum-exp."""
     from ..kernels import fused_attention_backward
     dout = get_array_module(dout).ascontiguousarray(dout)                 # (B, A, S, D)
     return fused_attention_backward(dout, q, k, v, out, lse, attention_mask, scale,
-                                    dropout_p, seed, offset)
+                                    dropout_p, seed, offset, start=start)

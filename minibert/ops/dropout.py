@@ -8,8 +8,10 @@ element and ``keep`` a boolean mask of x's shape, True with probability 1 - p:
 
 Scaling the kept elements by 1/(1 - p) keeps E[y] = x, so evaluation needs no rescaling.
 
-The mask is ``rng.keep_mask(x.shape, p, seed, offset)``: Philox4x32-10 of (seed, offset,
-element index in C order over x.shape). The same (seed, offset) gives the same bits in the
+The mask is ``rng.keep_mask(x.shape, p, seed, offset, start=start)``: Philox4x32-10 of
+(seed, offset, start + element index in C order over x.shape). ``start`` is 0 unless x is
+a slice of rows of a larger batch (a data-parallel rank's share): then the slice draws its
+rows of the whole batch's mask. The same (seed, offset) gives the same bits in the
 NumPy op, the Numba kernel and the CUDA kernel, so a fused kernel can regenerate the mask
 instead of storing it.
 
@@ -39,13 +41,14 @@ def _validate_p(p):
         raise ValueError(f"dropout_p={p!r} is out of range, expected 0 <= dropout_p < 1")
 
 
-def forward(x, p, seed, offset=0, training=True):
+def forward(x, p, seed, offset=0, training=True, start=0):
     """Inverted dropout of ``x`` with drop probability ``p``; returns ``(y, cache)``.
 
     Args:
         x: any array.
         p: drop probability in [0, 1).
         seed, offset: the Philox stream of the mask (see ``minibert.rng``).
+        start: the stream's element index of x's first element.
         training: the mask is applied only when True and ``p > 0``; otherwise ``y = x``.
     """
     _validate_p(p)
@@ -57,9 +60,9 @@ def forward(x, p, seed, offset=0, training=True):
         from ..kernels import dropout_cpu        # lazy: Numba takes a while to import
         # the same checks, with the same messages, as keep_mask's
         seed, offset = check_u64("seed", seed), check_u64("offset", offset)
-        y, keep = dropout_cpu.forward(x, p, seed, offset)
+        y, keep = dropout_cpu.forward(x, p, seed, offset, check_u64("start", start))
         return y, Fused(dropout_cpu.backward, (keep, p))
-    keep = keep_mask(x.shape, p, seed, offset, xp)   # bool, shape of x
+    keep = keep_mask(x.shape, p, seed, offset, xp, start)   # bool, shape of x
     y = x * keep / (1.0 - p)
     return y, (keep, p)
 
