@@ -1,0 +1,213 @@
+"""minibert.distributed: the one-rank stand-in and the dropout/weighting that make N ranks
+equal one (in this process), then the same under ``mpiexec -n 2`` (skipped where mpi4py or
+mpiexec is missing), each launch bounded by ``timeout`` so that a hang fails the test.
+
+Tolerances. N ranks and one rank see the same batch, the same dropout masks and the same
+loss weights; only the order of the additions in the gradient differs (one process sums
+the B rows inside each matrix product, two ranks B/2 rows each and the allreduce adds the
+two partial sums). So the gradients differ by the rounding of those sums, and the
+parameters after 5 AdamW steps by about 5e-16 (float64) and 3e-7 (float32) of their
+largest magnitude (measured). The bounds, 1e-12 and 1e-6, leave room for other shapes and
+BLAS blockings; bit equality is not possible because floating-point addition is not
+associative, and a bound near one rounding is as tight as the math allows.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minibert import BertConfig, BertForPreTraining, BertForSequenceClassification
+from minibert import distributed as dist
+from minibert.ops import readable_ops
+from tests import mpi_worker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOUND = {"float64": 1e-12, "float32": 1e-6}
+
+
+def rel_diff(a, b):
+    """max |a - b| / max |a|: the parameters' difference relative to their scale."""
+    return float(np.abs(a - b).max() / np.abs(a).max())
+
+
+# ----------------------------------------------------------------------------- one process
+def test_one_rank_stand_in(monkeypatch):
+    for var in dist.LAUNCHER_SIZE_VARS + ("PMI_RANK", "PMIX_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(dist, "_WORLD", None)
+    comm = dist.world()
+    assert isinstance(comm, dist.OneRank) and (comm.rank, comm.size, comm.is_root) == (0, 1, True)
+    g = np.arange(5, dtype=np.float32)
+    assert dist.allreduce_gradients(comm, g) is g and (g == np.arange(5)).all()
+    dist.allreduce_gradients(comm, g, scale=0.5)
+    assert (g == np.arange(5) / 2).all()
+    assert dist.broadcast_parameters(comm, g) is g
+    assert comm.allgather({"a": 1}) == [{"a": 1}]
+    assert list(comm.allreduce_sum([1.5, 2])) == [1.5, 2.0]
+    assert dist.rank_rows(6, comm) == slice(0, 6)
+    with pytest.raises(SystemExit):
+        comm.abort(3)
+    mpi_worker.collectives(comm)
+
+
+def test_launch_without_mpi4py_is_refused(monkeypatch):
+    """Two processes started by a launcher without mpi4py would each train alone and write
+    over each other's checkpoints: an error instead."""
+    monkeypatch.setattr(dist, "_WORLD", None)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)          # import mpi4py -> ImportError
+    with pytest.raises(RuntimeError, match=r"2 MPI processes.*mpi4py is not installed"):
+        dist.world()
+    monkeypatch.setattr(dist, "_WORLD", None)
+
+
+def test_minibert_runs_without_mpi4py():
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "import numpy as np, minibert, minibert.distributed as d\n"
+            "assert d.world().size == 1 and d.mpi_info()['mpi4py'] is None\n"
+            "m = minibert.BertModel(minibert.BertConfig.preset('tiny'))\n"
+            "m.forward(np.array([[1, 2, 3]]), training=True)\n")
+    env = {k: v for k, v in os.environ.items() if k not in dist.LAUNCHER_SIZE_VARS}
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
+
+
+class _Ranks:
+    def __init__(self, size, rank=0, local_size=None):
+        self.size, self.rank = size, rank
+        self.local_size = size if local_size is None else local_size
+
+
+@pytest.mark.parametrize("bad", [10, 3, 0, -4, 2.0, True])
+def test_rank_rows_needs_a_divisible_batch(bad):
+    with pytest.raises(ValueError, match="batch_size"):
+        dist.rank_rows(bad, _Ranks(4))
+
+
+def test_rank_rows_message_names_the_fix():
+    with pytest.raises(ValueError, match=r"batch_size=10 does not divide by the number of MPI "
+                                         r"ranks \(4\): expected a multiple of 4 \(such as 8 or 12\)"):
+        dist.rank_rows(10, _Ranks(4))
+    assert [dist.rank_rows(12, _Ranks(3, r)) for r in range(3)] == [slice(0, 4), slice(4, 8),
+                                                                     slice(8, 12)]
+
+
+def test_threads_per_rank():
+    assert dist.threads_per_rank(_Ranks(2), cores=2) == 1
+    assert dist.threads_per_rank(_Ranks(4, local_size=2), cores=16) == 8
+    assert dist.threads_per_rank(_Ranks(4), cores=2) == 1                # never 0
+    assert dist.threads_per_rank(_Ranks(1), cores=2) == 2
+
+
+def test_share():
+    assert dist.share(3, 12) == 0.25 and dist.share(0, 0) == 0.0
+
+
+@pytest.mark.parametrize("path", ["kernels", "readable"])
+def test_start_draws_the_rows_of_a_larger_mask(path):
+    """``start`` = the element index of a slice's first element: the rows of the whole
+    tensor's mask, also where a row's length (21, 65) is no multiple of Philox's 4 words."""
+    from minibert.ops import dropout
+    from minibert.rng import keep_mask
+    full = keep_mask((5, 7, 3), 0.3, 9, 4)
+    for b0 in range(5):
+        assert (keep_mask((5 - b0, 7, 3), 0.3, 9, 4, start=b0 * 21) == full[b0:]).all()
+    x = np.random.default_rng(0).standard_normal((6, 13, 5)).astype(np.float32)
+    with readable_ops(path == "readable"):
+        y = dropout.forward(x, 0.4, 3, 2)[0]
+        for b0 in range(6):
+            assert (dropout.forward(x[b0:], 0.4, 3, 2, start=b0 * 65)[0] == y[b0:]).all(), b0
+
+
+@pytest.mark.parametrize("path", ["kernels", "readable"])
+@pytest.mark.parametrize("head", ["pretraining", "classification"])
+def test_slices_draw_the_whole_batch_dropout_masks(path, head):
+    """Rows b0.. of a batch run with ``batch_start = b0`` get exactly the outputs the same
+    rows get in the whole batch, dropout (hidden, attention, classifier) on."""
+    cfg = BertConfig(**{**mpi_worker.CONFIG, "hidden_dropout_prob": 0.3,
+                        "attention_probs_dropout_prob": 0.3, "num_labels": 3})
+    data = mpi_worker.pretraining_arrays()
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    if head == "pretraining":
+        keys += ("masked_lm_positions",)
+    model = (BertForPreTraining if head == "pretraining" else BertForSequenceClassification)(
+        cfg, dtype=np.float64, seed=5)
+    field = "mlm_logits" if head == "pretraining" else "logits"
+    batch = {k: data[k][:6] for k in keys}
+    with readable_ops(path == "readable"):
+        whole = getattr(model.forward(**batch, training=True)[0], field)
+        for b0, b1 in ((0, 2), (2, 5), (5, 6)):
+            model.set_rng_state({"seed": 5, "dropout_calls": 0})
+            model.batch_start = b0
+            part = model.forward(**{k: v[b0:b1] for k, v in batch.items()}, training=True)[0]
+            np.testing.assert_allclose(getattr(part, field), whole[b0:b1], rtol=0, atol=1e-13)
+        model.batch_start = 0
+        model.set_rng_state({"seed": 5, "dropout_calls": 0})
+        shifted = getattr(model.forward(**{k: v[2:5] for k, v in batch.items()},
+                                        training=True)[0], field)
+    assert np.abs(shifted - whole[2:5]).max() > 1e-3      # without batch_start: other masks
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_weighted_slices_sum_to_the_batch_gradient(dtype):
+    """The gradient of the whole batch equals the sum of the slices' gradients, each slice's
+    masked-LM loss weighted by its share of the masked positions and its NSP loss by its
+    share of the sequences (what the allreduce adds up); plain 1/2 weights would not do."""
+    cfg = BertConfig(**mpi_worker.CONFIG)
+    data = {k: v[:8] for k, v in mpi_worker.pretraining_arrays().items()}
+    model = BertForPreTraining(cfg, dtype=dtype, seed=1)
+    model.forward(**data, training=True)                       # call 0, for the state below
+    model.set_rng_state({"seed": 1, "dropout_calls": 0})
+    model.backward(model.forward(**data, training=True)[1])
+    whole = model.store.grad.copy()
+    total, plain = np.zeros_like(whole), np.zeros_like(whole)
+    w = data["masked_lm_weights"]
+    for part in (slice(0, 3), slice(3, 8)):                    # unequal slices on purpose
+        model.set_rng_state({"seed": 1, "dropout_calls": 0})
+        model.batch_start = part.start
+        cache = model.forward(**{k: v[part] for k, v in data.items()}, training=True)[1]
+        model.backward(cache, d_mlm_loss=dist.share(w[part].sum(), w.sum()),
+                       d_nsp_loss=dist.share(part.stop - part.start, 8))
+        total += model.store.grad
+        model.backward(cache, d_loss=0.5)
+        plain += model.store.grad
+    bound = {"float64": 1e-13, "float32": 1e-5}[dtype]
+    assert rel_diff(whole, total) < bound, rel_diff(whole, total)
+    assert rel_diff(whole, plain) > 1e-3
+
+
+# ----------------------------------------------------------------------------- 2 ranks
+def _mpiexec():
+    if shutil.which("mpiexec") is None:
+        pytest.skip("no mpiexec on PATH (pip install 'minibert[dist]')")
+    pytest.importorskip("mpi4py")
+    return shutil.which("mpiexec")
+
+
+def run_ranks(n, *args, timeout=120, check=True):
+    """``mpiexec -n n python -m tests.mpi_worker args`` under ``timeout``; a hang is a
+    failure, not a stalled CI."""
+    cmd = ["timeout", "-k", "5", str(timeout), _mpiexec(), "-n", str(n), sys.executable, "-m",
+           "tests.mpi_worker", *map(str, args)]
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout + 30)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_two_ranks_collectives():
+    assert "ok collectives on 2 ranks" in run_ranks(2, "collectives").stdout
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_ranks_equal_one_rank_by_hand(dtype, tmp_path):
+    """5 steps written out with the primitives (broadcast, slice, weighted backward,
+    allreduce, clipping, AdamW), dropout on: 2 ranks against 1 rank in this process."""
+    run_ranks(2, "steps", dtype, 5, tmp_path / "two.npy")
+    two = np.load(tmp_path / "two.npy")
+    one = mpi_worker.hand_steps(dist.OneRank(), np.dtype(dtype), 5)
+    assert rel_diff(one, two) < BOUND[dtype], rel_diff(one, two)
+    assert rel_diff(one, mpi_worker.hand_steps(dist.OneRank(), np.dtype(dtype), 0)) > 1e-3
