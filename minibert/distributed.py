@@ -306,6 +306,36 @@ def rank_rows(batch_size: int, comm) -> slice:
     return slice(comm.rank * per, (comm.rank + 1) * per)
 
 
+# ----------------------------------------------------------------------------- failures
+def exit_code(exc: BaseException) -> int:
+    """The exit status of a job that ``exc`` ends: SystemExit's own, 2 for bad input
+    (ValueError, TypeError, OSError, as the command line), 130 for an interrupt, else 1."""
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 2 if isinstance(exc, (ValueError, TypeError, OSError)) else 1
+
+
+def run_or_abort(comm, fn, report):
+    """``fn()``'s return value; with several ranks, an exception on this rank ends the whole
+    job: ``report(message, exc)`` (the message names the rank and the reason), then
+    ``MPI_Abort`` with ``exit_code(exc)``. Without it the other ranks would wait forever in
+    the next collective call. Rank 0 writes every checkpoint atomically, so the abort
+    leaves the last complete one as it was. With one rank the exception propagates."""
+    try:
+        return fn()
+    except BaseException as e:
+        code = exit_code(e)
+        if comm.size == 1 or code == 0:
+            raise
+        reason = str(e) if isinstance(e, (ValueError, TypeError, OSError, SystemExit)) \
+            else f"{type(e).__name__}: {e}"
+        report(f"rank {comm.rank} of {comm.size}: {reason}", e)
+        comm.abort(code)
+        raise                                   # abort returned (a stand-in): propagate
+
+
 # ----------------------------------------------------------------------------- threads
 def available_cores() -> int:
     """CPU cores this process may run on."""

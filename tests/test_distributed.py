@@ -53,6 +53,29 @@ def test_one_rank_stand_in(monkeypatch):
     mpi_worker.collectives(comm)
 
 
+def test_run_or_abort():
+    """One rank: the exception propagates; several: report (rank and reason), then abort
+    with the exit status of the exception (2 for bad input, as the command line)."""
+    with pytest.raises(KeyError):
+        dist.run_or_abort(dist.OneRank(), lambda: {}["x"], None)
+    assert dist.run_or_abort(dist.OneRank(), lambda: 7, None) == 7
+
+    class Two(dist.OneRank):
+        rank, size, aborted = 1, 2, []
+
+        def abort(self, code=1):
+            self.aborted.append(code)
+    said = []
+    for exc, code in ((ValueError("bad --steps"), 2), (RuntimeError("boom"), 1),
+                      (SystemExit(3), 3), (KeyboardInterrupt(), 130)):
+        def fail():
+            raise exc
+        with pytest.raises(type(exc)):
+            dist.run_or_abort(Two(), fail, lambda msg, e: said.append(msg))
+        assert Two.aborted[-1] == code
+    assert said[:2] == ["rank 1 of 2: bad --steps", "rank 1 of 2: RuntimeError: boom"]
+
+
 def test_launch_without_mpi4py_is_refused(monkeypatch):
     """Two processes started by a launcher without mpi4py would each train alone and write
     over each other's checkpoints: an error instead."""
