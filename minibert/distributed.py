@@ -17,7 +17,7 @@ pretraining ``sum_n w_n l_n / W + mean_b l_nsp_b`` with W = sum of the masked-LM
 Rank r's slice has its own W_r and B_r = B / N, and its forward computes its own means.
 So rank r back-propagates ``(W_r / W) mlm_loss_r + (B_r / B) nsp_loss_r``: the ranks'
 gradients then add up to the gradient of the global loss, and the allreduce is a plain sum
-(no division of the 438 MB buffer afterwards). ``share`` gives these weights.
+(no pass over BERT-Base's 440 MB buffer to divide it afterwards). ``share`` gives these weights.
 
 Dropout. Each rank's forward draws its rows of the global batch's dropout masks
 (``model.batch_start``: the element index of a mask starts at the slice's first row), so N
@@ -27,15 +27,16 @@ N ranks versus one. With the same masks, the same batch and the same weights, th
 difference is the order of the additions in the gradient: one process sums the B rows
 inside each matrix product, N ranks sum B / N rows each and the allreduce adds the N
 partial sums. Floating-point addition is not associative, so the gradients agree to the
-rounding of those sums (a few ulps of the largest term) and the parameters after a few AdamW
-steps to about 1e-13 relative in float64 and 1e-7 in float32: bit equality cannot be asked
-for, and a tighter bound than the rounding of a sum of B terms is not possible.
+rounding of those sums (a few ulps of the largest term), and the parameters after 5 AdamW
+steps differed by 5e-16 (float64) and 3e-7 (float32) of their largest value in
+``tests/test_distributed.py``: bit equality cannot be asked for, and no bound much tighter
+than the rounding of a sum of B terms is possible.
 
-Same bits on every rank. MPI's sum of the same N buffers in the same order gives every
-rank the same bits (MPICH and Open MPI reduce in rank order, or reduce once and broadcast),
-and everything after the allreduce is deterministic, so the ranks' parameters stay
-identical; ``check_same_bits`` verifies it where it is cheap (at the start and at every
-checkpoint).
+Same bits on every rank. The MPI standard advises that an allreduce give every rank the
+same result (MPICH and Open MPI do for a built-in sum), and everything after it (clipping,
+AdamW, at any thread count) is deterministic, so the ranks' parameters stay identical;
+``check_same_bits`` verifies it where it is cheap (at the start, on resume and at every
+checkpoint), rather than trusting it.
 
 Without MPI. ``world()`` returns a one-rank stand-in with the same methods when the process
 was not started by an MPI launcher (or mpi4py is not installed): the training loop runs the
