@@ -353,12 +353,16 @@ def threads_per_rank(comm, cores: int | None = None) -> int:
 
 
 def configure_threads(comm) -> int:
-    """Gives this rank's kernels ``threads_per_rank`` threads (numba.set_num_threads),
-    unless ``NUMBA_NUM_THREADS`` is set (the user's choice wins) or this is the only rank
-    on its machine. Returns the number of threads the kernels now use."""
+    """Gives this rank's kernels ``threads_per_rank`` threads (numba.set_num_threads), and
+    BLAS as many for the calls it makes outside the kernels' tasks, unless
+    ``NUMBA_NUM_THREADS`` is set (the user's choice wins) or this is the only rank on its
+    machine. Returns the number of threads the kernels now use."""
     import numba
     if comm.local_size > 1 and "NUMBA_NUM_THREADS" not in os.environ:
-        numba.set_num_threads(min(threads_per_rank(comm), numba.config.NUMBA_NUM_THREADS))
+        n = min(threads_per_rank(comm), numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(n)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=n, user_api="blas")
     return numba.get_num_threads()
 
 
