@@ -11,6 +11,7 @@ import numpy as np
 
 _cupy = None          # the cupy module once imported, False when it cannot be imported
 _gpu_ok = None        # cached answer of gpu_available()
+_numba_cuda_ok = None  # cached answer of cuda_kernels_available()
 
 
 def _import_cupy():
@@ -37,7 +38,37 @@ def get_array_module(*arrays):
 
 
 def is_gpu_array(x) -> bool:
+    """True for a CuPy array (by its type's module: no import)."""
     return type(x).__module__.startswith("cupy")
+
+
+def is_device_array(x) -> bool:
+    """True for an array in GPU memory: a CuPy array, a Numba CUDA device array (also the
+    simulator's ``FakeCUDAArray``, which has no ``__cuda_array_interface__``) or any
+    object exposing ``__cuda_array_interface__``. Imports nothing: a Numba device array
+    exists only once ``numba.cuda`` has been imported by whoever made it."""
+    module = type(x).__module__
+    if module.startswith(("cupy", "numba.cuda", "numba_cuda")):
+        return module.startswith("cupy") or hasattr(x, "copy_to_host")
+    if isinstance(x, np.ndarray) or x is None:
+        return False
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:                     # a CPU tensor whose property raises otherwise
+        return False
+
+
+def cuda_kernels_available() -> bool:
+    """True when Numba's CUDA target is installed (``numba-cuda``, or the one bundled with
+    Numba): found without importing it, so that ``import minibert`` stays off CUDA."""
+    global _numba_cuda_ok
+    if _numba_cuda_ok is None:
+        import importlib.util
+        try:
+            _numba_cuda_ok = importlib.util.find_spec("numba.cuda") is not None
+        except (ImportError, ValueError):
+            _numba_cuda_ok = False
+    return _numba_cuda_ok
 
 
 def gpu_available() -> bool:
