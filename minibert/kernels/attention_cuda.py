@@ -418,7 +418,7 @@ def tile_sizes(block_q, block_k, D, itemsize):
     return tuple(sizes)
 
 
-def _scalars(dtype, scale, dropout_p, seed, offset):
+def kernel_scalars(dtype, scale, dropout_p, seed, offset):
     """The kernels' scalar arguments, typed: in Numba a float32 mixed with a Python float
     becomes float64, and an int64 mixed with a uint64 too."""
     ftype = dtype.type
@@ -443,7 +443,7 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
     grid = (B * A, -(-S // BQ))                                   # (sequence x head, query tile)
     kern.forward[grid, BQ, dev.stream](
         dev.arg(q), dev.arg(k), dev.arg(v), dev.arg(key_bias), dev.arg(tiles),
-        *_scalars(q.dtype, scale, dropout_p, seed, offset), dev.arg(out), dev.arg(lse))
+        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset), dev.arg(out), dev.arg(lse))
     return out, lse
 
 
@@ -462,7 +462,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     key_bias, tiles = dev.mask_tables(mask, B, S, BK, q.dtype)
     inv_sum = dev.empty((B, A, S), q.dtype)                       # 1 / sigma_i
     delta = dev.empty((B, A, S), q.dtype)                         # D_i
-    scalars = _scalars(q.dtype, scale, dropout_p, seed, offset)
+    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset)
     qa, ka, va, da, la = (dev.arg(x) for x in (q, k, v, dout, lse))
     kb, ta = dev.arg(key_bias), dev.arg(tiles)
     kern.dq[(B * A, -(-S // BQ)), BQ, dev.stream](
