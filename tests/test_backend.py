@@ -34,6 +34,19 @@ def test_import_does_not_touch_cupy_or_cuda():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
+def test_cpu_work_never_imports_numba_cuda():
+    """The CUDA kernels load ``numba.cuda`` only when a GPU array arrives: a CPU forward and
+    backward of the model (fused attention on the CPU included) leaves it unimported."""
+    code = ("import sys, numpy as np, minibert, minibert.kernels, minibert.kernels.ladder; "
+            "m = minibert.BertModel(minibert.BertConfig.preset('tiny')); "
+            "out, cache = m.forward(np.array([[1, 2, 3]]), training=True); "
+            "m.backward(cache, np.ones_like(out.last_hidden_state)); "
+            "bad = [n for n in sys.modules if n.startswith(('numba.cuda', 'numba_cuda', 'cupy'))]; "
+            "assert not bad, bad; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
 @pytest.mark.gpu
 def test_gpu_roundtrip(xp):
     if xp is np:
