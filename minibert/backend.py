@@ -114,11 +114,43 @@ def scatter_add(target, indices, values):
     """``target[indices] += values`` with repeated indices summed (unbuffered).
 
     NumPy's fancy-index ``+=`` keeps only the last write of a repeated index, so the
-    embedding backward needs ``np.add.at`` (CPU) or ``cupyx.scatter_add`` (GPU).
+    embedding backward needs ``np.add.at`` on the CPU. On the GPU the sum is made
+    deterministic (``_scatter_add_gpu``): ``cupyx.scatter_add`` adds with float atomics, in
+    whatever order the threads arrive, so two runs of one backward would differ in the last
+    bits. ``indices`` is an index array into the first axis, or a tuple of them into the
+    first axes; ``values`` has the indexed shape.
     """
     if is_gpu_array(target):
-        import cupyx
-        cupyx.scatter_add(target, indices, values)
+        _scatter_add_gpu(target, indices, values)
     else:
         np.add.at(target, indices, values)
     return target
+
+
+def _scatter_add_gpu(target, indices, values):
+    """The deterministic GPU scatter-add: with the N indexed rows numbered by their U distinct
+    destinations (``unique``), the sums are one matrix product,
+
+        target[dest_u] += sum_n [dest(n) = u] values_n      =  (onehot (U, N)) @ values (N, F)
+
+    which cuBLAS computes in a fixed order (adding the zeros changes no bit), the same bits
+    on every run. The one-hot matrix is U x N numbers (for BERT's word embeddings at
+    B S = 1024 tokens, at most 4 MiB in float32) and the product 2 U N F flops, a small
+    share of a training step."""
+    cp = _import_cupy()
+    lead = len(indices) if isinstance(indices, tuple) else 1
+    rows_shape = tuple(target.shape[:lead])
+    if isinstance(indices, tuple):
+        flat = cp.ravel_multi_index(tuple(cp.asarray(i).reshape(-1) for i in
+                                          cp.broadcast_arrays(*(cp.asarray(i) for i in indices))),
+                                    rows_shape)                                   # (N,)
+    else:
+        flat = cp.asarray(indices).reshape(-1)                                     # (N,)
+    n_rows = int(np.prod(rows_shape))
+    dest, inverse = cp.unique(flat, return_inverse=True)                          # (U,), (N,)
+    onehot = (inverse.reshape(1, -1) == cp.arange(dest.size)[:, None]).astype(target.dtype)
+    sums = onehot @ values.reshape(flat.size, -1)                                  # (U, F)
+    view = target.reshape(n_rows, -1)                                              # (rows, F)
+    if not (view.data.ptr == target.data.ptr and target.flags.c_contiguous):
+        raise ValueError("scatter_add on the GPU needs a C-contiguous target")
+    view[dest] += sums.astype(target.dtype, copy=False)
