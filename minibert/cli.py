@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="parameter breakdown of a preset, with the formulas")
     pa.add_argument("--preset", default="base")
     pa.add_argument("--head", default="none",
-                    help="none, pretraining, sequence_classification, token_classification, "
+                    help="none, pretraining, masked_lm, sequence_classification, token_classification, "
                          "question_answering or multiple_choice")
     pa.set_defaults(func=cmd_params)
     pr = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) from text: the main job",
