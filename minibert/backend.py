@@ -150,7 +150,8 @@ def _scatter_add_gpu(target, indices, values):
     dest, inverse = cp.unique(flat, return_inverse=True)                          # (U,), (N,)
     onehot = (inverse.reshape(1, -1) == cp.arange(dest.size)[:, None]).astype(target.dtype)
     sums = onehot @ values.reshape(flat.size, -1)                                  # (U, F)
+    if not target.flags.c_contiguous:            # then the reshape below is a view
+        raise ValueError(f"target with shape {tuple(target.shape)} is not C-contiguous, "
+                         "expected a C-contiguous array for scatter_add on the GPU")
     view = target.reshape(n_rows, -1)                                              # (rows, F)
-    if not (view.data.ptr == target.data.ptr and target.flags.c_contiguous):
-        raise ValueError("scatter_add on the GPU needs a C-contiguous target")
     view[dest] += sums.astype(target.dtype, copy=False)

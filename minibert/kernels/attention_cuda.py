@@ -386,9 +386,11 @@ class Device:
     def arg(self, x):
         """``x`` as the kernels take it (CuPy: a view through its array interface, with no
         synchronisation: the launch is on the same stream)."""
-        if self.cupy or not cuda.devicearray.is_cuda_ndarray(x):
-            return cuda.as_cuda_array(x, sync=False)
-        return x
+        if cuda.devicearray.is_cuda_ndarray(x):
+            return x
+        if not hasattr(cuda, "as_cuda_array"):     # the simulator: it takes host arrays
+            return x
+        return cuda.as_cuda_array(x, sync=False)
 
     def mask_tables(self, mask, B, S, block_k, dtype):
         """``(key_bias, tile_has_key)`` on the device: the additive key mask (B, S) in
