@@ -46,7 +46,7 @@ the argument.
 """
 from __future__ import annotations
 
-from minibert.backend import is_device_array
+from minibert.backend import cuda_kernels_available, is_device_array
 
 __all__ = ["fused_attention_forward", "fused_attention_backward"]
 
@@ -57,6 +57,7 @@ def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=
     if is_device_array(q):
         from ._blocks import cuda_forward_args
         args = cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
+        _require_numba_cuda()
         from .attention_cuda import attention_forward as cuda_forward
         return cuda_forward(q, k, v, *args)
     # lazy: Numba takes a while to import, and ``import minibert.kernels`` should not
@@ -74,9 +75,19 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
     if is_device_array(q):
         from ._blocks import cuda_backward_args
         args = cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+        _require_numba_cuda()
         from .attention_cuda import attention_backward as cuda_backward
         return cuda_backward(dout, q, k, v, out, lse, *args)
     from ._blocks import backward_args
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
     from .attention_cpu import attention_backward
     return attention_backward(dout, q, k, v, out, lse, *args)
+
+
+def _require_numba_cuda():
+    """The CUDA kernels need Numba's CUDA target: say how to get it, rather than fail on the
+    import."""
+    if not cuda_kernels_available():
+        raise ImportError("fused attention on GPU arrays needs numba-cuda (pip install "
+                          "'numba-cuda[cu12]', or minibert's gpu extra); "
+                          "attn_implementation='eager' runs the textbook op on CuPy without it")

@@ -390,11 +390,11 @@ def check_cuda_tensors(named):
                          "D >= 1 on the GPU")
 
 
-def check_cuda_mask(mask, B, S):
-    """``check_mask`` for the GPU path: None, a NumPy or CuPy (B, S) array of 0/1, or a
-    Numba device array (copied to the host, B S numbers). Returns None, the NumPy mask or
-    the CuPy mask; checking a CuPy mask's values waits for the device, as the textbook op's
-    ``additive_mask`` does."""
+def check_cuda_mask(mask, B, S, cupy_inputs=True):
+    """``check_mask`` for the GPU path: None, a NumPy (B, S) array of 0/1, a CuPy one (with
+    CuPy inputs: ``cupy_inputs``), or a Numba device array (copied to the host, B S
+    numbers). Returns None, the NumPy mask or the CuPy mask; checking a CuPy mask's values
+    waits for the device, as the textbook op's ``additive_mask`` does."""
     if mask is None:
         return None
     if isinstance(mask, np.ndarray):
@@ -404,7 +404,7 @@ def check_cuda_mask(mask, B, S):
                         "device array (B, S) of 0/1, or None")
     if hasattr(mask, "copy_to_host"):                       # Numba: small, check on the host
         return check_mask(mask.copy_to_host(), B, S)
-    if not type(mask).__module__.startswith("cupy"):
+    if not type(mask).__module__.startswith("cupy") or not cupy_inputs:
         raise TypeError(f"mask has type {type(mask).__name__}, expected a NumPy, CuPy or Numba "
                         "device array (B, S) of 0/1, or None")
     if mask.ndim != 2 or tuple(mask.shape) != (B, S):
@@ -425,7 +425,7 @@ def cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset):
     scale, dropout_p, seed, offset)`` as ``attention_cuda.attention_forward`` takes them."""
     check_cuda_tensors([("q", q), ("k", k), ("v", v)])
     B, A, S, D = q.shape
-    mask = check_cuda_mask(mask, B, S)
+    mask = check_cuda_mask(mask, B, S, type(q).__module__.startswith("cupy"))
     return (mask,) + tuple(check_scalars(scale, dropout_p, seed, offset, D))
 
 
@@ -443,5 +443,5 @@ def cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, of
     if not _c_contiguous(lse):
         raise ValueError(f"lse with strides {tuple(lse.strides)} is not C-contiguous, expected "
                          "a C-contiguous array")
-    mask = check_cuda_mask(mask, B, S)
+    mask = check_cuda_mask(mask, B, S, type(q).__module__.startswith("cupy"))
     return (mask,) + tuple(check_scalars(scale, dropout_p, seed, offset, D))
