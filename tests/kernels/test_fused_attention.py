@@ -435,6 +435,20 @@ def test_gpu_arrays_never_reach_the_cpu_kernels():
         fused_attention_backward(dout, fake, k, v, q, q[..., 0], None, None)
 
 
+def test_gpu_arrays_without_numba_cuda_say_how_to_get_it(monkeypatch):
+    """Validated GPU inputs with Numba's CUDA target missing: an ImportError that names the
+    package, before anything imports numba.cuda."""
+    import types
+    import minibert.kernels as kernels
+    monkeypatch.setattr(kernels, "cuda_kernels_available", lambda: False)
+    attrs = {"__module__": "cupy._core.core", "shape": (1, 1, 2, 2), "ndim": 4,
+             "dtype": np.dtype(np.float32), "strides": (16, 16, 8, 4),
+             "flags": types.SimpleNamespace(c_contiguous=True)}
+    fake = type("ndarray", (), attrs)()
+    with pytest.raises(ImportError, match=r"needs numba-cuda"):
+        fused_attention_forward(fake, fake, fake, None, None)
+
+
 def test_blas_thread_count_is_restored(monkeypatch):
     """The production kernel holds BLAS to one thread while its own threads run, and gives
     the user's setting back afterwards, also when a task fails."""
