@@ -218,6 +218,8 @@ def cmd_info(args) -> int:
         except Exception:  # noqa: BLE001 - any failure means "not available"
             print(f"  {mod:<12} not installed")
     print(f"  GPU available: {gpu_available()}")
+    from .backend import cuda_kernels_available
+    print(f"  CUDA kernels (numba-cuda): {'installed' if cuda_kernels_available() else 'not installed'}")
     return 0
 
 
@@ -237,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="parameter breakdown of a preset, with the formulas")
     pa.add_argument("--preset", default="base")
     pa.add_argument("--head", default="none",
-                    help="none, pretraining, sequence_classification, token_classification, "
+                    help="none, pretraining, masked_lm, sequence_classification, token_classification, "
                          "question_answering or multiple_choice")
     pa.set_defaults(func=cmd_params)
     pr = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) from text: the main job",

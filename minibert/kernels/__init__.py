@@ -34,12 +34,19 @@ the probabilities (FlashAttention-2; the algorithm is derived in ``ladder/attn_v
 
 NumPy arrays run ``attention_cpu.py``: block products in BLAS, everything between them in
 fused Numba passes, tasks on ``numba.get_num_threads()`` threads (results do not
-depend on the thread count). CuPy arrays are reserved for CUDA
-kernels behind the same names. Every argument is validated here, before any compiled code
-runs (the checks are ``_blocks.forward_args`` / ``backward_args``): a bad input raises
-ValueError or TypeError naming the argument.
+depend on the thread count). GPU arrays run ``attention_cuda.py``, FlashAttention-2's
+kernels in Numba CUDA: CuPy arrays (recognised by their type, or any object with
+``__cuda_array_interface__``) on CuPy's current stream, giving CuPy arrays back, and
+Numba device arrays (``numba.cuda.to_device(x)``, also the CUDA simulator's
+``FakeCUDAArray``), giving Numba device arrays back. ``numba.cuda`` is imported only then.
+Every argument is validated here, before any compiled code runs (the checks are
+``_blocks.forward_args`` / ``backward_args``, and ``cuda_forward_args`` /
+``cuda_backward_args`` for GPU arrays): a bad input raises ValueError or TypeError naming
+the argument.
 """
 from __future__ import annotations
+
+from minibert.backend import cuda_kernels_available, is_device_array
 
 __all__ = ["fused_attention_forward", "fused_attention_backward"]
 
@@ -48,7 +55,14 @@ def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=
     """``(out, lse)``: out (B, A, S, D) = softmax(scale q k^T + mask) (with dropout) v, and
     lse (B, A, S) the log-sum-exp of each row of masked scores. See the module docstring;
     ``start`` is the stream's element index of the first probability (0, or b0 A S S for
-    rows b0.. of a larger batch)."""
+    rows b0.. of a larger batch; the CPU kernel only, for now)."""
+    if is_device_array(q):
+        from ._blocks import cuda_forward_args
+        args = cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
+        _no_start_on_gpu(start, dropout_p)
+        _require_numba_cuda()
+        from .attention_cuda import attention_forward as cuda_forward
+        return cuda_forward(q, k, v, *args)
     # lazy: Numba takes a while to import, and ``import minibert.kernels`` should not
     from ._blocks import forward_args
     args = forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
@@ -62,8 +76,32 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
     """``(dq, dk, dv)``, each (B, A, S, D): the gradients of the forward's ``out`` given
     ``dout`` = dL/d out. ``out`` and ``lse`` are what the forward returned for the same
     q, k, v, mask, scale, dropout_p, seed, offset and start."""
+    if is_device_array(q):
+        from ._blocks import cuda_backward_args
+        args = cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+        _no_start_on_gpu(start, dropout_p)
+        _require_numba_cuda()
+        from .attention_cuda import attention_backward as cuda_backward
+        return cuda_backward(dout, q, k, v, out, lse, *args)
     from ._blocks import backward_args
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
     from ..rng import check_u64
     from .attention_cpu import attention_backward
     return attention_backward(dout, q, k, v, out, lse, *args, start=check_u64("start", start))
+
+
+def _no_start_on_gpu(start, dropout_p):
+    """The CUDA kernels draw dropout from element 0 of the stream; a slice of a larger
+    batch (``start`` > 0) runs the textbook op on the GPU instead (``ops.attention``)."""
+    if start and dropout_p > 0:
+        raise NotImplementedError(f"start={start}: the CUDA attention kernels draw dropout "
+                                  "masks from element 0 only; use attn_implementation='eager'")
+
+
+def _require_numba_cuda():
+    """The CUDA kernels need Numba's CUDA target: say how to get it, rather than fail on the
+    import."""
+    if not cuda_kernels_available():
+        raise ImportError("fused attention on GPU arrays needs numba-cuda (pip install "
+                          "'numba-cuda[cu12]', or minibert's gpu extra); "
+                          "attn_implementation='eager' runs the textbook op on CuPy without it")

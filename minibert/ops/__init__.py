@@ -20,10 +20,11 @@ kernels off for the process or for a block::
         out, cache = model.forward(...)
         model.backward(cache)                            # caches from inside the block
 """
-from .switch import READABLE_ENV, Fused, readable_ops, set_readable_ops, use_kernel
+from .switch import (READABLE_ENV, Fused, readable_ops, set_readable_ops, use_cuda_kernel,
+                     use_kernel)
 from . import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
                softmax, tanh)
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "softmax", "tanh", "Fused", "readable_ops", "set_readable_ops", "use_kernel",
+           "softmax", "tanh", "Fused", "readable_ops", "set_readable_ops", "use_kernel", "use_cuda_kernel",
            "READABLE_ENV"]

@@ -48,8 +48,10 @@ Implementations. ``forward(..., implementation=)`` chooses who computes the func
   (FlashAttention-2); same function, same dropout bits; it never forms P, so it cannot
   return the probabilities;
 * ``"auto"`` (the default): the kernel wherever one exists for the arrays (NumPy float32 or
-  float64, ``minibert.ops.use_kernel``), the code below when the caller asks for the
-  probabilities (``return_probs=True``) or under ``minibert.ops.readable_ops()``.
+  float64, ``minibert.ops.use_kernel``: the CPU kernel; CuPy float32 or float64 with
+  Numba's CUDA target installed, ``use_cuda_kernel``: the CUDA kernel), the code below when
+  the caller asks for the probabilities (``return_probs=True``) or under
+  ``minibert.ops.readable_ops()``.
 
 The kernel's cache is a ``Fused`` that ``backward`` hands back to the kernel, as for the
 other ops; ``probabilities(cache)`` gives P from an eager cache.
@@ -63,7 +65,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..rng import keep_mask
-from .switch import Fused, use_kernel
+from .switch import Fused, use_cuda_kernel, use_kernel
 
 IMPLEMENTATIONS = ("auto", "eager", "fused")
 
@@ -160,7 +162,11 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     _validate(q, k, v, attention_mask, scale, dropout_p)
     B, A, S, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if _choose(implementation, return_probs, q, k, v) == "fused":
+    path = _choose(implementation, return_probs, q, k, v)
+    if path == "fused" and implementation == "auto" and start and training and dropout_p > 0 \
+            and xp is not np:
+        path = "eager"      # the CUDA kernels draw dropout from element 0 of the stream only
+    if path == "fused":
         return _fused_forward(q, k, v, attention_mask, scale, dropout_p if training else 0.0,
                               seed, offset, start)
 
@@ -230,7 +236,8 @@ def _choose(implementation, return_probs, q, k, v) -> str:
                          "attn_implementation='fused' never forms; use 'eager' or 'auto' "
                          "(both return them)")
     if implementation == "auto":
-        return "fused" if use_kernel(q, k, v) and not return_probs else "eager"
+        kernel = use_kernel(q, k, v) or use_cuda_kernel(q, k, v)
+        return "fused" if kernel and not return_probs else "eager"
     return implementation
 
 
