@@ -82,7 +82,7 @@ class _BertWithHead(PretrainedMixin):
     def set_rng_state(self, state: dict):
         self.bert.set_rng_state(state)
 
-    def __call__(self, input_ids, *args, **kwargs):
+    def __call__(self, input_ids=None, *args, **kwargs):
         """Inference, as Hugging Face's ``model(...)``: the outputs of ``forward`` without
         dropout, keeping no cache for a backward."""
         reject_positional(type(self).__name__, args)
@@ -93,14 +93,17 @@ class _BertWithHead(PretrainedMixin):
         return self.forward(input_ids, keep_cache=False, **kwargs)[0]
 
     def _encode(self, input_ids, args, attention_mask, token_type_ids, output_attentions,
-                output_hidden_states, training, keep_cache):
+                output_hidden_states, training, keep_cache, head_mask=None, inputs_embeds=None):
         """The encoder's forward for this head's ``forward`` (its positional arguments
         refused first): ``(outputs, cache, call)``, ``call`` the dropout call index the
-        encoder used, which the head's own dropout joins."""
+        encoder used, which the head's own dropout joins. ``head_mask`` and
+        ``inputs_embeds`` pass through to ``BertModel.forward`` (their gradients come back
+        from ``backward`` as ``"head_mask"`` and ``"inputs_embeds"``)."""
         reject_positional(f"{type(self).__name__}.forward", args)
         call = self.bert.dropout_calls
         out, cache = self.bert.forward(input_ids, attention_mask=attention_mask,
-                                       token_type_ids=token_type_ids,
+                                       token_type_ids=token_type_ids, head_mask=head_mask,
+                                       inputs_embeds=inputs_embeds,
                                        output_attentions=output_attentions,
                                        output_hidden_states=output_hidden_states,
                                        training=training, keep_cache=keep_cache)
@@ -150,7 +153,8 @@ class BertForPreTraining(_BertWithHead):
                 ParamSpec("cls.seq_relationship.weight", (2, H)),
                 ParamSpec("cls.seq_relationship.bias", (2,), "zeros")]
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None,
                 masked_lm_positions=None, masked_lm_ids=None, masked_lm_weights=None,
                 next_sentence_labels=None, output_attentions=False, output_hidden_states=False,
                 training=False, keep_cache=True):
@@ -168,7 +172,8 @@ class BertForPreTraining(_BertWithHead):
         """
         xp = self.xp
         out, bcache, _ = self._encode(input_ids, args, attention_mask, token_type_ids,
-                                      output_attentions, output_hidden_states, training, keep_cache)
+                                      output_attentions, output_hidden_states, training, keep_cache,
+                                      head_mask, inputs_embeds)
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
         if masked_lm_positions is None:                      # every position, as HF's prediction_logits
@@ -309,12 +314,13 @@ class BertForSequenceClassification(_ClassifierHead):
     """[CLS] pooled output -> dropout -> linear (num_labels). Loss: cross-entropy, or mean
     squared error when ``num_labels == 1`` (regression), as Hugging Face."""
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache)
+                                         keep_cache, head_mask, inputs_embeds)
         logits, hcache = self._head_forward(out.pooler_output, training, call)    # (B, C)
         loss, lcache = None, None
         if labels is not None:
@@ -348,12 +354,13 @@ class BertForTokenClassification(_ClassifierHead):
     cross-entropy averaged over tokens whose label is not -100."""
     add_pooling_layer = False
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache)
+                                         keep_cache, head_mask, inputs_embeds)
         logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, C)
         loss = lcache = None
         if labels is not None:
@@ -387,13 +394,14 @@ class BertForQuestionAnswering(_ClassifierHead):
     def _classifier_dropout_p(self, training):
         return 0.0
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None,
                 start_positions=None, end_positions=None, output_attentions=False,
                 output_hidden_states=False, training=False, keep_cache=True):
         xp = self.xp
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache)
+                                         keep_cache, head_mask, inputs_embeds)
         logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, 2)
         B, S, _ = logits.shape
         start_logits = logits[..., 0]
@@ -437,11 +445,22 @@ class BertForMultipleChoice(_ClassifierHead):
     def _n_out(self, config):
         return 1
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
-        input_ids = check_int_array("input_ids", input_ids, 3)
-        B, C, S = input_ids.shape
+        if input_ids is not None:
+            input_ids = check_int_array("input_ids", input_ids, 3)
+            B, C, S = input_ids.shape
+        elif inputs_embeds is not None:                  # (B, C, S, H): encoded as (B*C, S, H)
+            if np.ndim(inputs_embeds) != 4:
+                raise ValueError(f"inputs_embeds has shape {tuple(np.shape(inputs_embeds))}, "
+                                 "expected (B, C, S, H)")
+            B, C, S, H = np.shape(inputs_embeds)
+            inputs_embeds = self.xp.asarray(inputs_embeds).reshape(B * C, S, H)
+        else:
+            raise ValueError("input_ids and inputs_embeds: neither was given, expected "
+                             "exactly one of them")
 
         def flat(a):
             return None if a is None else self.xp.asarray(a).reshape(B * C, S)
@@ -450,7 +469,8 @@ class BertForMultipleChoice(_ClassifierHead):
                 raise ValueError(f"{name} has shape {tuple(np.shape(a))}, expected {(B, C, S)}")
         out, bcache, call = self._encode(flat(input_ids), args, flat(attention_mask),
                                          flat(token_type_ids), output_attentions,
-                                         output_hidden_states, training, keep_cache)
+                                         output_hidden_states, training, keep_cache,
+                                         head_mask, inputs_embeds)
         scores, hcache = self._head_forward(out.pooler_output, training, call)    # (B*C, 1)
         logits = scores.reshape(B, C)
         loss = lcache = None
@@ -467,4 +487,7 @@ class BertForMultipleChoice(_ClassifierHead):
 
     def _backward_from_logits(self, dl, cache):
         dpooled = self._head_backward(dl.reshape(-1, 1), cache["head"])
-        return self.bert.backward(cache["bert"], None, dpooled, zero_grad=False)
+        grads = self.bert.backward(cache["bert"], None, dpooled, zero_grad=False)
+        if "inputs_embeds" in grads:              # (B*C, S, H) -> the caller's (B, C, S, H)
+            grads["inputs_embeds"] = grads["inputs_embeds"].reshape(*dl.shape, *cache["bert"]["shape"][1:], -1)
+        return grads
