@@ -209,6 +209,18 @@ class BertForPreTraining(_BertWithHead):
                                        self.params["cls.predictions.bias"])        # (B, P, V)
         return logits, (pos, c_td, c_tg, c_tl, c_dec)
 
+    def mlm_head_logits(self, hidden_states, positions):
+        """The masked-LM head on any hidden states (B, S, H) at ``positions`` (B, P): logits
+        (B, P, V), computed exactly as ``forward``'s ``mlm_logits`` (the logit lens applies it
+        to every layer's output). Inference: no cache is kept."""
+        x = self.xp.asarray(hidden_states)
+        if x.ndim != 3 or x.shape[2] != self.config.hidden_size:
+            raise ValueError(f"hidden_states has shape {tuple(x.shape)}, expected (B, S, H) with "
+                             f"H = {self.config.hidden_size}")
+        B, S, _ = x.shape
+        pos = self._labels("positions", positions, (B, np.shape(positions)[-1]), S)
+        return self._mlm_head_forward(x, pos)[0]
+
     def _mlm_head_backward(self, dlogits, c, dseq):
         """Adds dL/dx into ``dseq`` (B, S, H) and the head's parameter gradients."""
         pos, c_td, c_tg, c_tl, c_dec = c
@@ -241,23 +253,34 @@ class BertForPreTraining(_BertWithHead):
                 raise ValueError(f"masked_lm_weights has shape {tuple(w.shape)}, expected {(B, P)}")
         return cross_entropy.forward(mlm_logits.reshape(B * P, V), ids.reshape(-1), w.reshape(-1))
 
-    def backward(self, cache, d_loss=1.0):
-        """Gradients of ``d_loss * loss`` for every parameter (dict named as ``params``)."""
+    def backward(self, cache, d_loss=1.0, *, d_mlm_logits=None):
+        """Gradients of ``d_loss * loss`` (plus ``sum(d_mlm_logits * mlm_logits)`` when
+        ``d_mlm_logits`` (B, P, V) is given, e.g. to differentiate one logit) for every
+        parameter (dict named as ``params``)."""
         if cache is None:
             raise ValueError("cache is None: it comes from forward(..., keep_cache=True)")
-        if cache["mlm_loss"] is None and cache["nsp_loss"] is None:
+        if cache["mlm_loss"] is None and cache["nsp_loss"] is None and d_mlm_logits is None:
             raise ValueError("backward needs a loss: pass masked_lm_ids and/or next_sentence_labels "
-                             "to forward")
+                             "to forward (or d_mlm_logits to backward)")
         xp = self.xp
         B, S, H = cache["shape"]
+        P = cache["mlm_head"][0].shape[1]
         self.store.zero_grad()
         dseq = xp.zeros((B, S, H), dtype=self.dtype)
         dpooled = None
         d_loss = xp.asarray(d_loss, dtype=self.dtype)
+        dlogits = None
         if cache["mlm_loss"] is not None:
-            dlogits = cross_entropy.backward(d_loss, cache["mlm_loss"])             # (B*P, V)
-            P = cache["mlm_head"][0].shape[1]
-            self._mlm_head_backward(dlogits.reshape(B, P, -1), cache["mlm_head"], dseq)
+            dlogits = cross_entropy.backward(d_loss, cache["mlm_loss"]).reshape(B, P, -1)  # (B, P, V)
+        if d_mlm_logits is not None:
+            V = self.config.vocab_size
+            if tuple(np.shape(d_mlm_logits)) != (B, P, V):
+                raise ValueError(f"d_mlm_logits has shape {tuple(np.shape(d_mlm_logits))}, "
+                                 f"expected {(B, P, V)}")
+            d = xp.asarray(d_mlm_logits, dtype=self.dtype)
+            dlogits = d if dlogits is None else dlogits + d
+        if dlogits is not None:
+            self._mlm_head_backward(dlogits, cache["mlm_head"], dseq)
         if cache["nsp_loss"] is not None:
             dnsp = cross_entropy.backward(d_loss, cache["nsp_loss"])                # (B, 2)
             dpooled, dw, db = linear.backward(dnsp, cache["nsp"])                   # nsp = pooled W^T + b

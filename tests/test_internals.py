@@ -211,3 +211,245 @@ def test_inputs_embeds_matches_live_hugging_face(rng):
                  token_type_ids=torch.from_numpy(tt)).last_hidden_state.numpy()
     out = model(inputs_embeds=embeds, attention_mask=mask, token_type_ids=tt)
     assert_close("last_hidden_state", out.last_hidden_state, ref, atol=1e-12)
+
+
+# ----------------------------------------------------------------- attention maps
+from minibert import internals  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_attention_maps_match_eager_outputs_and_live_hugging_face(rng, dtype, tol):
+    cfg = tiny_config(attn_implementation="eager")
+    model = BertForPreTraining(cfg, dtype=dtype, seed=7)
+    perturb(model, rng)
+    ids, mask, tt = batch(rng)
+    maps = internals.attention_maps(model, ids, attention_mask=mask, token_type_ids=tt)
+    assert maps.shape == (L, 3, A, 7, 7) and maps.dtype == dtype
+    eager = model.bert(ids, attention_mask=mask, token_type_ids=tt, output_attentions=True).attentions
+    for l in range(L):
+        np.testing.assert_array_equal(maps[l], eager[l])
+    # rows sum to one over the real keys; padded keys get exactly zero
+    assert_close("row sums", maps.sum(-1), np.ones((L, 3, A, 7)), atol=10 * np.finfo(dtype).eps)
+    assert not np.any(maps * (1 - mask)[None, :, None, None, :])
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.BertModel(hf_config(transformers, cfg)).eval()
+    hf = hf.double() if dtype == np.float64 else hf.float()
+    state = {k[len("bert."):]: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()
+             if k.startswith("bert.")}
+    hf.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                 token_type_ids=torch.from_numpy(tt), output_attentions=True).attentions
+    for l in range(L):
+        assert_close(f"attentions[{l}] vs Hugging Face", maps[l], ref[l].numpy(), atol=tol)
+
+
+def test_head_stats_on_known_maps():
+    """Three hand-made heads: all on [CLS], all on the previous token, uniform."""
+    S = 5
+    ids = np.array([[101, 7, 8, 9, 102]])
+    P = np.zeros((1, 1, 3, S, S))
+    P[0, 0, 0, :, 0] = 1.0                                           # [CLS] head
+    P[0, 0, 1, 0, 0] = 1.0
+    P[0, 0, 1, np.arange(1, S), np.arange(S - 1)] = 1.0             # previous-token head
+    P[0, 0, 2] = 1.0 / S                                             # uniform head
+    st = internals.head_stats(P, ids, np.ones((1, S)), {"cls": 101, "sep": 102})
+    assert set(st) == set(internals.HEAD_STATS) and st["entropy"].shape == (1, 3)
+    assert_close("entropy", st["entropy"][0], [0, 0, np.log(S)], atol=1e-12)
+    assert_close("cls", st["cls"][0], [1, 0.4, 0.2], atol=1e-12)       # queries 0, 1 -> [CLS]
+    assert_close("sep", st["sep"][0], [0, 0, 0.2], atol=1e-12)
+    assert_close("self", st["self"][0], [0.2, 0.2, 0.2], atol=1e-12)
+    assert_close("prev", st["prev"][0], [0.25, 1, 0.2], atol=1e-12)     # over queries 1..4
+    assert_close("next", st["next"][0], [0, 0, 0.2], atol=1e-12)
+    assert_close("distance", st["distance"][0], [2, 0.8, np.mean(np.abs(np.subtract.outer(
+        np.arange(S), np.arange(S))).sum(1) / S)], atol=1e-12)
+    # the same via a tokenizer-like object and a (cls, sep) pair
+    for special in ((101, 102),):
+        assert_close("cls (pair)", internals.head_stats(P, ids, None, special)["cls"], st["cls"])
+
+
+def test_attention_rollout(rng):
+    ids, mask, tt = batch(rng)
+    model = BertModel(tiny_config(), dtype=np.float64, seed=1)
+    perturb(model, rng)
+    maps = internals.attention_maps(model, ids, attention_mask=mask)
+    R = internals.attention_rollout(maps, mask)
+    assert R.shape == (3, 7, 7)
+    real = mask.astype(bool)
+    assert_close("real rows sum to one", R.sum(-1)[real], np.ones(real.sum()), atol=1e-12)
+    assert not R[~real].any() and not R.transpose(0, 2, 1)[~real].any()
+    # by hand for sequence 0 (no padding)
+    want = np.eye(7)
+    for l in range(L):
+        a = 0.5 * maps[l, 0].mean(0) + 0.5 * np.eye(7)
+        want = (a / a.sum(-1, keepdims=True)) @ want
+    assert_close("rollout", R[0], want, atol=1e-12)
+    assert internals.attention_rollout(list(maps), mask, all_layers=True).shape == (L, 3, 7, 7)
+    # attention to oneself only: the rollout is the identity
+    eye = np.broadcast_to(np.eye(7), (L, 1, A, 7, 7))
+    assert_close("identity", internals.attention_rollout(eye)[0], np.eye(7), atol=0)
+
+
+# ----------------------------------------------------------------- head importance
+def _pretraining_batch(rng, B=3, S=7):
+    ids, mask, tt = batch(rng, B, S)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=tt,
+                masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
+                masked_lm_ids=np.array([[5, 7, 9], [1, 2, 3], [4, 0, 0]]),
+                masked_lm_weights=np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
+                next_sentence_labels=np.array([0, 1, 0]))
+
+
+def test_head_importance_matches_central_differences(rng):
+    """At head_mask = 1 a central difference would step outside [0, 1], so the loss is
+    differentiated in the value projection's scale instead: P (s V_a) = s (P V_a), the same
+    function of s as of the head-mask entry, with no head mask given at all."""
+    model = BertForPreTraining(tiny_config(), dtype=np.float64, seed=9)
+    perturb(model, rng)
+    b1, b2 = _pretraining_batch(rng), _pretraining_batch(np.random.default_rng(7))
+    imp = internals.head_importance(model, [b1, b2])
+    assert imp.shape == (L, A)
+    D = H // A
+    base = {k: np.array(v) for k, v in model.params.items()}
+    scale = np.ones((L, A))
+
+    def loss():
+        for l in range(L):
+            for name in ("weight", "bias"):
+                p = f"bert.encoder.layer.{l}.attention.self.value.{name}"
+                v = base[p].reshape(A, D, -1) * scale[l][:, None, None]
+                model.params[p][...] = v.reshape(base[p].shape)
+        return sum(float(model(**b).loss) for b in (b1, b2))
+    r = gradcheck(loss, {"scale": scale}, {"scale": imp}, mode="full", rtol=1e-7)
+    assert r.passed, str(r)
+    # one batch = the "head_mask" gradient of one backward
+    for k, v in base.items():
+        model.params[k][...] = v
+    out, cache = model.forward(**b1, head_mask=np.ones((L, A)))
+    assert_close("head_importance(one batch)", internals.head_importance(model, b1),
+                 model.backward(cache)["head_mask"], atol=0)
+
+
+def test_prune_heads_curve(rng):
+    model = BertForSequenceClassification(tiny_config(), dtype=np.float64, seed=2)
+    perturb(model, rng)
+    ids, mask, tt = batch(rng)
+    b = dict(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=np.array([0, 2, 1]))
+    curve = internals.prune_heads_curve(model, b)
+    assert list(curve.n_pruned) == list(range(L * A + 1)) and curve.loss.shape == (L * A + 1,)
+    assert curve.loss[0] == pytest.approx(float(model(**b).loss), abs=1e-12)
+    assert curve.loss[-1] == pytest.approx(float(model(**b, head_mask=np.zeros((L, A))).loss), abs=1e-12)
+    assert sorted(curve.order) == [(l, a) for l in range(L) for a in range(A)]
+    # the first pruned head is the least important
+    l0, a0 = curve.order[0]
+    assert abs(curve.importance[l0, a0]) == np.abs(curve.importance).min()
+    assert len(internals.prune_heads_curve(model, b, curve.importance, num_points=3).loss) == 3
+
+
+# ----------------------------------------------------------------- attribution
+def _mlm_setup(rng, dtype=np.float64):
+    model = BertForPreTraining(tiny_config(), dtype=dtype, seed=11)
+    perturb(model, rng)
+    ids, mask, tt = batch(rng)
+    return model, ids, mask, tt
+
+
+def test_gradient_x_input_is_the_inputs_embeds_gradient_times_the_embeddings(rng):
+    model, ids, mask, tt = _mlm_setup(rng)
+    target = [(1, 5), (3, 7), (0, 2)]
+    r = internals.gradient_x_input(model, ids, target, attention_mask=mask, token_type_ids=tt)
+    E = model.params["bert.embeddings.word_embeddings.weight"][ids]
+    pos = np.array([[1], [3], [0]])
+    out, cache = model.forward(inputs_embeds=E, attention_mask=mask, token_type_ids=tt,
+                               masked_lm_positions=pos)
+    d = np.zeros(out.mlm_logits.shape)
+    d[np.arange(3), 0, [5, 7, 2]] = 1.0
+    g = model.backward(cache, d_mlm_logits=d)["inputs_embeds"]
+    assert_close("gradient x input", r.scores, (g * E).sum(-1), atol=1e-13)
+    assert_close("f_input", r.f_input, out.mlm_logits[np.arange(3), 0, [5, 7, 2]], atol=0)
+
+
+@pytest.mark.parametrize("method", ["gauss-legendre", "trapezoid"])
+def test_integrated_gradients_completeness(rng, method):
+    """sum(scores) = F(x) - F(baseline) up to the quadrature error: Gauss-Legendre is
+    spectrally accurate for this smooth path; the trapezoid's error falls as 1/steps^2."""
+    model, ids, mask, tt = _mlm_setup(rng)
+    r = internals.integrated_gradients(model, ids, (2, 4), steps=50, method=method,
+                                       attention_mask=mask, token_type_ids=tt,
+                                       internal_batch_size=7)
+    assert r.scores.shape == (3, 7) and r.delta.shape == (3,)
+    assert_close("delta", r.delta, r.scores.sum(-1) - (r.f_input - r.f_baseline), atol=1e-12)
+    assert np.all(r.relative_delta <= (1e-10 if method == "gauss-legendre" else 1e-2)), r.relative_delta
+    if method == "trapezoid":
+        r4 = internals.integrated_gradients(model, ids, (2, 4), steps=200, method=method,
+                                            attention_mask=mask, token_type_ids=tt)
+        ratio = np.abs(r.delta) / np.abs(r4.delta)                 # (199 / 49)^2 ~ 16.5
+        assert np.all((ratio > 12) & (ratio < 21)), ratio
+    # chunking changes nothing but the rounding
+    r1 = internals.integrated_gradients(model, ids, (2, 4), steps=50, method=method,
+                                        attention_mask=mask, token_type_ids=tt,
+                                        internal_batch_size=64)
+    assert_close("chunked", r1.scores, r.scores, atol=1e-12)
+    # padded tokens, whose embeddings change nothing, get nothing
+    assert np.all(np.abs(r.scores[mask == 0]) < 1e-12)
+
+
+def test_integrated_gradients_for_classification(rng):
+    model = BertForSequenceClassification(tiny_config(), dtype=np.float64, seed=3)
+    perturb(model, rng)
+    ids, mask, tt = batch(rng)
+    r = internals.integrated_gradients(model, ids, [0, 2, 1], steps=30, attention_mask=mask,
+                                       token_type_ids=tt, baseline="zero")
+    assert np.all(r.relative_delta < 1e-8)
+    assert_close("f_input", r.f_input, model(ids, attention_mask=mask, token_type_ids=tt)
+                 .logits[np.arange(3), [0, 2, 1]], atol=1e-12)
+    tok = BertForTokenClassification(tiny_config(), dtype=np.float64, seed=3)
+    perturb(tok, rng)
+    r = internals.integrated_gradients(tok, ids, (1, 2), steps=30, attention_mask=mask)
+    assert np.all(r.relative_delta < 1e-8)
+
+
+# ----------------------------------------------------------------- logit lens
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logit_lens_last_layer_is_the_models_logits_bit_for_bit(rng, dtype):
+    model, ids, mask, tt = _mlm_setup(rng, dtype)
+    pos = np.array([[1, 2], [0, 4], [1, 1]])
+    lens = internals.logit_lens(model, ids, pos, attention_mask=mask, token_type_ids=tt)
+    assert lens.shape == (L + 1, 3, 2, 23) and lens.dtype == dtype
+    out = model(ids, attention_mask=mask, token_type_ids=tt, masked_lm_positions=pos)
+    np.testing.assert_array_equal(lens[-1], out.mlm_logits)
+    # layer 0 is the head on the embeddings' output
+    hs = model(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True).hidden_states
+    np.testing.assert_array_equal(lens[0], model.mlm_head_logits(hs[0], pos))
+    assert internals.logit_lens(model, ids, [1], attention_mask=mask).shape == (L + 1, 3, 1, 23)
+
+
+# ----------------------------------------------------------------- bad input
+def test_bad_input(rng):
+    model, ids, mask, tt = _mlm_setup(rng, np.float32)
+    with pytest.raises(ValueError, match=r"target position 7 is outside the sequence, expected 0 <= position < 7"):
+        internals.integrated_gradients(model, ids, (7, 1))
+    with pytest.raises(ValueError, match=r"target token id 23 is out of range"):
+        internals.gradient_x_input(model, ids, (1, 23))
+    with pytest.raises(ValueError, match=r"target=.* is not understood"):
+        internals.gradient_x_input(model, ids, 3)
+    clf = BertForSequenceClassification(tiny_config(), seed=0)
+    with pytest.raises(ValueError, match=r"target class index 3 is out of range, expected 0 <= class index < 3"):
+        internals.gradient_x_input(clf, ids, 3)
+    with pytest.raises(ValueError, match=r"logit_lens needs a model with a masked-LM head .* got BertModel"):
+        internals.logit_lens(BertModel(tiny_config()), ids, [1])
+    with pytest.raises(ValueError, match=r"positions has the value 9"):
+        internals.logit_lens(model, ids, [9])
+    with pytest.raises(ValueError, match=r"has no masked-LM or classification logits"):
+        internals.gradient_x_input(BertModel(tiny_config()), ids, (1, 2))
+    with pytest.raises(ValueError, match=r"sequence length 20, longer than max_position_embeddings=16"):
+        internals.attention_maps(model, np.ones((1, 20), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"sequence length 20"):
+        internals.integrated_gradients(model, np.ones((1, 20), dtype=np.int64), (1, 2))
+    with pytest.raises(ValueError, match=r"steps=0 is invalid"):
+        internals.integrated_gradients(model, ids, (1, 2), steps=0)
+    with pytest.raises(ValueError, match=r"method='simpson' is unknown"):
+        internals.integrated_gradients(model, ids, (1, 2), method="simpson")
+    with pytest.raises(ValueError, match=r"batch gives BertForPreTraining no loss"):
+        internals.head_importance(model, dict(input_ids=ids))
