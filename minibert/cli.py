@@ -7,6 +7,7 @@
     minibert demo        forward + backward of a small BERT, then the gradient-check table
     minibert gradcheck   the gradient-check table of every op and a tiny model
     minibert params      the parameter breakdown of a preset, formula next to each count
+    minibert trace       every op call of a tiny model's forward, then its backward
     minibert info        versions and backends
 
 Bad input is one line on stderr and exit status 2; a failed gradient check or a training run
@@ -192,6 +193,28 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def cmd_trace(args) -> int:
+    from .config import BertConfig
+    from .heads import BertForSequenceClassification
+    from .ops import readable_ops, trace
+    config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=args.layers,
+                        num_attention_heads=2, intermediate_size=16, max_position_embeddings=8,
+                        num_labels=2)
+    model = BertForSequenceClassification(config, dtype=np.float64, seed=args.seed)
+    ids = np.array([[2, 5, 6, 7, 3], [2, 8, 9, 3, 0]])
+    mask = (ids > 0).astype(np.int64)
+    with readable_ops(args.readable), trace(params=model.params) as t:
+        out, cache = model.forward(ids, attention_mask=mask, labels=np.array([0, 1]), training=True)
+        model.backward(cache)
+    print(f"minibert trace: BertForSequenceClassification (L={config.num_hidden_layers} "
+          f"H={config.hidden_size} A={config.num_attention_heads} I={config.intermediate_size}), "
+          f"batch 2 x 5 (one padded token), dropout on, loss {float(out.loss):.4f}")
+    print(f"{len(t.forward)} forward op calls, then {len(t.backward)} backward calls, each "
+          "undoing one forward call, last to first\n")
+    print(t.format())
+    return 0
+
+
 def cmd_params(args) -> int:
     from .config import BertConfig, count_parameters, parameter_breakdown
     config = BertConfig.preset(args.preset)
@@ -291,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
     en.add_argument("text")
     en.set_defaults(func=cmd_encode)
+    tr = sub.add_parser("trace", help="every op call of a tiny model's forward, then its backward",
+                        description="Run a tiny BertForSequenceClassification forward and "
+                        "backward under minibert.ops.trace() and print each op call: shapes, "
+                        "norms, the parameters it reads, and for each backward the forward call "
+                        "it undoes and the parameter gradients it produces.")
+    tr.add_argument("--layers", type=int, default=1, choices=range(1, 5), metavar="{1..4}")
+    tr.add_argument("--readable", action="store_true", help="the readable NumPy ops, not kernels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=cmd_trace)
     i = sub.add_parser("info", help="versions, backends, GPU")
     i.set_defaults(func=cmd_info)
     return p

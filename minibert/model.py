@@ -513,9 +513,10 @@ class BertModel(PretrainedMixin):
         dx = dropout.backward(dx, c_do)                                    # x = dropout(x)
         dsum, dw, db = layernorm.backward(dx, c_ln)                        # x = LN(we + pe + te)
         accumulate(self._pair("embeddings.LayerNorm", grads=True), dw, db)
-        # added straight into the gradient buffer: the tables are large, the rows used few
-        for name, c_e in (("word_embeddings", c_we), ("position_embeddings", c_pe),
-                          ("token_type_embeddings", c_te)):              # we = E_word[ids], ...
+        # added straight into the gradient buffer: the tables are large, the rows used few;
+        # last lookup first, so that the whole backward is the forward read in reverse
+        for name, c_e in (("token_type_embeddings", c_te), ("position_embeddings", c_pe),
+                          ("word_embeddings", c_we)):                    # te = E_type[segments], ...
             if c_e is not None:
                 embedding.backward(dsum, c_e, out=self.grads[self.prefix + f"embeddings.{name}.weight"])
         return dsum if c_we is None else None         # we = inputs_embeds: dL/d inputs_embeds
