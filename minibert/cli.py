@@ -7,6 +7,7 @@
     minibert demo        forward + backward of a small BERT, then the gradient-check table
     minibert gradcheck   the gradient-check table of every op and a tiny model
     minibert params      the parameter breakdown of a preset, formula next to each count
+    minibert inspect     attention, head statistics and importance, attributions, logit lens
     minibert trace       every op call of a tiny model's forward, then its backward
     minibert info        versions and backends
 
@@ -215,6 +216,43 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from .internals import HEAD_STATS, inspect_checkpoint
+    r = inspect_checkpoint(args.checkpoint, args.text, pair=args.pair, out_dir=args.out,
+                           data=args.data, steps=args.steps)
+    tokens = r["tokens"]
+    print(f"{r['model']} ({r['kind']}) from {r['checkpoint']}: {r['layers']} layers x "
+          f"{r['heads']} heads, {len(tokens)} tokens")
+    print(" ".join(tokens))
+    print("\nhead statistics (mean over query tokens): entropy in nats; attention mass on "
+          "[CLS], [SEP], itself, the previous and next token; mean distance in tokens")
+    imp = r.get("head_importance")
+    print(f"{'layer':>5} {'head':>4} " + " ".join(f"{k:>8}" for k in HEAD_STATS)
+          + (f" {'|import.|':>9}" if imp else ""))
+    for l in range(r["layers"]):
+        for a in range(r["heads"]):
+            row = " ".join(f"{r['head_stats'][k][l][a]:8.3f}" for k in HEAD_STATS)
+            print(f"{l:>5} {a:>4} {row}" + (f" {abs(imp[l][a]):9.2e}" if imp else ""))
+    for t in r["targets"]:
+        ig = np.array(t["integrated_gradients"])
+        top = np.argsort(-np.abs(ig), kind="stable")[:6]
+        print(f"\n{t['label']}: logit {t['f_input']:.3f} (baseline {t['f_baseline']:.3f}); "
+              f"integrated gradients sum - difference = {t['delta']:.2e} "
+              f"({t['relative_delta']:.1e} of the difference)")
+        print("  most attributed tokens: " + ", ".join(
+            f"{tokens[i]} ({ig[i]:+.3f})" for i in top))
+        if t.get("logit_lens"):
+            print("  logit lens (top predictions read off each layer):")
+            for row in t["logit_lens"]:
+                tops = ", ".join(f"{w} {p:.3f}" for w, p in row["top"])
+                print(f"    {row['layer']:<11} {tops}")
+    if not r["targets"]:
+        print("\n(no [MASK] in the text: no attributions or logit lens; add a [MASK])"
+              if r["kind"] == "mlm" else "\n(no masked-LM or classification head: attention only)")
+    print(f"\nwrote {r['out_dir']}: {', '.join(r['files'])}")
+    return 0
+
+
 def cmd_params(args) -> int:
     from .config import BertConfig, count_parameters, parameter_breakdown
     config = BertConfig.preset(args.preset)
@@ -314,6 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
     en.add_argument("text")
     en.set_defaults(func=cmd_encode)
+    ins = sub.add_parser("inspect", help="attention maps, head statistics and importance, "
+                         "attributions and the logit lens of a text",
+                         description="Look inside a minibert run directory or a Hugging Face "
+                         "BERT directory on one text: attention maps of every layer and head "
+                         "(PNG), head statistics (printed and JSON), head importance (the "
+                         "gradient of the loss with respect to a head mask), integrated "
+                         "gradients per [MASK] (or the predicted class), the logit lens per "
+                         "[MASK], and attention.json for bertviz.")
+    ins.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
+    ins.add_argument("text", help='e.g. "Return the [MASK] of the list."')
+    ins.add_argument("--pair", default=None, help="a second segment (token type 1)")
+    ins.add_argument("--out", default="runs/inspect", help="output directory (default runs/inspect)")
+    ins.add_argument("--data", default=None, help="text file, one text a line: head importance "
+                     "on these (15%% masked) instead of the text")
+    ins.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+    ins.set_defaults(func=cmd_inspect)
     tr = sub.add_parser("trace", help="every op call of a tiny model's forward, then its backward",
                         description="Run a tiny BertForSequenceClassification forward and "
                         "backward under minibert.ops.trace() and print each op call: shapes, "

@@ -514,3 +514,494 @@ def logit_lens(model, input_ids, positions, attention_mask=None, token_type_ids=
                 masked_lm_positions=pos, output_hidden_states=True)
     xp = get_array_module(out.mlm_logits)
     return xp.stack([model.mlm_head_logits(h, pos) for h in out.hidden_states])  # (L+1, B, P, V)
+
+
+# ------------------------------------------------------------------------------ training
+def param_group(name: str) -> str:
+    """The group a parameter is logged in: "embeddings", "layer.<l>.attention" (q, k, v and
+    the output projection), "layer.<l>.ffn", "layer.<l>.layernorm", "pooler" or "head"."""
+    n = name[len("bert."):] if name.startswith("bert.") else name
+    if n.startswith("embeddings."):
+        return "embeddings"
+    if n.startswith("encoder.layer."):
+        l = n.split(".")[2]
+        if "LayerNorm" in n:
+            return f"layer.{l}.layernorm"
+        return f"layer.{l}.attention" if ".attention." in n else f"layer.{l}.ffn"
+    if n.startswith("pooler."):
+        return "pooler"
+    return "head"
+
+
+class InternalsMonitor:
+    """Gradient flow during training, every ``every`` steps, as JSON lines in
+    ``out_dir/internals.jsonl`` (one object per logged step) and ``internals.png``:
+
+        grad_norm[group]      ||g|| over the group's parameters, before clipping
+        update_ratio[group]   ||w_after - w_before|| / ||w_before||  (the optimizer's step)
+        act_mean/act_std[l]   mean and std of layer l's output over the real tokens
+                              ("embeddings" = the embeddings' output)
+        attn_entropy[l]       per head, the mean entropy (nats) of the attention rows
+
+    The trainer calls ``before_update`` after the backward and ``after_update`` after the
+    optimizer step, only at the steps ``wants`` picks. The activations and entropies come
+    from one extra inference forward (dropout off, eager attention) on the first
+    ``rows`` sequences of the step's batch; it draws no dropout call, so resuming a run is
+    as exact with the monitor as without.
+    """
+
+    FILE, PLOT = "internals.jsonl", "internals.png"
+
+    def __init__(self, every: int, out_dir, rows: int = 4):
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every <= 0:
+            raise ValueError(f"log_internals={every!r} is invalid, expected a positive number "
+                             "of steps")
+        self.every, self.out_dir, self.rows = int(every), os.fspath(out_dir), int(rows)
+        self._before = None
+
+    def wants(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (1-based) is logged."""
+        return step % self.every == 0
+
+    @staticmethod
+    def _segments(store):
+        names = list(store.offsets)
+        starts = np.array([store.offsets[n][0] for n in names])
+        return names, starts
+
+    def _group_norms(self, store, sq):
+        """sqrt of the per-group sums of ``sq`` (the squares of a flat buffer, on the host)."""
+        names, starts = self._segments(store)
+        per = np.add.reduceat(sq, starts)
+        out = {}
+        for n, v in zip(names, per):
+            g = param_group(n)
+            out[g] = out.get(g, 0.0) + float(v)
+        return {g: math.sqrt(v) for g, v in out.items()}
+
+    def before_update(self, model, batch):
+        store = model.store
+        g = to_numpy(store.grad).astype(np.float64)
+        self._before = (to_numpy(store.data).astype(np.float64), self._group_norms(store, g * g))
+
+    def after_update(self, model, batch, step: int):
+        store = model.store
+        w0, grad_norm = self._before
+        self._before = None
+        du = to_numpy(store.data).astype(np.float64) - w0
+        upd, wn = self._group_norms(store, du * du), self._group_norms(store, w0 * w0)
+        rec = dict(step=int(step), grad_norm=grad_norm,
+                   update_ratio={k: upd[k] / max(wn[k], 1e-30) for k in upd})
+        rec.update(self._activations(model, batch))
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, self.FILE), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        return rec
+
+    def _activations(self, model, batch):
+        r = slice(0, self.rows)
+        mask = batch.get("attention_mask")
+        mask = None if mask is None else mask[r]
+        out = _encoder(model)(batch["input_ids"][r], attention_mask=mask,
+                              token_type_ids=None if batch.get("token_type_ids") is None
+                              else batch["token_type_ids"][r],
+                              output_attentions=True, output_hidden_states=True)
+        real = np.ones(out.hidden_states[0].shape[:2]) if mask is None else \
+            to_numpy(mask).astype(np.float64)                                       # (b, S)
+        n = max(real.sum(), 1.0)
+        act_mean, act_std, ent = {}, {}, {}
+        for l, h in enumerate(out.hidden_states):
+            name = "embeddings" if l == 0 else f"layer.{l - 1}"
+            x = to_numpy(h).astype(np.float64) * real[..., None]
+            m = x.sum() / (n * x.shape[-1])
+            act_mean[name] = float(m)
+            act_std[name] = float(math.sqrt(max((x * x).sum() / (n * x.shape[-1]) - m * m, 0.0)))
+        for l, p in enumerate(out.attentions):
+            P = to_numpy(p).astype(np.float64)                                      # (b, A, S, S)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                e = -np.where(P > 0, P * np.log(P), 0.0).sum(-1)                     # (b, A, S)
+            ent[f"layer.{l}"] = [float(v) for v in (e * real[:, None]).sum((0, 2)) / n]
+        return dict(act_mean=act_mean, act_std=act_std, attn_entropy=ent)
+
+    def records(self) -> list:
+        path = os.path.join(self.out_dir, self.FILE)
+        if not os.path.isfile(path):
+            return []
+        with open(path, encoding="utf-8") as fh:
+            by_step = {}                        # a resumed run logs its steps again: keep the last
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    by_step[rec["step"]] = rec
+        return [by_step[k] for k in sorted(by_step)]
+
+    def close(self):
+        """Draw ``internals.png`` from everything logged in the run directory so far."""
+        plot_internals_log(self.records(), os.path.join(self.out_dir, self.PLOT))
+
+
+# ------------------------------------------------------------------------------ pictures
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path, dpi=100):
+    from .io import atomic_write
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    _pyplot().close(fig)
+
+
+def _token_ticks(ax, tokens, fontsize):
+    """Token labels on both axes when they fit, nothing otherwise."""
+    if tokens is not None and len(tokens) <= 40:
+        n = np.arange(len(tokens))
+        ax.set_xticks(n, tokens, rotation=90, fontsize=fontsize)
+        ax.set_yticks(n, tokens, fontsize=fontsize)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def plot_attention_grid(maps, path, tokens=None):
+    """Every layer (rows) and head (columns) of one sequence's maps (L, A, S, S), one PNG."""
+    P = to_numpy(maps)
+    L, A, S, _ = P.shape
+    plt = _pyplot()
+    cell = 1.6 if S <= 40 else 1.2
+    fig, axes = plt.subplots(L, A, figsize=(cell * A + 0.6, cell * L + 0.6), squeeze=False)
+    for l in range(L):
+        for a in range(A):
+            ax = axes[l, a]
+            ax.imshow(P[l, a], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([]); ax.set_yticks([])
+            if l == 0:
+                ax.set_title(f"head {a}", fontsize=8)
+            if a == 0:
+                ax.set_ylabel(f"layer {l}", fontsize=8)
+    fig.suptitle("attention probabilities (row: query token, column: key token)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi=80 if L * A > 64 else 100)
+
+
+def plot_attention_layer(maps_l, path, tokens=None, layer=0):
+    """One layer's heads (A, S, S) side by side, with the tokens on the axes when they fit."""
+    P = to_numpy(maps_l)
+    A, S, _ = P.shape
+    plt = _pyplot()
+    cols = min(A, 4)
+    rows = math.ceil(A / cols)
+    side = 3.2 if S <= 40 else 2.6
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows + 0.4), squeeze=False)
+    for a in range(rows * cols):
+        ax = axes[a // cols, a % cols]
+        if a >= A:
+            ax.axis("off")
+            continue
+        ax.imshow(P[a], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        _token_ticks(ax, tokens, 5 if S > 20 else 7)
+        ax.set_title(f"layer {layer}, head {a}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_head_heatmap(values, path, title, cmap="magma"):
+    """An (L, A) table as a heatmap with the numbers written in (head importance, stats)."""
+    v = np.asarray(values, dtype=np.float64)
+    L, A = v.shape
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(0.6 * A + 2.2, 0.45 * L + 1.4))
+    im = ax.imshow(v, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(A)); ax.set_yticks(range(L))
+    ax.set_xlabel("head"); ax.set_ylabel("layer")
+    if L * A <= 400:
+        hi = np.nanmax(v) if v.size else 0
+        for l in range(L):
+            for a in range(A):
+                ax.text(a, l, f"{v[l, a]:.2g}", ha="center", va="center", fontsize=6,
+                        color="black" if v[l, a] > 0.6 * hi else "white")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_attributions(tokens, rows, path):
+    """Bars of token attributions, one panel per target: rows = [(title, scores (S,))]."""
+    plt = _pyplot()
+    S = len(tokens)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(6, 0.32 * S + 1), 2.4 * len(rows)),
+                             squeeze=False)
+    for ax, (title, s) in zip(axes[:, 0], rows):
+        s = np.asarray(s)
+        ax.bar(np.arange(S), s, color=np.where(s >= 0, "tab:red", "tab:blue"))
+        ax.set_xticks(np.arange(S), tokens if S <= 80 else [""] * S, rotation=90, fontsize=7)
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_internals_log(records, path):
+    """The ``--log-internals`` records as curves over steps: gradient norm and
+    update/weight ratio per layer, activation std per layer, mean attention entropy."""
+    if not records:
+        return
+    plt = _pyplot()
+    steps = [r["step"] for r in records]
+    groups = list(records[-1]["grad_norm"])
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    panels = [("grad_norm", "gradient norm", True), ("update_ratio", "|update| / |weight|", True),
+              ("act_std", "activation std (layer output)", False),
+              ("attn_entropy", "mean attention entropy (nats)", False)]
+    for ax, (key, title, log) in zip(axes.ravel(), panels):
+        names = groups if key in ("grad_norm", "update_ratio") else list(records[-1][key])
+        for i, g in enumerate(names):
+            ys = [r[key][g] if key != "attn_entropy" else float(np.mean(r[key][g]))
+                  for r in records]
+            ax.plot(steps, ys, lw=1, label=g, color=plt.cm.viridis(i / max(len(names) - 1, 1)))
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0, 0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------------------ minibert inspect
+def load_for_inspection(path, dtype=np.float32):
+    """``(model, tokenizer, kind)`` for a minibert run directory (its latest checkpoint) or
+    any Hugging Face BERT directory (config.json, vocab.txt, model.safetensors or
+    pytorch_model.bin). ``kind`` is "mlm" when the checkpoint has a masked-LM head (loaded as
+    BertForPreTraining; a pooler or next-sentence head it lacks, as in a BertForMaskedLM
+    checkpoint, is left at its initialization: nothing here reads them), "classification"
+    with a sequence classifier, else "encoder" (BertModel: attention only)."""
+    from .checkpoint import map_state_dict, read_state_dict
+    from .config import BertConfig
+    from .model import BertModel
+    from .tokenization import BertTokenizer
+    from .train import resolve_checkpoint
+    model_dir = resolve_checkpoint(path)
+    if not os.path.isfile(os.path.join(model_dir, "vocab.txt")):
+        raise ValueError(f"checkpoint {model_dir!r} has no vocab.txt, expected the tokenizer "
+                         "next to the model")
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    config = BertConfig.from_json_file(os.path.join(model_dir, "config.json"))
+    state = read_state_dict(model_dir)
+    names = {n[len("bert."):] if n.startswith("bert.") else n for n in state}
+    if any(n.startswith("cls.predictions.") for n in names):
+        kind, cls = "mlm", BertForPreTraining
+    elif "classifier.weight" in names:
+        kind, cls = "classification", BertForSequenceClassification
+        w = state.get("classifier.weight", state.get("bert.classifier.weight"))
+        config.num_labels = int(w.shape[0])
+    else:
+        kind, cls = "encoder", BertModel
+    model = cls(config, dtype=dtype)
+    if kind != "encoder" and not any(n.startswith("pooler.") for n in names):
+        prefix = "bert." if cls is not BertModel else ""
+        for n in ("pooler.dense.weight", "pooler.dense.bias"):     # unused by what we read
+            state[prefix + n] = to_numpy(model.params[prefix + n])
+    mapped, _, _ = map_state_dict(state, model, new_head=True)
+    model.load_state_dict(mapped, strict=False)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"checkpoint {model_dir!r}: vocab.txt has {len(tokenizer)} tokens but "
+                         f"the model only {config.vocab_size}")
+    return model, tokenizer, kind
+
+
+def _mlm_rows(tokenizer, ids, tt, max_rows=64):
+    """The text as a masked-LM batch: one row per ordinary token, that token masked and its
+    id the label (at most ``max_rows`` rows, evenly spread)."""
+    special = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+               tokenizer.mask_token_id}
+    cand = [i for i, t in enumerate(ids) if int(t) not in special]
+    if len(cand) > max_rows:
+        cand = [cand[int(k)] for k in np.linspace(0, len(cand) - 1, max_rows).round()]
+    if not cand:
+        return None
+    rows = np.repeat(ids[None], len(cand), 0)
+    rows[np.arange(len(cand)), cand] = tokenizer.mask_token_id
+    return dict(input_ids=rows, token_type_ids=np.repeat(tt[None], len(cand), 0),
+                masked_lm_positions=np.array(cand)[:, None],
+                masked_lm_ids=ids[np.array(cand)][:, None])
+
+
+def _chunks(batch, size=8):
+    n = len(batch["input_ids"])
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def _data_batch(path, tokenizer, model, kind, max_lines=32, seq_len=128, seed=0):
+    """A held-out batch from a text file (one text per line): 15% of the ordinary tokens
+    masked (masked-LM), or the predicted classes as labels (classification)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--data {path!r} does not exist, expected a text file, one text a line")
+    with open(path, encoding="utf-8") as fh:
+        lines = [l.strip() for l in fh if l.strip()][:max_lines]
+    if not lines:
+        raise ValueError(f"--data {path!r} has no text")
+    enc = tokenizer(lines, truncation=True, max_length=min(seq_len, model.config.max_position_embeddings))
+    ids, tt, mask = enc["input_ids"], enc["token_type_ids"], enc["attention_mask"]
+    if kind == "classification":
+        pred = np.argmax(to_numpy(model(ids, attention_mask=mask, token_type_ids=tt).logits), -1)
+        return _chunks(dict(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=pred))
+    rng = np.random.default_rng(seed)
+    special = np.isin(ids, [tokenizer.cls_token_id, tokenizer.sep_token_id,
+                            tokenizer.pad_token_id, tokenizer.mask_token_id])
+    P = max(1, int(round(0.15 * ids.shape[1])))
+    pos = np.zeros((len(ids), P), dtype=np.int64)
+    w = np.zeros((len(ids), P))
+    labels = np.zeros((len(ids), P), dtype=np.int64)
+    masked = ids.copy()
+    for b in range(len(ids)):
+        cand = np.nonzero(~special[b])[0]
+        k = min(P, max(1, int(round(0.15 * len(cand))))) if len(cand) else 0
+        chosen = np.sort(rng.choice(cand, size=k, replace=False)) if k else []
+        pos[b, :k], w[b, :k], labels[b, :k] = chosen, 1.0, ids[b, chosen]
+        masked[b, chosen] = tokenizer.mask_token_id
+    return _chunks(dict(input_ids=masked, token_type_ids=tt, attention_mask=mask,
+                        masked_lm_positions=pos, masked_lm_ids=labels, masked_lm_weights=w))
+
+
+def _bertviz(tokens, maps):
+    """bertviz's input: the tokens and, per layer, (batch=1, heads, S, S) as nested lists (what
+    ``bertviz.head_view(attention, tokens)`` takes, after ``torch.tensor``)."""
+    return {"tokens": tokens,
+            "attention": [np.round(to_numpy(m).astype(np.float64), 5).tolist() for m in maps],
+            "format": "bertviz: attention[layer][batch][head][query][key]"}
+
+
+def inspect_checkpoint(checkpoint, text, pair=None, out_dir="runs/inspect", data=None,
+                       steps=50, seed=0, on_stage=lambda msg: None) -> dict:
+    """Everything ``minibert inspect`` shows about one text, computed and written to
+    ``out_dir`` (built in a temporary directory and moved into place: bad input writes
+    nothing). Returns the report the command prints (JSON-ready).
+
+    Files: attention_grid.png (every layer and head), attention_layer_<l>.png,
+    head_stats.json, head_importance.png/.json, attributions.png/.json, logit_lens.json,
+    attention.json (bertviz), report.json.
+    """
+    from .io import atomic_directory, atomic_write_text
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text={text!r} is empty, expected some text")
+    if pair is not None and (not isinstance(pair, str) or not pair.strip()):
+        raise ValueError(f"--pair {pair!r} is empty, expected some text")
+    out_dir = os.fspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and \
+            not os.path.isfile(os.path.join(out_dir, "report.json")):
+        raise ValueError(f"--out {out_dir!r} holds other files, expected a new directory (or one "
+                         "an earlier inspect wrote)")
+    model, tok, kind = load_for_inspection(checkpoint)
+    cfg = model.config
+    enc = tok(text, pair, truncation=False)
+    ids, tt, mask = enc["input_ids"], enc["token_type_ids"], enc["attention_mask"]
+    S = ids.shape[1]
+    if S > cfg.max_position_embeddings:
+        raise ValueError(f"text has {S} tokens, longer than the model's "
+                         f"max_position_embeddings={cfg.max_position_embeddings}")
+    tokens = tok.convert_ids_to_tokens([int(i) for i in ids[0]])
+    L, A = cfg.num_hidden_layers, cfg.num_attention_heads
+    report = dict(checkpoint=os.fspath(checkpoint), kind=kind, model=type(model).__name__,
+                  tokens=tokens, layers=L, heads=A)
+    on_stage(f"{type(model).__name__} ({kind}), L={L} A={A}, {S} tokens")
+    maps = attention_maps(model, ids, mask, tt)                                # (L, 1, A, S, S)
+    stats = head_stats(maps, ids, mask, tok)
+    report["head_stats"] = {k: np.round(v, 5).tolist() for k, v in stats.items()}
+    report["rollout_from_cls"] = np.round(attention_rollout(maps, mask)[0, 0], 5).tolist()
+
+    # head importance: the text as a masked-LM batch, or --data
+    batches = None
+    if data is not None:
+        if kind == "encoder":
+            raise ValueError("--data needs a model with a masked-LM or classification head, "
+                             f"and {report['checkpoint']!r} has none")
+        batches = _data_batch(data, tok, model, kind, seed=seed)
+    elif kind == "mlm":
+        b = _mlm_rows(tok, ids[0], tt[0])
+        batches = None if b is None else _chunks(b)
+    elif kind == "classification":
+        pred = np.argmax(to_numpy(model(ids, attention_mask=mask, token_type_ids=tt).logits), -1)
+        batches = [dict(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=pred)]
+    importance = None
+    if batches:
+        on_stage(f"head importance on {sum(len(b['input_ids']) for b in batches)} sequences")
+        importance = head_importance(model, batches)
+        report["head_importance"] = np.round(importance, 6).tolist()
+
+    # attributions and the logit lens, per [MASK] (or the predicted class)
+    report["targets"] = []
+    baseline = np.where(np.isin(ids, [tok.cls_token_id, tok.sep_token_id]), ids, tok.pad_token_id)
+    targets = []
+    if kind == "mlm":
+        mpos = [int(p) for p in np.nonzero(ids[0] == tok.mask_token_id)[0]]
+        if mpos:
+            out = model(ids, attention_mask=mask, token_type_ids=tt,
+                        masked_lm_positions=np.array([mpos]))
+            logits = to_numpy(out.mlm_logits[0]).astype(np.float64)[:, :len(tok)]   # (P, V)
+            lens = to_numpy(logit_lens(model, ids, np.array([mpos]), mask, tt))[:, 0]  # (L+1, P, V)
+            for j, p in enumerate(mpos):
+                best = int(np.argmax(logits[j]))
+                targets.append(dict(position=p, target=(p, best),
+                                    label=f"[MASK] at {p} -> {tok.convert_ids_to_tokens(best)}"))
+                table = []
+                for l in range(L + 1):
+                    z = lens[l, j, :len(tok)].astype(np.float64)
+                    pr = np.exp(z - z.max()); pr /= pr.sum()
+                    top = np.argsort(-pr, kind="stable")[:3]
+                    table.append(dict(layer=("embeddings" if l == 0 else f"layer {l - 1}"),
+                                      top=[(tok.convert_ids_to_tokens(int(t)), float(pr[t])) for t in top],
+                                      p_final=float(pr[best])))
+                targets[-1]["logit_lens"] = table
+    elif kind == "classification":
+        logits = to_numpy(model(ids, attention_mask=mask, token_type_ids=tt).logits[0])
+        best = int(np.argmax(logits))
+        targets.append(dict(position=None, target=best, label=f"class {best}"))
+    for t in targets:
+        on_stage(f"integrated gradients for {t['label']} ({steps} steps)")
+        ig = integrated_gradients(model, ids, t["target"], steps=steps, baseline=baseline,
+                                  attention_mask=mask, token_type_ids=tt)
+        gx = gradient_x_input(model, ids, t["target"], attention_mask=mask, token_type_ids=tt)
+        report["targets"].append(dict(
+            label=t["label"], position=t["position"],
+            integrated_gradients=np.round(ig.scores[0], 6).tolist(),
+            gradient_x_input=np.round(gx.scores[0], 6).tolist(),
+            f_input=float(ig.f_input[0]), f_baseline=float(ig.f_baseline[0]),
+            delta=float(ig.delta[0]), relative_delta=float(ig.relative_delta[0]),
+            logit_lens=t.get("logit_lens")))
+
+    on_stage(f"writing {out_dir}")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    with atomic_directory(out_dir) as tmp:
+        m = to_numpy(maps)[:, 0]                                                   # (L, A, S, S)
+        plot_attention_grid(m, os.path.join(tmp, "attention_grid.png"), tokens)
+        for l in range(L):
+            plot_attention_layer(m[l], os.path.join(tmp, f"attention_layer_{l}.png"), tokens, l)
+        atomic_write_text(os.path.join(tmp, "head_stats.json"),
+                          json.dumps(report["head_stats"], indent=1) + "\n")
+        if importance is not None:
+            plot_head_heatmap(np.abs(importance), os.path.join(tmp, "head_importance.png"),
+                              "head importance |dLoss/d head_mask| (Michel et al. 2019)")
+            atomic_write_text(os.path.join(tmp, "head_importance.json"),
+                              json.dumps(report["head_importance"]) + "\n")
+        if report["targets"]:
+            plot_attributions(tokens, [(f"integrated gradients: {t['label']} "
+                                        f"(delta/diff {t['relative_delta']:.1e})",
+                                        t["integrated_gradients"]) for t in report["targets"]],
+                              os.path.join(tmp, "attributions.png"))
+            atomic_write_text(os.path.join(tmp, "attributions.json"),
+                              json.dumps(report["targets"], indent=1) + "\n")
+            if kind == "mlm":
+                atomic_write_text(os.path.join(tmp, "logit_lens.json"), json.dumps(
+                    [dict(label=t["label"], table=t["logit_lens"]) for t in report["targets"]],
+                    indent=1) + "\n")
+        atomic_write_text(os.path.join(tmp, "attention.json"),
+                          json.dumps(_bertviz(tokens, [to_numpy(x) for x in maps])) + "\n")
+        atomic_write_text(os.path.join(tmp, "report.json"), json.dumps(report, indent=1) + "\n")
+        report["files"] = sorted(os.listdir(tmp))
+    report["out_dir"] = out_dir
+    return report
