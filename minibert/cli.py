@@ -139,7 +139,7 @@ def cmd_pretrain(args) -> int:
                   batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                   warmup_steps=args.warmup_steps, seed=args.seed, device=args.device,
                   resume=args.resume, stop_at=args.stop_at, save_every=args.save_every,
-                  eval_every=args.eval_every, on_stage=_stage)
+                  eval_every=args.eval_every, on_stage=_stage, log_internals=args.log_internals)
     result = _run_training(run, args.steps, "pretrain", ("loss", "mlm_acc", "nsp_acc"))
     if result.history:
         first, last = result.history[0], result.history[-1]
@@ -150,6 +150,8 @@ def cmd_pretrain(args) -> int:
               f"{ev['mlm_acc']:.3f}, NSP accuracy {ev['nsp_acc']:.3f}")
     print(f"checkpoint: {result.checkpoint}")
     print(f"loss curve: {os.path.join(args.out, 'loss_curve.png')}")
+    if args.log_internals:
+        print(f"internals: {os.path.join(args.out, 'internals.jsonl')} and internals.png")
     print(f"try: minibert fill-mask {args.out} \"Return the [MASK] of the list.\"")
     return 0
 
@@ -323,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-every", type=int, default=50)
     pr.add_argument("--device", default="cpu", help="cpu or gpu")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--log-internals", type=int, nargs="?", const=10, default=None, metavar="N",
+                    help="every N steps (default 10) log gradient norm, update/weight ratio, "
+                    "activation mean/std and attention entropy per layer to "
+                    "internals.jsonl and internals.png in --out")
     pr.set_defaults(func=cmd_pretrain)
     ft = sub.add_parser("finetune", help="fine-tune for sequence classification",
                         description="Fine-tune a minibert or Hugging Face BERT checkpoint on a "

@@ -569,10 +569,11 @@ class InternalsMonitor:
         starts = np.array([store.offsets[n][0] for n in names])
         return names, starts
 
-    def _group_norms(self, store, sq):
-        """sqrt of the per-group sums of ``sq`` (the squares of a flat buffer, on the host)."""
+    def _group_norms(self, store, flat):
+        """Per group, the L2 norm of a flat buffer's entries (``flat`` on the host; squares
+        summed in float64)."""
         names, starts = self._segments(store)
-        per = np.add.reduceat(sq, starts)
+        per = np.add.reduceat(np.square(flat), starts, dtype=np.float64)
         out = {}
         for n, v in zip(names, per):
             g = param_group(n)
@@ -581,15 +582,14 @@ class InternalsMonitor:
 
     def before_update(self, model, batch):
         store = model.store
-        g = to_numpy(store.grad).astype(np.float64)
-        self._before = (to_numpy(store.data).astype(np.float64), self._group_norms(store, g * g))
+        self._before = (np.array(to_numpy(store.data)), self._group_norms(store, to_numpy(store.grad)))
 
     def after_update(self, model, batch, step: int):
         store = model.store
         w0, grad_norm = self._before
         self._before = None
-        du = to_numpy(store.data).astype(np.float64) - w0
-        upd, wn = self._group_norms(store, du * du), self._group_norms(store, w0 * w0)
+        upd = self._group_norms(store, to_numpy(store.data) - w0)
+        wn = self._group_norms(store, w0)
         rec = dict(step=int(step), grad_norm=grad_norm,
                    update_ratio={k: upd[k] / max(wn[k], 1e-30) for k in upd})
         rec.update(self._activations(model, batch))

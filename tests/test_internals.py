@@ -453,3 +453,35 @@ def test_bad_input(rng):
         internals.integrated_gradients(model, ids, (1, 2), method="simpson")
     with pytest.raises(ValueError, match=r"batch gives BertForPreTraining no loss"):
         internals.head_importance(model, dict(input_ids=ids))
+
+
+# ----------------------------------------------------------------- gradient flow in training
+def test_internals_monitor_logs_what_the_step_did(tmp_path):
+    """Every 2nd step: group gradient norms whose total is the trainer's (unclipped) norm,
+    update ratios from the parameters before and after, activations, entropies; the run's
+    parameters are bit for bit those of a run without the monitor."""
+    from minibert.train import TrainConfig, Trainer
+    from tests.test_train import pretraining_arrays, tiny_config as train_config
+    data = pretraining_arrays()
+    params = []
+    for monitor in (None, internals.InternalsMonitor(2, tmp_path / "a")):
+        model = BertForPreTraining(train_config(), seed=0)
+        tc = TrainConfig(steps=4, batch_size=4, lr=1e-3, eval_every=100, save_every=100)
+        t = Trainer(model, data, None, str(tmp_path / ("a" if monitor else "b")), tc, monitor=monitor)
+        result = t.train()
+        params.append(np.array(model.store.data))
+    np.testing.assert_array_equal(params[0], params[1])
+    monitor.close()
+    recs = monitor.records()
+    assert [r["step"] for r in recs] == [2, 4]
+    assert (tmp_path / "a" / "internals.png").is_file()
+    r = recs[0]
+    groups = {"embeddings", "pooler", "head"} | {f"layer.{l}.{k}" for l in range(2)
+                                                 for k in ("attention", "ffn", "layernorm")}
+    assert set(r["grad_norm"]) == groups == set(r["update_ratio"])
+    total = np.sqrt(sum(v * v for v in r["grad_norm"].values()))
+    assert total == pytest.approx(result.history[1]["grad_norm"], rel=1e-5)
+    assert all(0 < v < 1 for v in r["update_ratio"].values())
+    assert set(r["act_std"]) == {"embeddings", "layer.0", "layer.1"}
+    assert len(r["attn_entropy"]["layer.1"]) == 2
+    assert all(0 <= e <= np.log(16) for e in r["attn_entropy"]["layer.0"])
