@@ -138,3 +138,21 @@ def test_param_groups():
     assert param_group("cls.predictions.bias") == "head"
     with pytest.raises(ValueError, match="log_internals=0 is invalid"):
         InternalsMonitor(0, "x")
+
+
+def test_pretrain_log_internals_then_inspect_the_run(tmp_path, capsys):
+    """The real command end to end: a tiny pretraining run logging its internals, then
+    ``inspect`` on the run directory it wrote."""
+    corpus = os.path.join(HERE, "data", "tiny_corpus.txt")
+    out = str(tmp_path / "run")
+    assert main(["pretrain", "--corpus", corpus, "--out", out, "--preset", "tiny",
+                 "--vocab-size", "300", "--steps", "4", "--batch-size", "4", "--seq-len", "32",
+                 "--save-every", "4", "--eval-every", "4", "--log-internals", "2"]) == 0
+    lines = (tmp_path / "run" / "internals.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [2, 4]
+    assert os.path.getsize(tmp_path / "run" / "internals.png") < 300_000
+    capsys.readouterr()
+    rc = main(["inspect", out, "the [MASK] of a list .", "--out", str(tmp_path / "i"), "--steps", "4"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "logit lens" in cap.out
