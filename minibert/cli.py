@@ -189,6 +189,7 @@ def cmd_encode(args) -> int:
     for name in ("cls", "pooled"):
         v = r[name]
         if v is None:
+            print("pooled output: none (the checkpoint has no pooler)")
             continue
         label = "[CLS] hidden state" if name == "cls" else "pooled output"
         print(f"{label}: dim {v.size}, norm {np.linalg.norm(v):.4f}, mean {v.mean():.4f}, "
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="parameter breakdown of a preset, with the formulas")
     pa.add_argument("--preset", default="base")
     pa.add_argument("--head", default="none",
-                    help="none, pretraining, sequence_classification, token_classification, "
+                    help="none, pretraining, masked_lm, sequence_classification, token_classification, "
                          "question_answering or multiple_choice")
     pa.set_defaults(func=cmd_params)
     pr = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) from text: the main job",
@@ -335,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CSV/JSONL of text (and optional text_pair) plus label; 20%% is held out. "
                         "Default task: which standard-library package a docstring belongs to.")
     ft.add_argument("--checkpoint", default="runs/pretrain",
-                    help="a minibert run directory or a BERT directory (default runs/pretrain)")
+                    help="a minibert run directory or any BERT directory with vocab.txt, with "
+                    "or without a pooler (a missing one is initialized) (default runs/pretrain)")
     ft.add_argument("--data", default=None, help="CSV or JSONL file (default: the built-in task)")
     ft.add_argument("--text-column", default="text")
     ft.add_argument("--text-pair-column", default="text_pair")
@@ -350,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.set_defaults(func=cmd_finetune)
     fm = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] of a text")
-    fm.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
+    fm.add_argument("checkpoint", help="a minibert run directory or a BERT directory with a "
+                    "masked-LM head (BertForMaskedLM or BertForPreTraining) and vocab.txt")
     fm.add_argument("text", help='text with at least one [MASK], e.g. "Return the [MASK] of x."')
     fm.add_argument("--top-k", type=int, default=5)
     fm.set_defaults(func=cmd_fill_mask)

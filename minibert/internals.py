@@ -50,7 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import get_array_module, to_numpy
-from .heads import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification
+from .heads import (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
+                    BertForTokenClassification)
 from .model import check_int_array
 
 __all__ = ["attention_maps", "head_stats", "attention_rollout", "head_importance",
@@ -302,7 +303,14 @@ class Attribution:
 
 
 def _is_mlm(model) -> bool:
+    """A model with a masked-LM head (BertForPreTraining, BertForMaskedLM)."""
     return hasattr(model, "mlm_head_logits")
+
+
+def _mlm_logits(out):
+    """The masked-LM logits of BertForPreTraining's output (``mlm_logits``) or
+    BertForMaskedLM's (``logits``)."""
+    return out.mlm_logits if hasattr(out, "mlm_logits") else out.logits
 
 
 def _target(model, target, B: int, S: int):
@@ -317,7 +325,7 @@ def _target(model, target, B: int, S: int):
         kind, n_out, what = "token", cfg.num_labels, "(position, class)"
     else:
         raise ValueError(f"{type(model).__name__} has no masked-LM or classification logits to "
-                         "attribute, expected BertForPreTraining (or another masked-LM model), "
+                         "attribute, expected BertForPreTraining or BertForMaskedLM, "
                          "BertForSequenceClassification or BertForTokenClassification")
     t = np.asarray(target)
     width = 1 if kind == "class" else 2
@@ -348,11 +356,13 @@ def _value_and_grad(model, embeds, rows, kind, attention_mask, token_type_ids):
     kw = dict(inputs_embeds=embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
     if kind == "mlm":
         out, cache = model.forward(**kw, masked_lm_positions=rows[:, :1])
-        logits = to_numpy(out.mlm_logits)                                          # (n, 1, V)
+        logits = to_numpy(_mlm_logits(out))                                        # (n, 1, V)
         f = logits[r, 0, rows[:, 1]]
         d = np.zeros(logits.shape)
         d[r, 0, rows[:, 1]] = 1.0
-        grads = model.backward(cache, d_mlm_logits=xp.asarray(d, dtype=model.dtype))
+        d = xp.asarray(d, dtype=model.dtype)
+        grads = model.backward(cache, d_mlm_logits=d) if isinstance(model, BertForPreTraining) \
+            else model.backward(cache, d_logits=d)
     else:
         out, cache = model.forward(**kw)
         logits = to_numpy(out.logits)                   # (n, C) or (n, S, C)
@@ -492,11 +502,12 @@ def logit_lens(model, input_ids, positions, attention_mask=None, token_type_ids=
     ``[L]`` is the model's own ``mlm_logits``, bit for bit (the same head on the same array).
 
     Args:
-        model: a model with a masked-LM head (BertForPreTraining).
+        model: a model with a masked-LM head (BertForPreTraining, BertForMaskedLM).
         positions: (B, P) or (P,) (the same for every sequence).
     """
     if not _is_mlm(model):
-        raise ValueError(f"logit_lens needs a model with a masked-LM head (BertForPreTraining), "
+        raise ValueError(f"logit_lens needs a model with a masked-LM head (BertForPreTraining or "
+                         f"BertForMaskedLM), "
                          f"got {type(model).__name__}")
     ids = check_int_array("input_ids", input_ids)
     B, S = ids.shape
@@ -512,7 +523,7 @@ def logit_lens(model, input_ids, positions, attention_mask=None, token_type_ids=
     pos = model.xp.asarray(np.ascontiguousarray(pos))
     out = model(ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                 masked_lm_positions=pos, output_hidden_states=True)
-    xp = get_array_module(out.mlm_logits)
+    xp = get_array_module(_mlm_logits(out))
     return xp.stack([model.mlm_head_logits(h, pos) for h in out.hidden_states])  # (L+1, B, P, V)
 
 
@@ -776,10 +787,10 @@ def load_for_inspection(path, dtype=np.float32):
     """``(model, tokenizer, kind)`` for a minibert run directory (its latest checkpoint) or
     any Hugging Face BERT directory (config.json, vocab.txt, model.safetensors or
     pytorch_model.bin). ``kind`` is "mlm" when the checkpoint has a masked-LM head (loaded as
-    BertForPreTraining; a pooler or next-sentence head it lacks, as in a BertForMaskedLM
-    checkpoint, is left at its initialization: nothing here reads them), "classification"
-    with a sequence classifier, else "encoder" (BertModel: attention only)."""
-    from .checkpoint import map_state_dict, read_state_dict
+    BertForMaskedLM, from a BertForPreTraining checkpoint too), "classification" with a
+    sequence classifier, else "encoder" (BertModel: attention only). The tensor names decide,
+    read before any tensor."""
+    from .checkpoint import has_pooler, tensor_names
     from .config import BertConfig
     from .model import BertModel
     from .tokenization import BertTokenizer
@@ -789,27 +800,21 @@ def load_for_inspection(path, dtype=np.float32):
         raise ValueError(f"checkpoint {model_dir!r} has no vocab.txt, expected the tokenizer "
                          "next to the model")
     tokenizer = BertTokenizer.from_pretrained(model_dir)
-    config = BertConfig.from_json_file(os.path.join(model_dir, "config.json"))
-    state = read_state_dict(model_dir)
-    names = {n[len("bert."):] if n.startswith("bert.") else n for n in state}
-    if any(n.startswith("cls.predictions.") for n in names):
-        kind, cls = "mlm", BertForPreTraining
-    elif "classifier.weight" in names:
-        kind, cls = "classification", BertForSequenceClassification
-        w = state.get("classifier.weight", state.get("bert.classifier.weight"))
-        config.num_labels = int(w.shape[0])
+    names = tensor_names(model_dir)
+    short = {n[len("bert."):] if n.startswith("bert.") else n for n in names}
+    if any(n.startswith("cls.predictions.") for n in short):
+        kind, model = "mlm", BertForMaskedLM.from_pretrained(model_dir, dtype=dtype)
+    elif "classifier.weight" in short:
+        config = BertConfig.from_json_file(os.path.join(model_dir, "config.json"))
+        kind = "classification"
+        model = BertForSequenceClassification.from_pretrained(
+            model_dir, dtype=dtype, num_labels=config.num_labels, new_head=not has_pooler(names))
     else:
-        kind, cls = "encoder", BertModel
-    model = cls(config, dtype=dtype)
-    if kind != "encoder" and not any(n.startswith("pooler.") for n in names):
-        prefix = "bert." if cls is not BertModel else ""
-        for n in ("pooler.dense.weight", "pooler.dense.bias"):     # unused by what we read
-            state[prefix + n] = to_numpy(model.params[prefix + n])
-    mapped, _, _ = map_state_dict(state, model, new_head=True)
-    model.load_state_dict(mapped, strict=False)
-    if len(tokenizer) > config.vocab_size:
+        kind, model = "encoder", BertModel.from_pretrained(
+            model_dir, dtype=dtype, add_pooling_layer=has_pooler(names))
+    if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"checkpoint {model_dir!r}: vocab.txt has {len(tokenizer)} tokens but "
-                         f"the model only {config.vocab_size}")
+                         f"the model only {model.config.vocab_size}")
     return model, tokenizer, kind
 
 
@@ -941,7 +946,7 @@ def inspect_checkpoint(checkpoint, text, pair=None, out_dir="runs/inspect", data
         if mpos:
             out = model(ids, attention_mask=mask, token_type_ids=tt,
                         masked_lm_positions=np.array([mpos]))
-            logits = to_numpy(out.mlm_logits[0]).astype(np.float64)[:, :len(tok)]   # (P, V)
+            logits = to_numpy(_mlm_logits(out)[0]).astype(np.float64)[:, :len(tok)]   # (P, V)
             lens = to_numpy(logit_lens(model, ids, np.array([mpos]), mask, tt))[:, 0]  # (L+1, P, V)
             for j, p in enumerate(mpos):
                 best = int(np.argmax(logits[j]))

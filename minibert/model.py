@@ -168,10 +168,15 @@ class BertModel(PretrainedMixin):
         config: BertConfig.
         dtype: np.float32 (default) or np.float64 (gradient checks).
         seed: seeds the initialization and every dropout mask.
-        add_pooling_layer: keep the [CLS] pooler (False for token-level heads, as Hugging Face).
+        add_pooling_layer: keep the [CLS] pooler (False for token-level heads, as Hugging Face);
+            without it there are no pooler parameters and ``pooler_output`` is None.
         device: "cpu" (NumPy) or "gpu" (CuPy).
         store, prefix: used by the heads to carve this model out of their own flat buffer.
     """
+    # read by checkpoint.load_pretrained: the default, and that the encoder can go without
+    # a pooler (from_pretrained then keeps one exactly when the checkpoint has one)
+    add_pooling_layer = True
+    needs_pooler = False
 
     def __init__(self, config: BertConfig, dtype=np.float32, seed: int = 0,
                  add_pooling_layer: bool = True, device: str = "cpu", *,
@@ -184,7 +189,10 @@ class BertModel(PretrainedMixin):
         self.config = config
         self.dtype = dtype
         self.seed = int(seed)
-        self.add_pooling_layer = add_pooling_layer
+        if not isinstance(add_pooling_layer, (bool, np.bool_)):
+            raise TypeError(f"add_pooling_layer={add_pooling_layer!r} is invalid, expected True "
+                            "or False")
+        self.add_pooling_layer = bool(add_pooling_layer)
         self.prefix = prefix
         self.dropout_calls = 0             # training forwards so far: the dropout call index
         if store is None:
@@ -531,13 +539,14 @@ class BertModel(PretrainedMixin):
 
 
 def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu",
-                    new_head: bool = False, **config_overrides):
+                    new_head: bool = False, add_pooling_layer: bool | None = None,
+                    output_loading_info: bool = False, **config_overrides):
     """``minibert.from_pretrained``: a ``model_class`` (default BertModel) loaded from the
     Hugging Face directory ``path``, as ``model_class.from_pretrained(path, ...)``. It lives
     here, beside its default class: ``checkpoint.py`` sits below the models and takes the
-    class as an argument (``checkpoint.load_pretrained``)."""
+    class as an argument (``checkpoint.load_pretrained``, which documents the arguments)."""
     return load_pretrained(path, model_class or BertModel, dtype, device, new_head,
-                           **config_overrides)
+                           add_pooling_layer, output_loading_info, **config_overrides)
 
 
 class _Run(NamedTuple):

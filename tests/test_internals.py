@@ -425,6 +425,24 @@ def test_logit_lens_last_layer_is_the_models_logits_bit_for_bit(rng, dtype):
     assert internals.logit_lens(model, ids, [1], attention_mask=mask).shape == (L + 1, 3, 1, 23)
 
 
+def test_masked_lm_model_lens_and_attributions(rng):
+    """BertForMaskedLM (its logits named ``logits``, its backward taking ``d_logits``): the
+    same lens and attributions as BertForPreTraining with the same weights."""
+    from minibert import BertForMaskedLM
+    pre, ids, mask, tt = _mlm_setup(rng)
+    mlm = BertForMaskedLM(tiny_config(), dtype=np.float64)
+    mlm.load_state_dict({k: v for k, v in pre.state_dict().items() if k in mlm.params})
+    pos = np.array([[1], [3], [0]])
+    lens = internals.logit_lens(mlm, ids, pos, attention_mask=mask, token_type_ids=tt)
+    np.testing.assert_array_equal(lens[-1], mlm(ids, attention_mask=mask, token_type_ids=tt,
+                                                masked_lm_positions=pos).logits)
+    assert_close("lens", lens, internals.logit_lens(pre, ids, pos, mask, tt), atol=1e-12)
+    a = internals.integrated_gradients(mlm, ids, (2, 4), steps=50, attention_mask=mask)
+    b = internals.integrated_gradients(pre, ids, (2, 4), steps=50, attention_mask=mask)
+    assert_close("integrated gradients", a.scores, b.scores, atol=1e-12)
+    assert np.all(a.relative_delta < 1e-8)
+
+
 # ----------------------------------------------------------------- bad input
 def test_bad_input(rng):
     model, ids, mask, tt = _mlm_setup(rng, np.float32)
