@@ -5,7 +5,7 @@ model's own logits, head importance against finite differences, bad input."""
 import numpy as np
 import pytest
 
-from minibert import (BertConfig, BertForMultipleChoice, BertForPreTraining,
+from minibert import (BertConfig, BertForMaskedLM, BertForMultipleChoice, BertForPreTraining,
                       BertForQuestionAnswering, BertForSequenceClassification,
                       BertForTokenClassification, BertModel, gradcheck)
 from minibert.ops import readable_ops
@@ -139,6 +139,8 @@ def _head_runs(rng):
             masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
             masked_lm_ids=np.array([[5, 7, 9], [1, 2, 3], [4, 0, 0]]),
             next_sentence_labels=np.array([0, 1, 0]), **kw)),
+        "masked_lm": (BertForMaskedLM, (3, 7), lambda m, kw: m.forward(
+            attention_mask=mask, token_type_ids=tt, labels=np.where(mask == 1, ids, -100), **kw)),
         "sequence_classification": (BertForSequenceClassification, (3, 7), lambda m, kw: m.forward(
             attention_mask=mask, token_type_ids=tt, labels=np.array([0, 2, 1]), **kw)),
         "token_classification": (BertForTokenClassification, (3, 7), lambda m, kw: m.forward(
@@ -152,8 +154,8 @@ def _head_runs(rng):
     }
 
 
-@pytest.mark.parametrize("head", ["pretraining", "sequence_classification", "token_classification",
-                                  "question_answering", "multiple_choice"])
+@pytest.mark.parametrize("head", ["pretraining", "masked_lm", "sequence_classification",
+                                  "token_classification", "question_answering", "multiple_choice"])
 def test_every_head_passes_head_mask_and_inputs_embeds(rng, head):
     cls, shape, run = _head_runs(rng)[head]
     model = cls(tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3),
@@ -428,7 +430,6 @@ def test_logit_lens_last_layer_is_the_models_logits_bit_for_bit(rng, dtype):
 def test_masked_lm_model_lens_and_attributions(rng):
     """BertForMaskedLM (its logits named ``logits``, its backward taking ``d_logits``): the
     same lens and attributions as BertForPreTraining with the same weights."""
-    from minibert import BertForMaskedLM
     pre, ids, mask, tt = _mlm_setup(rng)
     mlm = BertForMaskedLM(tiny_config(), dtype=np.float64)
     mlm.load_state_dict({k: v for k, v in pre.state_dict().items() if k in mlm.params})
