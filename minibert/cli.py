@@ -239,9 +239,9 @@ def cmd_inspect(args) -> int:
     for t in r["targets"]:
         ig = np.array(t["integrated_gradients"])
         top = np.argsort(-np.abs(ig), kind="stable")[:6]
+        rel = "" if t["relative_delta"] is None else f" ({t['relative_delta']:.1e} of the difference)"
         print(f"\n{t['label']}: logit {t['f_input']:.3f} (baseline {t['f_baseline']:.3f}); "
-              f"integrated gradients sum - difference = {t['delta']:.2e} "
-              f"({t['relative_delta']:.1e} of the difference)")
+              f"integrated gradients sum - difference = {t['delta']:.2e}{rel}")
         print("  most attributed tokens: " + ", ".join(
             f"{tokens[i]} ({ig[i]:+.3f})" for i in top))
         if t.get("logit_lens"):

@@ -876,7 +876,7 @@ def _bertviz(tokens, maps):
     """bertviz's input: the tokens and, per layer, (batch=1, heads, S, S) as nested lists (what
     ``bertviz.head_view(attention, tokens)`` takes, after ``torch.tensor``)."""
     return {"tokens": tokens,
-            "attention": [np.round(to_numpy(m).astype(np.float64), 5).tolist() for m in maps],
+            "attention": [np.round(to_numpy(m).astype(np.float64), 4).tolist() for m in maps],
             "format": "bertviz: attention[layer][batch][head][query][key]"}
 
 
@@ -975,7 +975,8 @@ def inspect_checkpoint(checkpoint, text, pair=None, out_dir="runs/inspect", data
             integrated_gradients=np.round(ig.scores[0], 6).tolist(),
             gradient_x_input=np.round(gx.scores[0], 6).tolist(),
             f_input=float(ig.f_input[0]), f_baseline=float(ig.f_baseline[0]),
-            delta=float(ig.delta[0]), relative_delta=float(ig.relative_delta[0]),
+            delta=float(ig.delta[0]),
+            relative_delta=float(ig.relative_delta[0]) if ig.f_input[0] != ig.f_baseline[0] else None,
             logit_lens=t.get("logit_lens")))
 
     on_stage(f"writing {out_dir}")
@@ -995,7 +996,7 @@ def inspect_checkpoint(checkpoint, text, pair=None, out_dir="runs/inspect", data
                               json.dumps(report["head_importance"]) + "\n")
         if report["targets"]:
             plot_attributions(tokens, [(f"integrated gradients: {t['label']} "
-                                        f"(delta/diff {t['relative_delta']:.1e})",
+                                        f"(sum - difference: {t['delta']:.1e})",
                                         t["integrated_gradients"]) for t in report["targets"]],
                               os.path.join(tmp, "attributions.png"))
             atomic_write_text(os.path.join(tmp, "attributions.json"),
