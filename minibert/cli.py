@@ -281,6 +281,8 @@ def cmd_info(args) -> int:
         except Exception:  # noqa: BLE001 - any failure means "not available"
             print(f"  {mod:<12} not installed")
     print(f"  GPU available: {gpu_available()}")
+    from .backend import cuda_kernels_available
+    print(f"  CUDA kernels (numba-cuda): {'installed' if cuda_kernels_available() else 'not installed'}")
     return 0
 
 
