@@ -504,3 +504,29 @@ def test_internals_monitor_logs_what_the_step_did(tmp_path):
     assert set(r["act_std"]) == {"embeddings", "layer.0", "layer.1"}
     assert len(r["attn_entropy"]["layer.1"]) == 2
     assert all(0 <= e <= np.log(16) for e in r["attn_entropy"]["layer.0"])
+
+
+def test_head_mask_matches_live_hugging_face_4(rng):
+    """Where the installed transformers still takes head_mask (4.x; 5.x removed it): the
+    same outputs and attentions for the same mask."""
+    import inspect
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    if "head_mask" not in inspect.signature(transformers.BertModel.forward).parameters:
+        pytest.skip(f"transformers {transformers.__version__} has no head_mask")
+    cfg = tiny_config()
+    model = BertModel(cfg, dtype=np.float64, seed=4)
+    perturb(model, rng)
+    hf = transformers.BertModel(hf_config(transformers, cfg)).double().eval()
+    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()},
+                       strict=False)
+    ids, mask, tt = batch(rng)
+    hm = np.array([[1.0, 0.0, 0.5], [0.25, 1.0, 0.75]])
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                 token_type_ids=torch.from_numpy(tt), head_mask=torch.from_numpy(hm),
+                 output_attentions=True)
+    out = model(ids, attention_mask=mask, token_type_ids=tt, head_mask=hm, output_attentions=True)
+    assert_close("last_hidden_state", out.last_hidden_state, ref.last_hidden_state.numpy(), atol=1e-12)
+    for l in range(L):
+        assert_close(f"attentions[{l}]", out.attentions[l], ref.attentions[l].numpy(), atol=1e-12)
