@@ -109,7 +109,7 @@ class _BertWithHead(PretrainedMixin):
     def set_rng_state(self, state: dict):
         self.bert.set_rng_state(state)
 
-    def __call__(self, input_ids, *args, **kwargs):
+    def __call__(self, input_ids=None, *args, **kwargs):
         """Inference, as Hugging Face's ``model(...)``: the outputs of ``forward`` without
         dropout, keeping no cache for a backward."""
         reject_positional(type(self).__name__, args)
@@ -120,14 +120,17 @@ class _BertWithHead(PretrainedMixin):
         return self.forward(input_ids, keep_cache=False, **kwargs)[0]
 
     def _encode(self, input_ids, args, attention_mask, token_type_ids, output_attentions,
-                output_hidden_states, training, keep_cache):
+                output_hidden_states, training, keep_cache, head_mask=None, inputs_embeds=None):
         """The encoder's forward for this head's ``forward`` (its positional arguments
         refused first): ``(outputs, cache, call)``, ``call`` the dropout call index the
-        encoder used, which the head's own dropout joins."""
+        encoder used, which the head's own dropout joins. ``head_mask`` and
+        ``inputs_embeds`` pass through to ``BertModel.forward`` (their gradients come back
+        from ``backward`` as ``"head_mask"`` and ``"inputs_embeds"``)."""
         reject_positional(f"{type(self).__name__}.forward", args)
         call = self.bert.dropout_calls
         out, cache = self.bert.forward(input_ids, attention_mask=attention_mask,
-                                       token_type_ids=token_type_ids,
+                                       token_type_ids=token_type_ids, head_mask=head_mask,
+                                       inputs_embeds=inputs_embeds,
                                        output_attentions=output_attentions,
                                        output_hidden_states=output_hidden_states,
                                        training=training, keep_cache=keep_cache)
@@ -197,6 +200,18 @@ class _WithMLMHead(_BertWithHead):
                                        self.params["cls.predictions.bias"])        # (B, P, V)
         return logits, (pos, c_td, c_tg, c_tl, c_dec)
 
+    def mlm_head_logits(self, hidden_states, positions):
+        """The masked-LM head on any hidden states (B, S, H) at ``positions`` (B, P): logits
+        (B, P, V), computed exactly as ``forward``'s masked-LM logits (the logit lens applies
+        it to every layer's output). Inference: no cache is kept."""
+        x = self.xp.asarray(hidden_states)
+        if x.ndim != 3 or x.shape[2] != self.config.hidden_size:
+            raise ValueError(f"hidden_states has shape {tuple(x.shape)}, expected (B, S, H) with "
+                             f"H = {self.config.hidden_size}")
+        B, S, _ = x.shape
+        pos = self._labels("positions", positions, (B, np.shape(positions)[-1]), S)
+        return self._mlm_head_forward(x, pos)[0]
+
     def _mlm_head_backward(self, dlogits, c, dseq):
         """Adds dL/dx into ``dseq`` (B, S, H) and the head's parameter gradients."""
         pos, c_td, c_tg, c_tl, c_dec = c
@@ -245,7 +260,8 @@ class BertForPreTraining(_WithMLMHead):
         return mlm_head_specs(config) + [ParamSpec("cls.seq_relationship.weight", (2, H)),
                                          ParamSpec("cls.seq_relationship.bias", (2,), "zeros")]
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None,
                 masked_lm_positions=None, masked_lm_ids=None, masked_lm_weights=None,
                 next_sentence_labels=None, output_attentions=False, output_hidden_states=False,
                 training=False, keep_cache=True):
@@ -253,8 +269,8 @@ class BertForPreTraining(_WithMLMHead):
 
         Args:
             input_ids: (B, S); every other argument is keyword-only, in Hugging Face's names.
-            attention_mask, token_type_ids, output_attentions, output_hidden_states,
-                training, keep_cache: as ``BertModel.forward``.
+            attention_mask, token_type_ids, head_mask, inputs_embeds, output_attentions,
+                output_hidden_states, training, keep_cache: as ``BertModel.forward``.
             masked_lm_positions: (B, P) positions to predict (None: all S, as Hugging Face's
                 prediction_logits).
             masked_lm_ids: (B, P) the original tokens there; gives the MLM loss.
@@ -263,7 +279,8 @@ class BertForPreTraining(_WithMLMHead):
         """
         xp = self.xp
         out, bcache, _ = self._encode(input_ids, args, attention_mask, token_type_ids,
-                                      output_attentions, output_hidden_states, training, keep_cache)
+                                      output_attentions, output_hidden_states, training, keep_cache,
+                                      head_mask, inputs_embeds)
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
         if masked_lm_positions is None:                      # every position, as HF's prediction_logits
@@ -286,28 +303,40 @@ class BertForPreTraining(_WithMLMHead):
         return outputs, dict(bert=bcache, shape=(B, S, H), mlm_head=c_mlm_head, nsp=c_nsp,
                              mlm_loss=c_mlm, nsp_loss=c_nspl)
 
-    def backward(self, cache, d_loss=1.0, *, d_mlm_loss=None, d_nsp_loss=None):
-        """Gradients of ``d_loss * loss`` for every parameter (dict named as ``params``);
-        ``d_mlm_loss`` and ``d_nsp_loss``, when given, weigh the two parts apart:
-        ``d_mlm_loss * mlm_loss + d_nsp_loss * nsp_loss``. (A data-parallel rank weighs its
-        slice's parts by its share of the whole batch's masked positions and sequences, so
-        that the ranks' gradients add up to the gradient of the whole batch's loss.)"""
+    def backward(self, cache, d_loss=1.0, *, d_mlm_logits=None, d_mlm_loss=None,
+                 d_nsp_loss=None):
+        """Gradients of ``d_loss * loss`` (plus ``sum(d_mlm_logits * mlm_logits)`` when
+        ``d_mlm_logits`` (B, P, V) is given, e.g. to differentiate one logit) for every
+        parameter (dict named as ``params``). ``d_mlm_loss`` and ``d_nsp_loss``, when given,
+        weigh the two parts of the loss apart: ``d_mlm_loss * mlm_loss + d_nsp_loss *
+        nsp_loss``. (A data-parallel rank weighs its slice's parts by its share of the whole
+        batch's masked positions and sequences, so that the ranks' gradients add up to the
+        gradient of the whole batch's loss.)"""
         if cache is None:
             raise ValueError("cache is None: it comes from forward(..., keep_cache=True)")
-        if cache["mlm_loss"] is None and cache["nsp_loss"] is None:
+        if cache["mlm_loss"] is None and cache["nsp_loss"] is None and d_mlm_logits is None:
             raise ValueError("backward needs a loss: pass masked_lm_ids and/or next_sentence_labels "
-                             "to forward")
+                             "to forward (or d_mlm_logits to backward)")
         xp = self.xp
         B, S, H = cache["shape"]
+        P = cache["mlm_head"][0].shape[1]
         self.store.zero_grad()
         dseq = xp.zeros((B, S, H), dtype=self.dtype)
         dpooled = None
         d_mlm = xp.asarray(d_loss if d_mlm_loss is None else d_mlm_loss, dtype=self.dtype)
         d_nsp = xp.asarray(d_loss if d_nsp_loss is None else d_nsp_loss, dtype=self.dtype)
+        dlogits = None
         if cache["mlm_loss"] is not None:
-            dlogits = cross_entropy.backward(d_mlm, cache["mlm_loss"])              # (B*P, V)
-            P = cache["mlm_head"][0].shape[1]
-            self._mlm_head_backward(dlogits.reshape(B, P, -1), cache["mlm_head"], dseq)
+            dlogits = cross_entropy.backward(d_mlm, cache["mlm_loss"]).reshape(B, P, -1)   # (B, P, V)
+        if d_mlm_logits is not None:
+            V = self.config.vocab_size
+            if tuple(np.shape(d_mlm_logits)) != (B, P, V):
+                raise ValueError(f"d_mlm_logits has shape {tuple(np.shape(d_mlm_logits))}, "
+                                 f"expected {(B, P, V)}")
+            d = xp.asarray(d_mlm_logits, dtype=self.dtype)
+            dlogits = d if dlogits is None else dlogits + d
+        if dlogits is not None:
+            self._mlm_head_backward(dlogits, cache["mlm_head"], dseq)
         if cache["nsp_loss"] is not None:
             dnsp = cross_entropy.backward(d_nsp, cache["nsp_loss"])                 # (B, 2)
             dpooled, dw, db = linear.backward(dnsp, cache["nsp"])                   # nsp = pooled W^T + b
@@ -343,7 +372,8 @@ class BertForMaskedLM(_WithMLMHead):
     def head_specs(self, config):
         return mlm_head_specs(config)
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, labels=None,
                 masked_lm_positions=None, masked_lm_ids=None, masked_lm_weights=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
@@ -352,8 +382,8 @@ class BertForMaskedLM(_WithMLMHead):
 
         Args:
             input_ids: (B, S); every other argument is keyword-only, in Hugging Face's names.
-            attention_mask, token_type_ids, output_attentions, output_hidden_states,
-                training, keep_cache: as ``BertModel.forward``.
+            attention_mask, token_type_ids, head_mask, inputs_embeds, output_attentions,
+                output_hidden_states, training, keep_cache: as ``BertModel.forward``.
             labels: (B, S) target ids, -100 = not predicted (Hugging Face's convention).
             masked_lm_positions: (B, P) positions to predict (None: all S).
             masked_lm_ids: (B, P) the targets there (BERT's convention; not with ``labels``).
@@ -364,7 +394,8 @@ class BertForMaskedLM(_WithMLMHead):
                              "masked_lm_positions/masked_lm_ids (BERT's gathered targets), "
                              "expected one of the two")
         out, bcache, _ = self._encode(input_ids, args, attention_mask, token_type_ids,
-                                      output_attentions, output_hidden_states, training, keep_cache)
+                                      output_attentions, output_hidden_states, training, keep_cache,
+                                      head_mask, inputs_embeds)
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
         V = self.config.vocab_size
@@ -459,12 +490,13 @@ class BertForSequenceClassification(_ClassifierHead):
     """[CLS] pooled output -> dropout -> linear (num_labels). Loss: cross-entropy, or mean
     squared error when ``num_labels == 1`` (regression), as Hugging Face."""
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache)
+                                         keep_cache, head_mask, inputs_embeds)
         logits, hcache = self._head_forward(out.pooler_output, training, call)    # (B, C)
         loss, lcache = None, None
         if labels is not None:
@@ -499,12 +531,13 @@ class BertForTokenClassification(_ClassifierHead):
     add_pooling_layer = False
     needs_pooler = False
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache)
+                                         keep_cache, head_mask, inputs_embeds)
         logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, C)
         loss = lcache = None
         if labels is not None:
@@ -539,13 +572,14 @@ class BertForQuestionAnswering(_ClassifierHead):
     def _classifier_dropout_p(self, training):
         return 0.0
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None,
                 start_positions=None, end_positions=None, output_attentions=False,
                 output_hidden_states=False, training=False, keep_cache=True):
         xp = self.xp
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache)
+                                         keep_cache, head_mask, inputs_embeds)
         logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, 2)
         B, S, _ = logits.shape
         start_logits = logits[..., 0]
@@ -589,11 +623,22 @@ class BertForMultipleChoice(_ClassifierHead):
     def _n_out(self, config):
         return 1
 
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
                 keep_cache=True):
-        input_ids = check_int_array("input_ids", input_ids, 3)
-        B, C, S = input_ids.shape
+        if input_ids is not None:
+            input_ids = check_int_array("input_ids", input_ids, 3)
+            B, C, S = input_ids.shape
+        elif inputs_embeds is not None:                  # (B, C, S, H): encoded as (B*C, S, H)
+            if np.ndim(inputs_embeds) != 4:
+                raise ValueError(f"inputs_embeds has shape {tuple(np.shape(inputs_embeds))}, "
+                                 "expected (B, C, S, H)")
+            B, C, S, H = np.shape(inputs_embeds)
+            inputs_embeds = self.xp.asarray(inputs_embeds).reshape(B * C, S, H)
+        else:
+            raise ValueError("input_ids and inputs_embeds: neither was given, expected "
+                             "exactly one of them")
 
         def flat(a):
             return None if a is None else self.xp.asarray(a).reshape(B * C, S)
@@ -602,7 +647,8 @@ class BertForMultipleChoice(_ClassifierHead):
                 raise ValueError(f"{name} has shape {tuple(np.shape(a))}, expected {(B, C, S)}")
         out, bcache, call = self._encode(flat(input_ids), args, flat(attention_mask),
                                          flat(token_type_ids), output_attentions,
-                                         output_hidden_states, training, keep_cache)
+                                         output_hidden_states, training, keep_cache,
+                                         head_mask, inputs_embeds)
         scores, hcache = self._head_forward(out.pooler_output, training, call)    # (B*C, 1)
         logits = scores.reshape(B, C)
         loss = lcache = None
@@ -619,4 +665,7 @@ class BertForMultipleChoice(_ClassifierHead):
 
     def _backward_from_logits(self, dl, cache):
         dpooled = self._head_backward(dl.reshape(-1, 1), cache["head"])
-        return self.bert.backward(cache["bert"], None, dpooled, zero_grad=False)
+        grads = self.bert.backward(cache["bert"], None, dpooled, zero_grad=False)
+        if "inputs_embeds" in grads:              # (B*C, S, H) -> the caller's (B, C, S, H)
+            grads["inputs_embeds"] = grads["inputs_embeds"].reshape(*dl.shape, *cache["bert"]["shape"][1:], -1)
+        return grads

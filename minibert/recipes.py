@@ -21,6 +21,7 @@ from .backend import to_numpy
 from .config import PRESETS, BertConfig
 from .checkpoint import tensor_names
 from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+from .internals import InternalsMonitor
 from .model import BertModel
 from .tokenization import BertTokenizer, write_vocab
 from .wordpiece_trainer import train_wordpiece_vocab
@@ -67,7 +68,7 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
              steps=300, batch_size=16, seq_len=128, lr=1e-3, warmup_steps=None, seed=0,
              device="cpu", resume=False, stop_at=None, max_predictions_per_seq=None,
              dupe_factor=1, save_every=100, eval_every=50, on_stage=_noop, on_step=None,
-             on_eval=None):
+             on_eval=None, log_internals=None):
     """Pretrain BERT (masked LM + next sentence prediction) from text.
 
     Args:
@@ -81,6 +82,9 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
         steps, batch_size, seq_len, lr, warmup_steps, seed: the run (see TrainConfig).
         resume: continue the run in ``out_dir`` from its latest checkpoint.
         stop_at: stop after this step (with a checkpoint), to be resumed later.
+        log_internals: every this many steps, log gradient norms, update/weight ratios,
+            activations and attention entropies to ``out_dir/internals.jsonl`` and plot
+            ``internals.png`` (``minibert.internals.InternalsMonitor``); None: off.
     Returns:
         TrainResult (the final step, the last checkpoint, the metric history).
     """
@@ -109,9 +113,14 @@ def pretrain(out_dir="runs/pretrain", preset="mini", corpus=None, vocab=None, vo
     on_stage(f"model: BertForPreTraining, preset {preset!r} (L={config.num_hidden_layers} "
              f"H={config.hidden_size} A={config.num_attention_heads} V={config.vocab_size}), "
              f"{model.num_parameters():,} parameters, device {device}")
+    monitor = None if log_internals is None else InternalsMonitor(log_internals, out_dir)
     trainer = Trainer(model, train_data, eval_data, out_dir, tc, "pretraining",
-                      save_extra=tokenizer.save_pretrained)
-    return trainer.train(resume=resume, stop_at=stop_at, on_step=on_step, on_eval=on_eval)
+                      save_extra=tokenizer.save_pretrained, monitor=monitor)
+    try:
+        return trainer.train(resume=resume, stop_at=stop_at, on_step=on_step, on_eval=on_eval)
+    finally:
+        if monitor is not None:
+            monitor.close()
 
 
 def _check_pretrain_out_dir(out_dir, resume, vocab):
