@@ -41,6 +41,10 @@ VARIANTS = {
                   masking="dynamic", optimizer="torch"),
     "x_probe": dict(preset="tiny", seq_len=64, batch_size=32, steps=1500, lr=1e-3),
 }
+_X = dict(preset="tiny", seq_len=64, batch_size=32, steps=600, lr=2e-3, warmup_steps=36,
+          masked_lm_prob=0.25, dropout=0.0, nsp=False, masking="dynamic", optimizer="torch")
+VARIANTS.update(xa=_X, xb=dict(_X, lr=5e-3), xc=dict(_X, vocab_size=4096),
+                xd=dict(_X, vocab_size=2048))
 
 
 def settings_of(name, steps=None):
