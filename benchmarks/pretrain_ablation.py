@@ -45,6 +45,23 @@ _X = dict(preset="tiny", seq_len=64, batch_size=32, steps=600, lr=2e-3, warmup_s
           masked_lm_prob=0.25, dropout=0.0, nsp=False, masking="dynamic", optimizer="torch")
 VARIANTS.update(xa=_X, xb=dict(_X, lr=5e-3), xc=dict(_X, vocab_size=4096),
                 xd=dict(_X, vocab_size=2048))
+# The README's table: the "fast" recipe at 400 steps (a 400-step schedule, 1/5 of the
+# default run), and one change at a time. seq128 keeps 2048 tokens per step (batch 16);
+# mini costs about 5x a tiny step, so it gets the steps of the same compute (see --probe).
+_A = dict(recipe="fast", steps=400)
+VARIANTS.update(
+    a_fast=_A,
+    a_vocab8192=dict(_A, vocab_size=8192),
+    a_nsp=dict(_A, nsp=True),
+    a_static=dict(_A, masking="static"),
+    a_dropout=dict(_A, dropout=0.1),
+    a_mlm15=dict(_A, masked_lm_prob=0.15),
+    a_bertadam=dict(_A, optimizer="bert"),
+    a_lr1e3=dict(_A, lr=1e-3),
+    a_lr5e3=dict(_A, lr=5e-3),
+    a_seq128=dict(_A, seq_len=128, batch_size=16),
+    a_mini=dict(_A, preset="mini", steps=80),
+)
 
 
 def settings_of(name, steps=None):
@@ -52,9 +69,12 @@ def settings_of(name, steps=None):
     v = dict(VARIANTS[name])
     recipe = v.pop("recipe", "fast")
     s = dict(PRETRAIN_RECIPES[recipe], **v)
+    if "warmup_steps" not in s:
+        s["warmup_steps"] = int(round(s["warmup"] * s["steps"]))
     s.pop("warmup")
     if steps is not None:
         s["steps"] = steps
+        s["warmup_steps"] = int(round(PRETRAIN_RECIPES[recipe]["warmup"] * steps))
     return recipe, s
 
 
