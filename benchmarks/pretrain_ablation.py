@@ -57,9 +57,12 @@ VARIANTS.update(
     a_dropout=dict(_A, dropout=0.1),
     a_mlm15=dict(_A, masked_lm_prob=0.15),
     a_bertadam=dict(_A, optimizer="bert"),
+    a_lr5e4=dict(_A, lr=5e-4),
     a_lr1e3=dict(_A, lr=1e-3),
+    a_lr3e3=dict(_A, lr=3e-3),
     a_lr5e3=dict(_A, lr=5e-3),
     a_seq128=dict(_A, seq_len=128, batch_size=16),
+    a_bs16=dict(_A, batch_size=16, steps=800),
     a_mini=dict(_A, preset="mini", steps=80),
 )
 
