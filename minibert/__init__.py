@@ -3,7 +3,7 @@
 Public names::
 
     BertConfig, count_parameters, parameter_breakdown        the architecture
-    BertModel, BertForPreTraining                            encoder and pretraining model
+    BertModel, BertForPreTraining, BertForMaskedLM           encoder, pretraining, masked LM
     BertForSequenceClassification, BertForTokenClassification,
     BertForQuestionAnswering, BertForMultipleChoice          fine-tuning heads
     gradcheck, check_op, GradcheckError                      the finite-difference checker
@@ -14,7 +14,7 @@ Public names::
 """
 from .config import BertConfig, count_parameters, parameter_breakdown
 from .gradcheck import GradcheckError, GradcheckReport, check_op, gradcheck
-from .heads import (BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
+from .heads import (BertForMaskedLM, BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
                     BertForSequenceClassification, BertForTokenClassification)
 from .model import BertModel, from_pretrained
 from .backend import gpu_available
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BertConfig", "count_parameters", "parameter_breakdown",
-    "BertModel", "BertForPreTraining", "BertForSequenceClassification",
+    "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
     "BertForTokenClassification", "BertForQuestionAnswering", "BertForMultipleChoice",
     "gradcheck", "check_op", "GradcheckError", "GradcheckReport", "gpu_available",
     "from_pretrained", "save_pretrained", "BertTokenizer", "train_wordpiece_vocab",

@@ -11,6 +11,7 @@ import numpy as np
 
 _cupy = None          # the cupy module once imported, False when it cannot be imported
 _gpu_ok = None        # cached answer of gpu_available()
+_numba_cuda_ok = None  # cached answer of cuda_kernels_available()
 
 
 def _import_cupy():
@@ -37,7 +38,37 @@ def get_array_module(*arrays):
 
 
 def is_gpu_array(x) -> bool:
+    """True for a CuPy array (by its type's module: no import)."""
     return type(x).__module__.startswith("cupy")
+
+
+def is_device_array(x) -> bool:
+    """True for an array in GPU memory: a CuPy array, a Numba CUDA device array (also the
+    simulator's ``FakeCUDAArray``, which has no ``__cuda_array_interface__``) or any
+    object exposing ``__cuda_array_interface__``. Imports nothing: a Numba device array
+    exists only once ``numba.cuda`` has been imported by whoever made it."""
+    module = type(x).__module__
+    if module.startswith(("cupy", "numba.cuda", "numba_cuda")):
+        return module.startswith("cupy") or hasattr(x, "copy_to_host")
+    if isinstance(x, np.ndarray) or x is None:
+        return False
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:                     # a CPU tensor whose property raises otherwise
+        return False
+
+
+def cuda_kernels_available() -> bool:
+    """True when Numba's CUDA target is installed (``numba-cuda``, or the one bundled with
+    Numba): found without importing it, so that ``import minibert`` stays off CUDA."""
+    global _numba_cuda_ok
+    if _numba_cuda_ok is None:
+        import importlib.util
+        try:
+            _numba_cuda_ok = importlib.util.find_spec("numba.cuda") is not None
+        except (ImportError, ValueError):
+            _numba_cuda_ok = False
+    return _numba_cuda_ok
 
 
 def gpu_available() -> bool:
@@ -83,11 +114,44 @@ def scatter_add(target, indices, values):
     """``target[indices] += values`` with repeated indices summed (unbuffered).
 
     NumPy's fancy-index ``+=`` keeps only the last write of a repeated index, so the
-    embedding backward needs ``np.add.at`` (CPU) or ``cupyx.scatter_add`` (GPU).
+    embedding backward needs ``np.add.at`` on the CPU. On the GPU the sum is made
+    deterministic (``_scatter_add_gpu``): ``cupyx.scatter_add`` adds with float atomics, in
+    whatever order the threads arrive, so two runs of one backward would differ in the last
+    bits. ``indices`` is an index array into the first axis, or a tuple of them into the
+    first axes; ``values`` has the indexed shape.
     """
     if is_gpu_array(target):
-        import cupyx
-        cupyx.scatter_add(target, indices, values)
+        _scatter_add_gpu(target, indices, values)
     else:
         np.add.at(target, indices, values)
     return target
+
+
+def _scatter_add_gpu(target, indices, values):
+    """The deterministic GPU scatter-add: with the N indexed rows numbered by their U distinct
+    destinations (``unique``), the sums are one matrix product,
+
+        target[dest_u] += sum_n [dest(n) = u] values_n      =  (onehot (U, N)) @ values (N, F)
+
+    which cuBLAS computes in a fixed order (adding the zeros changes no bit), the same bits
+    on every run. The one-hot matrix is U x N numbers (for BERT's word embeddings at
+    B S = 1024 tokens, at most 4 MiB in float32) and the product 2 U N F flops, a small
+    share of a training step."""
+    cp = _import_cupy()
+    lead = len(indices) if isinstance(indices, tuple) else 1
+    rows_shape = tuple(target.shape[:lead])
+    if isinstance(indices, tuple):
+        flat = cp.ravel_multi_index(tuple(cp.asarray(i).reshape(-1) for i in
+                                          cp.broadcast_arrays(*(cp.asarray(i) for i in indices))),
+                                    rows_shape)                                   # (N,)
+    else:
+        flat = cp.asarray(indices).reshape(-1)                                     # (N,)
+    n_rows = int(np.prod(rows_shape))
+    dest, inverse = cp.unique(flat, return_inverse=True)                          # (U,), (N,)
+    onehot = (inverse.reshape(1, -1) == cp.arange(dest.size)[:, None]).astype(target.dtype)
+    sums = onehot @ values.reshape(flat.size, -1)                                  # (U, F)
+    if not target.flags.c_contiguous:            # then the reshape below is a view
+        raise ValueError(f"target with shape {tuple(target.shape)} is not C-contiguous, "
+                         "expected a C-contiguous array for scatter_add on the GPU")
+    view = target.reshape(n_rows, -1)                                              # (rows, F)
+    view[dest] += sums.astype(target.dtype, copy=False)

@@ -7,14 +7,25 @@ parameter names are Hugging Face's state-dict names, so loading is a rename at m
 * the encoder's names may carry the ``bert.`` prefix (head models) or not (BertModel);
 * old checkpoints call LayerNorm's weight and bias ``gamma`` and ``beta``;
 * the MLM decoder weight is tied to the word embeddings and its bias to
-  ``cls.predictions.bias``: they are not separate parameters here;
-* buffers such as ``embeddings.position_ids`` are not parameters.
+  ``cls.predictions.bias``: they are not separate parameters here (a decoder weight that
+  differs from the word embeddings is refused: minibert always ties them);
+* buffers such as ``embeddings.position_ids`` and ``embeddings.token_type_ids`` are not
+  parameters and are skipped.
 
-Loading checks everything before it writes anything: missing encoder tensors, unexpected
-tensors and wrong shapes are errors that list the names, never a silent initialization.
-Tensors of another head (``cls.*`` in a BERT loaded as BertModel, say) are skipped, and a
-head that the checkpoint lacks is freshly initialized only when ``new_head=True`` (as when
-fine-tuning starts from a pretrained encoder).
+Every layout Hugging Face writes loads: BertModel with or without its pooler,
+BertForMaskedLM (no pooler, no NSP head), BertForPreTraining, the fine-tuning heads.
+The pooler is optional where the class reads no pooled output: with
+``add_pooling_layer=None`` BertModel keeps it exactly when the checkpoint has one,
+BertForMaskedLM and the token-level heads go without it (as Hugging Face's), and the heads
+that read the pooled [CLS] vector require it.
+
+Loading checks everything before it writes anything: missing tensors, unexpected tensors
+and wrong shapes are one error that lists the names, never a silent initialization.
+Tensors of another head (``cls.seq_relationship.*`` in a BertForPreTraining checkpoint
+loaded as BertForMaskedLM, say) and a pooler the model does not use are skipped and
+reported (``output_loading_info=True``, Hugging Face's ``unexpected_keys``); a head or
+pooler that the checkpoint lacks is freshly initialized only when ``new_head=True`` (as
+when fine-tuning starts from a pretrained encoder) and reported as ``missing_keys``.
 """
 from __future__ import annotations
 
@@ -28,7 +39,12 @@ from .config import BertConfig
 from .io import atomic_write, atomic_write_text
 
 HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
+POOLER_PREFIX = "pooler."
+# buffers that Hugging Face models register (older versions saved them): not parameters
 IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
+DECODER_WEIGHT = "cls.predictions.decoder.weight"
+DECODER_BIAS = "cls.predictions.decoder.bias"
+WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 
 
 def _normalize_name(name: str) -> str:
@@ -101,57 +117,122 @@ def read_state_dict(path: str) -> dict:
                      "pytorch_model.bin")
 
 
+def tensor_names(path: str) -> list:
+    """The tensor names of the checkpoint in ``path``, in Hugging Face's spelling, without
+    reading the tensors where the format allows it (safetensors: its header only)."""
+    import struct
+    path = os.fspath(path)
+    st = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    try:
+        if os.path.isfile(st):
+            with open(st, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > 100_000_000:
+                    raise ValueError(f"header length {n} is implausible")
+                return sorted(k for k in json.loads(fh.read(n)) if k != "__metadata__")
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as fh:
+                return sorted(json.load(fh)["weight_map"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint in {path!r} is corrupt or unreadable: {e}") from None
+    return sorted(read_state_dict(path))
+
+
+def has_pooler(names) -> bool:
+    """Whether a checkpoint with these tensor names holds BERT's pooler."""
+    return any(_strip(_normalize_name(n)).startswith(POOLER_PREFIX) for n in names)
+
+
+def _strip(name: str) -> str:
+    return name[len("bert."):] if name.startswith("bert.") else name
+
+
 def map_state_dict(state: dict, model, new_head: bool = False):
-    """Rename checkpoint tensors to ``model.params`` names.
+    """Rename checkpoint tensors to ``model.params`` names and check them all.
 
     Returns ``(mapped, skipped, new)``: the tensors to load, the checkpoint names that were
-    skipped (another head's), and the model names left to their fresh initialization.
-    Raises ValueError listing missing and unexpected names.
+    skipped (another head's, or a pooler the model has none of), and the model names left
+    to their fresh initialization (only with ``new_head``: a head or pooler the checkpoint
+    lacks). Raises one ValueError listing the missing, unexpected and wrongly shaped
+    tensors; a decoder weight not tied to the word embeddings is refused.
     """
     wanted = set(model.params)
     encoder_prefix = "bert." if any(n.startswith("bert.") for n in wanted) else ""
+    has_mlm_head = "cls.predictions.bias" in wanted
     mapped, skipped, unexpected = {}, [], []
-    tied_bias = None
+    tied_bias = decoder = None
     for raw, value in state.items():
-        name = _normalize_name(raw)
-        if name.startswith("bert."):
-            name = name[len("bert."):]
+        name = _strip(_normalize_name(raw))
         if name in IGNORED:
             continue
-        if name == "cls.predictions.decoder.weight":
-            continue                                 # tied to the word embeddings
-        if name == "cls.predictions.decoder.bias":
+        if name in (DECODER_WEIGHT, DECODER_BIAS) and not has_mlm_head:
+            skipped.append(raw)                      # another head's, as the rest of cls.*
+            continue
+        if name == DECODER_WEIGHT:
+            decoder = (raw, value)                   # tied to the word embeddings: checked below
+            continue
+        if name == DECODER_BIAS:
             tied_bias = value                        # tied to cls.predictions.bias
             continue
         full = name if name.startswith(HEAD_PREFIXES) else encoder_prefix + name
         if full in wanted:
             mapped[full] = value
-        elif name.startswith(HEAD_PREFIXES) or name.startswith("pooler."):
+        elif name.startswith(HEAD_PREFIXES) or name.startswith(POOLER_PREFIX):
             skipped.append(raw)                      # another head, or a pooler we do not use
         else:
             unexpected.append(raw)
-    if "cls.predictions.bias" in wanted and "cls.predictions.bias" not in mapped and tied_bias is not None:
+    if has_mlm_head and "cls.predictions.bias" not in mapped and tied_bias is not None:
         mapped["cls.predictions.bias"] = tied_bias
+    words = mapped.get(encoder_prefix + WORD_EMBEDDINGS)
+    if decoder is not None and words is not None:
+        raw, value = decoder
+        if np.shape(value) != np.shape(words) or not np.array_equal(value, words):
+            raise ValueError(f"checkpoint tensor {raw!r} differs from the word embeddings: the "
+                             "masked-LM decoder is not tied (tie_word_embeddings=False?), "
+                             "expected it tied, as BERT's")
     missing = sorted(wanted - set(mapped))
-    new = [n for n in missing if n.startswith(HEAD_PREFIXES)] if new_head else []
+    fresh = HEAD_PREFIXES + (encoder_prefix + POOLER_PREFIX,)
+    new = [n for n in missing if n.startswith(fresh)] if new_head else []
     missing = [n for n in missing if n not in new]
-    if missing or unexpected:
+    wrong = [f"{n}: {tuple(np.shape(v))} (expected {tuple(model.params[n].shape)})"
+             for n, v in sorted(mapped.items()) if tuple(np.shape(v)) != tuple(model.params[n].shape)]
+    if missing or unexpected or wrong:
+        hint = ""
+        if missing and all(n.startswith(fresh) for n in missing):
+            hint = (" (the checkpoint has no such head or pooler; new_head=True initializes "
+                    "them, as when fine-tuning starts)")
         raise ValueError(f"checkpoint does not match {type(model).__name__}: missing keys {missing}, "
-                         f"unexpected keys {sorted(unexpected)}")
-    return mapped, skipped, new
+                         f"unexpected keys {sorted(unexpected)}, tensors of the wrong shape "
+                         f"{wrong}{hint}")
+    return mapped, sorted(skipped), new
 
 
 def load_pretrained(path, model_class, dtype=np.float32, device: str = "cpu",
-                    new_head: bool = False, **config_overrides):
+                    new_head: bool = False, add_pooling_layer: bool | None = None,
+                    output_loading_info: bool = False, **config_overrides):
     """Load a Hugging Face (or minibert-saved) BERT directory into a new ``model_class``.
 
     Args:
         path: directory with config.json and model.safetensors (or pytorch_model.bin).
         model_class: BertModel or one of the head classes; it is passed in (this module sits
-            below the model classes and imports none of them).
+            below the model classes and imports none of them). Its class attributes say
+            whether it can go without a pooler (``needs_pooler``) and whether it has one by
+            default (``add_pooling_layer``).
         dtype, device: of the new model.
-        new_head: initialize head parameters the checkpoint lacks (fine-tuning start).
+        new_head: initialize head parameters (and a pooler) the checkpoint lacks
+            (fine-tuning start).
+        add_pooling_layer: keep BERT's [CLS] pooler, as Hugging Face's argument. None: the
+            class default, except that a class whose default is a pooler but that can do
+            without one (BertModel) follows the checkpoint. True on a checkpoint without a
+            pooler is an error unless ``new_head``.
+        output_loading_info: also return Hugging Face's loading report, a dict with
+            ``missing_keys`` (model tensors freshly initialized), ``unexpected_keys``
+            (checkpoint tensors not used: another head's, a pooler the model has none of),
+            ``mismatched_keys`` and ``error_msgs`` (always empty: those are errors here).
         config_overrides: BertConfig fields to change (e.g. num_labels for a new head).
+    Returns:
+        the model, or ``(model, loading_info)`` with ``output_loading_info``.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -159,16 +240,26 @@ def load_pretrained(path, model_class, dtype=np.float32, device: str = "cpu",
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
         raise ValueError(f"checkpoint directory {path!r} has no config.json")
+    if add_pooling_layer not in (None, True, False):
+        raise TypeError(f"add_pooling_layer={add_pooling_layer!r} is invalid, expected True, "
+                        "False or None (None: as the class and the checkpoint have it)")
     config = BertConfig.from_json_file(cfg_file)
     if config_overrides:
         unknown = sorted(set(config_overrides) - set(config.to_dict()))
         if unknown:
             raise ValueError(f"config overrides {unknown} are not BertConfig fields")
         config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
-    model = model_class(config, dtype=dtype, device=device)
     state = read_state_dict(path)
-    mapped, _, _ = map_state_dict(state, model, new_head=new_head)
+    if add_pooling_layer is None:
+        add_pooling_layer = bool(model_class.add_pooling_layer)
+        if add_pooling_layer and not model_class.needs_pooler:
+            add_pooling_layer = has_pooler(state)    # BertModel: as the checkpoint has it
+    model = model_class(config, dtype=dtype, device=device, add_pooling_layer=add_pooling_layer)
+    mapped, skipped, new = map_state_dict(state, model, new_head=new_head)
     model.load_state_dict(mapped, strict=False)
+    if output_loading_info:
+        return model, dict(missing_keys=new, unexpected_keys=skipped, mismatched_keys=[],
+                           error_msgs=[])
     return model
 
 
@@ -201,10 +292,12 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32, device: str = "cpu", new_head: bool = False,
+                        add_pooling_layer: bool | None = None, output_loading_info: bool = False,
                         **config_overrides):
         """A new ``cls`` with the parameters of the checkpoint directory ``path``
-        (``load_pretrained``)."""
-        return load_pretrained(path, cls, dtype, device, new_head, **config_overrides)
+        (``load_pretrained``: its arguments, Hugging Face's names)."""
+        return load_pretrained(path, cls, dtype, device, new_head, add_pooling_layer,
+                               output_loading_info, **config_overrides)
 
     def save_pretrained(self, path):
         save_pretrained(self, path)

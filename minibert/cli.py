@@ -7,6 +7,8 @@
     minibert demo        forward + backward of a small BERT, then the gradient-check table
     minibert gradcheck   the gradient-check table of every op and a tiny model
     minibert params      the parameter breakdown of a preset, formula next to each count
+    minibert inspect     attention, head statistics and importance, attributions, logit lens
+    minibert trace       every op call of a tiny model's forward, then its backward
     minibert info        versions and backends
 
 Bad input is one line on stderr and exit status 2; a failed gradient check or a training run
@@ -145,7 +147,7 @@ def cmd_pretrain(args) -> int:
     run = partial(pretrain, out_dir=args.out, recipe=args.recipe, corpus=args.corpus,
                   vocab=args.vocab, seed=args.seed, device=args.device, resume=args.resume,
                   stop_at=args.stop_at, save_every=args.save_every, eval_every=args.eval_every,
-                  on_stage=_stage, **given)
+                  on_stage=_stage, log_internals=args.log_internals, **given)
     result, settings = _run_training(run, settings["steps"], "pretrain",
                                      ("loss", "mlm_acc", "nsp_acc"))
     wall = time.perf_counter() - t0
@@ -167,6 +169,8 @@ def cmd_pretrain(args) -> int:
           f"{tokens / max(seconds, 1e-9):,.0f} tokens/s)")
     print(f"checkpoint: {result.checkpoint}")
     print(f"loss curve: {os.path.join(args.out, 'loss_curve.png')}")
+    if args.log_internals:
+        print(f"internals: {os.path.join(args.out, 'internals.jsonl')} and internals.png")
     print(f"try: minibert fill-mask {args.out} \"Return the [MASK] of the list.\"")
     return 0
 
@@ -204,10 +208,70 @@ def cmd_encode(args) -> int:
     for name in ("cls", "pooled"):
         v = r[name]
         if v is None:
+            print("pooled output: none (the checkpoint has no pooler)")
             continue
         label = "[CLS] hidden state" if name == "cls" else "pooled output"
         print(f"{label}: dim {v.size}, norm {np.linalg.norm(v):.4f}, mean {v.mean():.4f}, "
               f"std {v.std():.4f}, first 6 {np.array2string(v[:6], precision=4)}")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from .config import BertConfig
+    from .heads import BertForSequenceClassification
+    from .ops import readable_ops, trace
+    config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=args.layers,
+                        num_attention_heads=2, intermediate_size=16, max_position_embeddings=8,
+                        num_labels=2)
+    model = BertForSequenceClassification(config, dtype=np.float64, seed=args.seed)
+    ids = np.array([[2, 5, 6, 7, 3], [2, 8, 9, 3, 0]])
+    mask = (ids > 0).astype(np.int64)
+    with readable_ops(args.readable), trace(params=model.params) as t:
+        out, cache = model.forward(ids, attention_mask=mask, labels=np.array([0, 1]), training=True)
+        model.backward(cache)
+    print(f"minibert trace: BertForSequenceClassification (L={config.num_hidden_layers} "
+          f"H={config.hidden_size} A={config.num_attention_heads} I={config.intermediate_size}), "
+          f"batch 2 x 5 (one padded token), dropout on, loss {float(out.loss):.4f}")
+    print(f"{len(t.forward)} forward op calls, then {len(t.backward)} backward calls, each "
+          "undoing one forward call, last to first\n")
+    print(t.format())
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .internals import HEAD_STATS, inspect_checkpoint
+    r = inspect_checkpoint(args.checkpoint, args.text, pair=args.pair, out_dir=args.out,
+                           data=args.data, steps=args.steps)
+    tokens = r["tokens"]
+    print(f"{r['model']} ({r['kind']}) from {r['checkpoint']}: {r['layers']} layers x "
+          f"{r['heads']} heads, {len(tokens)} tokens")
+    print(" ".join(tokens))
+    print("\nhead statistics (mean over query tokens): entropy in nats; attention mass on "
+          "[CLS], [SEP], itself, the previous and next token; mean distance in tokens")
+    imp = r.get("head_importance")
+    print(f"{'layer':>5} {'head':>4} " + " ".join(f"{k:>8}" for k in HEAD_STATS)
+          + (f" {'|import.|':>9}" if imp else ""))
+    for l in range(r["layers"]):
+        for a in range(r["heads"]):
+            row = " ".join(f"{r['head_stats'][k][l][a]:8.3f}" for k in HEAD_STATS)
+            print(f"{l:>5} {a:>4} {row}" + (f" {abs(imp[l][a]):9.2e}" if imp else ""))
+    for t in r["targets"]:
+        ig = np.array(t["integrated_gradients"])
+        top = np.argsort(-np.abs(ig), kind="stable")[:6]
+        rel = "" if t["relative_delta"] is None else f" ({t['relative_delta']:.1e} of the difference)"
+        print(f"\n{t['label']}: logit {t['f_input']:.3f} (baseline {t['f_baseline']:.3f}); "
+              f"integrated gradients sum - difference = {t['delta']:.2e}{rel}")
+        print("  most attributed tokens: " + ", ".join(
+            f"{tokens[i]} ({ig[i]:+.3f})" for i in top))
+        if t.get("logit_lens"):
+            print("  logit lens (top predictions read off each layer):")
+            for row in t["logit_lens"]:
+                tops = ", ".join(f"{w} {p:.3f}" for w, p in row["top"])
+                print(f"    {row['layer']:<11} {tops}")
+    if not r["targets"]:
+        print("\n(no [MASK] in the text: no attributions or logit lens; add a [MASK])"
+              if r["kind"] == "mlm" else "\n(no masked-LM or classification head: attention only)")
+    print(f"\nwrote {r['out_dir']}: {', '.join(r['files'])}")
     return 0
 
 
@@ -236,6 +300,8 @@ def cmd_info(args) -> int:
         except Exception:  # noqa: BLE001 - any failure means "not available"
             print(f"  {mod:<12} not installed")
     print(f"  GPU available: {gpu_available()}")
+    from .backend import cuda_kernels_available
+    print(f"  CUDA kernels (numba-cuda): {'installed' if cuda_kernels_available() else 'not installed'}")
     return 0
 
 
@@ -255,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="parameter breakdown of a preset, with the formulas")
     pa.add_argument("--preset", default="base")
     pa.add_argument("--head", default="none",
-                    help="none, pretraining, sequence_classification, token_classification, "
+                    help="none, pretraining, masked_lm, sequence_classification, token_classification, "
                          "question_answering or multiple_choice")
     pa.set_defaults(func=cmd_params)
     pr = sub.add_parser("pretrain", help="pretrain BERT (masked LM, optionally NSP) from text: "
@@ -302,13 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-every", type=int, default=None, help="default: steps / 10")
     pr.add_argument("--device", default="cpu", help="cpu or gpu")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--log-internals", type=int, nargs="?", const=10, default=None, metavar="N",
+                    help="every N steps (default 10) log gradient norm, update/weight ratio, "
+                    "activation mean/std and attention entropy per layer to "
+                    "internals.jsonl and internals.png in --out")
     pr.set_defaults(func=cmd_pretrain)
     ft = sub.add_parser("finetune", help="fine-tune for sequence classification",
                         description="Fine-tune a minibert or Hugging Face BERT checkpoint on a "
                         "CSV/JSONL of text (and optional text_pair) plus label; 20%% is held out. "
                         "Default task: which standard-library package a docstring belongs to.")
     ft.add_argument("--checkpoint", default="runs/pretrain",
-                    help="a minibert run directory or a BERT directory (default runs/pretrain)")
+                    help="a minibert run directory or any BERT directory with vocab.txt, with "
+                    "or without a pooler (a missing one is initialized) (default runs/pretrain)")
     ft.add_argument("--data", default=None, help="CSV or JSONL file (default: the built-in task)")
     ft.add_argument("--text-column", default="text")
     ft.add_argument("--text-pair-column", default="text_pair")
@@ -323,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.set_defaults(func=cmd_finetune)
     fm = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] of a text")
-    fm.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
+    fm.add_argument("checkpoint", help="a minibert run directory or a BERT directory with a "
+                    "masked-LM head (BertForMaskedLM or BertForPreTraining) and vocab.txt")
     fm.add_argument("text", help='text with at least one [MASK], e.g. "Return the [MASK] of x."')
     fm.add_argument("--top-k", type=int, default=5)
     fm.set_defaults(func=cmd_fill_mask)
@@ -331,6 +403,31 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
     en.add_argument("text")
     en.set_defaults(func=cmd_encode)
+    ins = sub.add_parser("inspect", help="attention maps, head statistics and importance, "
+                         "attributions and the logit lens of a text",
+                         description="Look inside a minibert run directory or a Hugging Face "
+                         "BERT directory on one text: attention maps of every layer and head "
+                         "(PNG), head statistics (printed and JSON), head importance (the "
+                         "gradient of the loss with respect to a head mask), integrated "
+                         "gradients per [MASK] (or the predicted class), the logit lens per "
+                         "[MASK], and attention.json for bertviz.")
+    ins.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
+    ins.add_argument("text", help='e.g. "Return the [MASK] of the list."')
+    ins.add_argument("--pair", default=None, help="a second segment (token type 1)")
+    ins.add_argument("--out", default="runs/inspect", help="output directory (default runs/inspect)")
+    ins.add_argument("--data", default=None, help="text file, one text a line: head importance "
+                     "on these (15%% masked) instead of the text")
+    ins.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+    ins.set_defaults(func=cmd_inspect)
+    tr = sub.add_parser("trace", help="every op call of a tiny model's forward, then its backward",
+                        description="Run a tiny BertForSequenceClassification forward and "
+                        "backward under minibert.ops.trace() and print each op call: shapes, "
+                        "norms, the parameters it reads, and for each backward the forward call "
+                        "it undoes and the parameter gradients it produces.")
+    tr.add_argument("--layers", type=int, default=1, choices=range(1, 5), metavar="{1..4}")
+    tr.add_argument("--readable", action="store_true", help="the readable NumPy ops, not kernels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=cmd_trace)
     i = sub.add_parser("info", help="versions, backends, GPU")
     i.set_defaults(func=cmd_info)
     return p

@@ -141,8 +141,10 @@ PRESETS = {
     "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096),
 }
 
-HEADS = (None, "pretraining", "sequence_classification", "token_classification",
+HEADS = (None, "pretraining", "masked_lm", "sequence_classification", "token_classification",
          "question_answering", "multiple_choice")
+# the heads built without a pooler by default, as in Hugging Face
+_NO_POOLER = ("masked_lm", "token_classification", "question_answering")
 
 
 def parameter_breakdown(config: BertConfig, head: str | None = None) -> list[tuple[str, int, str]]:
@@ -160,10 +162,11 @@ def parameter_breakdown(config: BertConfig, head: str | None = None) -> list[tup
     rows = [("embeddings", (V + P + T) * H + 2 * H, "(V + P + T) H + 2H")]
     per_layer = 4 * (H * H + H) + 2 * H * I + I + H + 4 * H
     rows.append((f"encoder ({L} layers)", L * per_layer, "L [4 (H^2 + H) + 2 H I + I + 5H]"))
-    if head not in ("token_classification", "question_answering"):
+    if head not in _NO_POOLER:
         rows.append(("pooler", H * H + H, "H^2 + H"))
-    if head == "pretraining":
+    if head in ("pretraining", "masked_lm"):
         rows.append(("mlm head", H * H + H + 2 * H + V, "H^2 + H + 2H + V (decoder tied to embeddings)"))
+    if head == "pretraining":
         rows.append(("nsp head", 2 * H + 2, "2H + 2"))
     elif head in ("sequence_classification", "token_classification"):
         rows.append(("classifier", C * H + C, "C H + C"))
@@ -178,7 +181,8 @@ def count_parameters(config: BertConfig, head: str | None = None) -> int:
     """Number of parameters from the formula (see ``parameter_breakdown``).
 
     ``head=None`` counts BertModel with its pooler; "pretraining" counts BertForPreTraining
-    with the MLM decoder tied to the word embeddings (only its bias is new). Equals the number
+    with the MLM decoder tied to the word embeddings (only its bias is new); "masked_lm"
+    counts BertForMaskedLM, which has no pooler by default. Equals the number
     of elements the corresponding model allocates.
     """
     return sum(n for _, n, _ in parameter_breakdown(config, head))

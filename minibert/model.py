@@ -168,10 +168,15 @@ class BertModel(PretrainedMixin):
         config: BertConfig.
         dtype: np.float32 (default) or np.float64 (gradient checks).
         seed: seeds the initialization and every dropout mask.
-        add_pooling_layer: keep the [CLS] pooler (False for token-level heads, as Hugging Face).
+        add_pooling_layer: keep the [CLS] pooler (False for token-level heads, as Hugging Face);
+            without it there are no pooler parameters and ``pooler_output`` is None.
         device: "cpu" (NumPy) or "gpu" (CuPy).
         store, prefix: used by the heads to carve this model out of their own flat buffer.
     """
+    # read by checkpoint.load_pretrained: the default, and that the encoder can go without
+    # a pooler (from_pretrained then keeps one exactly when the checkpoint has one)
+    add_pooling_layer = True
+    needs_pooler = False
 
     def __init__(self, config: BertConfig, dtype=np.float32, seed: int = 0,
                  add_pooling_layer: bool = True, device: str = "cpu", *,
@@ -184,7 +189,10 @@ class BertModel(PretrainedMixin):
         self.config = config
         self.dtype = dtype
         self.seed = int(seed)
-        self.add_pooling_layer = add_pooling_layer
+        if not isinstance(add_pooling_layer, (bool, np.bool_)):
+            raise TypeError(f"add_pooling_layer={add_pooling_layer!r} is invalid, expected True "
+                            "or False")
+        self.add_pooling_layer = bool(add_pooling_layer)
         self.prefix = prefix
         self.dropout_calls = 0             # training forwards so far: the dropout call index
         if store is None:
@@ -225,8 +233,16 @@ class BertModel(PretrainedMixin):
     def state_dict(self) -> dict:
         return self.store.state_dict()
 
-    def _validate_inputs(self, input_ids, attention_mask, token_type_ids):
+    def _validate_inputs(self, input_ids, attention_mask, token_type_ids, inputs_embeds=None):
         cfg, xp = self.config, self.xp
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("input_ids and inputs_embeds: "
+                             + ("both were given" if input_ids is not None else "neither was given")
+                             + ", expected exactly one of them")
+        if input_ids is None:
+            inputs_embeds = self._check_inputs_embeds(inputs_embeds)
+            B, S = inputs_embeds.shape[:2]
+            input_ids = xp.zeros((B, S), dtype=np.int64)        # stands in for the shape only
         input_ids = check_int_array("input_ids", input_ids)
         B, S = input_ids.shape
         if S > cfg.max_position_embeddings:
@@ -250,36 +266,78 @@ class BertModel(PretrainedMixin):
         if bool(xp.any((m != 0) & (m != 1))):
             raise ValueError("attention_mask has values other than 0 and 1, expected 1 = attend, "
                              "0 = padding")
-        return xp.asarray(input_ids), xp.asarray(token_type_ids), m
+        return xp.asarray(input_ids), xp.asarray(token_type_ids), m, inputs_embeds
+
+    def _check_inputs_embeds(self, inputs_embeds):
+        """``inputs_embeds`` as a (B, S, H) array of the model's dtype, on its device."""
+        H = self.config.hidden_size
+        shape = tuple(getattr(inputs_embeds, "shape", np.shape(inputs_embeds)))
+        if len(shape) != 3 or shape[2] != H:
+            raise ValueError(f"inputs_embeds has shape {shape}, expected (B, S, H) with "
+                             f"H = hidden_size = {H}")
+        e = self.xp.asarray(inputs_embeds)
+        if e.dtype.kind != "f":
+            raise TypeError(f"inputs_embeds has dtype {e.dtype}, expected a floating dtype")
+        return e.astype(self.dtype, copy=False)
+
+    def _check_head_mask(self, head_mask):
+        """``head_mask`` (A,) or (L, A) as an (L, A) array of the model's dtype, or None."""
+        if head_mask is None:
+            return None
+        L, A = self.config.num_hidden_layers, self.config.num_attention_heads
+        shape = tuple(getattr(head_mask, "shape", np.shape(head_mask)))
+        if shape not in ((A,), (L, A)):
+            raise ValueError(f"head_mask has shape {shape}, expected (num_attention_heads,) = "
+                             f"{(A,)} or (num_hidden_layers, num_attention_heads) = {(L, A)}")
+        m = self.xp.asarray(head_mask)
+        if m.dtype.kind not in "biuf":
+            raise TypeError(f"head_mask has dtype {m.dtype}, expected numbers in [0, 1]")
+        m = m.astype(self.dtype)
+        bad = ~((m >= 0) & (m <= 1))                                 # NaN is bad too
+        if bool(bad.any()):
+            raise ValueError(f"head_mask has the value {float(m[bad].ravel()[0])!r}, expected "
+                             "values in [0, 1] (1 keeps a head, 0 masks it)")
+        return self.xp.array(self.xp.broadcast_to(m, (L, A)))                       # (L, A)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, input_ids, *args, attention_mask=None, token_type_ids=None,
-                output_attentions=False, output_hidden_states=False, training=False,
-                keep_cache=True):
+    def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                head_mask=None, inputs_embeds=None, output_attentions=False,
+                output_hidden_states=False, training=False, keep_cache=True):
         """Returns ``(BertOutput, cache)``; ``cache`` feeds ``backward``.
 
         Args:
             input_ids: (B, S) token ids; every other argument is keyword-only.
             attention_mask: (B, S), 1 = attend, 0 = padding (None: all ones).
             token_type_ids: (B, S) segment ids (None: all zeros).
+            head_mask: (L, A), or (A,) for every layer, values in [0, 1]: multiplies head a's
+                attention probabilities in layer l, as Hugging Face 4.x (after dropout,
+                before ``@ v``). ``backward`` then returns its gradient as ``"head_mask"``.
+            inputs_embeds: (B, S, H) in place of the word-embedding lookup ``E_word[ids]``
+                (position and segment embeddings are still added); instead of ``input_ids``.
+                ``backward`` then returns its gradient as ``"inputs_embeds"``.
             output_attentions: return each layer's attention probabilities (runs the textbook
-                attention, the only one that forms them).
+                attention, the only one that forms them), times the head mask if one is given
+                (as Hugging Face 4.x).
             output_hidden_states: return the embeddings and every layer's output.
             training: dropout on, with the next call index of this model's dropout streams.
             keep_cache: False drops each layer's cache when the layer is done (``__call__``);
                 the returned cache is then None.
         """
         reject_positional("BertModel.forward", args)
-        ids, tt, mask = self._validate_inputs(input_ids, attention_mask, token_type_ids)
-        run = _Run.start(self, training, output_attentions)
-        x, emb_cache = self._embeddings_forward(ids, tt, run)                          # (B, S, H)
+        ids, tt, mask, embeds = self._validate_inputs(input_ids, attention_mask, token_type_ids,
+                                                      inputs_embeds)
+        run = _Run.start(self, training, output_attentions, self._check_head_mask(head_mask))
+        x, emb_cache = self._embeddings_forward(ids, tt, run, embeds)                  # (B, S, H)
         if not keep_cache:
             emb_cache = None
         hidden_states, attentions, layer_caches = [x], [], []
         for l in range(self.config.num_hidden_layers):
             x, c = self._layer_forward(l, x, mask, run)                                # (B, S, H)
             if output_attentions:
-                attentions.append(attention.probabilities(c["attn"]))
+                probs = attention.probabilities(c["attn"])                             # (B, A, S, S)
+                if run.head_mask is not None:
+                    probs = probs * run.head_mask[l][:, None, None]
+                attentions.append(probs)
             if output_hidden_states:
                 hidden_states.append(x)
             if keep_cache:
@@ -293,24 +351,30 @@ class BertModel(PretrainedMixin):
         if not keep_cache:
             return out, None
         return out, dict(shape=ids.shape, emb=emb_cache, layers=layer_caches, pool=pool_cache,
-                         call=run.call)
+                         call=run.call, head_mask=run.head_mask is not None)
 
-    def __call__(self, input_ids, *args, attention_mask=None, token_type_ids=None,
-                 output_attentions=False, output_hidden_states=False):
+    def __call__(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
+                 head_mask=None, inputs_embeds=None, output_attentions=False,
+                 output_hidden_states=False):
         """Inference, as Hugging Face's ``model(...)``: the ``BertOutput`` of a forward without
         dropout, keeping no cache for a backward."""
         reject_positional("BertModel", args)
         return self.forward(input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids, output_attentions=output_attentions,
+                            token_type_ids=token_type_ids, head_mask=head_mask,
+                            inputs_embeds=inputs_embeds, output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, keep_cache=False)[0]
 
-    def _embeddings_forward(self, ids, token_type_ids, run):
-        """x = dropout(LayerNorm(E_word[ids] + E_pos[0..S-1] + E_type[segments]))  (B, S, H)"""
+    def _embeddings_forward(self, ids, token_type_ids, run, inputs_embeds=None):
+        """x = dropout(LayerNorm(E_word[ids] + E_pos[0..S-1] + E_type[segments]))  (B, S, H);
+        ``inputs_embeds`` (B, S, H), when given, stands for E_word[ids]."""
         B, S = ids.shape
         pos_ids = self.xp.broadcast_to(self.xp.arange(S), (B, S))
         table = {name: self.params[f"{self.prefix}embeddings.{name}.weight"]
                  for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
-        we, c_we = embedding.forward(ids, table["word_embeddings"], name="input_ids")  # (B, S, H)
+        if inputs_embeds is None:
+            we, c_we = embedding.forward(ids, table["word_embeddings"], name="input_ids")  # (B, S, H)
+        else:
+            we, c_we = inputs_embeds, None                         # the caller's E_word[ids]
         pe, c_pe = embedding.forward(pos_ids, table["position_embeddings"], name="position_ids")
         te, c_te = embedding.forward(token_type_ids, table["token_type_embeddings"],
                                      name="token_type_ids")
@@ -328,6 +392,12 @@ class BertModel(PretrainedMixin):
         ctx, c["attn"] = attention.forward(                       # ctx = attention(q, k, v)
             q, k, v, mask, None, run.p_attn, seed, run.offset(_site(l, 0)), run.training,
             implementation=cfg.attn_implementation, return_probs=run.output_attentions)
+        if run.head_mask is not None:
+            # Hugging Face multiplies the probabilities: (P m_a) V = m_a (P V), so the mask
+            # scales each head's context and the fused kernel still runs (see _layer_backward)
+            m = run.head_mask[l][:, None, None]                   # (A, 1, 1)
+            c["head_mask"] = (ctx, m)                             # the unmasked context, m
+            ctx = ctx * m                                         # ctx = m_a ctx           (B, A, S, D)
         ctx = merge_heads(ctx)                                    # (B, A, S, D) -> (B, S, H)
         a, c["attn_out"] = linear.forward(ctx, *p.attn_out)       # a = ctx Wo^T + bo
         a, c["attn_do"] = dropout.forward(a, run.p_hidden, seed, run.offset(_site(l, 1)), run.training)
@@ -368,10 +438,19 @@ class BertModel(PretrainedMixin):
             self.store.zero_grad()
         if d_pooler_output is not None:
             dx[:, 0] += self._pooler_backward(d_pooler_output.astype(self.dtype), cache["pool"])
-        for l in reversed(range(self.config.num_hidden_layers)):
-            dx = self._layer_backward(l, dx, cache["layers"][l])                       # (B, S, H)
-        self._embeddings_backward(dx, cache["emb"])
-        return self.grads
+        L, A = self.config.num_hidden_layers, self.config.num_attention_heads
+        d_head_mask = self.xp.zeros((L, A), dtype=self.dtype) if cache.get("head_mask") else None
+        for l in reversed(range(L)):
+            dx = self._layer_backward(l, dx, cache["layers"][l], d_head_mask)          # (B, S, H)
+        d_inputs_embeds = self._embeddings_backward(dx, cache["emb"])
+        if d_head_mask is None and d_inputs_embeds is None:
+            return self.grads
+        grads = dict(self.grads)           # the parameters' views, plus the inputs' gradients
+        if d_head_mask is not None:
+            grads["head_mask"] = d_head_mask                                           # (L, A)
+        if d_inputs_embeds is not None:
+            grads["inputs_embeds"] = d_inputs_embeds                                   # (B, S, H)
+        return grads
 
     def _upstream(self, cache, d_last_hidden_state, d_pooler_output):
         """Checks the upstream gradients' shapes; a fresh dL/d last_hidden_state to add into."""
@@ -398,9 +477,15 @@ class BertModel(PretrainedMixin):
         accumulate(self._pair("pooler.dense", grads=True), dw, db)
         return dcls
 
-    def _layer_backward(self, l: int, dx, c):
-        """dL/d x of layer ``l``'s input from dL/d its output; adds its parameter gradients.
-        ``_layer_forward`` read from the bottom up."""
+    def _layer_backward(self, l: int, dx, c, d_head_mask=None):
+        """dL/d x of layer ``l``'s input from dL/d its output; adds its parameter gradients
+        (and writes row ``l`` of ``d_head_mask`` (L, A) when the forward had a head mask).
+        ``_layer_forward`` read from the bottom up.
+
+        The head mask: ``ctx_a = m_a * C_a`` with C_a the unmasked context (B, S, D) of head
+        a, so dL/dm_a = sum over (B, S, D) of dL/dctx_a * C_a and dL/dC_a = m_a dL/dctx_a.
+        That equals the gradient of Hugging Face's form ``(P m_a) V``: with P' = m_a P,
+        dL/dm_a = sum(dL/dP' * P) = sum((dctx_a V^T) * P) = sum(dctx_a * (P V))."""
         g, A = self._layer_params(l, grads=True), self.config.num_attention_heads
         do, dw, db = layernorm.backward(dx, c["out_ln"])          # x = LN(o + h)
         accumulate(g.out_ln, dw, db)
@@ -419,6 +504,10 @@ class BertModel(PretrainedMixin):
         dctx, dw, db = linear.backward(da, c["attn_out"])         # a = ctx Wo^T + bo
         accumulate(g.attn_out, dw, db)
         (dctx,) = split_heads(dctx, A)                            # ctx = merge_heads(ctx)
+        if "head_mask" in c:                                      # ctx = m_a ctx
+            ctx, m = c["head_mask"]
+            d_head_mask[l] = (dctx * ctx).sum(axis=(0, 2, 3))     # (A,)
+            dctx = dctx * m                                       # (B, A, S, D)
         dq, dk, dv = attention.backward(dctx, c["attn"])          # ctx = attention(q, k, v)
         dqkv = merge_heads(dq, dk, dv)                            # q, k, v = split_heads(qkv, 3)
         dx_qkv, dw, db = linear.backward(dqkv, c["qkv"])          # qkv = x Wqkv^T + bqkv
@@ -426,15 +515,19 @@ class BertModel(PretrainedMixin):
         return dx + dx_qkv                                        # (B, S, H)
 
     def _embeddings_backward(self, dx, emb_cache):
-        """Adds the gradients of the tables and the LayerNorm from dL/dx (B, S, H)."""
+        """Adds the gradients of the tables and the LayerNorm from dL/dx (B, S, H); returns
+        dL/d inputs_embeds (B, S, H) when the forward took them, else None."""
         c_we, c_pe, c_te, c_ln, c_do = emb_cache
         dx = dropout.backward(dx, c_do)                                    # x = dropout(x)
         dsum, dw, db = layernorm.backward(dx, c_ln)                        # x = LN(we + pe + te)
         accumulate(self._pair("embeddings.LayerNorm", grads=True), dw, db)
-        # added straight into the gradient buffer: the tables are large, the rows used few
-        for name, c_e in (("word_embeddings", c_we), ("position_embeddings", c_pe),
-                          ("token_type_embeddings", c_te)):              # we = E_word[ids], ...
-            embedding.backward(dsum, c_e, out=self.grads[self.prefix + f"embeddings.{name}.weight"])
+        # added straight into the gradient buffer: the tables are large, the rows used few;
+        # last lookup first, so that the whole backward is the forward read in reverse
+        for name, c_e in (("token_type_embeddings", c_te), ("position_embeddings", c_pe),
+                          ("word_embeddings", c_we)):                    # te = E_type[segments], ...
+            if c_e is not None:
+                embedding.backward(dsum, c_e, out=self.grads[self.prefix + f"embeddings.{name}.weight"])
+        return dsum if c_we is None else None         # we = inputs_embeds: dL/d inputs_embeds
 
     # ---------------------------------------------------------------- RNG state
     def rng_state(self) -> dict:
@@ -446,13 +539,14 @@ class BertModel(PretrainedMixin):
 
 
 def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu",
-                    new_head: bool = False, **config_overrides):
+                    new_head: bool = False, add_pooling_layer: bool | None = None,
+                    output_loading_info: bool = False, **config_overrides):
     """``minibert.from_pretrained``: a ``model_class`` (default BertModel) loaded from the
     Hugging Face directory ``path``, as ``model_class.from_pretrained(path, ...)``. It lives
     here, beside its default class: ``checkpoint.py`` sits below the models and takes the
-    class as an argument (``checkpoint.load_pretrained``)."""
+    class as an argument (``checkpoint.load_pretrained``, which documents the arguments)."""
     return load_pretrained(path, model_class or BertModel, dtype, device, new_head,
-                           **config_overrides)
+                           add_pooling_layer, output_loading_info, **config_overrides)
 
 
 class _Run(NamedTuple):
@@ -463,15 +557,16 @@ class _Run(NamedTuple):
     p_hidden: float             # hidden-state dropout (0 outside training)
     p_attn: float               # attention-probability dropout (0 outside training)
     output_attentions: bool
+    head_mask: object = None    # (L, A) multiplying each head's probabilities, or None
 
     @classmethod
-    def start(cls, model, training, output_attentions) -> "_Run":
+    def start(cls, model, training, output_attentions, head_mask=None) -> "_Run":
         """The run of ``model``'s next forward call."""
         cfg = model.config
         return cls(bool(training), model.dropout_calls,
                    cfg.hidden_dropout_prob if training else 0.0,
                    cfg.attention_probs_dropout_prob if training else 0.0,
-                   bool(output_attentions))
+                   bool(output_attentions), head_mask)
 
     def offset(self, site: int) -> int:
         """The Philox offset of dropout ``site`` in this call: (call << 20) | site."""

@@ -2,7 +2,8 @@
 
     pretrain   corpus -> WordPiece vocab -> NSP/MLM instances -> BertForPreTraining -> checkpoints
     finetune   checkpoint + labeled text -> BertForSequenceClassification -> held-out accuracy
-    fill_mask  checkpoint + "text with [MASK]" -> top-k tokens with probabilities
+    fill_mask  checkpoint with a masked-LM head + "text with [MASK]" -> top-k tokens with
+               probabilities (BertForMaskedLM: loads BertForPreTraining checkpoints too)
     encode     checkpoint + text -> tokens, ids, [CLS] and pooled vectors
 
 Each is a plain function with keyword arguments; they validate everything cheap before doing
@@ -18,7 +19,9 @@ import numpy as np
 
 from .backend import to_numpy
 from .config import PRESETS, BertConfig
-from .heads import BertForPreTraining, BertForSequenceClassification
+from .checkpoint import tensor_names
+from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+from .internals import InternalsMonitor
 from .model import BertModel
 from .tokenization import BertTokenizer, write_vocab
 from .wordpiece_trainer import train_wordpiece_vocab
@@ -130,7 +133,7 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
              warmup_steps=None, masked_lm_prob=None, max_predictions_per_seq=None,
              dropout=None, nsp=None, masking=None, dupe_factor=None, optimizer=None, seed=0,
              device="cpu", resume=False, stop_at=None, save_every=None, eval_every=None,
-             on_stage=_noop, on_step=None, on_eval=None):
+             on_stage=_noop, on_step=None, on_eval=None, log_internals=None):
     """Pretrain BERT (masked LM, and next sentence prediction if ``nsp``) from text.
 
     Args:
@@ -157,6 +160,9 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
         resume: continue the run in ``out_dir`` from its latest checkpoint.
         stop_at: stop after this step (with a checkpoint), to be resumed later.
         save_every, eval_every: default steps // 4 and steps // 10.
+        log_internals: every this many steps, log gradient norms, update/weight ratios,
+            activations and attention entropies to ``out_dir/internals.jsonl`` and plot
+            ``internals.png`` (``minibert.internals.InternalsMonitor``); None: off.
     Returns:
         (TrainResult, settings): the final step, the last checkpoint, the metric history,
         and the resolved recipe settings.
@@ -202,9 +208,16 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
     on_stage(f"model: BertForPreTraining, preset {r['preset']!r} (L={config.num_hidden_layers} "
              f"H={config.hidden_size} A={config.num_attention_heads} V={config.vocab_size}), "
              f"{model.num_parameters():,} parameters, device {device}")
+    monitor = None if log_internals is None else InternalsMonitor(log_internals, out_dir)
     trainer = Trainer(model, train_data, eval_data, out_dir, tc, "pretraining",
-                      save_extra=tokenizer.save_pretrained, batch_transform=transform)
-    return trainer.train(resume=resume, stop_at=stop_at, on_step=on_step, on_eval=on_eval), r
+                      save_extra=tokenizer.save_pretrained, batch_transform=transform,
+                      monitor=monitor)
+    try:
+        return trainer.train(resume=resume, stop_at=stop_at, on_step=on_step,
+                             on_eval=on_eval), r
+    finally:
+        if monitor is not None:
+            monitor.close()
 
 
 def _check_pretrain_out_dir(out_dir, resume, vocab):
@@ -347,11 +360,14 @@ def finetune(checkpoint="runs/pretrain", data=None, out_dir="runs/finetune", ste
                     attention_mask=enc["attention_mask"], labels=np.asarray(d.labels, np.int64))
 
     train_data, eval_data = arrays(train_ds), arrays(test_ds)
-    model = BertForSequenceClassification.from_pretrained(
-        model_dir, dtype=np.float32, device=device, new_head=True, num_labels=K)
+    model, info = BertForSequenceClassification.from_pretrained(
+        model_dir, dtype=np.float32, device=device, new_head=True, num_labels=K,
+        output_loading_info=True)
     model.set_rng_state({"seed": seed, "dropout_calls": 0})
     on_stage(f"model: BertForSequenceClassification from {model_dir} "
              f"({model.num_parameters():,} parameters), device {device}")
+    for line in _loading_report(info):
+        on_stage("  " + line)
     n_eval_batches = math.ceil(len(test_ds.labels) / batch_size)
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                      seed=seed, eval_every=max(steps // 4, 1), eval_batches=n_eval_batches,
@@ -364,9 +380,43 @@ def finetune(checkpoint="runs/pretrain", data=None, out_dir="runs/finetune", ste
     return result, final, list(ds.label_names)
 
 
+def _loading_report(info):
+    """One line per group of tensors that loading initialized or left unused (by module,
+    ``bert.pooler.dense.*``), for the messages of a fine-tuning start."""
+    def modules(names):
+        return ", ".join(sorted({n.rsplit(".", 1)[0] + ".*" for n in names}))
+    lines = []
+    pooler = [n for n in info["missing_keys"] if ".pooler." in n or n.startswith("pooler.")]
+    if pooler:
+        lines.append(f"the checkpoint has no pooler: a new one ({modules(pooler)}) is "
+                     "initialized and trained with the classifier")
+    head = [n for n in info["missing_keys"] if n not in pooler]
+    if head:
+        lines.append(f"newly initialized: {modules(head)}")
+    if info["unexpected_keys"]:
+        lines.append(f"not used from the checkpoint: {modules(info['unexpected_keys'])}")
+    return lines
+
+
 # --------------------------------------------------------------------------- inference
-def _load(checkpoint, model_class):
+def _model_dir(checkpoint):
+    """The model directory of ``checkpoint``, checked to hold the tokenizer's vocab.txt."""
     model_dir = resolve_checkpoint(checkpoint)
+    if not os.path.isfile(os.path.join(model_dir, "vocab.txt")):
+        raise ValueError(f"checkpoint {model_dir!r} has no vocab.txt, expected the tokenizer's "
+                         "vocabulary next to config.json")
+    return model_dir
+
+
+def _load(checkpoint, model_class, masked_lm=False):
+    """Tokenizer and model of a BERT directory (a minibert run: its latest checkpoint).
+    With ``masked_lm`` the checkpoint must hold a masked-LM head (``cls.predictions.*``:
+    a BertForMaskedLM or BertForPreTraining checkpoint); this is checked from the tensor
+    names before any tensor is read."""
+    model_dir = _model_dir(checkpoint)
+    if masked_lm and not any(n.startswith("cls.predictions.") for n in tensor_names(model_dir)):
+        raise ValueError(f"checkpoint {model_dir!r} has no masked-LM head (no cls.predictions.* "
+                         "tensors), expected a BertForMaskedLM or BertForPreTraining checkpoint")
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     model = model_class.from_pretrained(model_dir)
     if len(tokenizer) > model.config.vocab_size:
@@ -391,7 +441,7 @@ def fill_mask(checkpoint, text, top_k=5):
         raise ValueError(f"top_k={top_k!r} is invalid, expected a positive integer")
     if not isinstance(text, str) or "[MASK]" not in text:
         raise ValueError(f"text={text!r} has no [MASK], expected a text with at least one [MASK]")
-    tokenizer, model = _load(checkpoint, BertForPreTraining)
+    tokenizer, model = _load(checkpoint, BertForMaskedLM, masked_lm=True)
     enc = _encode_one(tokenizer, model, text)
     ids = enc["input_ids"]                                                   # (1, S)
     positions = np.nonzero(ids[0] == tokenizer.mask_token_id)[0]
@@ -400,7 +450,7 @@ def fill_mask(checkpoint, text, top_k=5):
                          f"(max {model.config.max_position_embeddings} tokens)")
     out = model(ids, attention_mask=enc["attention_mask"], token_type_ids=enc["token_type_ids"],
                 masked_lm_positions=positions[None])
-    logits = to_numpy(out.mlm_logits[0]).astype(np.float64)                 # (P, V)
+    logits = to_numpy(out.logits[0]).astype(np.float64)                     # (P, V)
     logits = logits[:, :len(tokenizer)]
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
@@ -412,7 +462,8 @@ def fill_mask(checkpoint, text, top_k=5):
 
 
 def encode(checkpoint, text):
-    """Tokens, ids, and the [CLS] hidden state and pooled vector of ``text``."""
+    """Tokens, ids, and the [CLS] hidden state and pooled vector of ``text`` (pooled None
+    when the checkpoint has no pooler: BertModel keeps the checkpoint's)."""
     tokenizer, model = _load(checkpoint, BertModel)
     enc = _encode_one(tokenizer, model, text)
     out = model(enc["input_ids"], attention_mask=enc["attention_mask"],

@@ -70,12 +70,28 @@ def _model_check(rng):
                      mode="direction", n_directions=3, raise_on_failure=False)
 
 
+def _masked_lm_check(rng):
+    from .heads import BertForMaskedLM
+    cfg = BertConfig(vocab_size=31, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
+                     intermediate_size=20, max_position_embeddings=16)
+    model = BertForMaskedLM(cfg, dtype=np.float64, seed=0)
+    model.store.data[...] += rng.standard_normal(model.store.size) * 0.3
+    labels = np.full((2, 8), -100)                      # Hugging Face's: -100 = not predicted
+    labels[0, [1, 6]], labels[1, 3] = [4, 5], 6
+    args = dict(input_ids=rng.integers(1, 31, size=(2, 8)), labels=labels)
+    out, cache = model.forward(**args)
+    grads = {k: v.copy() for k, v in model.backward(cache).items()}
+    return gradcheck(lambda: model.forward(**args)[0].loss, model.params, grads,
+                     mode="direction", n_directions=3, raise_on_failure=False)
+
+
 def run_all(seed: int = 0):
     """Run every check; returns rows ``(name, max relative error, tolerance, passed)``."""
     rng = np.random.default_rng(seed)
     rows = []
-    for name, check in _op_checks(rng) + [("BertForPreTraining (all parameters)",
-                                           lambda: _model_check(rng))]:
+    models = [("BertForPreTraining (all parameters)", lambda: _model_check(rng)),
+              ("BertForMaskedLM (labels, -100 ignored)", lambda: _masked_lm_check(rng))]
+    for name, check in _op_checks(rng) + models:
         report = check()
         rows.append((name, report.max_rel_err, report.rtol, report.passed))
     return rows

@@ -242,11 +242,14 @@ class Trainer:
             (NumPy arrays, before they move to the device), e.g. dynamic masking. It must be
             a pure function of its arguments (seed its randomness from ``step``), so that a
             resumed run sees the same batches.
+        monitor: optional observer of the steps it ``wants(step)``: ``before_update(model,
+            batch)`` after the backward (gradients unclipped), ``after_update(model, batch,
+            step)`` after the optimizer step (``minibert.internals.InternalsMonitor``).
     """
 
     def __init__(self, model, train_data: dict, eval_data: dict | None, out_dir: str,
                  config: TrainConfig, task: str = "pretraining", save_extra=None,
-                 batch_transform=None):
+                 batch_transform=None, monitor=None):
         if task not in TASKS:
             raise ValueError(f"task={task!r} is unknown, expected one of {sorted(TASKS)}")
         self.task = TASKS[task]
@@ -258,6 +261,7 @@ class Trainer:
         self.out_dir = os.fspath(out_dir)
         self.save_extra = save_extra
         self.batch_transform = batch_transform
+        self.monitor = monitor
         c = config
         self.optimizer = AdamW(model.store, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
                                variant=c.optimizer)
@@ -301,6 +305,9 @@ class Trainer:
         if not math.isfinite(loss):
             raise self._diverged(f"loss is {loss}")
         model.backward(cache)
+        watch = self.monitor is not None and self.monitor.wants(self.step + 1)
+        if watch:
+            self.monitor.before_update(model, batch)
         if c.max_grad_norm is not None:
             norm = clip_grad_norm(model.store.grad, c.max_grad_norm)
         else:
@@ -310,6 +317,8 @@ class Trainer:
         lr = self.schedule.lr(self.step)
         self.optimizer.step(lr=lr)
         self.step += 1
+        if watch:
+            self.monitor.after_update(model, batch, self.step)
         m = self.task.metrics(out, batch)
         seconds = time.perf_counter() - t0
         rec = dict(step=self.step, lr=lr, grad_norm=norm, seconds=seconds,

@@ -34,6 +34,19 @@ def test_import_does_not_touch_cupy_or_cuda():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
+def test_cpu_work_never_imports_numba_cuda():
+    """The CUDA kernels load ``numba.cuda`` only when a GPU array arrives: a CPU forward and
+    backward of the model (fused attention on the CPU included) leaves it unimported."""
+    code = ("import sys, numpy as np, minibert, minibert.kernels, minibert.kernels.ladder; "
+            "m = minibert.BertModel(minibert.BertConfig.preset('tiny')); "
+            "out, cache = m.forward(np.array([[1, 2, 3]]), training=True); "
+            "m.backward(cache, np.ones_like(out.last_hidden_state)); "
+            "bad = [n for n in sys.modules if n.startswith(('numba.cuda', 'numba_cuda', 'cupy'))]; "
+            "assert not bad, bad; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
 @pytest.mark.gpu
 def test_gpu_roundtrip(xp):
     if xp is np:
@@ -59,3 +72,18 @@ def test_no_top_level_package_of_the_checkout_shadows_another():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     packages = {d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "__init__.py"))}
     assert packages <= {"minibert", "tests", "benchmarks"}, sorted(packages)
+
+
+def test_gpu_arrays_are_recognised_and_never_reach_a_cpu_kernel():
+    """A CuPy array (recognised by its type's module, without importing CuPy) is a device
+    array; the CPU kernels' switch refuses it, the CUDA kernel's switch takes it where Numba's
+    CUDA target is installed."""
+    from minibert.backend import cuda_kernels_available, is_device_array
+    from minibert.ops import readable_ops, use_cuda_kernel, use_kernel
+    fake = type("ndarray", (), {"__module__": "cupy._core.core", "dtype": np.dtype(np.float32)})()
+    assert is_device_array(fake) and not is_device_array(np.ones(2)) and not is_device_array(None)
+    assert not use_kernel(fake, fake)
+    assert use_cuda_kernel(fake, fake) == cuda_kernels_available()
+    assert not use_cuda_kernel(fake, np.ones(2, np.float32))         # mixed devices
+    with readable_ops():
+        assert not use_cuda_kernel(fake, fake)

@@ -27,7 +27,7 @@ def test_gradcheck_table(capsys):
 def test_demo_small(capsys):
     assert main(["demo", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16"]) == 0
     out = capsys.readouterr().out
-    assert "loss" in out and "11 passed, 0 failed" in out
+    assert "loss" in out and "12 passed, 0 failed" in out
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -19,11 +19,13 @@ def test_published_parameter_counts():
     assert count_parameters(BertConfig.preset("base")) == 109_482_240
     assert count_parameters(BertConfig.preset("large")) == 335_141_888
     assert count_parameters(BertConfig.preset("base"), "pretraining") == 110_106_428
+    # BertForMaskedLM: no pooler, the MLM head with its decoder tied
+    assert count_parameters(BertConfig.preset("base"), "masked_lm") == 109_514_298
 
 
 def test_breakdown_sums_to_count():
     c = BertConfig.preset("mini")
-    for head in (None, "pretraining", "sequence_classification", "token_classification",
+    for head in (None, "pretraining", "masked_lm", "sequence_classification", "token_classification",
                  "question_answering", "multiple_choice"):
         assert sum(n for _, n, _ in parameter_breakdown(c, head)) == count_parameters(c, head)
 
@@ -75,3 +77,9 @@ def test_unknown_preset_and_model_type():
         BertConfig.from_dict({"model_type": "gpt2"})
     with pytest.raises(ValueError, match="position_embedding_type"):
         BertConfig.from_dict({"position_embedding_type": "relative_key"})
+
+
+def test_masked_lm_count_is_what_the_model_allocates():
+    from minibert import BertForMaskedLM
+    c = BertConfig.preset("tiny")
+    assert BertForMaskedLM(c).num_parameters() == count_parameters(c, "masked_lm")

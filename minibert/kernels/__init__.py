@@ -34,12 +34,19 @@ the probabilities (FlashAttention-2; the algorithm is derived in ``ladder/attn_v
 
 NumPy arrays run ``attention_cpu.py``: block products in BLAS, everything between them in
 fused Numba passes, tasks on ``numba.get_num_threads()`` threads (results do not
-depend on the thread count). CuPy arrays are reserved for CUDA
-kernels behind the same names. Every argument is validated here, before any compiled code
-runs (the checks are ``_blocks.forward_args`` / ``backward_args``): a bad input raises
-ValueError or TypeError naming the argument.
+depend on the thread count). GPU arrays run ``attention_cuda.py``, FlashAttention-2's
+kernels in Numba CUDA: CuPy arrays (recognised by their type, or any object with
+``__cuda_array_interface__``) on CuPy's current stream, giving CuPy arrays back, and
+Numba device arrays (``numba.cuda.to_device(x)``, also the CUDA simulator's
+``FakeCUDAArray``), giving Numba device arrays back. ``numba.cuda`` is imported only then.
+Every argument is validated here, before any compiled code runs (the checks are
+``_blocks.forward_args`` / ``backward_args``, and ``cuda_forward_args`` /
+``cuda_backward_args`` for GPU arrays): a bad input raises ValueError or TypeError naming
+the argument.
 """
 from __future__ import annotations
+
+from minibert.backend import cuda_kernels_available, is_device_array
 
 __all__ = ["fused_attention_forward", "fused_attention_backward"]
 
@@ -47,6 +54,12 @@ __all__ = ["fused_attention_forward", "fused_attention_backward"]
 def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0):
     """``(out, lse)``: out (B, A, S, D) = softmax(scale q k^T + mask) (with dropout) v, and
     lse (B, A, S) the log-sum-exp of each row of masked scores. See the module docstring."""
+    if is_device_array(q):
+        from ._blocks import cuda_forward_args
+        args = cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
+        _require_numba_cuda()
+        from .attention_cuda import attention_forward as cuda_forward
+        return cuda_forward(q, k, v, *args)
     # lazy: Numba takes a while to import, and ``import minibert.kernels`` should not
     from ._blocks import forward_args
     args = forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
@@ -59,7 +72,22 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
     """``(dq, dk, dv)``, each (B, A, S, D): the gradients of the forward's ``out`` given
     ``dout`` = dL/d out. ``out`` and ``lse`` are what the forward returned for the same
     q, k, v, mask, scale, dropout_p, seed and offset."""
+    if is_device_array(q):
+        from ._blocks import cuda_backward_args
+        args = cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+        _require_numba_cuda()
+        from .attention_cuda import attention_backward as cuda_backward
+        return cuda_backward(dout, q, k, v, out, lse, *args)
     from ._blocks import backward_args
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
     from .attention_cpu import attention_backward
     return attention_backward(dout, q, k, v, out, lse, *args)
+
+
+def _require_numba_cuda():
+    """The CUDA kernels need Numba's CUDA target: say how to get it, rather than fail on the
+    import."""
+    if not cuda_kernels_available():
+        raise ImportError("fused attention on GPU arrays needs numba-cuda (pip install "
+                          "'numba-cuda[cu12]', or minibert's gpu extra); "
+                          "attn_implementation='eager' runs the textbook op on CuPy without it")

@@ -19,11 +19,17 @@ kernels off for the process or for a block::
     with minibert.ops.readable_ops():                    # or in code
         out, cache = model.forward(...)
         model.backward(cache)                            # caches from inside the block
+
+Tracing. ``with minibert.ops.trace(params=model.params) as t:`` records every op's forward
+and backward call in the order they run (``tracing.py``); ``t.format()`` is the table that
+``minibert trace`` prints.
 """
-from .switch import READABLE_ENV, Fused, readable_ops, set_readable_ops, use_kernel
+from .switch import (READABLE_ENV, Fused, readable_ops, set_readable_ops, use_cuda_kernel,
+                     use_kernel)
 from . import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
                softmax, tanh)
+from .tracing import Trace, TraceEvent, trace
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
            "softmax", "tanh", "Fused", "readable_ops", "set_readable_ops", "use_kernel",
-           "READABLE_ENV"]
+           "use_cuda_kernel", "READABLE_ENV", "trace", "Trace", "TraceEvent"]

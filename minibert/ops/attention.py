@@ -48,8 +48,10 @@ Implementations. ``forward(..., implementation=)`` chooses who computes the func
   (FlashAttention-2); same function, same dropout bits; it never forms P, so it cannot
   return the probabilities;
 * ``"auto"`` (the default): the kernel wherever one exists for the arrays (NumPy float32 or
-  float64, ``minibert.ops.use_kernel``), the code below when the caller asks for the
-  probabilities (``return_probs=True``) or under ``minibert.ops.readable_ops()``.
+  float64, ``minibert.ops.use_kernel``: the CPU kernel; CuPy float32 or float64 with
+  Numba's CUDA target installed, ``use_cuda_kernel``: the CUDA kernel), the code below when
+  the caller asks for the probabilities (``return_probs=True``) or under
+  ``minibert.ops.readable_ops()``.
 
 The kernel's cache is a ``Fused`` that ``backward`` hands back to the kernel, as for the
 other ops; ``probabilities(cache)`` gives P from an eager cache.
@@ -63,7 +65,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..rng import keep_mask
-from .switch import Fused, use_kernel
+from .switch import Fused, use_cuda_kernel, use_kernel
 
 IMPLEMENTATIONS = ("auto", "eager", "fused")
 
@@ -228,7 +230,8 @@ def _choose(implementation, return_probs, q, k, v) -> str:
                          "attn_implementation='fused' never forms; use 'eager' or 'auto' "
                          "(both return them)")
     if implementation == "auto":
-        return "fused" if use_kernel(q, k, v) and not return_probs else "eager"
+        kernel = use_kernel(q, k, v) or use_cuda_kernel(q, k, v)
+        return "fused" if kernel and not return_probs else "eager"
     return implementation
 
 

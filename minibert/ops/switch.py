@@ -9,6 +9,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..backend import cuda_kernels_available, is_gpu_array
+
 READABLE_ENV = "MINIBERT_READABLE_OPS"
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _state = {"readable": os.environ.get(READABLE_ENV, "0").strip() not in ("", "0")}
@@ -46,3 +48,15 @@ def use_kernel(*arrays) -> bool:
         return False
     dtype = arrays[0].dtype if type(arrays[0]) is np.ndarray else None
     return dtype in _FLOATS and all(type(a) is np.ndarray and a.dtype == dtype for a in arrays)
+
+
+def use_cuda_kernel(*arrays) -> bool:
+    """True when the kernels are on, every array is a CuPy float32/float64 array of one
+    dtype and Numba's CUDA target is installed: the inputs the CUDA kernels
+    (``minibert/kernels/attention_cuda.py``) take. Only the ops that have a CUDA kernel ask;
+    ``use_kernel`` stays False for CuPy arrays, so no CPU kernel ever sees one."""
+    if _state["readable"] or not arrays or not all(is_gpu_array(a) for a in arrays):
+        return False
+    dtype = np.dtype(arrays[0].dtype)
+    return (dtype in _FLOATS and all(np.dtype(a.dtype) == dtype for a in arrays)
+            and cuda_kernels_available())

@@ -422,15 +422,31 @@ def test_bad_inputs_raise():
         b(dropout_p=1.5)
 
 
-def test_cupy_arrays_are_reserved_for_cuda_kernels():
-    """A CuPy array (recognised by its type's module, as minibert.backend does) is not
-    sent to the Numba kernels."""
-    fake = type("ndarray", (), {"__module__": "cupy._core.core"})()
+def test_gpu_arrays_never_reach_the_cpu_kernels():
+    """A GPU array (a CuPy one is recognised by its type's module, as minibert.backend
+    does) is never sent to the Numba CPU kernels: mixed with NumPy arrays it is refused by
+    name, whichever side it is on."""
     q, k, v, dout = _problem(1, 1, 2, 2, np.float32)
-    with pytest.raises(NotImplementedError, match=r"CUDA kernels"):
-        fused_attention_forward(fake, fake, fake, None, None)
-    with pytest.raises(NotImplementedError, match=r"CUDA kernels"):
+    fake = type("ndarray", (), {"__module__": "cupy._core.core", "shape": q.shape,
+                                "dtype": q.dtype, "ndim": 4})()
+    with pytest.raises(TypeError, match=r"k is a GPU array .* while q is a NumPy array"):
+        fused_attention_forward(q, fake, v, None, None)
+    with pytest.raises(TypeError, match=r"k has type numpy.ndarray, expected a GPU array like q"):
         fused_attention_backward(dout, fake, k, v, q, q[..., 0], None, None)
+
+
+def test_gpu_arrays_without_numba_cuda_say_how_to_get_it(monkeypatch):
+    """Validated GPU inputs with Numba's CUDA target missing: an ImportError that names the
+    package, before anything imports numba.cuda."""
+    import types
+    import minibert.kernels as kernels
+    monkeypatch.setattr(kernels, "cuda_kernels_available", lambda: False)
+    attrs = {"__module__": "cupy._core.core", "shape": (1, 1, 2, 2), "ndim": 4,
+             "dtype": np.dtype(np.float32), "strides": (16, 16, 8, 4),
+             "flags": types.SimpleNamespace(c_contiguous=True)}
+    fake = type("ndarray", (), attrs)()
+    with pytest.raises(ImportError, match=r"needs numba-cuda"):
+        fused_attention_forward(fake, fake, fake, None, None)
 
 
 def test_blas_thread_count_is_restored(monkeypatch):

@@ -2,8 +2,8 @@
 
 Every test runs twice: on the readable (textbook) op under ``readable_ops()`` and with the
 kernels on, where the op's default ``implementation="auto"`` hands NumPy float arrays to the
-fused kernel (tested against the textbook op in tests/kernels/test_fused_attention.py); CuPy
-arrays take the textbook op either way. Tests of what only the textbook op keeps (the
+fused CPU kernel (tested against the textbook op in tests/kernels/test_fused_attention.py)
+and CuPy float arrays to the CUDA kernel (tests/kernels/test_attention_cuda.py). Tests of what only the textbook op keeps (the
 probabilities, the keep-mask) ask for it with ``implementation="eager"``.
 """
 import functools

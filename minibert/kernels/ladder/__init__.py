@@ -27,6 +27,13 @@ block products in BLAS. Production code imports no rung: what it shares with run
 in ``minibert/kernels/_blocks.py``, which the rungs import too. The rungs exist to be read, tested
 (``tests/kernels/test_ladder.py``, against the textbook op) and timed
 (``benchmarks/bench_attention.py``; the numbers are in ``minibert/kernels/README.md``).
+
+The GPU ladder sits beside them, forward only, in Numba CUDA: ``attn_cuda_v1_naive`` (a
+thread per query row, global memory, three passes), ``attn_cuda_v2_shared_tiles`` (K/V
+tiles in shared memory), ``attn_cuda_v3_online_softmax`` (one pass, the accumulator in
+registers); rung 4 is the production kernel ``minibert/kernels/attention_cuda.py``. They
+import ``numba.cuda`` and are left out of ``__all__``, so that importing this package never
+does; ``tests/kernels/test_ladder_cuda.py`` runs them under the CUDA simulator.
 """
 
 __all__ = ["attn_v1_naive", "attn_v2_fused_softmax", "attn_v3_online_softmax", "attn_v4_tiled"]
