@@ -97,12 +97,14 @@ class _Progress:
     def step(self, rec):
         self._open(rec["step"] - 1)             # a resumed run starts part of the way in
         self.bar.update(1)
-        post = {k: f"{rec[k]:.3f}" for k in self.keys}
+        post = {k: f"{rec[k]:.3f}" for k in self.keys if k in rec}
         post["tok/s"] = f"{rec['tokens_per_s']:,.0f}"
         self.bar.set_postfix(post, refresh=False)
 
     def eval(self, rec):
-        text = ", ".join(f"{k} {rec[k]:.4f}" for k in ("loss", *self.keys[1:]) if k in rec)
+        text = ", ".join(f"{k} {rec[k]:.4f}" + (f" (baseline {rec['mlm_baseline']:.4f})"
+                                                 if k == "mlm_acc" and "mlm_baseline" in rec else "")
+                         for k in ("loss", *self.keys[1:]) if k in rec)
         line = f"step {rec['step']}: held-out {text}"
         if self.bar is None:
             print(line, flush=True)
@@ -131,23 +133,40 @@ def _run_training(run, total, desc, keys):
         progress.close()
 
 
+PRETRAIN_SETTINGS = ("preset", "vocab_size", "steps", "batch_size", "seq_len", "lr",
+                     "warmup_steps", "masked_lm_prob", "max_predictions_per_seq", "dropout",
+                     "nsp", "masking", "dupe_factor", "optimizer")
+
+
 def cmd_pretrain(args) -> int:
-    from .recipes import pretrain
+    from .recipes import pretrain, resolve_pretrain_recipe
     from functools import partial
-    run = partial(pretrain, out_dir=args.out, preset=args.preset, corpus=args.corpus,
-                  vocab=args.vocab, vocab_size=args.vocab_size, steps=args.steps,
-                  batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                  warmup_steps=args.warmup_steps, seed=args.seed, device=args.device,
-                  resume=args.resume, stop_at=args.stop_at, save_every=args.save_every,
-                  eval_every=args.eval_every, on_stage=_stage, log_internals=args.log_internals)
-    result = _run_training(run, args.steps, "pretrain", ("loss", "mlm_acc", "nsp_acc"))
+    given = {k: getattr(args, k) for k in PRETRAIN_SETTINGS}
+    settings = resolve_pretrain_recipe(args.recipe, **given)     # bad flags fail here, early
+    t0 = time.perf_counter()
+    run = partial(pretrain, out_dir=args.out, recipe=args.recipe, corpus=args.corpus,
+                  vocab=args.vocab, seed=args.seed, device=args.device, resume=args.resume,
+                  stop_at=args.stop_at, save_every=args.save_every, eval_every=args.eval_every,
+                  on_stage=_stage, log_internals=args.log_internals, **given)
+    result, settings = _run_training(run, settings["steps"], "pretrain",
+                                     ("loss", "mlm_acc", "nsp_acc"))
+    wall = time.perf_counter() - t0
     if result.history:
         first, last = result.history[0], result.history[-1]
         print(f"step {last['step']}: loss {last['loss']:.3f} (step {first['step']}: "
               f"{first['loss']:.3f})")
     for ev in result.evals[:1] + result.evals[-1:] if len(result.evals) > 1 else result.evals:
-        print(f"held-out at step {ev['step']}: loss {ev['loss']:.3f}, MLM accuracy "
-              f"{ev['mlm_acc']:.3f}, NSP accuracy {ev['nsp_acc']:.3f}")
+        line = f"held-out at step {ev['step']}: loss {ev['loss']:.3f}, MLM accuracy {ev['mlm_acc']:.3f}"
+        if "mlm_baseline" in ev:
+            ratio = ev["mlm_acc"] / ev["mlm_baseline"] if ev["mlm_baseline"] else float("nan")
+            line += f" (most-frequent-token baseline {ev['mlm_baseline']:.3f}: {ratio:.2f}x)"
+        if "nsp_acc" in ev:
+            line += f", NSP accuracy {ev['nsp_acc']:.3f}"
+        print(line)
+    seconds = sum(h["seconds"] for h in result.history)
+    tokens = sum(h["tokens_per_s"] * h["seconds"] for h in result.history)
+    print(f"wall time {wall:.0f} s ({seconds:.0f} s in training steps, "
+          f"{tokens / max(seconds, 1e-9):,.0f} tokens/s)")
     print(f"checkpoint: {result.checkpoint}")
     print(f"loss curve: {os.path.join(args.out, 'loss_curve.png')}")
     if args.log_internals:
@@ -305,27 +324,48 @@ def build_parser() -> argparse.ArgumentParser:
                     help="none, pretraining, masked_lm, sequence_classification, token_classification, "
                          "question_answering or multiple_choice")
     pa.set_defaults(func=cmd_params)
-    pr = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) from text: the main job",
-                        description="Build (or load) a WordPiece vocabulary, make masked-LM / "
-                        "next-sentence instances and pretrain BertForPreTraining. With no "
-                        "arguments: the docstrings of Python's standard library, preset mini.")
-    pr.add_argument("--preset", default="mini", help="model size (default mini)")
+    pr = sub.add_parser("pretrain", help="pretrain BERT (masked LM, optionally NSP) from text: "
+                        "the main job",
+                        description="Build (or load) a WordPiece vocabulary, make masked-LM "
+                        "(and next-sentence) instances and pretrain BertForPreTraining. With no "
+                        "arguments: the docstrings of Python's standard library and the 'fast' "
+                        "recipe. A flag overrides its recipe's value; flags left out take it.")
+    pr.add_argument("--recipe", default="fast", choices=("fast", "bert"),
+                    help="the defaults: fast (learns in minutes on a CPU; see the README) or "
+                    "bert (the original recipe at a small scale: seq 128, NSP, static masks, "
+                    "dropout 0.1)")
+    pr.add_argument("--preset", default=None, help="model size (tiny, mini, ...)")
     pr.add_argument("--corpus", default=None, help="text file (one sentence per line, blank line "
                     "between documents) or directory of them; default: the standard library's "
                     "docstrings")
     pr.add_argument("--vocab", default=None, help="vocab.txt to use (default: train one)")
-    pr.add_argument("--vocab-size", type=int, default=8192)
-    pr.add_argument("--steps", type=int, default=300)
-    pr.add_argument("--batch-size", type=int, default=16)
-    pr.add_argument("--seq-len", type=int, default=128)
-    pr.add_argument("--lr", type=float, default=1e-3)
-    pr.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    pr.add_argument("--vocab-size", type=int, default=None, help="WordPiece vocabulary to train")
+    pr.add_argument("--steps", type=int, default=None)
+    pr.add_argument("--batch-size", type=int, default=None)
+    pr.add_argument("--seq-len", type=int, default=None)
+    pr.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    pr.add_argument("--warmup-steps", type=int, default=None,
+                    help="linear warmup (default: the recipe's fraction of --steps)")
+    pr.add_argument("--masked-lm-prob", type=float, default=None,
+                    help="fraction of the tokens to predict")
+    pr.add_argument("--max-predictions-per-seq", type=int, default=None,
+                    help="cap on predictions per sequence (default: masked-lm-prob x seq-len)")
+    pr.add_argument("--dropout", type=float, default=None,
+                    help="hidden and attention dropout while pretraining")
+    pr.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=None,
+                    help="next sentence prediction (segment pairs) or masked LM alone")
+    pr.add_argument("--masking", default=None, choices=("static", "dynamic"),
+                    help="static: masks drawn once (x dupe-factor); dynamic: new masks every step")
+    pr.add_argument("--dupe-factor", type=int, default=None,
+                    help="static masking: copies of the corpus with different masks")
+    pr.add_argument("--optimizer", default=None, choices=("bert", "torch"),
+                    help="AdamW variant: bert (no bias correction) or torch")
     pr.add_argument("--out", default="runs/pretrain")
     pr.add_argument("--resume", action="store_true", help="continue the run in --out")
     pr.add_argument("--stop-at", type=int, default=None,
                     help="stop after this step (a checkpoint is written); continue with --resume")
-    pr.add_argument("--save-every", type=int, default=100)
-    pr.add_argument("--eval-every", type=int, default=50)
+    pr.add_argument("--save-every", type=int, default=None, help="default: steps / 4")
+    pr.add_argument("--eval-every", type=int, default=None, help="default: steps / 10")
     pr.add_argument("--device", default="cpu", help="cpu or gpu")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--log-internals", type=int, nargs="?", const=10, default=None, metavar="N",

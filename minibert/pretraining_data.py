@@ -191,9 +191,12 @@ def create_masked_lm_predictions(tokens: list, masked_lm_prob: float, max_predic
 
 def _instances_from_document(docs, d, max_num_tokens, short_seq_prob, masked_lm_prob,
                              max_predictions_per_seq, vocab_words, rng, whole_word_mask,
-                             cls, sep, mask):
-    """Steps 3-8 of the recipe for document ``docs[d]`` (a list of token lists)."""
+                             cls, sep, mask, nsp=True):
+    """Steps 3-8 of the recipe for document ``docs[d]`` (a list of token lists). Without
+    ``nsp`` every chunk is one segment ``[CLS] chunk [SEP]`` (one more token of room)."""
     document = docs[d]
+    if not nsp:
+        max_num_tokens += 1                   # no second [SEP]
     instances = []
     chunk, chunk_len, chunk_start = [], 0, 0
     target = None
@@ -206,7 +209,18 @@ def _instances_from_document(docs, d, max_num_tokens, short_seq_prob, masked_lm_
                 target = int(rng.integers(2, max_num_tokens + 1))
         chunk.append(document[i])
         chunk_len += len(document[i])
-        if i == len(document) - 1 or chunk_len >= target:
+        if (i == len(document) - 1 or chunk_len >= target) and not nsp:
+            tokens_a = [t for s in chunk for t in s]
+            if len(tokens_a) > max_num_tokens:   # cut from the front or the back, as step 6
+                start = int(rng.integers(len(tokens_a) - max_num_tokens + 1))
+                tokens_a = tokens_a[start:start + max_num_tokens]
+            tokens = [cls] + tokens_a + [sep]
+            tokens, positions, labels = create_masked_lm_predictions(
+                tokens, masked_lm_prob, max_predictions_per_seq, vocab_words, rng,
+                whole_word_mask, (cls, sep), mask)
+            instances.append(TrainingInstance(tokens, [0] * len(tokens), False, positions, labels))
+            chunk, chunk_len = [], 0
+        elif i == len(document) - 1 or chunk_len >= target:
             a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))   # in [1, len-1]
             tokens_a = [t for s in chunk[:a_end] for t in s]
             if len(chunk) == 1 or rng.random() < 0.5:
@@ -247,7 +261,8 @@ def _instances_from_document(docs, d, max_num_tokens, short_seq_prob, masked_lm_
 def create_pretraining_instances(documents, tokenizer, max_seq_length: int = 128,
                                  short_seq_prob: float = 0.1, masked_lm_prob: float = 0.15,
                                  max_predictions_per_seq: int = 20, dupe_factor: int = 1,
-                                 whole_word_mask: bool = False, seed: int = 0) -> list[TrainingInstance]:
+                                 whole_word_mask: bool = False, seed: int = 0,
+                                 next_sentence_prediction: bool = True) -> list[TrainingInstance]:
     """Masked-LM + NSP training instances from a corpus, by the recipe of the module docstring.
 
     Args:
@@ -261,6 +276,9 @@ def create_pretraining_instances(documents, tokenizer, max_seq_length: int = 128
         dupe_factor: passes over the corpus, each with different pairs and masks.
         whole_word_mask: choose whole words (a piece and its ``##`` continuations) to mask.
         seed: seed of the one ``numpy.random.Generator`` behind every choice.
+        next_sentence_prediction: False makes single-segment instances ``[CLS] chunk [SEP]``
+            (chunks of whole sentences up to max_seq_length - 2 tokens, all IsNext), for
+            masked-LM-only pretraining.
 
     Returns the instances in shuffled order. Raises ValueError for bad arguments and for a
     corpus with no document of at least two (non-empty) sentences.
@@ -284,7 +302,10 @@ def create_pretraining_instances(documents, tokenizer, max_seq_length: int = 128
                      for toks in (tokenizer.tokenize(s) for s in doc) if toks]
         if sentences:
             tokenized.append(sentences)
-    if not any(len(doc) >= 2 for doc in tokenized):
+    if not tokenized and not next_sentence_prediction:
+        raise ValueError(f"documents (n={len(docs)}) have no document with a non-empty "
+                         "sentence, expected some text")
+    if next_sentence_prediction and not any(len(doc) >= 2 for doc in tokenized):
         raise ValueError(f"documents (n={len(docs)}) have no document of at least 2 non-empty "
                          "sentences, expected at least one so that next sentence prediction has "
                          "true continuations (IsNext pairs)")
@@ -296,7 +317,8 @@ def create_pretraining_instances(documents, tokenizer, max_seq_length: int = 128
         for d in range(len(tokenized)):
             instances += _instances_from_document(
                 tokenized, d, max_num_tokens, short_seq_prob, masked_lm_prob,
-                max_predictions_per_seq, vocab_words, rng, whole_word_mask, cls, sep, mask)
+                max_predictions_per_seq, vocab_words, rng, whole_word_mask, cls, sep, mask,
+                bool(next_sentence_prediction))
     return [instances[k] for k in rng.permutation(len(instances))]
 
 
@@ -348,4 +370,67 @@ def instances_to_arrays(instances, tokenizer, max_seq_length: int,
         out["masked_lm_ids"][n, :K] = tokenizer.convert_tokens_to_ids(list(inst.masked_lm_labels))
         out["masked_lm_weights"][n, :K] = 1.0
         out["next_sentence_labels"][n] = int(bool(inst.is_random_next))
+    return out
+
+
+# ----------------------------------------------------------------------------- dynamic masking
+
+def unmask_arrays(arrays: dict) -> dict:
+    """A copy of ``instances_to_arrays`` output with the original tokens put back at the
+    masked positions: the input of ``mask_batch``, which draws new masks every step."""
+    out = {k: v.copy() for k, v in arrays.items()}
+    rows, slots = np.nonzero(arrays["masked_lm_weights"] > 0)
+    out["input_ids"][rows, arrays["masked_lm_positions"][rows, slots]] = \
+        arrays["masked_lm_ids"][rows, slots]
+    return out
+
+
+def mask_batch(batch: dict, rng, masked_lm_prob: float, max_predictions_per_seq: int,
+               mask_token_id: int, special_ids, replacement_ids) -> dict:
+    """Dynamic masking (RoBERTa's): fresh masked-LM targets for a batch of unmasked rows.
+
+    The rule is step 8 of the module docstring, vectorised over the batch: in each row
+    ``n = min(P, max(1, round(T * masked_lm_prob)))`` positions (T = its real tokens, specials
+    included, as there) are drawn uniformly among the real tokens that are not special (the
+    n smallest of uniform keys), sorted, and corrupted 80/10/10 ([MASK] / kept / a random
+    ``replacement_ids`` token). Whole-word masking is not done here.
+
+    Args:
+        batch: arrays with ``input_ids`` and ``attention_mask`` (B, S), original tokens.
+        rng: a ``numpy.random.Generator``; the trainer seeds it from (seed, step), so the
+            masks of step t are the same on a resumed run.
+        max_predictions_per_seq: P (<= S).
+    Returns:
+        a new dict: ``batch`` with ``input_ids`` corrupted and ``masked_lm_positions``,
+        ``masked_lm_ids`` (int64, (B, P)) and ``masked_lm_weights`` (float32, (B, P)) replaced.
+    """
+    masked_lm_prob = _check_prob("masked_lm_prob", masked_lm_prob, low_open=True)
+    ids = np.asarray(batch["input_ids"])
+    real = np.asarray(batch["attention_mask"]).astype(bool)                       # (B, S)
+    B, S = ids.shape
+    P = _check_int("max_predictions_per_seq", max_predictions_per_seq, 1)
+    if P > S:
+        raise ValueError(f"max_predictions_per_seq={P} is invalid, expected at most the "
+                         f"sequence length {S}")
+    candidate = real & ~np.isin(ids, np.asarray(list(special_ids)))               # (B, S)
+    n = np.minimum(P, np.maximum(1, np.rint(real.sum(1) * masked_lm_prob))).astype(np.int64)
+    n = np.minimum(n, candidate.sum(1))                                           # (B,)
+    keys = np.where(candidate, rng.random((B, S)), 2.0)       # non-candidates sort last
+    chosen = np.argsort(keys, axis=1, kind="stable")[:, :P]                       # (B, P)
+    take = np.arange(P)[None, :] < n[:, None]                                     # (B, P)
+    pos = np.sort(np.where(take, chosen, S), axis=1)           # taken first, in order
+    weights = pos < S
+    pos = np.where(weights, pos, 0)
+    rows = np.broadcast_to(np.arange(B)[:, None], (B, P))
+    labels = np.where(weights, ids[rows, pos], 0)
+    u = rng.random((B, P))
+    random_tok = np.asarray(replacement_ids)[rng.integers(len(replacement_ids), size=(B, P))]
+    out = dict(batch)
+    new = ids.copy()
+    to_mask = weights & (u < 0.8)                               # 80%: [MASK]
+    to_random = weights & (u >= 0.9)                            # 10%: a random token; 10% kept
+    new[rows[to_mask], pos[to_mask]] = mask_token_id
+    new[rows[to_random], pos[to_random]] = random_tok[to_random]
+    out.update(input_ids=new, masked_lm_positions=pos.astype(np.int64),
+               masked_lm_ids=labels.astype(np.int64), masked_lm_weights=weights.astype(np.float32))
     return out

@@ -47,6 +47,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -145,30 +146,45 @@ def fingerprint(arrays: dict) -> str:
 
 # ------------------------------------------------------------------------------ the tasks
 class PretrainingTask:
-    """BertForPreTraining on arrays made by ``minibert.pretraining_data``."""
+    """BertForPreTraining on arrays made by ``minibert.pretraining_data``; without
+    ``next_sentence_labels`` the run is masked LM only (no NSP loss, no NSP accuracy)."""
     name = "pretraining"
     keys = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions",
-            "masked_lm_ids", "masked_lm_weights", "next_sentence_labels")
+            "masked_lm_ids", "masked_lm_weights")
+    optional_keys = ("next_sentence_labels",)
 
     @staticmethod
     def metrics(out, batch) -> dict:
-        """Sums (not means), so that batches can be pooled: loss parts, correct counts."""
+        """Sums (not means), so that batches can be pooled: loss parts, correct counts, and
+        the count of every masked token (``mlm_labels``, a Counter) for the baseline."""
         w = to_numpy(batch["masked_lm_weights"]).astype(np.float64)                    # (B, P)
+        ids = to_numpy(batch["masked_lm_ids"])
         pred = to_numpy(out.mlm_logits.argmax(axis=-1))                                 # (B, P)
-        hit = (pred == to_numpy(batch["masked_lm_ids"])) * w
-        nsp = to_numpy(out.nsp_logits.argmax(axis=-1)) == to_numpy(batch["next_sentence_labels"])
-        B = nsp.shape[0]
-        return dict(examples=B, loss=float(out.loss) * B, mlm_loss=float(out.mlm_loss) * B,
-                    nsp_loss=float(out.nsp_loss) * B, mlm_correct=float(hit.sum()),
-                    mlm_count=float(w.sum()), nsp_correct=float(nsp.sum()), nsp_count=B,
-                    tokens=float(to_numpy(batch["attention_mask"]).sum()))
+        hit = (pred == ids) * w
+        B = w.shape[0]
+        m = dict(examples=B, loss=float(out.loss) * B, mlm_loss=float(out.mlm_loss) * B,
+                 mlm_correct=float(hit.sum()), mlm_count=float(w.sum()),
+                 mlm_labels=Counter(ids[w > 0].tolist()),
+                 tokens=float(to_numpy(batch["attention_mask"]).sum()))
+        if out.nsp_loss is not None:
+            nsp = to_numpy(out.nsp_logits.argmax(axis=-1)) == to_numpy(batch["next_sentence_labels"])
+            m.update(nsp_loss=float(out.nsp_loss) * B, nsp_correct=float(nsp.sum()), nsp_count=B)
+        return m
 
     @staticmethod
     def summarize(m: dict) -> dict:
+        """Means; ``mlm_baseline`` is the accuracy of the best constant guess on the same
+        positions (always the most frequent masked token there): what a model that ignores
+        the context scores."""
         n = max(m["examples"], 1)
-        return dict(loss=m["loss"] / n, mlm_loss=m["mlm_loss"] / n, nsp_loss=m["nsp_loss"] / n,
-                    mlm_acc=m["mlm_correct"] / max(m["mlm_count"], 1),
-                    nsp_acc=m["nsp_correct"] / max(m["nsp_count"], 1))
+        count = max(m["mlm_count"], 1)
+        labels = m["mlm_labels"]
+        r = dict(loss=m["loss"] / n, mlm_loss=m["mlm_loss"] / n,
+                 mlm_acc=m["mlm_correct"] / count,
+                 mlm_baseline=(max(labels.values()) if labels else 0) / count)
+        if m.get("nsp_count"):
+            r.update(nsp_loss=m["nsp_loss"] / n, nsp_acc=m["nsp_correct"] / m["nsp_count"])
+        return r
 
 
 class ClassificationTask:
@@ -194,10 +210,11 @@ TASKS = {t.name: t for t in (PretrainingTask, ClassificationTask)}
 
 
 def _pool(parts):
+    """Sum each key over the parts (numbers, or Counters)."""
     out = {}
     for m in parts:
         for k, v in m.items():
-            out[k] = out.get(k, 0.0) + v
+            out[k] = out[k] + v if k in out else v
     return out
 
 
@@ -221,13 +238,18 @@ class Trainer:
         task: "pretraining" or "classification".
         save_extra: optional ``f(directory)`` called inside every checkpoint directory before
             it is renamed into place (the command line saves the tokenizer with it).
+        batch_transform: optional ``f(batch, step) -> batch`` applied to every training batch
+            (NumPy arrays, before they move to the device), e.g. dynamic masking. It must be
+            a pure function of its arguments (seed its randomness from ``step``), so that a
+            resumed run sees the same batches.
         monitor: optional observer of the steps it ``wants(step)``: ``before_update(model,
             batch)`` after the backward (gradients unclipped), ``after_update(model, batch,
             step)`` after the optimizer step (``minibert.internals.InternalsMonitor``).
     """
 
     def __init__(self, model, train_data: dict, eval_data: dict | None, out_dir: str,
-                 config: TrainConfig, task: str = "pretraining", save_extra=None, monitor=None):
+                 config: TrainConfig, task: str = "pretraining", save_extra=None,
+                 batch_transform=None, monitor=None):
         if task not in TASKS:
             raise ValueError(f"task={task!r} is unknown, expected one of {sorted(TASKS)}")
         self.task = TASKS[task]
@@ -238,6 +260,7 @@ class Trainer:
         self.n = len(next(iter(self.train_data.values())))
         self.out_dir = os.fspath(out_dir)
         self.save_extra = save_extra
+        self.batch_transform = batch_transform
         self.monitor = monitor
         c = config
         self.optimizer = AdamW(model.store, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay,
@@ -255,14 +278,19 @@ class Trainer:
         missing = [k for k in self.task.keys if k not in data]
         if missing:
             raise ValueError(f"{name} lacks {missing}, expected the keys {list(self.task.keys)}")
-        sizes = {k: len(data[k]) for k in self.task.keys}
+        keys = self.task.keys + tuple(k for k in getattr(self.task, "optional_keys", ())
+                                      if k in data)
+        sizes = {k: len(data[k]) for k in keys}
         if len(set(sizes.values())) != 1 or 0 in sizes.values():
             raise ValueError(f"{name} has rows {sizes}, expected the same positive count for every key")
-        return {k: np.asarray(data[k]) for k in self.task.keys}
+        return {k: np.asarray(data[k]) for k in keys}
 
-    def _batch(self, data, rows):
+    def _batch(self, data, rows, step=None):
         device = "gpu" if self.model.xp is not np else "cpu"
-        return {k: to_device(data[k][rows], device) for k in self.task.keys}
+        batch = {k: v[rows] for k, v in data.items()}
+        if step is not None and self.batch_transform is not None:
+            batch = self.batch_transform(batch, step)
+        return {k: to_device(v, device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
@@ -270,7 +298,7 @@ class Trainer:
         or the gradient norm is not finite (the parameters are left as they were)."""
         c, model = self.config, self.model
         rows = batch_indices(self.step, self.n, c.batch_size, c.seed)
-        batch = self._batch(self.train_data, rows)
+        batch = self._batch(self.train_data, rows, self.step)
         t0 = time.perf_counter()
         out, cache = model.forward(**batch, training=True)
         loss = float(out.loss)
@@ -475,9 +503,16 @@ def plot_history(history, evals, path, task="pretraining"):
     ax1.legend()
     acc_keys = ("mlm_acc", "nsp_acc") if task == "pretraining" else ("acc",)
     for k in acc_keys:
+        if k not in history[-1]:
+            continue                                    # e.g. nsp_acc in a run without NSP
         ax2.plot(steps, [h[k] for h in history], lw=0.8, label=f"train {k}")
         if evals:
-            ax2.plot([e["step"] for e in evals], [e[k] for e in evals], "o-", label=f"held-out {k}")
+            ax2.plot([e["step"] for e in evals], [e.get(k, np.nan) for e in evals], "o-",
+                     label=f"held-out {k}")
+    base = [e["mlm_baseline"] for e in evals if "mlm_baseline" in e]
+    if base:                                            # the same held-out positions every time
+        ax2.axhline(base[-1], color="gray", ls="--", lw=1,
+                    label=f"held-out most-frequent-token baseline ({base[-1]:.3f})")
     ax2.set_xlabel("step")
     ax2.set_ylabel("accuracy")
     ax2.legend()

@@ -129,6 +129,52 @@ def test_bad_pretrain_options(args, needle, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o")          # rejected before anything was written
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--masking", "dynamic", "--dupe-factor", "3"], "dupe_factor=3 contradicts masking='dynamic'"),
+    (["--recipe", "fast", "--dupe-factor", "2"], "dupe_factor=2 contradicts masking='dynamic'"),
+    (["--steps", "10", "--warmup-steps", "20"], "warmup_steps=20 contradicts steps=10"),
+    (["--vocab", "v.txt", "--vocab-size", "300"], "vocab_size=300 contradicts vocab='v.txt'"),
+    (["--seq-len", "16", "--max-predictions-per-seq", "15"], "max_predictions_per_seq=15 contradicts seq_len=16"),
+    (["--masked-lm-prob", "1.5"], "masked_lm_prob=1.5"),
+    (["--dropout", "1"], "dropout=1.0"),
+    (["--recipe", "nope"], "invalid choice"),
+])
+def test_contradicting_recipe_flags(args, needle, tmp_path, capsys):
+    """Refused in one line with exit 2 before anything is read or written."""
+    if needle == "invalid choice":                    # argparse's own message: usage + error
+        with pytest.raises(SystemExit) as e:
+            main(["pretrain", "--out", str(tmp_path / "o"), *args])
+        assert e.value.code == 2
+    else:
+        one_line_error(capsys, ["pretrain", "--out", str(tmp_path / "o"), *args], needle)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_bert_recipe_runs_and_resumes_exactly(corpus, tmp_path, capsys):
+    """The original recipe (static masks, NSP, dropout) stays available and exact on resume;
+    the summary prints the baseline beside the accuracy, and NSP accuracy."""
+    args = ["pretrain", "--recipe", "bert", "--corpus", corpus, *SMALL]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main([*args, "--out", a]) == 0
+    out = capsys.readouterr().out
+    assert "recipe 'bert'" in out and "nsp True" in out and "static masks" in out
+    assert "most-frequent-token baseline" in out and "NSP accuracy" in out and "tokens/s" in out
+    assert main([*args, "--out", b, "--stop-at", "2"]) == 0
+    assert main([*args, "--out", b, "--resume"]) == 0
+    fa = tree_bytes(os.path.join(a, "checkpoint-0000004"))
+    fb = tree_bytes(os.path.join(b, "checkpoint-0000004"))
+    assert fa["model.safetensors"] == fb["model.safetensors"]
+    assert fa["optimizer.npz"] == fb["optimizer.npz"]
+
+
+def test_default_recipe_reports_the_baseline(run_dir, capsys):
+    import json
+    with open(os.path.join(run_dir, "checkpoint-0000004", "trainer_state.json")) as fh:
+        state = json.load(fh)
+    ev = state["evals"][-1]
+    assert 0 < ev["mlm_baseline"] < 1 and "mlm_acc" in ev
+
+
 def test_existing_run_is_untouched(run_dir, corpus, capsys):
     before = tree_bytes(run_dir)
     one_line_error(capsys, ["pretrain", "--corpus", corpus, "--out", run_dir, *SMALL],

@@ -391,3 +391,101 @@ def test_arrays_feed_bert_for_pretraining(id_corpus, id_tokenizer):
     out, _ = model.forward(**batch, training=False)
     expected = math.log(len(id_tokenizer)) + math.log(2)
     assert abs(float(out.loss) - expected) < 0.5
+
+
+# ----------------------------------------------------------------------------- no NSP, dynamic masks
+def test_single_segment_instances(id_corpus, id_tokenizer):
+    """next_sentence_prediction=False: [CLS] chunk [SEP], one segment, consecutive words of
+    one document, up to max_seq_length - 2 tokens."""
+    instances = create_pretraining_instances(id_corpus, id_tokenizer, max_seq_length=24,
+                                             max_predictions_per_seq=4, seed=2,
+                                             next_sentence_prediction=False)
+    assert instances
+    for inst in instances:
+        toks = list(inst.tokens)
+        for p, label in zip(inst.masked_lm_positions, inst.masked_lm_labels):
+            toks[p] = label
+        assert toks[0] == "[CLS]" and toks[-1] == "[SEP]" and "[SEP]" not in toks[1:-1]
+        assert len(toks) <= 24 and set(inst.segment_ids) == {0} and not inst.is_random_next
+        docs = {w.split("s")[0] for w in toks[1:-1]}
+        assert len(docs) == 1                     # one document, never a random span
+    assert max(len(i.tokens) for i in instances) == 24     # chunks fill the length
+    arrays = instances_to_arrays(instances, id_tokenizer, 24, 4)
+    assert not arrays["next_sentence_labels"].any()
+
+
+def _dynamic(id_tokenizer, seed, prob=0.15, P=6, S=32):
+    from minibert.pretraining_data import mask_batch, unmask_arrays
+    docs = [[" ".join(f"d{d}s{s}w{w}" for w in range(5)) for s in range(12)] for d in range(4)]
+    inst = create_pretraining_instances(docs, id_tokenizer, max_seq_length=S,
+                                        max_predictions_per_seq=P, seed=1)
+    arrays = unmask_arrays(instances_to_arrays(inst, id_tokenizer, S, P))
+    words = replacement_vocab(id_tokenizer)
+    kw = dict(masked_lm_prob=prob, max_predictions_per_seq=P,
+              mask_token_id=id_tokenizer.mask_token_id,
+              special_ids=tuple(id_tokenizer.all_special_ids),
+              replacement_ids=np.asarray(id_tokenizer.convert_tokens_to_ids(words)))
+    return arrays, mask_batch(arrays, np.random.default_rng(seed), **kw), kw
+
+
+def test_unmask_restores_the_text(id_corpus, id_tokenizer):
+    from minibert.pretraining_data import unmask_arrays
+    inst = create_pretraining_instances(id_corpus, id_tokenizer, max_seq_length=32,
+                                        max_predictions_per_seq=5, seed=4)
+    arrays = unmask_arrays(instances_to_arrays(inst, id_tokenizer, 32, 5))
+    mask_id = id_tokenizer.mask_token_id
+    assert not (arrays["input_ids"] == mask_id).any()
+    for n, i in enumerate(inst[:50]):
+        toks = list(i.tokens)
+        for p, label in zip(i.masked_lm_positions, i.masked_lm_labels):
+            toks[p] = label
+        assert list(arrays["input_ids"][n, :len(toks)]) == id_tokenizer.convert_tokens_to_ids(toks)
+
+
+def test_mask_batch_rule(id_tokenizer):
+    """Counts per row as the static rule, never a special or padded position, labels the
+    original tokens, unmasked positions untouched, and the same draw for the same seed."""
+    arrays, out, kw = _dynamic(id_tokenizer, seed=3)
+    again = _dynamic(id_tokenizer, seed=3)[1]
+    for k in out:
+        assert np.array_equal(out[k], again[k]), k
+    ids, real = arrays["input_ids"], arrays["attention_mask"].astype(bool)
+    w = out["masked_lm_weights"] > 0
+    n = np.minimum(6, np.maximum(1, np.rint(real.sum(1) * 0.15))).astype(int)
+    assert np.array_equal(w.sum(1), n)
+    special = np.isin(ids, list(id_tokenizer.all_special_ids))
+    for r in range(len(ids)):
+        pos = out["masked_lm_positions"][r][w[r]]
+        assert np.all(np.diff(pos) > 0) and real[r, pos].all() and not special[r, pos].any()
+        assert np.array_equal(out["masked_lm_ids"][r][w[r]], ids[r, pos])
+        others = np.setdiff1d(np.arange(ids.shape[1]), pos)
+        assert np.array_equal(out["input_ids"][r, others], ids[r, others])
+    assert not np.array_equal(out["masked_lm_positions"], _dynamic(id_tokenizer, 4)[1]["masked_lm_positions"])
+
+
+def test_mask_batch_proportions(id_tokenizer):
+    """80/10/10 as the static rule (binomial counts, 5 standard deviations)."""
+    from minibert.pretraining_data import mask_batch
+    arrays, _, kw = _dynamic(id_tokenizer, seed=0, prob=0.2, P=8)
+    n = masks = kept = 0
+    for seed in range(80):
+        out = mask_batch(arrays, np.random.default_rng(seed), **{**kw, "masked_lm_prob": 0.2,
+                                                               "max_predictions_per_seq": 8})
+        w = out["masked_lm_weights"] > 0
+        rows = np.nonzero(w)[0]
+        got = out["input_ids"][rows, out["masked_lm_positions"][w]]
+        n += w.sum()
+        masks += (got == id_tokenizer.mask_token_id).sum()
+        kept += (got == out["masked_lm_ids"][w]).sum()
+    assert n > 4000
+    for count, p in ((masks, 0.8), (kept, 0.1), (n - masks - kept, 0.1)):
+        assert abs(count / n - p) <= 5 * math.sqrt(p * (1 - p) / n), (count, n, p)
+
+
+def test_mask_batch_bad_arguments(id_tokenizer):
+    from minibert.pretraining_data import mask_batch
+    arrays, _, kw = _dynamic(id_tokenizer, seed=0)
+    with pytest.raises(ValueError, match="masked_lm_prob=0"):
+        mask_batch(arrays, np.random.default_rng(0), **{**kw, "masked_lm_prob": 0})
+    with pytest.raises(ValueError, match="max_predictions_per_seq=99"):
+        mask_batch(arrays, np.random.default_rng(0), **{**kw, "max_predictions_per_seq": 99})
