@@ -302,6 +302,12 @@ def cmd_info(args) -> int:
     print(f"  GPU available: {gpu_available()}")
     from .backend import cuda_kernels_available
     print(f"  CUDA kernels (numba-cuda): {'installed' if cuda_kernels_available() else 'not installed'}")
+    from .distributed import mpi_info
+    mpi = mpi_info()
+    if mpi["mpi4py"] is None:
+        print(f"  MPI: mpi4py not installed (pip install 'minibert[dist]'), {mpi['ranks']} rank")
+    else:
+        print(f"  MPI: mpi4py {mpi['mpi4py']}, {mpi['library']}, {mpi['ranks']} rank(s)")
     return 0
 
 
@@ -439,6 +445,14 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from .distributed import world
+    try:
+        comm = world()
+    except RuntimeError as e:                   # several processes, no mpi4py
+        print(f"minibert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if comm.size > 1:
+        return _main_ranks(args, comm)
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:
@@ -447,6 +461,23 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("minibert: interrupted", file=sys.stderr)
         return 130
+
+
+def _main_ranks(args, comm) -> int:
+    """The command on one of several MPI ranks: only rank 0 prints (stdout, the progress
+    bar, messages); a rank that fails prints one line with its rank and the reason and
+    ends the whole job (``distributed.run_or_abort``)."""
+    from .distributed import run_or_abort
+    err = sys.stderr
+    if not comm.is_root:
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+
+    def report(message, exc):
+        if not isinstance(exc, SystemExit):          # a TrainingError: rank 0 said it
+            print(f"minibert {args.command}: error on {message}", file=err, flush=True)
+        sys.stdout.flush()
+
+    return run_or_abort(comm, lambda: args.func(args), report)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def _check_common(preset, seq_len, batch_size, device):
         raise ValueError(f"seq_len={seq_len!r} is invalid, expected an integer >= 8")
     if device not in DEVICES:
         raise ValueError(f"device={device!r} is unknown, expected one of {DEVICES}")
+    from .distributed import rank_rows, world
+    rank_rows(batch_size, world())        # under MPI: the ranks' equal slices, before any write
 
 
 def _check_seq_len(seq_len, config, where):
@@ -208,7 +210,9 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
     on_stage(f"model: BertForPreTraining, preset {r['preset']!r} (L={config.num_hidden_layers} "
              f"H={config.hidden_size} A={config.num_attention_heads} V={config.vocab_size}), "
              f"{model.num_parameters():,} parameters, device {device}")
-    monitor = None if log_internals is None else InternalsMonitor(log_internals, out_dir)
+    from .distributed import world
+    monitor = (None if log_internals is None or not world().is_root     # rank 0 writes
+               else InternalsMonitor(log_internals, out_dir))
     trainer = Trainer(model, train_data, eval_data, out_dir, tc, "pretraining",
                       save_extra=tokenizer.save_pretrained, batch_transform=transform,
                       monitor=monitor)
@@ -247,11 +251,15 @@ def _pretraining_tokenizer(documents, out_dir, ckpt, vocab, vocab_size, on_stage
         tokenizer = BertTokenizer(vocab)
         on_stage(f"vocabulary: {len(tokenizer):,} tokens from {vocab}")
         return tokenizer
-    on_stage(f"training a WordPiece vocabulary of {vocab_size:,} tokens")
-    tokens = train_wordpiece_vocab((s for d in documents for s in d), vocab_size)
-    os.makedirs(out_dir, exist_ok=True)
+    from .distributed import world
+    comm = world()
     vocab = os.path.join(out_dir, "vocab.txt")
-    write_vocab(tokens, vocab)
+    if comm.is_root:                             # with several MPI ranks, rank 0 writes it
+        on_stage(f"training a WordPiece vocabulary of {vocab_size:,} tokens")
+        tokens = train_wordpiece_vocab((s for d in documents for s in d), vocab_size)
+        os.makedirs(out_dir, exist_ok=True)
+        write_vocab(tokens, vocab)
+    comm.barrier()                               # ... and the others read it
     tokenizer = BertTokenizer(vocab)
     on_stage(f"  {len(tokenizer):,} tokens written to {vocab}")
     return tokenizer

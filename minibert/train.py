@@ -36,6 +36,21 @@ leaves the previous checkpoint complete and ``latest`` pointing at a complete ch
 A non-finite loss or gradient norm stops the run with ``TrainingError`` before the update is
 applied, naming the step and the last good checkpoint, which is left untouched.
 
+Data parallelism
+----------------
+Under an MPI launcher (``mpiexec -n N``) every rank runs this loop on its slice of each
+global batch (``minibert.distributed``): the batch of step t is still the pure function of
+(seed, t) above, of which rank r takes rows r B/N .. (r+1) B/N - 1 (B must divide by N);
+its dropout masks are its rows of the whole batch's masks (``model.batch_start``); its
+loss parts are weighted by its share of the batch, so that one in-place allreduce of the
+flat gradient buffer gives every rank the global batch's gradient; clipping and AdamW then
+make the same update on every rank. N ranks follow the trajectory of one rank (to the
+rounding of the gradient sums), and a run saved on N ranks resumes on any number.
+Only rank 0 writes checkpoints and the loss curve (each save first checks that every rank
+holds the same parameter bits); every rank reads the checkpoint it resumes from.
+A non-finite loss on any rank stops every rank at the same step (the flag is reduced with
+the loss). Without MPI the communicator is a one-rank stand-in and the code path is the same.
+
 Nothing here prints: progress is reported through the ``on_step`` / ``on_eval`` callbacks
 (the command line draws a tqdm bar with them).
 """
@@ -52,6 +67,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from . import distributed as dist
 from .backend import to_device, to_numpy
 from .checkpoint import map_state_dict, read_state_dict
 from .io import atomic_directory, atomic_write, atomic_write_text
@@ -186,6 +202,18 @@ class PretrainingTask:
             r.update(nsp_loss=m["nsp_loss"] / n, nsp_acc=m["nsp_correct"] / m["nsp_count"])
         return r
 
+    @staticmethod
+    def shares(batch, rows) -> dict:
+        """The weight of each of a slice's mean losses in the global batch's loss: its share
+        of the masked-LM weights and of the sequences (``backward``'s d_mlm_loss,
+        d_nsp_loss)."""
+        w = np.asarray(batch["masked_lm_weights"], dtype=np.float64)
+        B = len(w)
+        s = dict(mlm_loss=dist.share(w[rows].sum(), w.sum()))
+        if "next_sentence_labels" in batch:
+            s["nsp_loss"] = dist.share(len(range(B)[rows]), B)
+        return s
+
 
 class ClassificationTask:
     """BertForSequenceClassification on tokenized text arrays plus ``labels``."""
@@ -204,6 +232,12 @@ class ClassificationTask:
     def summarize(m: dict) -> dict:
         n = max(m["examples"], 1)
         return dict(loss=m["loss"] / n, acc=m["correct"] / n)
+
+    @staticmethod
+    def shares(batch, rows) -> dict:
+        """A slice's share of the sequences: its mean loss's weight (``backward``'s d_loss)."""
+        B = len(batch["labels"])
+        return dict(loss=dist.share(len(range(B)[rows]), B))
 
 
 TASKS = {t.name: t for t in (PretrainingTask, ClassificationTask)}
@@ -241,15 +275,18 @@ class Trainer:
         batch_transform: optional ``f(batch, step) -> batch`` applied to every training batch
             (NumPy arrays, before they move to the device), e.g. dynamic masking. It must be
             a pure function of its arguments (seed its randomness from ``step``), so that a
-            resumed run sees the same batches.
+            resumed run sees the same batches. It sees the global batch on every rank.
         monitor: optional observer of the steps it ``wants(step)``: ``before_update(model,
             batch)`` after the backward (gradients unclipped), ``after_update(model, batch,
-            step)`` after the optimizer step (``minibert.internals.InternalsMonitor``).
+            step)`` after the optimizer step (``minibert.internals.InternalsMonitor``). With
+            several ranks it sees this rank's slice and the reduced (global) gradients.
+        comm: the ranks (``minibert.distributed``); None: ``distributed.world()``, the MPI
+            ranks under a launcher, else one rank.
     """
 
     def __init__(self, model, train_data: dict, eval_data: dict | None, out_dir: str,
                  config: TrainConfig, task: str = "pretraining", save_extra=None,
-                 batch_transform=None, monitor=None):
+                 batch_transform=None, monitor=None, comm=None):
         if task not in TASKS:
             raise ValueError(f"task={task!r} is unknown, expected one of {sorted(TASKS)}")
         self.task = TASKS[task]
@@ -271,6 +308,12 @@ class Trainer:
         self.history, self.evals = [], []
         self.last_checkpoint = None
         self.data_fingerprint = fingerprint(self.train_data)
+        self.comm = dist.world() if comm is None else comm
+        self.rows = dist.rank_rows(c.batch_size, self.comm)       # this rank's slice
+        model.batch_start = self.rows.start                        # ... and its dropout masks
+        if self.comm.size > 1:
+            dist.configure_threads(self.comm)
+            dist.broadcast_parameters(self.comm, model.store.data)
 
     def _check_data(self, name, data):
         if not isinstance(data, dict):
@@ -286,10 +329,14 @@ class Trainer:
         return {k: np.asarray(data[k]) for k in keys}
 
     def _batch(self, data, rows, step=None):
-        device = "gpu" if self.model.xp is not np else "cpu"
+        """The batch of ``rows`` (the transform applied when ``step`` is given), host arrays."""
         batch = {k: v[rows] for k, v in data.items()}
         if step is not None and self.batch_transform is not None:
             batch = self.batch_transform(batch, step)
+        return batch
+
+    def _to_device(self, batch):
+        device = "gpu" if self.model.xp is not np else "cpu"
         return {k: to_device(v, device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ one step
@@ -298,13 +345,23 @@ class Trainer:
         or the gradient norm is not finite (the parameters are left as they were)."""
         c, model = self.config, self.model
         rows = batch_indices(self.step, self.n, c.batch_size, c.seed)
-        batch = self._batch(self.train_data, rows, self.step)
+        whole = self._batch(self.train_data, rows, self.step)            # the global batch
+        batch = self._to_device({k: v[self.rows] for k, v in whole.items()})   # this rank's
+        shares = self.task.shares(whole, self.rows)
         t0 = time.perf_counter()
         out, cache = model.forward(**batch, training=True)
-        loss = float(out.loss)
-        if not math.isfinite(loss):
-            raise self._diverged(f"loss is {loss}")
-        model.backward(cache)
+        # the global loss (each rank's parts weighted by its share) and the ranks whose loss
+        # is not finite, in one small reduction: every rank stops at the same step
+        parts = {k: float(getattr(out, k)) for k in shares}
+        local = float(out.loss)
+        reduced = self.comm.allreduce_sum([shares[k] * parts[k] for k in shares]
+                                          + [not math.isfinite(local)])
+        if reduced[-1]:
+            bad = [(r, v) for r, v in enumerate(self.comm.allgather(local)) if not math.isfinite(v)]
+            where = "" if self.comm.size == 1 else " on rank " + ", ".join(str(r) for r, _ in bad)
+            raise self._diverged(f"loss is {bad[0][1]}{where}")
+        model.backward(cache, **{f"d_{k}": v for k, v in shares.items()})
+        dist.allreduce_gradients(self.comm, model.store.grad)     # the global batch's gradient
         watch = self.monitor is not None and self.monitor.wants(self.step + 1)
         if watch:
             self.monitor.before_update(model, batch)
@@ -321,8 +378,14 @@ class Trainer:
             self.monitor.after_update(model, batch, self.step)
         m = self.task.metrics(out, batch)
         seconds = time.perf_counter() - t0
+        if self.comm.size > 1:
+            m = _pool(self.comm.allgather(m))       # the global batch's counts and sums
+        summary = self.task.summarize(m)
+        if self.comm.size > 1:                      # ... and its loss, each part exactly
+            summary.update(zip(shares, (float(v) for v in reduced[:-1])))
+            summary["loss"] = float(sum(reduced[:-1]))
         rec = dict(step=self.step, lr=lr, grad_norm=norm, seconds=seconds,
-                   tokens_per_s=m["tokens"] / max(seconds, 1e-9), **self.task.summarize(m))
+                   tokens_per_s=m["tokens"] / max(seconds, 1e-9), **summary)
         self.history.append(rec)
         return rec
 
@@ -338,11 +401,15 @@ class Trainer:
         n = len(self.eval_data["input_ids"])
         bs = self.config.batch_size
         parts = []
-        for start in range(0, min(n, bs * self.config.eval_batches), bs):
-            batch = self._batch(self.eval_data, np.arange(start, min(start + bs, n)))
+        starts = range(0, min(n, bs * self.config.eval_batches), bs)
+        # batch i on rank i mod N; pooled in batch order, as one rank would
+        for i in range(self.comm.rank, len(starts), self.comm.size):
+            start = starts[i]
+            batch = self._to_device(self._batch(self.eval_data, np.arange(start, min(start + bs, n))))
             out = self.model(**batch)                     # inference: no dropout, no caches kept
-            parts.append(self.task.metrics(out, batch))
-        rec = dict(step=self.step, **self.task.summarize(_pool(parts)))
+            parts.append((i, self.task.metrics(out, batch)))
+        parts = sorted((p for ps in self.comm.allgather(parts) for p in ps), key=lambda p: p[0])
+        rec = dict(step=self.step, **self.task.summarize(_pool(m for _, m in parts)))
         self.evals.append(rec)
         return rec
 
@@ -359,7 +426,8 @@ class Trainer:
         """
         c = self.config
         if resume:
-            self.load_checkpoint(latest_checkpoint(self.out_dir))
+            self.load_checkpoint(latest_checkpoint(self.out_dir))     # every rank reads it
+            dist.check_same_bits(self.comm, self.model.store.data, "parameters after resuming")
         elif list_checkpoints(self.out_dir):
             raise ValueError(f"out_dir {self.out_dir!r} already holds checkpoints "
                              f"({os.path.basename(list_checkpoints(self.out_dir)[-1])}); resume "
@@ -392,10 +460,19 @@ class Trainer:
                     history=self.history, evals=self.evals)
 
     def save_checkpoint(self) -> str:
-        """Write ``checkpoint-<step>`` atomically, point ``latest`` at it, prune old ones."""
-        os.makedirs(self.out_dir, exist_ok=True)
+        """Write ``checkpoint-<step>`` atomically, point ``latest`` at it, prune old ones.
+        With several ranks: all of them check that they hold the same parameters, rank 0
+        writes."""
         name = f"{CHECKPOINT_PREFIX}{self.step:07d}"
         final = os.path.join(self.out_dir, name)
+        dist.check_same_bits(self.comm, self.model.store.data, f"parameters at step {self.step}")
+        if self.comm.is_root:
+            self._write_checkpoint(name, final)
+        self.last_checkpoint = final
+        return final
+
+    def _write_checkpoint(self, name, final):
+        os.makedirs(self.out_dir, exist_ok=True)
         # the same step may be saved again (resume): atomic_directory replaces it
         with atomic_directory(final) as tmp:
             self.model.save_pretrained(tmp)
@@ -407,12 +484,10 @@ class Trainer:
             if self.save_extra is not None:
                 self.save_extra(tmp)
         atomic_write_text(os.path.join(self.out_dir, LATEST), name + "\n")
-        self.last_checkpoint = final
         for old in list_checkpoints(self.out_dir)[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         plot_history(self.history, self.evals, os.path.join(self.out_dir, "loss_curve.png"),
                      self.task.name)
-        return final
 
     def load_checkpoint(self, path: str):
         """Restore parameters, optimizer, step, RNG state and history from ``path``."""

@@ -2,7 +2,9 @@
 (and in its own process for one rank): small scenarios of data-parallel training.
 
     python -m tests.mpi_worker collectives
-    python -m tests.mpi_worker steps DTYPE STEPS OUT.npz      the step by hand, 5 steps
+    python -m tests.mpi_worker steps DTYPE STEPS OUT.npy      the step by hand
+    python -m tests.mpi_worker train DTYPE OUT_DIR STOP_AT [resume]   the Trainer
+    python -m tests.mpi_worker fail OUT_DIR                   rank 1 raises at step 4
 """
 from __future__ import annotations
 
@@ -64,6 +66,32 @@ def hand_steps(comm, dtype, steps):
     return model.store.data.copy()
 
 
+TRAIN_STEPS = 5
+
+
+def trainer(comm, dtype, out_dir, model_class=BertForPreTraining):
+    """A Trainer of 5 steps on the tiny set, dropout on, clipping active, a checkpoint every
+    2 steps, a held-out set split over the ranks."""
+    from minibert import TrainConfig, Trainer
+    data = pretraining_arrays()
+    held = {k: v[:10] for k, v in pretraining_arrays(seed=1).items()}
+    model = model_class(BertConfig(**CONFIG), dtype=dtype, seed=3)
+    tc = TrainConfig(steps=TRAIN_STEPS, batch_size=BATCH, lr=1e-2, warmup_steps=1,
+                     max_grad_norm=0.5, save_every=2, eval_every=2, eval_batches=2, seed=7)
+    return Trainer(model, data, held, out_dir, tc, "pretraining", comm=comm)
+
+
+class FailingModel(BertForPreTraining):
+    """Raises on the last rank in the forward of step 4. (Rank 0 wrote the checkpoint of
+    step 2 before it joined step 3's allreduce, which the last rank waited for.)"""
+    def forward(self, *args, **kwargs):
+        from minibert import distributed
+        comm = distributed.world()
+        if kwargs.get("training") and self.bert.dropout_calls == 3 and comm.rank == comm.size - 1:
+            raise RuntimeError("injected failure at step 4")
+        return super().forward(*args, **kwargs)
+
+
 def collectives(comm):
     """Broadcast, the same-bits check (and that it catches a difference), the in-place
     allreduce, small sums, allgather and the rank rows."""
@@ -104,6 +132,14 @@ def main(argv):
     what = argv[0]
     if what == "collectives":
         collectives(comm)
+    elif what == "train":
+        dtype, out_dir, stop_at = np.dtype(argv[1]), argv[2], int(argv[3])
+        result = trainer(comm, dtype, out_dir).train(resume="resume" in argv[4:], stop_at=stop_at)
+        if comm.is_root:
+            print("losses", [round(h["loss"], 12) for h in result.history])
+    elif what == "fail":
+        t = trainer(comm, np.dtype("float32"), argv[1], FailingModel)
+        dist.run_or_abort(comm, t.train, lambda msg, e: print(msg, file=sys.stderr, flush=True))
     elif what == "steps":
         dtype, steps, out = np.dtype(argv[1]), int(argv[2]), argv[3]
         params = hand_steps(comm, dtype, steps)

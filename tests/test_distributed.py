@@ -234,3 +234,85 @@ def test_two_ranks_equal_one_rank_by_hand(dtype, tmp_path):
     one = mpi_worker.hand_steps(dist.OneRank(), np.dtype(dtype), 5)
     assert rel_diff(one, two) < BOUND[dtype], rel_diff(one, two)
     assert rel_diff(one, mpi_worker.hand_steps(dist.OneRank(), np.dtype(dtype), 0)) > 1e-3
+
+
+# ----------------------------------------------------------------------------- the Trainer
+def _params(run_dir):
+    """The flat parameters of a run's latest checkpoint, and its metric history."""
+    from minibert.checkpoint import read_state_dict
+    from minibert.train import latest_checkpoint, read_trainer_state
+    ckpt = latest_checkpoint(run_dir)
+    state = read_state_dict(ckpt)
+    return (np.concatenate([np.asarray(state[k], np.float64).ravel() for k in sorted(state)]),
+            read_trainer_state(ckpt))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_ranks_train_as_one(dtype, tmp_path):
+    """The Trainer, 5 steps, dropout and clipping on, held-out evaluations split over the
+    ranks: 2 ranks against 1 rank (parameters, losses, held-out metrics), and a run of 3
+    steps on 2 ranks resumed for 2 more on 1 rank against both."""
+    run_ranks(2, "train", dtype, tmp_path / "two", 5)
+    run_ranks(1, "train", dtype, tmp_path / "one", 5)
+    run_ranks(2, "train", dtype, tmp_path / "resumed", 3)
+    run_ranks(1, "train", dtype, tmp_path / "resumed", 5, "resume")
+    one, s1 = _params(tmp_path / "one")
+    for name in ("two", "resumed"):
+        p, s = _params(tmp_path / name)
+        assert s["step"] == 5
+        assert rel_diff(one, p) < BOUND[dtype], (name, rel_diff(one, p))
+        for h1, h in zip(s1["history"] + s1["evals"], s["history"] + s["evals"]):
+            for k in ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"):
+                assert abs(h1[k] - h[k]) <= 10 * BOUND[dtype] * max(1, abs(h1[k])), (name, k, h1, h)
+    assert len(s1["evals"]) == 4                       # steps 0, 2, 4 and 5
+
+
+def test_a_failing_rank_ends_the_job(tmp_path):
+    """Rank 1 raises at step 4: the job exits non-zero within seconds (MPI_Abort), the
+    message names the rank and the reason, and the checkpoint of step 2 is complete and
+    ``latest``; nothing of step 4 was written."""
+    import time
+    from minibert.train import list_checkpoints, latest_checkpoint, read_trainer_state
+    t0 = time.perf_counter()
+    p = run_ranks(2, "fail", tmp_path / "run", timeout=60, check=False)
+    elapsed = time.perf_counter() - t0
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "rank 1 of 2: RuntimeError: injected failure at step 4" in p.stderr, p.stderr
+    assert elapsed < 45, elapsed
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert [os.path.basename(c) for c in ckpts] == ["checkpoint-0000002"]
+    assert latest_checkpoint(tmp_path / "run") == ckpts[0]
+    assert read_trainer_state(ckpts[0])["step"] == 2
+    assert sorted(os.listdir(ckpts[0])) == ["config.json", "model.safetensors", "optimizer.npz",
+                                            "trainer_state.json"]
+    assert sorted(n for n in os.listdir(tmp_path / "run") if not n.startswith(".")) == [
+        "checkpoint-0000002", "latest", "loss_curve.png"]
+
+
+# ----------------------------------------------------------------------------- the command
+def run_command(n, *args, timeout=180):
+    cmd = ["timeout", "-k", "5", str(timeout), _mpiexec(), "-n", str(n), sys.executable, "-m",
+           "minibert", *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
+
+
+def test_pretrain_command_on_two_ranks(tmp_path):
+    """``mpiexec -n 2 minibert pretrain``: rank 0 alone prints and writes; a batch size that
+    does not divide by the ranks is one line and exit status 2, before anything is written."""
+    flags = ["--preset", "tiny", "--corpus", os.path.join(ROOT, "tests", "data", "tiny_corpus.txt"),
+             "--vocab-size", 200, "--steps", 2, "--seq-len", 32]
+    p = run_command(2, "pretrain", *flags, "--batch-size", 4, "--out", tmp_path / "run")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("reading the corpus") == 1 and "checkpoint:" in p.stdout
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint-0000001", "checkpoint-0000002",
+                                                    "latest", "loss_curve.png", "vocab.txt"]
+    p = run_command(2, "pretrain", *flags, "--batch-size", 3, "--out", tmp_path / "bad")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "batch_size=3 does not divide by the number of MPI ranks (2)" in p.stderr
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_info_shows_mpi():
+    p = run_command(2, "info")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("MPI: mpi4py") == 1 and "2 rank(s)" in p.stdout, p.stdout
