@@ -55,20 +55,20 @@ def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=
     """``(out, lse)``: out (B, A, S, D) = softmax(scale q k^T + mask) (with dropout) v, and
     lse (B, A, S) the log-sum-exp of each row of masked scores. See the module docstring;
     ``start`` is the stream's element index of the first probability (0, or b0 A S S for
-    rows b0.. of a larger batch; the CPU kernel only, for now)."""
+    rows b0.. of a larger batch: a data-parallel rank's share)."""
+    from ..rng import check_u64
+    start = check_u64("start", start)
     if is_device_array(q):
         from ._blocks import cuda_forward_args
         args = cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
-        _no_start_on_gpu(start, dropout_p)
         _require_numba_cuda()
         from .attention_cuda import attention_forward as cuda_forward
-        return cuda_forward(q, k, v, *args)
+        return cuda_forward(q, k, v, *args, start=start)
     # lazy: Numba takes a while to import, and ``import minibert.kernels`` should not
     from ._blocks import forward_args
     args = forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
-    from ..rng import check_u64
     from .attention_cpu import attention_forward
-    return attention_forward(q, k, v, *args, start=check_u64("start", start))
+    return attention_forward(q, k, v, *args, start=start)
 
 
 def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0,
@@ -76,26 +76,18 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
     """``(dq, dk, dv)``, each (B, A, S, D): the gradients of the forward's ``out`` given
     ``dout`` = dL/d out. ``out`` and ``lse`` are what the forward returned for the same
     q, k, v, mask, scale, dropout_p, seed, offset and start."""
+    from ..rng import check_u64
+    start = check_u64("start", start)
     if is_device_array(q):
         from ._blocks import cuda_backward_args
         args = cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
-        _no_start_on_gpu(start, dropout_p)
         _require_numba_cuda()
         from .attention_cuda import attention_backward as cuda_backward
-        return cuda_backward(dout, q, k, v, out, lse, *args)
+        return cuda_backward(dout, q, k, v, out, lse, *args, start=start)
     from ._blocks import backward_args
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
-    from ..rng import check_u64
     from .attention_cpu import attention_backward
-    return attention_backward(dout, q, k, v, out, lse, *args, start=check_u64("start", start))
-
-
-def _no_start_on_gpu(start, dropout_p):
-    """The CUDA kernels draw dropout from element 0 of the stream; a slice of a larger
-    batch (``start`` > 0) runs the textbook op on the GPU instead (``ops.attention``)."""
-    if start and dropout_p > 0:
-        raise NotImplementedError(f"start={start}: the CUDA attention kernels draw dropout "
-                                  "masks from element 0 only; use attn_implementation='eager'")
+    return attention_backward(dout, q, k, v, out, lse, *args, start=start)
 
 
 def _require_numba_cuda():

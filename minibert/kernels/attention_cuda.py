@@ -8,8 +8,9 @@ padding mask M (0 at real keys, -inf at padding) and the dropout rate p,
     s_ij = c q_i . k_j + M_j,   P_ij = exp(s_ij - lse_i),   lse_i = log sum_j exp(s_ij)
     O_i  = sum_j P_ij keep_ij / (1 - p) v_j
 
-with keep_ij the Philox bit of element ``((b*A + a)*S + i)*S + j``, the bits of
-``minibert.rng.keep_mask((B, A, S, S), p, seed, offset)``. The Philox code is
+with keep_ij the Philox bit of element ``start + ((b*A + a)*S + i)*S + j``, the bits of
+``minibert.rng.keep_mask((B, A, S, S), p, seed, offset, start=start)`` (``start`` is 0, or
+the element of a data-parallel rank's first probability in the whole batch). The Philox code is
 ``philox_cpu.py``'s own: Numba compiles the same functions for the GPU.
 
 Work split (grid, block and shared memory are named constants below)
@@ -139,7 +140,7 @@ def build_kernels(dtype_str, D, BQ, BK):
 
     @cuda.jit
     def forward_kernel(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
-                       out, lse):
+                       start, out, lse):
         """out (B, A, S, D), lse (B, A, S); grid (B A, ceil(S / BQ)), BQ threads."""
         _, A, S, _ = q.shape
         bh = cuda.blockIdx.x                        # sequence x head
@@ -186,7 +187,7 @@ def build_kernels(dtype_str, D, BQ, BK):
                 for d in range(D):
                     acc[d] *= alpha
                 row_sum = ZERO
-                base = (bh * S + i) * S + j0        # Philox element of score (i, j0)
+                base = start + (bh * S + i) * S + j0    # Philox element of score (i, j0)
                 w0 = w1 = w2 = w3 = np.uint64(0)
                 for c in range(nc):
                     pc = exp(sr[c] - m_new)         # P~ = exp(s - m_new) <= 1
@@ -215,7 +216,7 @@ def build_kernels(dtype_str, D, BQ, BK):
 
     @cuda.jit
     def dq_kernel(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
-                  offset, inv_sum, delta, dq):
+                  offset, start, inv_sum, delta, dq):
         """dq (B, A, S, D) and the row statistics inv_sum = 1 / sigma, delta = pi / sigma
         (B, A, S); grid (B A, ceil(S / BQ)), BQ threads, a thread per query row."""
         _, A, S, _ = q.shape
@@ -254,7 +255,7 @@ def build_kernels(dtype_str, D, BQ, BK):
                     bias[c] = key_bias[b, j0 + c]
                 cuda.syncthreads()
                 if live:
-                    base = (bh * S + i) * S + j0
+                    base = start + (bh * S + i) * S + j0
                     w0 = w1 = w2 = w3 = np.uint64(0)
                     for c in range(nc):
                         s = ZERO
@@ -289,7 +290,7 @@ def build_kernels(dtype_str, D, BQ, BK):
 
     @cuda.jit
     def dkdv_kernel(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
-                    keep_scale, seed, offset, dk, dv):
+                    keep_scale, seed, offset, start, dk, dv):
         """dk, dv (B, A, S, D); grid (B A, ceil(S / BK)), BK threads, a thread per key row;
         query tiles of BQ rows (Q, dO, lse, 1 / sigma, D_i) staged in shared memory."""
         _, A, S, _ = q.shape
@@ -342,8 +343,8 @@ def build_kernels(dtype_str, D, BQ, BK):
                     pc = exp(s * scale - ls[r]) * isum[r]
                     kf = ONE
                     if dropping:                    # a Philox call per element: i varies
-                        kf = keep_scale if dropout_keep(seed, offset, (bh * S + i0 + r) * S + j,
-                                                        p32) else ZERO
+                        e = start + (bh * S + i0 + r) * S + j
+                        kf = keep_scale if dropout_keep(seed, offset, e, p32) else ZERO
                     pd = pc * kf                    # Pd = P keep / (1 - p)
                     ds = pc * (dp * kf - dl[r])     # dS = P (dP - D_i)
                     for d in range(D):
@@ -424,15 +425,15 @@ def tile_sizes(block_q, block_k, D, itemsize):
     return tuple(sizes)
 
 
-def kernel_scalars(dtype, scale, dropout_p, seed, offset):
+def kernel_scalars(dtype, scale, dropout_p, seed, offset, start=0):
     """The kernels' scalar arguments, typed: in Numba a float32 mixed with a Python float
     becomes float64, and an int64 mixed with a uint64 too."""
     ftype = dtype.type
     return (ftype(scale), np.float32(dropout_p), ftype(1.0 / (1.0 - dropout_p)),
-            np.uint64(seed), np.uint64(offset))
+            np.uint64(seed), np.uint64(offset), np.uint64(start))
 
 
-def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
+def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
                       block_q=None, block_k=None):
     """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
     GPU arrays of one kind, ``scale`` a float, ``mask`` (B, S) of 0/1 (NumPy, or CuPy with
@@ -449,12 +450,13 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
     grid = (B * A, -(-S // BQ))                                   # (sequence x head, query tile)
     kern.forward[grid, BQ, dev.stream](
         dev.arg(q), dev.arg(k), dev.arg(v), dev.arg(key_bias), dev.arg(tiles),
-        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset), dev.arg(out), dev.arg(lse))
+        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset, start), dev.arg(out),
+        dev.arg(lse))
     return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
-                       *, block_q=None, block_k=None):
+                       *, start=0, block_q=None, block_k=None):
     """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
     ``out`` is not read (the row statistics are recomputed: see the module docstring); it
     stays in FlashAttention's signature."""
@@ -468,7 +470,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     key_bias, tiles = dev.mask_tables(mask, B, S, BK, q.dtype)
     inv_sum = dev.empty((B, A, S), q.dtype)                       # 1 / sigma_i
     delta = dev.empty((B, A, S), q.dtype)                         # D_i
-    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset)
+    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset, start)
     qa, ka, va, da, la = (dev.arg(x) for x in (q, k, v, dout, lse))
     kb, ta = dev.arg(key_bias), dev.arg(tiles)
     kern.dq[(B * A, -(-S // BQ)), BQ, dev.stream](

@@ -163,9 +163,6 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     B, A, S, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     path = _choose(implementation, return_probs, q, k, v)
-    if path == "fused" and implementation == "auto" and start and training and dropout_p > 0 \
-            and xp is not np:
-        path = "eager"      # the CUDA kernels draw dropout from element 0 of the stream only
     if path == "fused":
         return _fused_forward(q, k, v, attention_mask, scale, dropout_p if training else 0.0,
                               seed, offset, start)

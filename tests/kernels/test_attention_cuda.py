@@ -64,20 +64,21 @@ def _textbook(q, k, v, dout, mask, scale=None, p=0.0, seed=0, offset=0):
         return (out,) + tuple(attention.backward(dout, cache))
 
 
-def _cuda(q, k, v, dout, mask, scale=None, p=0.0, seed=0, offset=0, **tiles):
+def _cuda(q, k, v, dout, mask, scale=None, p=0.0, seed=0, offset=0, start=0, **tiles):
     """(out, dq, dk, dv) and lse of the CUDA kernels, on the host. With ``tiles`` the
     kernel module is called directly (validated scalars), else through the dispatch."""
     dq_, dk_, dv_, ddo = (cuda.to_device(x) for x in (q, k, v, dout))
     if tiles:
         scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else scale
         out, lse = attention_cuda.attention_forward(dq_, dk_, dv_, mask, scale, p, seed, offset,
-                                                    **tiles)
+                                                    start=start, **tiles)
         grads = attention_cuda.attention_backward(ddo, dq_, dk_, dv_, out, lse, mask, scale, p,
-                                                  seed, offset, **tiles)
+                                                  seed, offset, start=start, **tiles)
     else:
-        out, lse = fused_attention_forward(dq_, dk_, dv_, mask, scale, p, seed, offset)
+        out, lse = fused_attention_forward(dq_, dk_, dv_, mask, scale, p, seed, offset,
+                                           start=start)
         grads = fused_attention_backward(ddo, dq_, dk_, dv_, out, lse, mask, scale, p, seed,
-                                         offset)
+                                         offset, start=start)
     return tuple(x.copy_to_host() for x in (out,) + tuple(grads)), lse.copy_to_host()
 
 
@@ -197,6 +198,35 @@ def test_keep_masks_are_minibert_rng_bits(S, D):
     np.testing.assert_array_equal(dv[..., :S].swapaxes(-1, -2) > 0, keep)
     kept = out[..., :S][keep]
     assert_close("kept value", kept, np.full_like(kept, 1.0 / (S * (1 - p))), atol=TOL64)
+
+
+def test_a_slice_of_a_batch_draws_the_whole_batchs_masks():
+    """``start`` = b0 A S S: rows b0.. of a batch, run alone (a data-parallel rank's share),
+    give the bits of those rows run with the whole batch, forward and backward, through the
+    dispatch as the attention op calls it; the keep bits are ``minibert.rng``'s from start."""
+    B, A, S, D, p, seed, offset = 3, 2, 9, 16, 0.3, 77, 2**21 + 3
+    mask = _mixed_mask(S, seed=2)[:B]
+    q, k, v, dout = _problem(B, A, S, D, np.float64, seed=8)
+    whole, lse_whole = _cuda(q, k, v, dout, mask, p=p, seed=seed, offset=offset)
+    b0 = 1
+    part, lse_part = _cuda(*(x[b0:] for x in (q, k, v, dout)), mask[b0:], p=p, seed=seed,
+                           offset=offset, start=b0 * A * S * S)
+    assert np.array_equal(lse_part, lse_whole[b0:])
+    for name, a, e in zip(NAMES, part, whole):
+        assert np.array_equal(a, e[b0:]), f"{name} of the slice differs from the whole batch's"
+    # the slice alone, drawn from element 0, would differ: start is what makes them equal
+    other, _ = _cuda(*(x[b0:] for x in (q, k, v, dout)), mask[b0:], p=p, seed=seed,
+                     offset=offset)
+    assert not np.array_equal(other[0], whole[0][b0:])
+    # and the masks are minibert.rng's from start on
+    z, eye = np.zeros((1, A, S, D)), np.zeros((1, A, S, D))
+    eye[..., np.arange(S), np.arange(S)] = 1.0
+    start = 5 * A * S * S + 3                   # any element, not a multiple of four
+    (out, _, _, dv), _ = _cuda(z, k[:1], eye, eye, None, p=p, seed=seed, offset=offset,
+                               start=start, block_q=4, block_k=8)
+    keep = mrng.keep_mask((1, A, S, S), p, seed, offset, start=start)
+    np.testing.assert_array_equal(out[..., :S] > 0, keep)
+    np.testing.assert_array_equal(dv[..., :S].swapaxes(-1, -2) > 0, keep)
 
 
 def test_dropout_off_is_the_plain_function_and_seeds_matter():
