@@ -425,12 +425,13 @@ def tile_sizes(block_q, block_k, D, itemsize):
     return tuple(sizes)
 
 
-def kernel_scalars(dtype, scale, dropout_p, seed, offset, start=0):
+def kernel_scalars(dtype, scale, dropout_p, seed, offset):
     """The kernels' scalar arguments, typed: in Numba a float32 mixed with a Python float
-    becomes float64, and an int64 mixed with a uint64 too."""
+    becomes float64, and an int64 mixed with a uint64 too. (The ladder's rungs take these;
+    the production kernels take ``start`` after them, as a uint64 too.)"""
     ftype = dtype.type
     return (ftype(scale), np.float32(dropout_p), ftype(1.0 / (1.0 - dropout_p)),
-            np.uint64(seed), np.uint64(offset), np.uint64(start))
+            np.uint64(seed), np.uint64(offset))
 
 
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
@@ -450,8 +451,8 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, 
     grid = (B * A, -(-S // BQ))                                   # (sequence x head, query tile)
     kern.forward[grid, BQ, dev.stream](
         dev.arg(q), dev.arg(k), dev.arg(v), dev.arg(key_bias), dev.arg(tiles),
-        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset, start), dev.arg(out),
-        dev.arg(lse))
+        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset), np.uint64(start),
+        dev.arg(out), dev.arg(lse))
     return out, lse
 
 
@@ -470,7 +471,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     key_bias, tiles = dev.mask_tables(mask, B, S, BK, q.dtype)
     inv_sum = dev.empty((B, A, S), q.dtype)                       # 1 / sigma_i
     delta = dev.empty((B, A, S), q.dtype)                         # D_i
-    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset, start)
+    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset) + (np.uint64(start),)
     qa, ka, va, da, la = (dev.arg(x) for x in (q, k, v, dout, lse))
     kb, ta = dev.arg(key_bias), dev.arg(tiles)
     kern.dq[(B * A, -(-S // BQ)), BQ, dev.stream](

@@ -40,10 +40,11 @@ def _signatures(types, ft):
     a4, a3, a2 = (types.Array(ft, n, "C") for n in (4, 3, 2))
     tiles = types.Array(types.int32, 2, "C")
     scalars = (ft, types.float32, ft, types.uint64, types.uint64)   # attention_cuda.kernel_scalars
+    start = (types.uint64,)             # the production kernels' element of the first probability
     return {
-        "forward": (a4, a4, a4, a2, tiles) + scalars + (a4, a3),
-        "dq": (a4, a4, a4, a4, a3, a2, tiles) + scalars + (a3, a3, a4),
-        "dkdv": (a4, a4, a4, a4, a3, a3, a3, a2, tiles) + scalars + (a4, a4),
+        "forward": (a4, a4, a4, a2, tiles) + scalars + start + (a4, a3),
+        "dq": (a4, a4, a4, a4, a3, a2, tiles) + scalars + start + (a3, a3, a4),
+        "dkdv": (a4, a4, a4, a4, a3, a3, a3, a2, tiles) + scalars + start + (a4, a4),
         "rung": (a4, a4, a4, a2) + scalars + (a4, a3),
     }
 
