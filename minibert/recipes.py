@@ -74,7 +74,7 @@ PRETRAIN_RECIPES = {
     "bert": dict(preset="mini", vocab_size=8192, steps=300, batch_size=16, seq_len=128,
                  lr=1e-3, warmup=0.1, masked_lm_prob=0.15, dropout=0.1, nsp=True,
                  masking="static", dupe_factor=1, optimizer="bert"),
-    "fast": dict(preset="tiny", vocab_size=2048, steps=2500, batch_size=32, seq_len=64,
+    "fast": dict(preset="tiny", vocab_size=1024, steps=2500, batch_size=32, seq_len=64,
                  lr=2e-3, warmup=0.06, masked_lm_prob=0.25, dropout=0.0, nsp=False,
                  masking="dynamic", dupe_factor=1, optimizer="torch"),
 }
