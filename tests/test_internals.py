@@ -8,8 +8,9 @@ import pytest
 from minibert import (BertConfig, BertForMaskedLM, BertForMultipleChoice, BertForPreTraining,
                       BertForQuestionAnswering, BertForSequenceClassification,
                       BertForTokenClassification, BertModel, gradcheck)
-from minibert.ops import readable_ops
 from tests.helpers import assert_close, to_np
+# the model tests' batch, perturbation, frozen dropout and kernels/readable fixture
+from tests.test_model import batch, frozen_dropout, ops_mode, perturb  # noqa: F401 (fixture)
 
 # odd sizes on purpose; small enough for float64 checks of every head-mask entry
 TINY = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
@@ -27,38 +28,6 @@ def hf_config(transformers, config):
     d = {k: v for k, v in config.to_dict().items()
          if k not in ("model_type", "attn_implementation", "num_labels", "classifier_dropout")}
     return transformers.BertConfig(**d, attn_implementation="eager")
-
-
-def batch(rng, B=3, S=7, V=23, lengths=(7, 5, 2)):
-    ids = rng.integers(1, V, size=(B, S))
-    mask = np.zeros((B, S), dtype=np.int64)
-    tt = np.zeros((B, S), dtype=np.int64)
-    for b, n in enumerate(lengths[:B]):
-        mask[b, :n] = 1
-        tt[b, n // 2:n] = 1
-        ids[b, n:] = 0
-    return ids, mask, tt
-
-
-def perturb(model, rng, scale=0.3):
-    """Move every parameter off its initial value so no gradient is trivially zero."""
-    model.store.data[...] += model.xp.asarray(rng.standard_normal(model.store.size) * scale)
-
-
-def frozen_dropout(model, fn):
-    """Wrap ``fn`` so every call sees the same dropout masks (same RNG state)."""
-    state = model.rng_state()
-
-    def f():
-        model.set_rng_state(state)
-        return fn()
-    return f
-
-
-@pytest.fixture(params=["kernels", "readable"])
-def ops_mode(request):
-    with readable_ops(request.param == "readable"):
-        yield request.param
 
 
 # ----------------------------------------------------------------- head_mask, inputs_embeds
