@@ -59,13 +59,15 @@ def is_device_array(x) -> bool:
 
 
 def cuda_kernels_available() -> bool:
-    """True when Numba's CUDA target is installed (``numba-cuda``, or the one bundled with
-    Numba): found without importing it, so that ``import minibert`` stays off CUDA."""
+    """True when NVIDIA's CUDA target for Numba (``numba-cuda``, the package the gpu and sim
+    extras install, importable as ``numba_cuda``) is there: the kernels are written for it;
+    the older target bundled with Numba is not enough. Found without importing it, so that
+    ``import minibert`` stays off CUDA."""
     global _numba_cuda_ok
     if _numba_cuda_ok is None:
         import importlib.util
         try:
-            _numba_cuda_ok = importlib.util.find_spec("numba.cuda") is not None
+            _numba_cuda_ok = importlib.util.find_spec("numba_cuda") is not None
         except (ImportError, ValueError):
             _numba_cuda_ok = False
     return _numba_cuda_ok
