@@ -154,20 +154,20 @@ def check(fns, tensors, mask):
     return ratios
 
 
-def time_interleaved(fns, args, backward, repeat, warmup=3):
-    """Median milliseconds per implementation, CUDA events around each call, rounds
-    interleaved."""
+def time_interleaved(fns, repeat, args=(), warmup=3):
+    """Median milliseconds per implementation, each called as ``fn(*args)``: CUDA events
+    around each call, rounds interleaved (``bench_model_gpu.py`` times its steps with it too)."""
     import torch
     for fn in fns.values():
         for _ in range(warmup):
-            fn(*args, backward)
+            fn(*args)
     times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
             start.record()
-            fn(*args, backward)
+            fn(*args)
             stop.record()
             torch.cuda.synchronize()
             times[name].append(start.elapsed_time(stop))
@@ -194,7 +194,7 @@ def main(argv=None):
         entry = {"shape": shape, "error_ratio_vs_textbook": ratios, "timings_ms": {}}
         for label, backward, flops in (("forward", False, 4 * B * A * S * S * D),
                                        ("forward+backward", True, 14 * B * A * S * S * D)):
-            ms = time_interleaved(fns, t32, backward, repeat)
+            ms = time_interleaved(fns, repeat, args=(*t32, backward))
             mine = ms["minibert fused (Numba CUDA)"]
             entry["timings_ms"][label] = {
                 name: {"ms": t, "tflops": flops / (t * 1e-3) / 1e12, "minibert_speedup": t / mine}

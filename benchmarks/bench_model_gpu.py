@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -152,30 +151,12 @@ def check_same_function(config, batch, g, t):
     return errs
 
 
-def time_interleaved(fns, repeat, warmup=3):
-    import torch
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times[name].append(start.elapsed_time(stop))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(argv=None):
     args = parse_args(argv)
     import cupy as cp
     import torch
     import transformers
-    from bench_attention_gpu import versions
+    from bench_attention_gpu import time_interleaved, versions
     from minibert import BertConfig, BertForPreTraining
     from minibert.optim import AdamW
     torch.backends.cuda.matmul.allow_tf32 = False
