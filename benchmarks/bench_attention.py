@@ -108,13 +108,17 @@ def parse_args(argv=None):
 ARGS = parse_args() if __name__ == "__main__" else None
 NOTES = configure_environment(ARGS.threads) if ARGS is not None else []
 
-import numpy as np  # noqa: E402  (after the thread environment is set)
 import numba  # noqa: E402
+import numpy as np  # noqa: E402  (after the thread environment is set)
 
-from minibert.ops import attention  # noqa: E402
 from minibert import kernels as fused  # noqa: E402
-from minibert.kernels.ladder import (attn_v1_naive, attn_v2_fused_softmax,  # noqa: E402
-                                     attn_v3_online_softmax, attn_v4_tiled)
+from minibert.kernels.ladder import (  # noqa: E402
+    attn_v1_naive,
+    attn_v2_fused_softmax,
+    attn_v3_online_softmax,
+    attn_v4_tiled,
+)
+from minibert.ops import attention  # noqa: E402
 
 try:
     import torch

@@ -134,6 +134,7 @@ def check(fns, tensors, mask):
     """Every implementation's float32 results against the float64 textbook: RMS error at
     most CHECK_FACTOR times the float32 textbook's. Returns the error ratios."""
     import cupy as cp
+
     from minibert.ops import attention, readable_ops
     q, k, v, dout = tensors
     with readable_ops():

@@ -57,6 +57,7 @@ def _batch(np, B, V, seed=0):
 
 def worker_step(preset, batch_size, steps):
     import numpy as np
+
     from minibert import AdamW, BertConfig, BertForPreTraining, clip_grad_norm
     from minibert import distributed as dist
     comm = dist.world()
@@ -107,6 +108,7 @@ def worker_step(preset, batch_size, steps):
 
 def worker_allreduce(preset, repeat):
     import numpy as np
+
     from minibert import BertConfig, count_parameters
     from minibert import distributed as dist
     comm = dist.world()

@@ -154,17 +154,16 @@ ARGS = parse_args() if __name__ == "__main__" else None
 # the default-settings run leaves the environment alone: nothing is set before the imports
 NOTES = configure_environment(ARGS.threads) if ARGS is not None and not ARGS.defaults else []
 
-import numpy as np  # noqa: E402  (after the thread environment is set)
+import memory  # noqa: E402
 import numba  # noqa: E402
+import numpy as np  # noqa: E402  (after the thread environment is set)
+import profiling  # noqa: E402
 
 import minibert.ops as ops  # noqa: E402
 from minibert.config import BertConfig  # noqa: E402
 from minibert.heads import BertForPreTraining, BertForSequenceClassification  # noqa: E402
 from minibert.model import BertModel  # noqa: E402
 from minibert.optim import AdamW  # noqa: E402
-
-import memory  # noqa: E402
-import profiling  # noqa: E402
 
 try:
     import torch

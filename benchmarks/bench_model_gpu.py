@@ -128,6 +128,7 @@ def hf_steps(model, t):
 def check_same_function(config, batch, g, t):
     """Hugging Face's weights in minibert, dropout off: loss and one gradient agree."""
     import numpy as np
+
     from minibert import BertForPreTraining
     from minibert.backend import to_numpy
     hf = hf_model(config).eval()
@@ -157,6 +158,7 @@ def main(argv=None):
     import torch
     import transformers
     from bench_attention_gpu import time_interleaved, versions
+
     from minibert import BertConfig, BertForPreTraining
     from minibert.optim import AdamW
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -12,17 +12,23 @@ Public names::
     AdamW, LRSchedule, clip_grad_norm                        the optimizer
     TrainConfig, Trainer                                     the training loop
 """
-from .config import BertConfig, count_parameters, parameter_breakdown
-from .gradcheck import GradcheckError, GradcheckReport, check_op, gradcheck
-from .heads import (BertForMaskedLM, BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
-                    BertForSequenceClassification, BertForTokenClassification)
-from .model import BertModel, from_pretrained
 from .backend import gpu_available
 from .checkpoint import save_pretrained
-from .tokenization import BertTokenizer
-from .wordpiece_trainer import train_wordpiece_vocab
+from .config import BertConfig, count_parameters, parameter_breakdown
+from .gradcheck import GradcheckError, GradcheckReport, check_op, gradcheck
+from .heads import (
+                    BertForMaskedLM,
+                    BertForMultipleChoice,
+                    BertForPreTraining,
+                    BertForQuestionAnswering,
+                    BertForSequenceClassification,
+                    BertForTokenClassification,
+)
+from .model import BertModel, from_pretrained
 from .optim import AdamW, LRSchedule, clip_grad_norm
+from .tokenization import BertTokenizer
 from .train import TrainConfig, Trainer
+from .wordpiece_trainer import train_wordpiece_vocab
 
 __version__ = "0.1.0"
 

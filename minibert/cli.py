@@ -139,8 +139,9 @@ PRETRAIN_SETTINGS = ("preset", "vocab_size", "steps", "batch_size", "seq_len", "
 
 
 def cmd_pretrain(args) -> int:
-    from .recipes import pretrain, resolve_pretrain_recipe
     from functools import partial
+
+    from .recipes import pretrain, resolve_pretrain_recipe
     given = {k: getattr(args, k) for k in PRETRAIN_SETTINGS}
     settings = resolve_pretrain_recipe(args.recipe, **given)     # bad flags fail here, early
     t0 = time.perf_counter()
@@ -176,8 +177,9 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .recipes import finetune
     from functools import partial
+
+    from .recipes import finetune
     run = partial(finetune, checkpoint=args.checkpoint, data=args.data, out_dir=args.out,
                   steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                   lr=args.lr, seed=args.seed, device=args.device, resume=args.resume,
@@ -290,6 +292,7 @@ def cmd_params(args) -> int:
 
 def cmd_info(args) -> int:
     import platform
+
     from . import __version__
     from .backend import gpu_available
     print(f"minibert {__version__}, Python {platform.python_version()}, NumPy {np.__version__}")

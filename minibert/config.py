@@ -78,7 +78,7 @@ class BertConfig:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def preset(cls, name: str, **overrides) -> "BertConfig":
+    def preset(cls, name: str, **overrides) -> BertConfig:
         """A named size: the miniature BERTs of Turc et al. (2019), BERT-Base and BERT-Large."""
         if name not in PRESETS:
             raise ValueError(f"preset={name!r} is not known, expected one of {sorted(PRESETS)}")
@@ -94,7 +94,7 @@ class BertConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BertConfig":
+    def from_dict(cls, d: dict) -> BertConfig:
         """Build from a dict such as a Hugging Face config.json; unknown keys are ignored
         (Hugging Face stores many that do not change the architecture), except that a
         model_type other than "bert" is rejected."""
@@ -116,7 +116,7 @@ class BertConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json_file(cls, path) -> "BertConfig":
+    def from_json_file(cls, path) -> BertConfig:
         if not os.path.isfile(path):
             raise ValueError(f"config file {str(path)!r} does not exist")
         with open(path, encoding="utf-8") as fh:

@@ -19,7 +19,7 @@ import gc
 import os
 import re
 import sysconfig
-from typing import Iterable
+from collections.abc import Iterable
 
 # ----------------------------------------------------------------------------- sentences
 
@@ -196,7 +196,7 @@ def stdlib_source_files(root: str | None = None, packages=None) -> list[str]:
     return sorted(found, key=lambda f: os.path.relpath(f, root))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def file_docstrings(file: str) -> tuple:
     """``(kind, name, docstring)`` for the module, classes, functions and methods of a Python
     source file, in source order, each docstring cleaned by ``inspect.cleandoc``; ``kind`` is

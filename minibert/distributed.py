@@ -122,7 +122,7 @@ class MPIComm(OneRank):
     """mpi4py's ``COMM_WORLD``: the ranks an MPI launcher started."""
 
     def __init__(self, comm=None):
-        from mpi4py import MPI          # lazy: minibert imports and runs without mpi4py
+        from mpi4py import MPI  # lazy: minibert imports and runs without mpi4py
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
@@ -237,7 +237,7 @@ def mpi_info() -> dict:
         comm = world()
         info.update(library=comm.library, ranks=comm.size)
     else:
-        from mpi4py import MPI      # starts MPI as a singleton: cheap, and tells the library
+        from mpi4py import MPI  # starts MPI as a singleton: cheap, and tells the library
         info["library"] = " ".join(MPI.Get_library_version().split("\n")[0].split())
     return info
 

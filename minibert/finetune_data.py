@@ -72,7 +72,7 @@ class ClassificationData:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def subset(self, indices) -> "ClassificationData":
+    def subset(self, indices) -> ClassificationData:
         """The examples at ``indices`` (in that order), with the same label names."""
         idx = np.asarray(indices, dtype=np.int64)
         return ClassificationData([self.texts[i] for i in idx],

@@ -17,8 +17,15 @@ import numpy as np
 from .backend import get_xp, scatter_add
 from .checkpoint import PretrainedMixin
 from .config import BertConfig
-from .model import (SITE_HEAD, BertModel, accumulate, bert_param_specs, check_int_array,
-                    reject_positional, weight_and_bias)
+from .model import (
+    SITE_HEAD,
+    BertModel,
+    accumulate,
+    bert_param_specs,
+    check_int_array,
+    reject_positional,
+    weight_and_bias,
+)
 from .ops import cross_entropy, dropout, gelu, layernorm, linear
 from .params import FlatParams, ParamSpec
 

@@ -50,8 +50,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import get_array_module, to_numpy
-from .heads import (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
-                    BertForTokenClassification)
+from .heads import (
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
 from .model import check_int_array
 
 __all__ = ["attention_maps", "head_stats", "attention_rollout", "head_importance",

@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 TEMP_PREFIX = ".tmp-"
 

@@ -36,8 +36,8 @@ import numpy as np
 from .backend import get_array_module, get_xp
 from .checkpoint import PretrainedMixin, load_pretrained
 from .config import BertConfig
-from .params import FlatParams, ParamSpec
 from .ops import attention, dropout, embedding, gelu, layernorm, linear, tanh
+from .params import FlatParams, ParamSpec
 
 # Dropout streams: each training forward call gets a call index, each dropout site an id;
 # the Philox offset (call << 20) | site makes every (call, site) an independent stream.
@@ -571,7 +571,7 @@ class _Run(NamedTuple):
     head_mask: object = None    # (L, A) multiplying each head's probabilities, or None
 
     @classmethod
-    def start(cls, model, training, output_attentions, head_mask=None) -> "_Run":
+    def start(cls, model, training, output_attentions, head_mask=None) -> _Run:
         """The run of ``model``'s next forward call."""
         cfg = model.config
         return cls(bool(training), model.dropout_calls,

@@ -187,7 +187,7 @@ class AdamW:
         b1, b2, eps, wd = self.beta1, self.beta2, self.eps, self.weight_decay
         self.t += 1
         if use_kernel(p, g, m, v):
-            from .kernels import adamw_cpu       # lazy: Numba takes a while to import
+            from .kernels import adamw_cpu  # lazy: Numba takes a while to import
             if self.variant == "bert":
                 adamw_cpu.step_bert(p, g, m, v, self.decay_mask, b1, b2, eps, wd, lr)
             else:

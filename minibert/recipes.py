@@ -18,15 +18,21 @@ import os
 import numpy as np
 
 from .backend import to_numpy
-from .config import PRESETS, BertConfig
 from .checkpoint import tensor_names
+from .config import PRESETS, BertConfig
 from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
 from .internals import InternalsMonitor
 from .model import BertModel
 from .tokenization import BertTokenizer, write_vocab
+from .train import (
+    TrainConfig,
+    Trainer,
+    latest_checkpoint,
+    list_checkpoints,
+    read_trainer_state,
+    resolve_checkpoint,
+)
 from .wordpiece_trainer import train_wordpiece_vocab
-from .train import (TrainConfig, Trainer, latest_checkpoint, list_checkpoints,
-                    read_trainer_state, resolve_checkpoint)
 
 DEVICES = ("cpu", "gpu")
 
@@ -273,6 +279,7 @@ def _pretraining_arrays(documents, tokenizer, r, seed, on_stage):
     with BERT's 15% (``EVAL_MASKED_LM_PROB``) whatever the training rate: a run trained with
     more masking is not scored on a harder task, so accuracies compare across recipes."""
     from functools import partial
+
     from . import pretraining_data as pdata
     train_docs, held_docs = _split_documents(documents)
     S, P, nsp = r["seq_len"], r["max_predictions_per_seq"], r["nsp"]

@@ -11,9 +11,9 @@ from functools import partial
 import numpy as np
 
 from .config import BertConfig
-from .gradcheck import check_op as _check_op, gradcheck
+from .gradcheck import check_op as _check_op
+from .gradcheck import gradcheck
 from .ops import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax, tanh
-
 
 # every entry of each op's Jacobian; a table reports failures instead of raising at the first
 check_op = partial(_check_op, mode="jacobian", raise_on_failure=False)

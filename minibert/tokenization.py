@@ -609,7 +609,7 @@ class BertTokenizer:
                     "model_max_length")
 
     @classmethod
-    def from_pretrained(cls, directory, **overrides) -> "BertTokenizer":
+    def from_pretrained(cls, directory, **overrides) -> BertTokenizer:
         """Load ``directory/vocab.txt`` and, if present, ``directory/tokenizer_config.json``
         (its do_lower_case, never_split, tokenize_chinese_chars, strip_accents and
         model_max_length; other keys are ignored). ``overrides`` replace those settings."""

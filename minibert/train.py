@@ -126,7 +126,7 @@ class TrainConfig:
         return self.warmup_steps if self.warmup_steps is not None else self.steps // 10
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import settings, HealthCheck
+from hypothesis import HealthCheck, settings
 
 from minibert.backend import gpu_available
 

@@ -5,8 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from minibert import (BertConfig, BertForPreTraining, BertForSequenceClassification,
-                      BertForTokenClassification, BertModel, from_pretrained)
+from minibert import (
+    BertConfig,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    from_pretrained,
+)
 from minibert.checkpoint import read_state_dict
 from tests.helpers import assert_close
 
@@ -220,6 +226,7 @@ def test_sharded_safetensors(tmp_path):
 
 def test_fused_model_exports_a_config_transformers_reads(tmp_path):
     import json
+
     from minibert import BertConfig, BertModel
     model = BertModel(BertConfig.preset("tiny", attn_implementation="fused"), seed=0)
     model.save_pretrained(tmp_path)

@@ -30,9 +30,16 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from minibert import (BertConfig, BertForMaskedLM, BertForPreTraining,  # noqa: E402
-                      BertForQuestionAnswering, BertForSequenceClassification,
-                      BertForTokenClassification, BertModel, from_pretrained)
+from minibert import (  # noqa: E402
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    from_pretrained,
+)
 from minibert.checkpoint import tensor_names  # noqa: E402
 from minibert.cli import main  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402

@@ -2,10 +2,18 @@
 import os
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from minibert.corpora import (check_documents, docstring_paragraphs, docstring_sentences, file_docstrings,
-                              read_corpus, split_sentences, stdlib_documents)
+from minibert.corpora import (
+    check_documents,
+    docstring_paragraphs,
+    docstring_sentences,
+    file_docstrings,
+    read_corpus,
+    split_sentences,
+    stdlib_documents,
+)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

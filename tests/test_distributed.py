@@ -272,7 +272,8 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     message names the rank and the reason, and the checkpoint of step 2 is complete and
     ``latest``; nothing of step 4 was written."""
     import time
-    from minibert.train import list_checkpoints, latest_checkpoint, read_trainer_state
+
+    from minibert.train import latest_checkpoint, list_checkpoints, read_trainer_state
     t0 = time.perf_counter()
     p = run_ranks(2, "fail", tmp_path / "run", timeout=60, check=False)
     elapsed = time.perf_counter() - t0

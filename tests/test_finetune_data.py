@@ -5,11 +5,16 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from minibert.finetune_data import (STDLIB_CLASSIFICATION_PACKAGES, ClassificationData,
-                                    read_classification_file, stdlib_classification,
-                                    train_test_split)
+from minibert.finetune_data import (
+    STDLIB_CLASSIFICATION_PACKAGES,
+    ClassificationData,
+    read_classification_file,
+    stdlib_classification,
+    train_test_split,
+)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -5,10 +5,19 @@ model's own logits, head importance against finite differences, bad input."""
 import numpy as np
 import pytest
 
-from minibert import (BertConfig, BertForMaskedLM, BertForMultipleChoice, BertForPreTraining,
-                      BertForQuestionAnswering, BertForSequenceClassification,
-                      BertForTokenClassification, BertModel, gradcheck)
-from tests.helpers import assert_close, to_np
+from minibert import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    gradcheck,
+)
+from tests.helpers import assert_close
+
 # the model tests' batch, perturbation, frozen dropout and kernels/readable fixture
 from tests.test_model import batch, frozen_dropout, ops_mode, perturb  # noqa: F401 (fixture)
 
@@ -449,7 +458,8 @@ def test_internals_monitor_logs_what_the_step_did(tmp_path):
     update ratios from the parameters before and after, activations, entropies; the run's
     parameters are bit for bit those of a run without the monitor."""
     from minibert.train import TrainConfig, Trainer
-    from tests.test_train import pretraining_arrays, tiny_config as train_config
+    from tests.test_train import pretraining_arrays
+    from tests.test_train import tiny_config as train_config
     data = pretraining_arrays()
     params = []
     for monitor in (None, internals.InternalsMonitor(2, tmp_path / "a")):

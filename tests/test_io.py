@@ -49,9 +49,9 @@ def test_atomic_write_that_raises_creates_nothing(tmp_path):
 def test_atomic_write_text_keeps_line_ends(tmp_path):
     path = tmp_path / "vocab.txt"
     atomic_write_text(path, "a\nb\r\nc\n")
-    assert path.read_bytes() == "a\nb\r\nc\n".encode()
+    assert path.read_bytes() == b"a\nb\r\nc\n"
     atomic_write_text(path, "é\n")
-    assert path.read_bytes() == "é\n".encode("utf-8")
+    assert path.read_bytes() == "é\n".encode()
 
 
 def test_atomic_directory_creates(tmp_path):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from minibert import check_op
-from minibert.ops import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
-                          softmax, tanh)
+from minibert.ops import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax, tanh
 
 
 def _cases(xp, rng):

@@ -3,9 +3,17 @@ padding, dropout on and off), float32 against float64, padding invariance, bad i
 import numpy as np
 import pytest
 
-from minibert import (BertConfig, BertForMultipleChoice, BertForPreTraining,
-                      BertForQuestionAnswering, BertForSequenceClassification,
-                      BertForTokenClassification, BertModel, count_parameters, gradcheck)
+from minibert import (
+    BertConfig,
+    BertForMultipleChoice,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    count_parameters,
+    gradcheck,
+)
 from minibert.ops import readable_ops
 from tests.helpers import assert_close, to_np
 

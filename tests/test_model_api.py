@@ -6,8 +6,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from minibert import (BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
-                      BertForSequenceClassification, BertForTokenClassification, BertModel)
+from minibert import (
+    BertForMultipleChoice,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
 from minibert.ops import Fused, readable_ops
 from tests.test_model import batch, perturb, tiny_config
 

@@ -13,10 +13,17 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from minibert.optim import AdamW, LRSchedule, clip_grad_norm, constant, constant_with_warmup, \
-    linear_warmup_linear_decay
+from minibert.optim import (
+    AdamW,
+    LRSchedule,
+    clip_grad_norm,
+    constant,
+    constant_with_warmup,
+    linear_warmup_linear_decay,
+)
 from minibert.params import FlatParams, ParamSpec
 from tests.helpers import to_np
 

@@ -11,12 +11,17 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minibert import BertConfig, BertForPreTraining
 from minibert.corpora import stdlib_documents
-from minibert.pretraining_data import (TrainingInstance, create_pretraining_instances,
-                                       instances_to_arrays, replacement_vocab)
+from minibert.pretraining_data import (
+    TrainingInstance,
+    create_pretraining_instances,
+    instances_to_arrays,
+    replacement_vocab,
+)
 from minibert.tokenization import BertTokenizer, write_vocab
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minibert import BertConfig, BertForPreTraining, BertModel
 from minibert.optim import AdamW, LRSchedule

@@ -2,7 +2,8 @@
 implementation shares, uniform / keep_mask, and argument checking."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minibert import rng
 from tests.helpers import to_np

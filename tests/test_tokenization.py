@@ -21,10 +21,16 @@ import unicodedata
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from minibert.tokenization import (SPECIAL_TOKENS, BasicTokenizer, BertTokenizer,
-                                   WordpieceTokenizer, write_vocab)
+from minibert.tokenization import (
+    SPECIAL_TOKENS,
+    BasicTokenizer,
+    BertTokenizer,
+    WordpieceTokenizer,
+    write_vocab,
+)
 from minibert.wordpiece_trainer import train_wordpiece_vocab
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

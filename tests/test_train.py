@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from minibert import BertConfig, BertForPreTraining, BertForSequenceClassification
-from minibert.train import (TrainConfig, Trainer, TrainingError, batch_indices, latest_checkpoint,
-                            list_checkpoints, resolve_checkpoint)
+from minibert.train import (
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    batch_indices,
+    latest_checkpoint,
+    list_checkpoints,
+    resolve_checkpoint,
+)
 
 V, S, P, N = 50, 16, 3, 24
 

@@ -46,8 +46,16 @@ import math
 import numpy as np
 from numba import njit
 
-from ._blocks import (EXP_CONSTANTS, FASTMATH, INT_OF, check_blocks, exp_row, keep_factors,
-                      kernel_args, row_max)
+from ._blocks import (
+    EXP_CONSTANTS,
+    FASTMATH,
+    INT_OF,
+    check_blocks,
+    exp_row,
+    keep_factors,
+    kernel_args,
+    row_max,
+)
 from ._threads import run_tasks
 
 #: Default tile: 128 queries x 512 keys. block_k = 512 covers a BERT sequence in one key

@@ -83,7 +83,6 @@ import functools
 import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import cuda
 
@@ -114,7 +113,7 @@ class Kernels(NamedTuple):
     dkdv: object
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_kernels(dtype_str, D, BQ, BK):
     """The three kernels for dtype ``dtype_str``, head size D and tiles of BQ queries and BK
     keys: compile-time constants of Numba CUDA (local and shared array shapes must be), hence

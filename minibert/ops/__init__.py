@@ -24,10 +24,8 @@ Tracing. ``with minibert.ops.trace(params=model.params) as t:`` records every op
 and backward call in the order they run (``tracing.py``); ``t.format()`` is the table that
 ``minibert trace`` prints.
 """
-from .switch import (READABLE_ENV, Fused, readable_ops, set_readable_ops, use_cuda_kernel,
-                     use_kernel)
-from . import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
-               softmax, tanh)
+from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax, tanh
+from .switch import READABLE_ENV, Fused, readable_ops, set_readable_ops, use_cuda_kernel, use_kernel
 from .tracing import Trace, TraceEvent, trace
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",

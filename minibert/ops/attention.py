@@ -241,7 +241,7 @@ def _choose(implementation, return_probs, q, k, v) -> str:
 def _fused_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset, start):
     """The kernel's forward behind the op's contract: ``(context, Fused cache)``. The kernel
     takes C-contiguous heads (the model's are strided views of one (B, S, 3H) product)."""
-    from ..kernels import fused_attention_forward     # lazy: Numba takes a while to import
+    from ..kernels import fused_attention_forward  # lazy: Numba takes a while to import
     xp = get_array_module(q)
     q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))                # (B, A, S, D) each
     out, lse = fused_attention_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset,

@@ -90,7 +90,7 @@ def forward(logits, labels, weights=None, ignore_index=-100):
     # W = 0 -> every c_n w_n is 0, so dividing by 1 instead gives loss 0 and gradient 0
     scale = w / xp.where(total > 0, total, 1)                 # (N,) c_n w_n / W
     if use_kernel(logits) and C > 0:
-        from ..kernels import cross_entropy_cpu   # lazy: Numba takes a while to import
+        from ..kernels import cross_entropy_cpu  # lazy: Numba takes a while to import
         nll, row_max, row_sum = cross_entropy_cpu.forward(logits, safe)   # (N,) float64 each
         # the weighted sum in float64 too, then one rounding to the logits' dtype
         loss = xp.asarray(xp.sum(scale * nll), dtype=logits.dtype)

@@ -57,7 +57,7 @@ def forward(x, p, seed, offset=0, training=True, start=0):
     xp = get_array_module(x)
     p = float(p)          # a NumPy float64 scalar would promote float32 x to float64
     if use_kernel(x):
-        from ..kernels import dropout_cpu        # lazy: Numba takes a while to import
+        from ..kernels import dropout_cpu  # lazy: Numba takes a while to import
         # the same checks, with the same messages, as keep_mask's
         seed, offset = check_u64("seed", seed), check_u64("offset", offset)
         y, keep = dropout_cpu.forward(x, p, seed, offset, check_u64("start", start))

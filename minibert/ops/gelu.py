@@ -47,7 +47,9 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from ..constants import BETA as _BETA, INV_SQRT_2PI as _INV_SQRT_2PI, KAPPA as _KAPPA
+from ..constants import BETA as _BETA
+from ..constants import INV_SQRT_2PI as _INV_SQRT_2PI
+from ..constants import KAPPA as _KAPPA
 from ..constants import SQRT_HALF as _SQRT_HALF
 from .switch import Fused, use_kernel
 
@@ -67,7 +69,7 @@ def _erf_scalar(v):
 
 def _build_numba_erf():
     """Compile ``math.erf`` into a float64/float32 ufunc, cached on disk when possible."""
-    from numba import vectorize   # lazy: Numba takes ~0.5 s to import
+    from numba import vectorize  # lazy: Numba takes ~0.5 s to import
     # float32 first: NumPy takes the first loop the input casts to safely, and float32 casts
     # safely to float64, so the other order would silently compute float32 input in float64
     signatures = ["float32(float32)", "float64(float64)"]
@@ -109,7 +111,7 @@ def forward(x, approximate="none"):
     ``(y, cache)``."""
     _check_approximate(approximate)
     if use_kernel(x):
-        from ..kernels import gelu_cpu           # lazy: Numba takes a while to import
+        from ..kernels import gelu_cpu  # lazy: Numba takes a while to import
         y, saved = gelu_cpu.bias_forward(x, None, approximate)
         return y, Fused(gelu_cpu.backward, saved)
     if approximate == "none":

@@ -68,7 +68,7 @@ def forward(x, weight, bias, eps=1e-12, residual=None):
         raise ValueError(f"eps={eps!r} is not valid, expected a number >= 0")
     eps = float(eps)      # a NumPy float64 scalar would promote float32 x to float64
     if use_kernel(x, weight, bias) and (residual is None or use_kernel(x, residual)):
-        from ..kernels import layernorm_cpu      # lazy: Numba takes a while to import
+        from ..kernels import layernorm_cpu  # lazy: Numba takes a while to import
         y, saved = layernorm_cpu.forward(x, weight, bias, eps, residual)
         return y, Fused(layernorm_cpu.backward, saved)
     if residual is not None:

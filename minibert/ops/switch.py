@@ -4,8 +4,9 @@ keeps. Its own module so that every op can import it while ``minibert.ops`` impo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

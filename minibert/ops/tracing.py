@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import get_array_module
-from . import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax,
-               tanh)
+from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax, tanh
 
 OP_MODULES = (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax, tanh)
 _active = {"trace": None, "depth": 0}

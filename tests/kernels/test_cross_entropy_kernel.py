@@ -21,7 +21,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minibert.gradcheck import check_op
 from minibert.ops import Fused, cross_entropy, readable_ops

@@ -13,7 +13,8 @@ import math
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
@@ -439,6 +440,7 @@ def test_gpu_arrays_without_numba_cuda_say_how_to_get_it(monkeypatch):
     """Validated GPU inputs with Numba's CUDA target missing: an ImportError that names the
     package, before anything imports numba.cuda."""
     import types
+
     import minibert.kernels as kernels
     monkeypatch.setattr(kernels, "cuda_kernels_available", lambda: False)
     attrs = {"__module__": "cupy._core.core", "shape": (1, 1, 2, 2), "ndim": 4,
@@ -493,6 +495,7 @@ def test_concurrent_calls_give_the_blas_setting_back(monkeypatch):
     """Two user threads calling the kernel at once share one BLAS limit: the user's thread
     count comes back when both are done, and both results are right."""
     import threading
+
     from threadpoolctl import threadpool_info
     monkeypatch.setattr(attention_cpu, "MIN_PARALLEL_WORK", 0)
     before = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]

@@ -84,7 +84,7 @@ def _assert_lse(name, lse, ref, atol):
 # --------------------------------------------------------------------------- float64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _float64_case(S, D):
     """Inputs and textbook results, computed once and shared by the three rungs."""
     q, k, v, dout, mask = _problem(S, D, np.float64, seed=S * 1000 + D)
@@ -159,7 +159,7 @@ def test_float32_as_accurate_as_textbook(mod, S, D):
     _assert_lse(f"{mod.__name__} lse", lse, lse_ref, atol=lse_bound)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _float32_case(S, D):
     """float32 inputs, float64 results from them, and the bound of each result."""
     q, k, v, dout, mask = _problem(S, D, np.float32, seed=S * 1000 + D + 1)

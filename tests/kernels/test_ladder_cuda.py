@@ -21,8 +21,7 @@ if not SIMULATOR and not gpu_available():
 from numba import cuda  # noqa: E402
 
 from minibert.kernels import attention_cuda  # noqa: E402
-from minibert.kernels.ladder import (attn_cuda_v1_naive, attn_cuda_v2_shared_tiles,  # noqa: E402
-                                     attn_cuda_v3_online_softmax)
+from minibert.kernels.ladder import attn_cuda_v1_naive, attn_cuda_v2_shared_tiles, attn_cuda_v3_online_softmax  # noqa: E402
 
 TOL64 = 1e-12
 

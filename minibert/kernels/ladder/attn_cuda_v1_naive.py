@@ -42,7 +42,7 @@ from ..attention_cuda import Device, kernel_scalars, tile_sizes
 from ..philox_cpu import dropout_keep
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_kernel(dtype_str, BQ):
     """The kernel for one dtype and ``BQ`` threads (query rows) per block."""
     ftype = np.dtype(dtype_str).type

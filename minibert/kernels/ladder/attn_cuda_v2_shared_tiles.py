@@ -30,7 +30,7 @@ from ..attention_cuda import Device, kernel_scalars, tile_sizes
 from ..philox_cpu import dropout_keep
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_kernel(dtype_str, D, BQ, BK):
     """The kernel for one dtype, head size D, BQ threads per block and tiles of BK keys."""
     ftype = np.dtype(dtype_str).type

@@ -71,7 +71,6 @@ from numba import njit
 from .._blocks import FASTMATH, backward_args, forward_args
 from ..philox_cpu import dropout_keep
 
-
 # --------------------------------------------------------------------------- shared helpers
 
 

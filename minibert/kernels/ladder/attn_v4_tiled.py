@@ -118,8 +118,18 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .._blocks import (EXP_CONSTANTS, FASTMATH, INT_OF, backward_args, check_blocks, exp_row,
-                       forward_args, keep_factors, kernel_args, row_max)
+from .._blocks import (
+    EXP_CONSTANTS,
+    FASTMATH,
+    INT_OF,
+    backward_args,
+    check_blocks,
+    exp_row,
+    forward_args,
+    keep_factors,
+    kernel_args,
+    row_max,
+)
 
 #: Default block sizes, chosen by measurement at the benchmark's shapes (D = 64, S = 128 and
 #: 512, float32, one thread): block_k = 512 against 128 took the backward at S = 512 from

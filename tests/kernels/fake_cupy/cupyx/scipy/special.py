@@ -1,9 +1,8 @@
 """erf for the stand-in (see ``cupy/__init__.py``)."""
 import math
 
-import numpy as np
-
 import cupy
+import numpy as np
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
