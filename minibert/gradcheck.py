@@ -23,9 +23,10 @@ Three modes
   of ``f`` per element). Use it for small inputs: it says exactly which element is wrong.
 * ``"direction"``: a random unit direction ``u`` (normal draws over every element of every
   input, all inputs at once, scaled to norm one) and the directional derivative
-  ``sum_i <g_i, u_i>`` against the finite difference along ``u``. Cost: 4 evaluations per direction, whatever the size, so it checks
-  a whole model's parameters in one go. On failure each input is then checked along its own
-  direction, so the report names the input that is wrong.
+  ``sum_i <g_i, u_i>`` against the finite difference along ``u``. Cost: 4 evaluations per
+  direction, whatever the size, so it checks a whole model's parameters in one go. On
+  failure each input is then checked along its own direction, so the report names the
+  input that is wrong.
 
 * ``"jacobian"`` (``check_op`` and ``jacobian_check`` only): every entry of the Jacobian
   ``dy/dx`` of a small op, rows from ``backward`` with unit upstream gradients, columns from
@@ -90,7 +91,8 @@ class GradcheckReport:
     def __str__(self) -> str:
         lines = [f"gradcheck ({self.mode}, tolerance {self.rtol:.1e}): "
                  f"{'passed' if self.passed else 'FAILED'}",
-                 f"  {'input':<40} {'max abs err':>12} {'max rel err':>12}  worst element: analytic vs numeric"]
+                 f"  {'input':<40} {'max abs err':>12} {'max rel err':>12}  "
+                 "worst element: analytic vs numeric"]
         for r in self.results:
             flag = "" if r.max_rel_err <= self.rtol else "   <-- FAIL"
             where = "" if r.where is None else f"{r.where} "
@@ -113,10 +115,10 @@ def _scalar(v) -> float:
 
 def _stencil(f, set_point, h: float) -> float:
     """Five-point central difference of t -> f(point(t)) at t = 0, step h."""
-    set_point(h); fp1 = _scalar(f())
-    set_point(-h); fm1 = _scalar(f())
-    set_point(2 * h); fp2 = _scalar(f())
-    set_point(-2 * h); fm2 = _scalar(f())
+    def f_at(t):
+        set_point(t)
+        return _scalar(f())
+    fp1, fm1, fp2, fm2 = f_at(h), f_at(-h), f_at(2 * h), f_at(-2 * h)     # in this order
     return (8.0 * (fp1 - fm1) - (fp2 - fm2)) / (12.0 * h)
 
 
@@ -147,7 +149,7 @@ def _full(f, inputs, analytic, eps, tiny, report):
         for j, idx in enumerate(flat_index):
             x0 = x[idx].copy() if x.ndim else x[()].copy()
 
-            def set_point(t, idx=idx, x0=x0):
+            def set_point(t, x=x, idx=idx, x0=x0):
                 x[idx] = x0 + t
             n_all[j] = _stencil(f, set_point, eps)
             x[idx] = x0                      # restore the exact original value
@@ -173,7 +175,7 @@ def _direction(f, inputs, analytic, eps, tiny, n_directions, seed, report, label
         dirs = {name: get_array_module(x).asarray(draws[name] / norm) for name, x in inputs.items()}
         a = sum(_scalar((analytic[name] * dirs[name]).sum()) for name in inputs)
 
-        def set_point(t):
+        def set_point(t, originals=originals, dirs=dirs):
             for name, x in inputs.items():
                 x[...] = originals[name] + t * dirs[name]
         n = _stencil(f, set_point, eps)
@@ -271,10 +273,11 @@ def jacobian_check(forward, backward, inputs: dict, *, kwargs: dict | None = Non
         for k, idx in enumerate(np.ndindex(*x.shape) if x.ndim else [()]):
             x0 = x[idx].copy()
 
-            def y_at(t, idx=idx, x0=x0):
+            def y_at(t, x=x, idx=idx, x0=x0):
                 x[idx] = x0 + t
                 return to_numpy(forward(**inputs, **kwargs)[0]).reshape(-1).astype(np.float64)
-            numeric[:, k] = (8.0 * (y_at(eps) - y_at(-eps)) - (y_at(2 * eps) - y_at(-2 * eps))) / (12.0 * eps)
+            numeric[:, k] = ((8.0 * (y_at(eps) - y_at(-eps)) - (y_at(2 * eps) - y_at(-2 * eps)))
+                             / (12.0 * eps))
             x[idx] = x0                              # restore the exact original value
         a, n = analytic[name], numeric
         err = np.abs(a - n)
