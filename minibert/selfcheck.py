@@ -2,7 +2,7 @@
 directions over all parameters), checked in float64 against central differences.
 
 ``run_all()`` returns one row per check; ``minibert demo`` and ``minibert gradcheck`` print
-them. The checks are small (a second or two in all) and use random upstream gradients.
+them. The checks are small and use random upstream gradients.
 """
 from __future__ import annotations
 
