@@ -27,7 +27,8 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 
-from .tokenization import SPECIAL_TOKENS, BasicTokenizer, _check_positive_int, _check_text
+from .basic_tokenizer import BasicTokenizer, _check_positive_int, _check_text
+from .tokenization import SPECIAL_TOKENS
 
 SCORES = ("frequency", "likelihood")
 
