@@ -56,6 +56,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._rows import dy_rows, rows_of
 from ._threads import run_rows
 
 #: Rows per partial sum of dweight and dbias; each block writes one row of the buffer.
@@ -155,25 +156,20 @@ def backward_blocks(dy, s, mean, rstd, weight, dx, dweight_part, dbias_part, b0,
                 dxr[j] = rs * (g[j] - mean_g - xh[j] * mean_gx)
 
 
-def _rows_of(a, H):
-    """a as a C-contiguous (N, H) array (a view when it already is one)."""
-    return np.ascontiguousarray(a).reshape(-1, H)
-
-
 def forward(x, weight, bias, eps, residual=None):
     """``(y, saved)`` of ``minibert.ops.layernorm.forward(x, weight, bias, eps, residual)``
     for arrays the op has validated: x (..., H) and residual (of x's shape, or None) NumPy
     float32/float64 of weight's and bias's dtype (H,), any layout. ``saved`` is
     ``backward``'s argument list after dy."""
     H = x.shape[-1]
-    x2 = _rows_of(x, H)                                       # (N, H)
+    x2 = rows_of(x, H)                                        # (N, H)
     w, b = np.ascontiguousarray(weight), np.ascontiguousarray(bias)
     N = x2.shape[0]
     y = np.empty_like(x2)                                     # (N, H)
     if residual is None:
         s, res = x2, x2                                       # the sum is x; res is not read
     else:
-        s, res = np.empty_like(x2), _rows_of(residual, H)     # (N, H) each
+        s, res = np.empty_like(x2), rows_of(residual, H)      # (N, H) each
     mean = np.empty(N, dtype=np.float64)
     rstd = np.empty(N, dtype=np.float64)
     run_rows(forward_rows, N, x2, res, residual is not None, w, b, float(eps), y, s, mean, rstd)
@@ -185,10 +181,7 @@ def backward(dy, s, mean, rstd, weight, shape):
     (also the residual's gradient), dweight and dbias (H,), all in s's dtype (dy is
     converted to it)."""
     N, H = s.shape
-    if tuple(np.shape(dy)) != tuple(shape):
-        raise ValueError(f"dy has shape {tuple(np.shape(dy))}, expected the forward's output "
-                         f"shape {tuple(shape)}")
-    dy2 = np.ascontiguousarray(dy, dtype=s.dtype).reshape(N, H)   # (N, H)
+    dy2 = dy_rows(dy, shape, s)                               # (N, H)
     dx = np.empty_like(s)                                     # (N, H)
     n_blocks = -(-N // ROWS_PER_BLOCK)
     dweight_part = np.empty((n_blocks, H), dtype=np.float64)
