@@ -21,6 +21,8 @@ import re
 import sysconfig
 from collections.abc import Iterable
 
+from .io import read_utf8_text
+
 # ----------------------------------------------------------------------------- sentences
 
 # Words after which a period does not end a sentence (compared in lower case).
@@ -81,16 +83,9 @@ def _corpus_files(path: str) -> list[str]:
 
 
 def _read_documents(file: str) -> list[list[str]]:
-    with open(file, "rb") as fh:
-        raw = fh.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"corpus file {file!r} is not UTF-8 text: undecodable byte "
-                         f"{raw[e.start:e.start + 1]!r} at line {line}, expected UTF-8") from None
     documents, current = [], []
-    for line in text.split("\n"):              # not splitlines: \x0c, \x85, \u2028 are not line ends here
+    # split("\n"), not splitlines: \x0c, \x85 and \u2028 are not line ends here
+    for line in read_utf8_text(file, "corpus file").split("\n"):
         line = " ".join(line.split())
         if line:
             current.append(line)

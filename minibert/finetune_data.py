@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .corpora import docstring_paragraphs, file_docstrings, stdlib_root, stdlib_source_files
+from .io import read_utf8_text
 
 _INT = re.compile(r"[+-]?\d+")
 
@@ -215,14 +216,7 @@ def read_classification_file(path, text_column: str = "text", text_pair_column: 
                          ".tsv, .jsonl, .ndjson or .json (JSON lines)")
     if not os.path.isfile(file):
         raise ValueError(f"classification file {file!r} does not exist")
-    with open(file, "rb") as fh:
-        data = fh.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{file!r} line {line}: undecodable byte {data[e.start:e.start + 1]!r}, "
-                         "expected UTF-8 text") from None
+    text = read_utf8_text(file, "classification file")
     if not text.strip():
         raise ValueError(f"classification file {file!r} is empty, expected a header and examples"
                          if ext in (".csv", ".tsv") else

@@ -1,4 +1,6 @@
-"""Atomic writes: a file or a directory appears complete under its name, or not at all.
+"""Atomic writes: a file or a directory appears complete under its name, or not at all; and
+``read_utf8_text``, the one reader of the UTF-8 input files (corpora, labeled data), whose
+error names the file, the byte and its line.
 
 Every writer in minibert (Hugging Face checkpoints, vocabularies and tokenizer configs, the
 trainer's checkpoint directories, its ``latest`` pointer and plots) goes through these
@@ -54,6 +56,20 @@ def atomic_write_text(path, text: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     atomic_write(path, write)
+
+
+def read_utf8_text(file: str, what: str) -> str:
+    """The text of ``file`` decoded as UTF-8 (a leading byte-order mark dropped), with its
+    line ends as they are. An undecodable byte raises ValueError naming ``what`` (such as
+    "corpus file"), the file, the byte and the line it is on."""
+    with open(file, "rb") as fh:
+        raw = fh.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{what} {file!r} is not UTF-8 text: undecodable byte "
+                         f"{raw[e.start:e.start + 1]!r} at line {line}, expected UTF-8") from None
 
 
 @contextlib.contextmanager
