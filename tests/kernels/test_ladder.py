@@ -395,11 +395,12 @@ def test_cpu_rung_runs_as_a_script(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CUDA_RUNGS)
 def test_cuda_rung_without_gpu_says_so(name, tmp_path):
-    """Without a GPU and without the simulator a GPU rung prints one line and exits 0."""
-    from minibert.backend import gpu_available
-    if gpu_available():
-        pytest.skip("a GPU answers here")
-    r = _python([str(ROOT / "kernels" / f"{name}.py")], tmp_path)
+    """Without a GPU and without the simulator a GPU rung prints one line and exits 0 (where
+    a GPU answers, it passes its check instead)."""
+    r = _python([str(ROOT / "kernels" / f"{name}.py"), "--seq", "33", "--repeat", "2"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 1 and "no CUDA GPU" in lines[0], r.stdout
+    if "no CUDA GPU" in r.stdout:
+        assert len(lines) == 1, r.stdout
+    else:
+        assert "check against minibert.ops.attention: PASS" in r.stdout, r.stdout
