@@ -61,9 +61,9 @@ Compiler flags (``FASTMATH``, those of the production kernels too):
 vectorize, and fuse multiply-adds. It makes no assumption about NaN or infinity, so
 ``-inf`` maxima and ``+inf`` lse keep their meaning.
 
-Arguments are checked with the messages of ``minibert.kernels.fused_attention_*``; unlike
-those entry points the rungs also take arrays of any strides (copied to C order) and masks
-as lists.
+Arguments are checked by the rung itself (TypeError or ValueError naming the argument, the
+value and what was expected); unlike ``minibert.kernels.fused_attention_*`` the rungs also
+take arrays of any strides (copied to C order) and masks as lists.
 
 The rung stands alone (as the rungs of llm.c's ``dev/cuda``): it imports only public names
 of minibert, and what it shares with the other rungs (argument checks, the self-check and

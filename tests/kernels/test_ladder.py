@@ -294,8 +294,8 @@ def test_ladder_agrees_with_production_kernel(rung, p):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_bad_inputs_raise(rung, name):
-    """Every rung checks its arguments itself (they stand alone), with the messages of
-    ``minibert.kernels.fused_attention_*``."""
+    """Every rung checks its arguments itself (they stand alone): errors that name the
+    argument, the value and what was expected."""
     mod = rung(name)
     q, k, v, dout, mask = _problem(4, 3, np.float64, seed=6)
     out, lse = mod.forward(q, k, v, mask, None)
