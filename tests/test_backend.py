@@ -37,7 +37,7 @@ def test_import_does_not_touch_cupy_or_cuda():
 def test_cpu_work_never_imports_numba_cuda():
     """The CUDA kernels load ``numba.cuda`` only when a GPU array arrives: a CPU forward and
     backward of the model (fused attention on the CPU included) leaves it unimported."""
-    code = ("import sys, numpy as np, minibert, minibert.kernels, minibert.kernels.ladder; "
+    code = ("import sys, numpy as np, minibert, minibert.kernels; "
             "m = minibert.BertModel(minibert.BertConfig.preset('tiny')); "
             "out, cache = m.forward(np.array([[1, 2, 3]]), training=True); "
             "m.backward(cache, np.ones_like(out.last_hidden_state)); "
@@ -57,10 +57,9 @@ def test_gpu_roundtrip(xp):
 
 
 def test_kernels_subpackage_imports():
-    """The kernels are the subpackage minibert/kernels/ (ladder included)."""
+    """The kernels are the subpackage minibert/kernels/."""
     import minibert.kernels
-    import minibert.kernels.ladder
-    assert minibert.kernels.__doc__ and minibert.kernels.ladder.__doc__
+    assert minibert.kernels.__doc__
 
 
 def test_no_top_level_package_of_the_checkout_shadows_another():

@@ -67,13 +67,10 @@ def test_production_kernels_compile(compiler, dtype):
             assert ".f64" not in ptx, f"{name}: float64 arithmetic in the float32 kernel"
 
 
-def test_ladder_rungs_compile(compiler):
+def test_ladder_rungs_compile(compiler, rung):
     cuda, types = compiler
-    from minibert.kernels.ladder import (
-        attn_cuda_v1_naive,
-        attn_cuda_v2_shared_tiles,
-        attn_cuda_v3_online_softmax,
-    )
+    attn_cuda_v1_naive, attn_cuda_v2_shared_tiles, attn_cuda_v3_online_softmax = map(
+        rung, ("attn_cuda_v1_naive", "attn_cuda_v2_shared_tiles", "attn_cuda_v3_online_softmax"))
     sig = _signatures(types, types.float32)["rung"]
     kernels = {"v1": attn_cuda_v1_naive.build_kernel("<f4", 64),
                "v2": attn_cuda_v2_shared_tiles.build_kernel("<f4", 64, 64, 64),

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
 from minibert.kernels import attention_cpu, fused_attention_backward, fused_attention_forward
-from minibert.kernels.ladder import attn_v4_tiled
 from minibert.kernels.philox_cpu import dropout_keep, philox_uint32
 from minibert.ops import attention, readable_ops
 from tests.helpers import assert_close
@@ -144,11 +143,16 @@ def test_float64_masks_and_scale(mask_kind):
 
 
 #: the two tiled kernels that take block sizes: rung 5 (production, BLAS block products)
-#: and rung 4 (all Numba)
-TILED = [pytest.param(attention_cpu, id="v5"), pytest.param(attn_v4_tiled, id="v4")]
+#: and rung 4 (all Numba, kernels/attn_v4_tiled.py, loaded by path)
+TILED = [pytest.param("v5", id="v5"), pytest.param("v4", id="v4")]
 
 
-@pytest.mark.parametrize("mod", TILED)
+@pytest.fixture
+def mod(request, rung):
+    return attention_cpu if request.param == "v5" else rung("attn_v4_tiled")
+
+
+@pytest.mark.parametrize("mod", TILED, indirect=True)
 @pytest.mark.parametrize("blocks", [(1, 1), (3, 5), (16, 8), (64, 128), (200, 200)])
 def test_block_sizes_do_not_change_the_function(mod, blocks):
     """Many key blocks exercise the rescaling of the online softmax; blocks larger than S
@@ -288,7 +292,7 @@ def test_all_padding_sequence_gives_zeros_and_no_nan(dtype):
 # --------------------------------------------------------------------------- threads and state
 
 
-@pytest.mark.parametrize("mod", TILED)
+@pytest.mark.parametrize("mod", TILED, indirect=True)
 def test_parallel_and_serial_give_the_same_bits(monkeypatch, mod):
     """Each output element is written by exactly one task, with no reduction across
     threads: one thread and all threads must agree bit for bit (odd sizes, dropout, padding,

@@ -1,6 +1,7 @@
-"""Tests of the kernel ladder (minibert/kernels/ladder/: attn_v1_naive.py, attn_v2_fused_softmax.py,
-attn_v3_online_softmax.py, attn_v4_tiled.py; rung 5, the production kernel, is tested in
-test_fused_attention.py) against the textbook op ``minibert.ops.attention``.
+"""Tests of the CPU rungs of the study ladder (kernels/attn_v1_naive.py, attn_v2_fused_softmax.py,
+attn_v3_online_softmax.py, attn_v4_tiled.py, loaded by path with the ``rung`` fixture; rung
+5, the production kernel, is tested in test_fused_attention.py) against the textbook op
+``minibert.ops.attention``, and of the rungs as scripts and as standalone files.
 
 Every rung computes the same function behind the same contract; the textbook op is the
 reference. float64 results must agree with it to rounding (1e-12); float32 results must be
@@ -8,22 +9,25 @@ about as accurate as the textbook's own float32 (see ``test_float32_as_accurate_
 Odd sizes (S = 1, 7, 97, 129; D = 16, 64, 80) and masks with a full sequence, partial
 padding, a single real key, no real key at all, and holes in the middle.
 """
+import ast
 import functools
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from minibert.kernels.ladder import attn_v1_naive as v1
-from minibert.kernels.ladder import attn_v2_fused_softmax as v2
-from minibert.kernels.ladder import attn_v3_online_softmax as v3
-from minibert.kernels.ladder import attn_v4_tiled as v4
 from minibert.ops import attention, readable_ops
 from tests.helpers import assert_close
 
 EPS32 = float(np.finfo(np.float32).eps)
-VARIANTS = [pytest.param(v1, id="v1"), pytest.param(v2, id="v2"), pytest.param(v3, id="v3"),
-            pytest.param(v4, id="v4")]
+CPU_RUNGS = ["attn_v1_naive", "attn_v2_fused_softmax", "attn_v3_online_softmax", "attn_v4_tiled"]
+CUDA_RUNGS = ["attn_cuda_v1_naive", "attn_cuda_v2_shared_tiles", "attn_cuda_v3_online_softmax"]
+VARIANTS = [pytest.param(name, id=name.split("_")[1]) for name in CPU_RUNGS]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SIZES = [(S, D) for S in (1, 7, 97, 129) for D in (16, 64, 80)]
 A = 2
 
@@ -92,11 +96,12 @@ def _float64_case(S, D):
     return (q, k, v, dout, mask), ref, _lse(q, k, mask)
 
 
-@pytest.mark.parametrize("mod", VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("S,D", SIZES)
-def test_float64_matches_textbook(mod, S, D):
+def test_float64_matches_textbook(rung, name, S, D):
     """Same math, different summation orders: float64 differences are a few tens of eps64
     (~1e-14) on values of order one, so 1e-12 catches any wrong formula, index or mask."""
+    mod = rung(name)
     inputs, ref, lse_ref = _float64_case(S, D)
     got, lse = _run(mod, *inputs)
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
@@ -106,9 +111,10 @@ def test_float64_matches_textbook(mod, S, D):
 
 
 @pytest.mark.parametrize("block_k", [1, 5, 200])
-def test_online_softmax_block_sizes(monkeypatch, block_k):
+def test_online_softmax_block_sizes(monkeypatch, rung, block_k):
     """Rung 3 with one key per block (a rescale at every key), blocks that do not divide S,
     and one block longer than S: the same result."""
+    v3 = rung("attn_v3_online_softmax")
     monkeypatch.setattr(v3, "BLOCK_K", block_k)
     q, k, v, dout, mask = _problem(97, 16, np.float64, seed=block_k)
     # scores of very different sizes, so the running max really moves from block to block
@@ -134,9 +140,9 @@ def _magnitudes(q, k, v, dout, probs, scale):
             probs.swapaxes(-1, -2) @ ado)
 
 
-@pytest.mark.parametrize("mod", VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("S,D", SIZES)
-def test_float32_as_accurate_as_textbook(mod, S, D):
+def test_float32_as_accurate_as_textbook(rung, name, S, D):
     """float32 out, lse, dq, dk, dv against float64 results from the same (rounded) inputs.
 
     The statement (as in FlashAttention's tests): a kernel's float32 error is at most twice
@@ -151,6 +157,7 @@ def test_float32_as_accurate_as_textbook(mod, S, D):
     0.) Measured over this grid: no error is above 0.2 of its bound; a wrong formula is off
     by 1e-1.
     """
+    mod = rung(name)
     inputs, ref, bounds, lse_ref, lse_bound = _float32_case(S, D)
     got, lse = _run(mod, *inputs)
     for name, a, r, bound in zip(("out", "dq", "dk", "dv"), got, ref, bounds):
@@ -183,14 +190,15 @@ def _float32_case(S, D):
 # --------------------------------------------------------------------------- dropout
 
 
-@pytest.mark.parametrize("mod", VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("S", [7, 97])
-def test_dropout_bits_match_textbook(mod, dtype, S):
+def test_dropout_bits_match_textbook(rung, name, dtype, S):
     """With dropout the kernels must drop exactly the textbook's entries (the Philox bits of
     ``rng.keep_mask`` for the same seed and offset): one different bit moves an output by
     a whole probability times v, ~1e-2, far above the tolerances. A seed above 2**63 checks
     the unsigned path. Another offset must give another result."""
+    mod = rung(name)
     D = 16
     q, k, v, dout, mask = _problem(S, D, dtype, seed=S)
     p, seed, offset = 0.3, 2**63 + 12345, 7
@@ -211,11 +219,12 @@ def test_dropout_bits_match_textbook(mod, dtype, S):
 # --------------------------------------------------------------------------- edge cases
 
 
-@pytest.mark.parametrize("mod", VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_all_padding_sequence_gives_zeros(mod, dtype):
+def test_all_padding_sequence_gives_zeros(rung, name, dtype):
     """A sequence without a real key: zero output, lse = +inf, zero gradients, no NaN
     anywhere, also with dropout and large scores (the other sequences stay finite)."""
+    mod = rung(name)
     q, k, v, dout, mask = _problem(7, 16, dtype, seed=3)
     q *= dtype(30.0)                                           # scores in the hundreds
     for p in (0.0, 0.5):
@@ -227,9 +236,10 @@ def test_all_padding_sequence_gives_zeros(mod, dtype):
         assert np.all(np.isfinite(lse[[0, 1, 2, 4]])), "lse of a real sequence is not finite"
 
 
-@pytest.mark.parametrize("mod", VARIANTS)
-def test_no_mask_and_explicit_scale(mod):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_no_mask_and_explicit_scale(rung, name):
     """mask=None means every key is real; an explicit scale replaces 1/sqrt(D)."""
+    mod = rung(name)
     q, k, v, dout, _ = _problem(7, 16, np.float64, seed=4)
     ones = np.ones((5, 7), dtype=np.int64)
     a, lse_a = mod.forward(q, k, v, None, 0.3)
@@ -245,8 +255,9 @@ def test_no_mask_and_explicit_scale(mod):
         assert_close(f"{name} with scale=0.3", g, r, atol=1e-12)
 
 
-@pytest.mark.parametrize("mod", VARIANTS)
-def test_backward_returns_fresh_arrays_and_leaves_inputs_alone(mod):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_backward_returns_fresh_arrays_and_leaves_inputs_alone(rung, name):
+    mod = rung(name)
     q, k, v, dout, mask = _problem(7, 16, np.float32, seed=5)
     # non-contiguous inputs are accepted (made contiguous, never written)
     qt = np.ascontiguousarray(q.swapaxes(1, 2)).swapaxes(1, 2)
@@ -265,7 +276,7 @@ def test_backward_returns_fresh_arrays_and_leaves_inputs_alone(mod):
 
 
 @pytest.mark.parametrize("p", [0.0, 0.25])
-def test_ladder_agrees_with_production_kernel(p):
+def test_ladder_agrees_with_production_kernel(rung, p):
     """Every rung and the top of the ladder (v5, ``minibert.kernels.fused_attention_*``)
     compute the same function, ``lse`` convention included (+inf without a real key)."""
     kernels = pytest.importorskip("minibert.kernels")
@@ -274,34 +285,122 @@ def test_ladder_agrees_with_production_kernel(p):
     q, k, v, dout, mask = _problem(97, 16, np.float64, seed=11)
     out4, lse4 = kernels.fused_attention_forward(q, k, v, mask, None, p, 3, 9)
     grads4 = kernels.fused_attention_backward(dout, q, k, v, out4, lse4, mask, None, p, 3, 9)
-    for mod in (v1, v2, v3, v4):
+    for mod in map(rung, CPU_RUNGS):
         got, lse = _run(mod, q, k, v, dout, mask, p, 3, 9)
         _assert_lse(f"{mod.__name__} lse vs v5", lse, lse4, atol=1e-12)
         for name, a, b in zip(("out", "dq", "dk", "dv"), got, (out4,) + tuple(grads4)):
             assert_close(f"{mod.__name__} {name} vs v5", a, b, atol=1e-12)
 
 
-def test_bad_inputs_raise():
+@pytest.mark.parametrize("name", VARIANTS)
+def test_bad_inputs_raise(rung, name):
+    """Every rung checks its arguments itself (they stand alone): errors that name the
+    argument, the value and what was expected."""
+    mod = rung(name)
     q, k, v, dout, mask = _problem(4, 3, np.float64, seed=6)
-    out, lse = v2.forward(q, k, v, mask, None)
+    out, lse = mod.forward(q, k, v, mask, None)
     with pytest.raises(ValueError, match=r"k has shape \(5, 2, 5, 3\), expected the shape of q"):
-        v1.forward(q, np.zeros((5, 2, 5, 3)), v, mask, None)
+        mod.forward(q, np.zeros((5, 2, 5, 3)), v, mask, None)
     with pytest.raises(TypeError, match=r"v has dtype float32, expected the dtype of q"):
-        v2.forward(q, k, v.astype(np.float32), mask, None)
+        mod.forward(q, k, v.astype(np.float32), mask, None)
     with pytest.raises(TypeError, match=r"q has dtype float16, expected float32 or float64"):
-        v3.forward(*(x.astype(np.float16) for x in (q, k, v)), mask, None)
+        mod.forward(*(x.astype(np.float16) for x in (q, k, v)), mask, None)
     with pytest.raises(ValueError, match=r"mask contains the value 2, expected only 0"):
-        v1.forward(q, k, v, mask * 2, None)
+        mod.forward(q, k, v, mask * 2, None)
     with pytest.raises(ValueError, match=r"mask has shape \(5, 3\), expected \(B, S\)"):
-        v3.forward(q, k, v, mask[:, :3], None)
+        mod.forward(q, k, v, mask[:, :3], None)
+    with pytest.raises(TypeError, match=r"scale='1' has type str, expected a real number"):
+        mod.forward(q, k, v, mask, "1")
+    with pytest.raises(ValueError, match=r"scale=nan is not finite"):
+        mod.forward(q, k, v, mask, float("nan"))
     with pytest.raises(ValueError, match=r"dropout_p=1.0 is out of range"):
-        v2.forward(q, k, v, mask, None, dropout_p=1.0)
+        mod.forward(q, k, v, mask, None, dropout_p=1.0)
     with pytest.raises(ValueError, match=r"seed=-1 is out of range"):
-        v3.forward(q, k, v, mask, None, 0.1, seed=-1)
+        mod.forward(q, k, v, mask, None, 0.1, seed=-1)
     with pytest.raises(ValueError,
                        match=r"lse has shape \(5, 2\), expected \(B, A, S\) = \(5, 2, 4\)"):
-        v3.backward(dout, q, k, v, out, lse[..., 0], mask, None)
+        mod.backward(dout, q, k, v, out, lse[..., 0], mask, None)
     with pytest.raises(TypeError, match=r"dout has dtype float32, expected the dtype of q"):
-        v1.backward(dout.astype(np.float32), q, k, v, out, lse, mask, None)
+        mod.backward(dout.astype(np.float32), q, k, v, out, lse, mask, None)
     with pytest.raises(TypeError, match=r"q has type list, expected a NumPy array"):
-        v1.forward(q.tolist(), k, v, mask, None)
+        mod.forward(q.tolist(), k, v, mask, None)
+
+
+# --------------------------------------------------------------------------- standalone files
+
+
+def _minibert_imports(path):
+    """``(module, name)`` for every import of a minibert module in the file at ``path``, and
+    the relative imports as ``(".", name)``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            if node.level or module.split(".")[0] == "minibert":
+                found += [(module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, "") for alias in node.names
+                      if alias.name.split(".")[0] == "minibert"]
+    return found
+
+
+@pytest.mark.parametrize("name", CPU_RUNGS + CUDA_RUNGS)
+def test_rung_imports_only_public_names_of_minibert(name):
+    """A rung stands alone: no relative import, no other rung, and from minibert only
+    public modules and names (no ``_blocks``, no private helper)."""
+    imports = _minibert_imports(ROOT / "kernels" / f"{name}.py")
+    assert imports, f"{name} imports nothing from minibert"
+    bad = [f"{module} import {n}" for module, n in imports
+           if module.startswith(".") or "attn_" in module
+           or any(part.startswith("_") for part in module.split(".") + [n])]
+    assert not bad, f"{name}: {bad}"
+
+
+def test_ladder_folder_is_not_a_package():
+    """kernels/ has no __init__.py: a top-level ``kernels`` package would shadow Hugging
+    Face's, which transformers imports."""
+    assert (ROOT / "kernels").is_dir() and not (ROOT / "kernels" / "__init__.py").exists()
+    assert sorted(p.stem for p in (ROOT / "kernels").glob("attn_*.py")) == sorted(CPU_RUNGS + CUDA_RUNGS)
+
+
+def _python(args, cwd, **env):
+    """Runs ``python args`` in ``cwd`` with this checkout's minibert first on the path."""
+    environ = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [environ.get("PYTHONPATH")] if p])
+    environ.update(env)
+    return subprocess.run([sys.executable] + args, cwd=cwd, env=environ, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_importing_minibert_imports_no_rung(tmp_path):
+    code = ("import sys, minibert, minibert.kernels, minibert.ops; "
+            "print([m for m in sys.modules if 'attn_' in m or 'ladder' in m])")
+    r = _python(["-c", code], tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CPU_RUNGS)
+def test_cpu_rung_runs_as_a_script(name, tmp_path):
+    """``python kernels/<rung>.py``, started from another folder, checks itself against the
+    textbook op and prints its time; float64 with dropout, on a small problem."""
+    r = _python([str(ROOT / "kernels" / f"{name}.py"), "--batch", "3", "--heads", "2", "--seq",
+                 "19", "--dim", "8", "--dtype", "float64", "--dropout", "0.2", "--repeat", "2"],
+                tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "check against minibert.ops.attention: PASS" in r.stdout, r.stdout
+    assert "forward+backward" in r.stdout and " ms" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CUDA_RUNGS)
+def test_cuda_rung_without_gpu_says_so(name, tmp_path):
+    """Without a GPU and without the simulator a GPU rung prints one line and exits 0 (where
+    a GPU answers, it passes its check instead)."""
+    r = _python([str(ROOT / "kernels" / f"{name}.py"), "--seq", "33", "--repeat", "2"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    if "no CUDA GPU" in r.stdout:
+        assert len(lines) == 1, r.stdout
+    else:
+        assert "check against minibert.ops.attention: PASS" in r.stdout, r.stdout

@@ -1,11 +1,14 @@
 """Fused softmax attention on the CPU, all in Numba (rung 4 of the ladder): FlashAttention-2's
 algorithm, forward and backward, never forming an (S, S) matrix.
 
+Run it: ``python kernels/attn_v4_tiled.py`` (``--help`` for the options) checks this rung
+against minibert's op, ``minibert.ops.attention``, and times both.
+
 This is where the algorithm is derived. The production kernel, ``minibert/kernels/attention_cpu.py``
 (rung 5), runs the same algorithm on the same tiles with the block products handed to BLAS;
-its fused row passes are this file's. The building blocks both use (exp, row max, dropout
-factors, key-block spans, argument checks) live in ``minibert/kernels/_blocks.py``, and this rung
-imports them from there like the production kernel does.
+its fused row passes are this file's. The building blocks (exp, row max, dropout factors,
+key-block spans, argument checks) are written out in this file, so that the rung stands
+alone; the production kernel has its own copies in ``minibert/kernels/``.
 
 The function is the one of ``minibert/ops/attention.py`` (the readable reference): per
 (b, a), with ``c = scale``, the key padding mask M (0 at real keys, -inf-like at padding)
@@ -96,7 +99,7 @@ result (the tests hold them to twice the reference's own float32 error); float64
   four terms at a time, whose innermost loop runs over contiguous memory: LLVM turns it into
   SIMD fused multiply-adds. For Q K^T and dO V^T that needs K^T and V^T: each call makes
   one transposed copy (B, A, D, S) of K (and V), shared read-only by all tasks.
-* exp (``_blocks.exp_row``) is evaluated a row at a time in a form LLVM can vectorise too (the
+* exp (``exp_row``) is evaluated a row at a time in a form LLVM can vectorise too (the
   scalar C library exp cannot be): exp(x) = 2^k exp(r) with k = round(x / ln 2) and
   r = x - k ln 2 in [-ln2/2, ln2/2] (Cody and Waite: ln 2 split in a short high part, so
   k ln2_hi is exact, and a low part), exp(r) by its Taylor polynomial (degree 7 in float32,
@@ -112,24 +115,26 @@ result (the tests hold them to twice the reference's own float32 error); float64
 """
 from __future__ import annotations
 
+import argparse
+import math
+import numbers
+import pathlib
+import statistics
+import sys
+import time
 from contextlib import contextmanager
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from .._blocks import (
-    EXP_CONSTANTS,
-    FASTMATH,
-    INT_OF,
-    backward_args,
-    check_blocks,
-    exp_row,
-    forward_args,
-    keep_factors,
-    kernel_args,
-    row_max,
-)
+from minibert.kernels.philox_cpu import keep_from_word, philox_block
+from minibert.ops import attention, readable_ops
+from minibert.rng import check_u64
+
+#: Numba's fastmath flags: reordered sums (vectorised reductions and dot products) and fused
+#: multiply-adds, no assumption about NaN or infinities (-inf scores, +inf lse)
+FASTMATH = {"reassoc", "contract"}
 
 #: Default block sizes, chosen by measurement at the benchmark's shapes (D = 64, S = 128 and
 #: 512, float32, one thread): block_k = 512 against 128 took the backward at S = 512 from
@@ -142,6 +147,228 @@ BLOCK_K = 512
 #: the worker threads costs about 10 us on an idle machine and a scheduler time slice (ms)
 #: on a busy one, more than a small problem takes. The result is the same bits either way.
 MIN_PARALLEL_WORK = 1 << 20
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def check_tensors(named):
+    """Each of ``named`` ((name, array) pairs) a NumPy float32/float64 array of rank 4 with
+    the first one's shape and dtype; raises TypeError or ValueError naming the argument."""
+    first_name, first = named[0]
+    for name, x in named:
+        if x.ndim != 4:
+            raise ValueError(f"{name} has shape {x.shape}, expected rank 4 (B, A, S, D)")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} has dtype {x.dtype}, expected float32 or float64")
+        if x.shape != first.shape:
+            raise ValueError(f"{name} has shape {x.shape}, expected the shape of {first_name} "
+                             f"{first.shape} (B, A, S, D)")
+        if x.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of {first_name} "
+                            f"({first.dtype})")
+
+
+def as_arrays(named):
+    """The arrays of ``named`` in C order (a copy where they are not); TypeError for
+    anything that is not a NumPy array."""
+    for name, x in named:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy array "
+                            "(these are CPU kernels)")
+    return tuple(np.ascontiguousarray(x) for _, x in named)
+
+
+def check_args(q, k, v, mask, scale, dropout_p, seed, offset):
+    """Validated forward arguments: ``(q, k, v, mask, scale, dropout_p, seed, offset)`` with
+    q, k, v C-contiguous, ``mask`` a (B, S) array of 0/1 or None, ``scale`` a float (None
+    means 1/sqrt(D)), ``dropout_p`` a float in [0, 1), seed and offset ints in [0, 2**64)."""
+    q, k, v = as_arrays([("q", q), ("k", k), ("v", v)])
+    check_tensors([("q", q), ("k", k), ("v", v)])
+    B, _, S, D = q.shape
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (B, S):
+            raise ValueError(f"mask has shape {mask.shape}, expected (B, S) = {(B, S)} "
+                             "with 1 = attend and 0 = padding")
+        bad = mask[(mask != 0) & (mask != 1)]
+        if bad.size:
+            raise ValueError(f"mask contains the value {bad[0].item()!r}, expected only 0 "
+                             "(padding) and 1 (attend)")
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    for name, x in (("scale", scale), ("dropout_p", dropout_p)):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{name}={x!r} has type {type(x).__name__}, expected a real number")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} is not finite, expected a finite number or None")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p!r} is out of range, expected 0 <= dropout_p < 1")
+    return (q, k, v, mask, float(scale), float(dropout_p), check_u64("seed", seed),
+            check_u64("offset", offset))
+
+
+# --------------------------------------------------------------------------- exp, row max
+
+# exp(x) = 2^k exp(r): ln 2 = LN2_HI + LN2_LO with LN2_HI = 355/512 (9 significant bits,
+# so k * LN2_HI is exact for |k| < 2^15 in float32) and LN2_LO the float64 remainder
+LOG2E = 1.4426950408889634
+LN2_HI = 0.693359375
+LN2_LO = -2.1219444005469057e-4
+
+#: Per dtype, the constants of ``exp_row``: (2^m + bias as a float, the bits of 2^m, m, log
+#: of the smallest normal, a bound below the log of the largest; the arguments are <= 0
+#: anyway). Adding 2^m + bias to an integer k puts k + bias in the low mantissa bits;
+#: subtracting the bits of 2^m and shifting by m moves it into the exponent: 2^k.
+EXP_CONSTANTS = {
+    np.dtype(np.float32): (np.float32(2.0 ** 23 + 127), np.int32(0x4B000000), np.int32(23),
+                           np.float32(-87.33654), np.float32(88.0)),
+    np.dtype(np.float64): (np.float64(2.0 ** 52 + 1023), np.int64(0x4330000000000000),
+                           np.int64(52), np.float64(-708.3964185322641), np.float64(709.0)),
+}
+
+#: Per dtype, the integer type of the same size: ``exp_row``'s scratch viewed as bits.
+INT_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+@njit(cache=True, fastmath={"contract"})
+def exp_row(x, n, shift, scratch, scratch_bits, consts):
+    """x[c] = exp(x[c] - shift) for c < n, in place; 0 below the smallest normal number.
+
+    ``scratch`` is a buffer of x's dtype and ``scratch_bits`` the same memory viewed as the
+    integer type of that size (``INT_OF``); ``consts`` the entry of ``EXP_CONSTANTS`` for
+    the dtype. exp(t) = 2^k exp(r) with k = round(t / ln 2) and r = t - k ln 2 in
+    [-ln2/2, ln2/2] (Cody and Waite: ln 2 in a short high part, so that k ln2_hi is exact,
+    and a low part), exp(r) by its Taylor polynomial (degree 7 in float32, 13 in float64:
+    truncation below a quarter of an ulp), 2^k built in the exponent bits. Measured against
+    a long-double exp: within 0.6 ulp; exp(-inf) = 0. Three loops that each vectorise (the
+    scalar C library exp does not): the polynomial and k, then 2^k from k's bits, then the
+    product. Only "contract" as fastmath flag: reassociation could merge the two halves of
+    ln 2 and lose the point of splitting it.
+    """
+    magic_f, magic_i, mant_bits, lo, hi = consts
+    ftype = x.dtype.type
+    zero = ftype(0)
+    for c in range(n):
+        t = x[c] - shift
+        tc = min(max(t, lo), hi)                                # keeps 2^k a normal number
+        k = np.floor(tc * ftype(LOG2E) + ftype(0.5))            # nearest integer to t / ln 2
+        r = (tc - k * ftype(LN2_HI)) - k * ftype(LN2_LO)        # |r| <= ln2 / 2
+        # Taylor polynomial of exp(r) by Horner's rule; x.itemsize is a compile-time constant
+        if x.itemsize == 4:
+            e = ftype(1.0 / 5040)
+            e = e * r + ftype(1.0 / 720)
+            e = e * r + ftype(1.0 / 120)
+            e = e * r + ftype(1.0 / 24)
+            e = e * r + ftype(1.0 / 6)
+        else:
+            e = ftype(1.0 / 6227020800)
+            e = e * r + ftype(1.0 / 479001600)
+            e = e * r + ftype(1.0 / 39916800)
+            e = e * r + ftype(1.0 / 3628800)
+            e = e * r + ftype(1.0 / 362880)
+            e = e * r + ftype(1.0 / 40320)
+            e = e * r + ftype(1.0 / 5040)
+            e = e * r + ftype(1.0 / 720)
+            e = e * r + ftype(1.0 / 120)
+            e = e * r + ftype(1.0 / 24)
+            e = e * r + ftype(1.0 / 6)
+        e = e * r + ftype(0.5)
+        e = e * r + ftype(1.0)
+        e = e * r + ftype(1.0)
+        x[c] = e if t >= lo else zero                           # exp(-inf) = 0
+        scratch[c] = k + magic_f                                # k + bias in the low bits
+    for c in range(n):
+        scratch_bits[c] = (scratch_bits[c] - magic_i) << mant_bits   # ... moved to the exponent
+    for c in range(n):
+        x[c] *= scratch[c]                                      # exp(r) 2^k
+
+
+@njit(cache=True)
+def row_max(x, n):
+    """max(x[:n]) for n >= 1 with eight running maxima: one running max is a chain of
+    dependent compare-and-selects (latency-bound, about four cycles per element), and an
+    IEEE max does not vectorise without assuming there is no NaN."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
+    c = 0
+    while c + 8 <= n:
+        m0, m1, m2, m3 = max(m0, x[c]), max(m1, x[c + 1]), max(m2, x[c + 2]), max(m3, x[c + 3])
+        m4, m5, m6, m7 = max(m4, x[c + 4]), max(m5, x[c + 5]), max(m6, x[c + 6]), max(m7, x[c + 7])
+        c += 8
+    while c < n:
+        m0 = max(m0, x[c])
+        c += 1
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+# --------------------------------------------------------------------------- dropout and key blocks
+
+
+@njit(cache=True)
+def keep_factors(seed, offset, base, n, p32, keep_scale, zero, dst):
+    """dst[c] = keep_scale (1 / (1 - p)) if element base + c of the Philox stream is kept,
+    else ``zero``, for c < n: the bits of ``minibert.rng.keep_mask``. ``p32`` is the rate
+    as a float32 (the keep test compares float32 numbers). One Philox call serves four
+    consecutive elements."""
+    e = base
+    end = base + n
+    c = 0
+    while e < end:
+        block = e >> 2
+        w0, w1, w2, w3 = philox_block(seed, offset, block)
+        lane = e - 4 * block
+        for t in range(lane, min(4, lane + end - e)):
+            w = w0 if t == 0 else (w1 if t == 1 else (w2 if t == 2 else w3))
+            dst[c] = keep_scale if keep_from_word(w, p32) else zero
+            c += 1
+        e = 4 * (block + 1)
+
+
+def key_block_ranges(key_mask, block_k):
+    """Per sequence and key block, the span [lo, hi) from the block's first to its last real
+    key; lo == hi for a block of padding only. key_mask (B, S) of 0/1; returns two
+    (B, n_key_blocks) int64 arrays. A kernel that works on the spans skips the padding at
+    the ends of a block and every block of padding only."""
+    B, S = key_mask.shape
+    nk = -(-S // block_k)
+    real = np.zeros((B, nk * block_k), dtype=bool)
+    real[:, :S] = key_mask != 0
+    real = real.reshape(B, nk, block_k)                                     # (B, nk, block_k)
+    any_real = real.any(axis=-1)
+    first = real.argmax(axis=-1)
+    last = block_k - 1 - real[..., ::-1].argmax(axis=-1)
+    start = np.arange(nk, dtype=np.int64) * block_k                         # (nk,)
+    lo = np.where(any_real, start + first, start).astype(np.int64)          # (B, nk)
+    hi = np.where(any_real, start + last + 1, start).astype(np.int64)
+    return np.ascontiguousarray(lo), np.ascontiguousarray(hi)
+
+
+def kernel_args(q, mask, scale, dropout_p, seed, offset, block_k):
+    """What the tiled attention kernels take besides the tensors, from validated arguments:
+    ``(key_bias, key_lo, key_hi, scale, dropout_p, keep_scale, seed, offset)``.
+
+    ``key_bias`` (B, S) is the additive key mask in q's dtype (0 at real keys, -inf at
+    padding: exp gives exactly 0 there); ``key_lo``/``key_hi`` the spans of
+    ``key_block_ranges`` for blocks of ``block_k`` keys (at most S); ``scale`` and
+    ``keep_scale`` = 1 / (1 - p) have q's dtype, ``dropout_p`` is float32 (the keep test
+    compares in float32), ``seed`` and ``offset`` uint64. Typed scalars matter: in Numba a
+    float32 mixed with a Python float silently becomes float64.
+    """
+    B, _, S, _ = q.shape
+    block_k = max(1, min(block_k, S))           # no scratch beyond the sequence
+    ftype = q.dtype.type
+    real = np.ones((B, S), dtype=bool) if mask is None else np.asarray(mask) != 0
+    key_bias = np.where(real, ftype(0), ftype(-np.inf)).astype(q.dtype)          # (B, S)
+    key_lo, key_hi = key_block_ranges(real, block_k)
+    # the keep test compares float32 numbers (minibert.rng); 1 / (1 - p) in q's dtype
+    return (key_bias, key_lo, key_hi, ftype(scale), np.float32(dropout_p),
+            ftype(1.0 / (1.0 - dropout_p)), np.uint64(seed), np.uint64(offset))
+
+
+def check_blocks(block_q, block_k):
+    """Raises ValueError unless both block sizes are positive integers (bool is not)."""
+    for name, value in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r} is invalid, expected a positive integer")
 
 
 # --------------------------------------------------------------------------- block products
@@ -214,7 +441,7 @@ def forward_kernel(q, k_t, v, key_bias, key_lo, key_hi, scale, dropout_p, keep_s
 
     ``k_t`` is K transposed, (B, A, D, S). ``key_bias`` (B, S) is the additive mask in q's
     dtype (0 real, -inf padding) and ``key_lo``/``key_hi`` come from
-    ``_blocks.key_block_ranges`` (all of them from ``_blocks.kernel_args``); ``scale`` and
+    ``key_block_ranges`` (all of them from ``kernel_args``); ``scale`` and
     ``keep_scale``
     (1 / (1 - p)) have q's dtype, ``dropout_p`` is float32 (the keep test compares in
     float32), ``seed`` and ``offset`` uint64; ``exp_consts`` and ``int_type`` the entries of
@@ -404,8 +631,8 @@ def _threads_for(work):
 
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
                       block_q=BLOCK_Q, block_k=BLOCK_K):
-    """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
-    NumPy arrays, ``scale`` a float, ``mask`` (B, S) of 0/1 or None."""
+    """``(out, lse)`` for inputs validated by ``check_args``: C-contiguous NumPy arrays,
+    ``scale`` a float, ``mask`` (B, S) of 0/1 or None."""
     check_blocks(block_q, block_k)
     B, A, S, D = q.shape
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
@@ -421,7 +648,7 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
 
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
                        *, block_q=BLOCK_Q, block_k=BLOCK_K):
-    """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``."""
+    """``(dq, dk, dv)`` for inputs validated as by ``backward``."""
     check_blocks(block_q, block_k)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     B, A, S, D = q.shape
@@ -435,21 +662,121 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     return dq, dk, dv
 
 
-def _contiguous(*arrays):
-    """The ladder's rungs accept any strides (the public interface asks for C order)."""
-    return [np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x for x in arrays]
-
-
 def forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0):
-    """Rung 4 behind the ladder's contract (inputs validated as by ``minibert.kernels``)."""
-    q, k, v = _contiguous(q, k, v)
-    return attention_forward(q, k, v, *forward_args(q, k, v, mask, scale, dropout_p, seed,
-                                                    offset))
+    """Rung 4 behind the ladder's contract: ``(out, lse)``."""
+    return attention_forward(*check_args(q, k, v, mask, scale, dropout_p, seed, offset))
 
 
 def backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0):
-    """Rung 4's backward behind the ladder's contract."""
-    dout, q, k, v, out, lse = _contiguous(dout, q, k, v, out, lse)
-    return attention_backward(dout, q, k, v, out, lse,
-                              *backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p,
-                                             seed, offset))
+    """Rung 4's backward behind the ladder's contract: fresh ``(dq, dk, dv)``."""
+    q, k, v, mask, scale, dropout_p, seed, offset = check_args(q, k, v, mask, scale, dropout_p,
+                                                               seed, offset)
+    dout, out, lse = as_arrays([("dout", dout), ("out", out), ("lse", lse)])
+    check_tensors([("q", q), ("out", out), ("dout", dout)])
+    if lse.shape != q.shape[:3]:
+        raise ValueError(f"lse has shape {lse.shape}, expected (B, A, S) = {q.shape[:3]}")
+    if lse.dtype != q.dtype:
+        raise TypeError(f"lse has dtype {lse.dtype}, expected the dtype of q ({q.dtype})")
+    return attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
+
+
+# --------------------------------------------------------------------------- as a script
+
+#: The check's tolerance on max |rung - textbook in float64| / max(1, max |textbook|): float64
+#: results differ from the textbook's by summation order (~1e-15), float32 ones by float32
+#: roundings (~1e-6); a wrong formula, index or dropout bit is off by ~1e-2 or more.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+
+
+def make_problem(batch, heads, seq, dim, dtype, seed):
+    """q, k, v, dout (B, A, S, D) standard normal, and a (B, S) mask whose first sequence is
+    full and whose others are padded at the end to a random length in [S/2, S]."""
+    r = np.random.default_rng(seed)
+    q, k, v, dout = (r.standard_normal((batch, heads, seq, dim)).astype(dtype) for _ in range(4))
+    lengths = r.integers((seq + 1) // 2, seq + 1, size=batch)
+    lengths[0] = seq
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)    # (B, S)
+    return q, k, v, dout, mask
+
+
+def textbook_forward(q, k, v, mask, p, seed):
+    """minibert's readable op (the reference, never a kernel): ``(out, cache)``."""
+    with readable_ops():
+        return attention.forward(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
+                                 training=p > 0)
+
+
+def textbook(q, k, v, dout, mask, p, seed):
+    """The readable op's ``(out, dq, dk, dv)``."""
+    out, cache = textbook_forward(q, k, v, mask, p, seed)
+    with readable_ops():
+        return (out,) + tuple(attention.backward(dout, cache))
+
+
+def rung(q, k, v, dout, mask, p, seed):
+    """This rung's ``(out, dq, dk, dv)``."""
+    out, lse = forward(q, k, v, mask, None, p, seed)
+    return (out,) + tuple(backward(dout, q, k, v, out, lse, mask, None, p, seed))
+
+
+def time_interleaved(fns, repeat):
+    """Median seconds of each of ``fns`` over ``repeat`` rounds, one call of each per round
+    (interleaved: a slow spell of the machine hits all of them alike)."""
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def main(argv=None):
+    name = pathlib.Path(__file__).stem
+    ap = argparse.ArgumentParser(description=f"{name}: check this rung against minibert's "
+                                 "attention op (minibert.ops.attention), then time both.")
+    ap.add_argument("--batch", type=int, default=4, help="sequences B (default: 4)")
+    ap.add_argument("--heads", type=int, default=4, help="heads A (default: 4)")
+    ap.add_argument("--seq", type=int, default=128, help="sequence length S (default: 128)")
+    ap.add_argument("--dim", type=int, default=64, help="head size D (default: 64)")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="dtype of the timed run (default: float32)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout rate (default: 0.0)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed rounds (default: 5)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of inputs and dropout (default: 0)")
+    args = ap.parse_args(argv)
+    p, seed = args.dropout, args.seed
+    q, k, v, dout, mask = make_problem(args.batch, args.heads, args.seq, args.dim, args.dtype, seed)
+    print(f"{name}: (B, A, S, D) = {q.shape}, {args.dtype}, {1 - mask.mean():.0%} padding, "
+          f"dropout {p}")
+
+    # the check: this rung in the chosen dtype against the textbook op in float64 on the
+    # same (rounded) inputs; the first call also compiles the rung
+    got = rung(q, k, v, dout, mask, p, seed)
+    ref = textbook(*(x.astype(np.float64) for x in (q, k, v, dout)), mask, p, seed)
+    tol, ok = TOLERANCE[args.dtype], True
+    for label, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        err = float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
+        ok &= err <= tol
+        print(f"  {label:<3} max error {err:.1e} (tolerance {tol:.0e}) "
+              f"{'ok' if err <= tol else 'FAILED'}")
+    print(f"check against minibert.ops.attention: {'PASS' if ok else 'FAIL'}")
+
+    # the time: forward, and forward + backward, of the rung and of the textbook op
+    textbook(q, k, v, dout, mask, p, seed)                     # warm the textbook's path too
+    fwd_rung, fwd_book, step_rung, step_book = time_interleaved([
+        lambda: forward(q, k, v, mask, None, p, seed),
+        lambda: textbook_forward(q, k, v, mask, p, seed),
+        lambda: rung(q, k, v, dout, mask, p, seed),
+        lambda: textbook(q, k, v, dout, mask, p, seed)], args.repeat)
+    print(f"time, median of {args.repeat} interleaved rounds (the rung on "
+          f"{numba.get_num_threads()} threads):")
+    for label, t_rung, t_book in (("forward", fwd_rung, fwd_book),
+                                  ("forward+backward", step_rung, step_book)):
+        print(f"  {label:<16} {name} {1e3 * t_rung:8.2f} ms   textbook op {1e3 * t_book:8.2f} ms"
+              f"   (textbook / rung = {t_book / t_rung:.2f})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

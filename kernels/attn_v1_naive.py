@@ -1,5 +1,8 @@
 """Attention ladder, rung 1: the naive kernel.
 
+Run it: ``python kernels/attn_v1_naive.py`` (``--help`` for the options) checks this rung
+against minibert's op, ``minibert.ops.attention``, and times both.
+
 The kernel ladder is a sequence of CPU attention kernels, each one step away from the one
 before, all behind the contract of ``minibert.kernels.fused_attention_forward`` /
 ``fused_attention_backward``:
@@ -18,8 +21,8 @@ its real keys,
 so that the probabilities can be recomputed exactly as ``P_ij = exp(s_ij - lse_i)``.
 A sequence with no real key has ``lse = +inf`` (then ``exp(s - lse) = 0``), output zeros
 and zero gradients, as ``minibert.ops.attention``. Dropout keeps probability ``P_ij`` with
-the Philox bit of element ``((b*A + a)*S + i)*S + j`` (``philox_cpu.dropout_keep``, the bits
-of ``minibert.rng.keep_mask``) and scales it by 1/(1 - p).
+the Philox bit of element ``((b*A + a)*S + i)*S + j`` (``minibert.kernels.philox_cpu.dropout_keep``,
+the bits of ``minibert.rng.keep_mask``) and scales it by 1/(1 - p).
 
 This rung is ``minibert/ops/attention.py`` written as loops: for every (b, a)
 
@@ -47,60 +50,110 @@ of K or V per multiply-add.
 
 Parallelism: none. Every rung of the ladder (v1 to v3) runs the B * A independent (b, a)
 problems one after the other on one thread, so that the rungs differ only by the
-algorithm; threads are the business of the top rungs, ``minibert/kernels/ladder/attn_v4_tiled.py``
-(v4) and ``minibert/kernels/attention_cpu.py`` (v5), which the benchmark also times on one thread
-for a like-for-like comparison. (A ``prange`` over (b, a) would be a one-word change, but
-Numba's parallel compilation of every kernel would triple the ladder's compile time.)
+algorithm; threads are the business of the top rungs, ``kernels/attn_v4_tiled.py`` (v4)
+and ``minibert/kernels/attention_cpu.py`` (v5), which the benchmark also times on one
+thread for a like-for-like comparison. (A ``prange`` over (b, a) would be a one-word
+change, but Numba's parallel compilation of every kernel would triple the rung's compile
+time.)
 
-Compiler flags (``_blocks.FASTMATH``, shared by the ladder and the production kernels):
+Compiler flags (``FASTMATH``, those of the production kernels too):
 ``fastmath={"reassoc", "contract"}`` lets LLVM reorder sums, so that dot products
 vectorize, and fuse multiply-adds. It makes no assumption about NaN or infinity, so
 ``-inf`` maxima and ``+inf`` lse keep their meaning.
 
-Arguments are checked by ``_blocks.forward_args`` / ``backward_args``, the checks of
-``minibert.kernels.fused_attention_*`` with their messages; unlike the public entry points
-rungs 1 to 3 also take arrays of any strides (copied to C order) and masks as lists.
+Arguments are checked by the rung itself (TypeError or ValueError naming the argument, the
+value and what was expected); unlike ``minibert.kernels.fused_attention_*`` the rungs also
+take arrays of any strides (copied to C order) and masks as lists.
+
+The rung stands alone (as the rungs of llm.c's ``dev/cuda``): it imports only public names
+of minibert, and what it shares with the other rungs (argument checks, the self-check and
+the timer at the bottom) is written out in each of them.
 """
 from __future__ import annotations
 
+import argparse
 import math
+import numbers
+import pathlib
+import statistics
+import sys
+import time
 
 import numpy as np
 from numba import njit
 
-from .._blocks import FASTMATH, backward_args, forward_args
-from ..philox_cpu import dropout_keep
+from minibert.kernels.philox_cpu import dropout_keep
+from minibert.ops import attention, readable_ops
+from minibert.rng import check_u64
 
-# --------------------------------------------------------------------------- shared helpers
+#: Numba's fastmath flags: reordered sums (vectorised dot products) and fused multiply-adds,
+#: no assumption about NaN or infinities
+FASTMATH = {"reassoc", "contract"}
+
+# --------------------------------------------------------------------------- arguments
+
+
+def check_tensors(named):
+    """Each of ``named`` ((name, array) pairs) a NumPy float32/float64 array of rank 4 with
+    the first one's shape and dtype; raises TypeError or ValueError naming the argument."""
+    first_name, first = named[0]
+    for name, x in named:
+        if x.ndim != 4:
+            raise ValueError(f"{name} has shape {x.shape}, expected rank 4 (B, A, S, D)")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} has dtype {x.dtype}, expected float32 or float64")
+        if x.shape != first.shape:
+            raise ValueError(f"{name} has shape {x.shape}, expected the shape of {first_name} "
+                             f"{first.shape} (B, A, S, D)")
+        if x.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of {first_name} "
+                            f"({first.dtype})")
+
+
+def as_arrays(named):
+    """The arrays of ``named`` in C order (a copy where they are not); TypeError for
+    anything that is not a NumPy array."""
+    for name, x in named:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy array "
+                            "(these are CPU kernels)")
+    return tuple(np.ascontiguousarray(x) for _, x in named)
 
 
 def prepare_forward(q, k, v, mask, scale, dropout_p, seed, offset):
-    """Validate the forward arguments and convert them for the kernels of the ladder.
+    """Validate the forward arguments and convert them for the kernels.
 
     Returns ``(q, k, v, keymask, scale, p, inv_keep, seed, offset)``: C-contiguous q, k, v;
     ``keymask`` (B, S) int8, 1 = real key; ``scale`` and ``inv_keep = 1/(1 - p)`` as scalars
     of q's dtype; ``p`` as a float (0.0 turns dropout off); seed and offset as uint64.
     """
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy array "
-                            "(these are CPU kernels)")
-    q, k, v = _contiguous(q, k, v)
+    q, k, v = as_arrays([("q", q), ("k", k), ("v", v)])
+    check_tensors([("q", q), ("k", k), ("v", v)])
+    B, _, S, D = q.shape
+    keymask = np.ones((B, S), dtype=np.int8)
     if mask is not None:
         mask = np.asarray(mask)
-    # shapes, dtypes, mask, scale, dropout_p, seed and offset: the checks and messages of
-    # minibert.kernels.fused_attention_forward
-    mask, scale, p, seed, offset = forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
-    B, _, S, D = q.shape
-    if mask is None:
-        keymask = np.ones((B, S), dtype=np.int8)
-    else:
+        if mask.shape != (B, S):
+            raise ValueError(f"mask has shape {mask.shape}, expected (B, S) = {(B, S)} "
+                             "with 1 = attend and 0 = padding")
+        bad = mask[(mask != 0) & (mask != 1)]
+        if bad.size:
+            raise ValueError(f"mask contains the value {bad[0].item()!r}, expected only 0 "
+                             "(padding) and 1 (attend)")
         keymask = (mask == 1).astype(np.int8)                             # (B, S)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    for name, x in (("scale", scale), ("dropout_p", dropout_p)):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{name}={x!r} has type {type(x).__name__}, expected a real number")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} is not finite, expected a finite number or None")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p!r} is out of range, expected 0 <= dropout_p < 1")
+    seed, offset = check_u64("seed", seed), check_u64("offset", offset)
     dtype = q.dtype.type
-    scale = dtype(scale)
-    inv_keep = dtype(1.0 / (1.0 - p))
-    seed, offset = np.uint64(seed), np.uint64(offset)
-    return q, k, v, keymask, scale, p, inv_keep, seed, offset
+    p = float(dropout_p)
+    return (q, k, v, keymask, dtype(scale), p, dtype(1.0 / (1.0 - p)), np.uint64(seed),
+            np.uint64(offset))
 
 
 def prepare_backward(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset):
@@ -109,23 +162,14 @@ def prepare_backward(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offs
     Returns ``(dout, q, k, v, out, lse, keymask, scale, p, inv_keep, seed, offset)``.
     """
     prepared = prepare_forward(q, k, v, mask, scale, dropout_p, seed, offset)
-    q, k, v = prepared[:3]
-    for name, x in (("dout", dout), ("out", out), ("lse", lse)):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy array "
-                            "(these are CPU kernels)")
-    dout, out, lse = _contiguous(dout, out, lse)
-    if mask is not None:
-        mask = np.asarray(mask)
-    # dout and out like q, lse (B, A, S): the checks of fused_attention_backward
-    backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
-    return (dout, q, k, v, out, lse) + prepared[3:]
-
-
-def _contiguous(*arrays):
-    """The ladder's rungs accept any strides (the public interface asks for C order): a
-    C-contiguous copy of each array that is not."""
-    return tuple(x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in arrays)
+    q = prepared[0]
+    dout, out, lse = as_arrays([("dout", dout), ("out", out), ("lse", lse)])
+    check_tensors([("q", q), ("out", out), ("dout", dout)])
+    if lse.shape != q.shape[:3]:
+        raise ValueError(f"lse has shape {lse.shape}, expected (B, A, S) = {q.shape[:3]}")
+    if lse.dtype != q.dtype:
+        raise TypeError(f"lse has dtype {lse.dtype}, expected the dtype of q ({q.dtype})")
+    return (dout,) + prepared[:3] + (out, lse) + prepared[3:]
 
 
 # --------------------------------------------------------------------------- kernels
@@ -133,7 +177,7 @@ def _contiguous(*arrays):
 
 @njit(cache=True)
 def keep_bit(seed, offset, index, p):
-    """``philox_cpu.dropout_keep`` behind a function call: that function is inlined into its
+    """``dropout_keep`` behind a function call: that function is inlined into its
     caller at every call site, which would compile Philox's ten rounds once per site and
     per dtype; the ladder calls this one compiled copy instead (dropout is not what the
     ladder measures)."""
@@ -267,7 +311,7 @@ def _backward_kernel(dout, q, k, v, lse, keymask, scale, p, inv_keep, seed, offs
                     dkh[j, d] += gs * qh[i, d]
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- the rung
 
 
 def forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0):
@@ -288,3 +332,104 @@ def backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset
     _backward_kernel(dout, q, k, v, lse, keymask, scale, p, inv_keep, seed, offset,
                      dq, dk, dv)
     return dq, dk, dv
+
+
+# --------------------------------------------------------------------------- as a script
+
+#: The check's tolerance on max |rung - textbook in float64| / max(1, max |textbook|): float64
+#: results differ from the textbook's by summation order (~1e-15), float32 ones by float32
+#: roundings (~1e-6); a wrong formula, index or dropout bit is off by ~1e-2 or more.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+
+
+def make_problem(batch, heads, seq, dim, dtype, seed):
+    """q, k, v, dout (B, A, S, D) standard normal, and a (B, S) mask whose first sequence is
+    full and whose others are padded at the end to a random length in [S/2, S]."""
+    r = np.random.default_rng(seed)
+    q, k, v, dout = (r.standard_normal((batch, heads, seq, dim)).astype(dtype) for _ in range(4))
+    lengths = r.integers((seq + 1) // 2, seq + 1, size=batch)
+    lengths[0] = seq
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)    # (B, S)
+    return q, k, v, dout, mask
+
+
+def textbook_forward(q, k, v, mask, p, seed):
+    """minibert's readable op (the reference, never a kernel): ``(out, cache)``."""
+    with readable_ops():
+        return attention.forward(q, k, v, attention_mask=mask, dropout_p=p, seed=seed,
+                                 training=p > 0)
+
+
+def textbook(q, k, v, dout, mask, p, seed):
+    """The readable op's ``(out, dq, dk, dv)``."""
+    out, cache = textbook_forward(q, k, v, mask, p, seed)
+    with readable_ops():
+        return (out,) + tuple(attention.backward(dout, cache))
+
+
+def rung(q, k, v, dout, mask, p, seed):
+    """This rung's ``(out, dq, dk, dv)``."""
+    out, lse = forward(q, k, v, mask, None, p, seed)
+    return (out,) + tuple(backward(dout, q, k, v, out, lse, mask, None, p, seed))
+
+
+def time_interleaved(fns, repeat):
+    """Median seconds of each of ``fns`` over ``repeat`` rounds, one call of each per round
+    (interleaved: a slow spell of the machine hits all of them alike)."""
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def main(argv=None):
+    name = pathlib.Path(__file__).stem
+    ap = argparse.ArgumentParser(description=f"{name}: check this rung against minibert's "
+                                 "attention op (minibert.ops.attention), then time both.")
+    ap.add_argument("--batch", type=int, default=4, help="sequences B (default: 4)")
+    ap.add_argument("--heads", type=int, default=4, help="heads A (default: 4)")
+    ap.add_argument("--seq", type=int, default=128, help="sequence length S (default: 128)")
+    ap.add_argument("--dim", type=int, default=64, help="head size D (default: 64)")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="dtype of the timed run (default: float32)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout rate (default: 0.0)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed rounds (default: 5)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of inputs and dropout (default: 0)")
+    args = ap.parse_args(argv)
+    p, seed = args.dropout, args.seed
+    q, k, v, dout, mask = make_problem(args.batch, args.heads, args.seq, args.dim, args.dtype, seed)
+    print(f"{name}: (B, A, S, D) = {q.shape}, {args.dtype}, {1 - mask.mean():.0%} padding, "
+          f"dropout {p}")
+
+    # the check: this rung in the chosen dtype against the textbook op in float64 on the
+    # same (rounded) inputs; the first call also compiles the rung
+    got = rung(q, k, v, dout, mask, p, seed)
+    ref = textbook(*(x.astype(np.float64) for x in (q, k, v, dout)), mask, p, seed)
+    tol, ok = TOLERANCE[args.dtype], True
+    for label, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        err = float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
+        ok &= err <= tol
+        print(f"  {label:<3} max error {err:.1e} (tolerance {tol:.0e}) "
+              f"{'ok' if err <= tol else 'FAILED'}")
+    print(f"check against minibert.ops.attention: {'PASS' if ok else 'FAIL'}")
+
+    # the time: forward, and forward + backward, of the rung and of the textbook op
+    textbook(q, k, v, dout, mask, p, seed)                     # warm the textbook's path too
+    fwd_rung, fwd_book, step_rung, step_book = time_interleaved([
+        lambda: forward(q, k, v, mask, None, p, seed),
+        lambda: textbook_forward(q, k, v, mask, p, seed),
+        lambda: rung(q, k, v, dout, mask, p, seed),
+        lambda: textbook(q, k, v, dout, mask, p, seed)], args.repeat)
+    print(f"time, median of {args.repeat} interleaved rounds (the rung on one thread):")
+    for label, t_rung, t_book in (("forward", fwd_rung, fwd_book),
+                                  ("forward+backward", step_rung, step_book)):
+        print(f"  {label:<16} {name} {1e3 * t_rung:8.2f} ms   textbook op {1e3 * t_book:8.2f} ms"
+              f"   (textbook / rung = {t_book / t_rung:.2f})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
