@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .._blocks import cuda_forward_args
+from .._args import cuda_forward_args
 from ..attention_cuda import Device, kernel_scalars, tile_sizes
 from ..philox_cpu import dropout_keep
 

@@ -57,7 +57,7 @@ Compiler flags (``_blocks.FASTMATH``, shared by the ladder and the production ke
 vectorize, and fuse multiply-adds. It makes no assumption about NaN or infinity, so
 ``-inf`` maxima and ``+inf`` lse keep their meaning.
 
-Arguments are checked by ``_blocks.forward_args`` / ``backward_args``, the checks of
+Arguments are checked by ``_args.forward_args`` / ``backward_args``, the checks of
 ``minibert.kernels.fused_attention_*`` with their messages; unlike the public entry points
 rungs 1 to 3 also take arrays of any strides (copied to C order) and masks as lists.
 """
@@ -68,7 +68,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .._blocks import FASTMATH, backward_args, forward_args
+from .._args import backward_args, forward_args
+from .._blocks import FASTMATH
 from ..philox_cpu import dropout_keep
 
 # --------------------------------------------------------------------------- shared helpers

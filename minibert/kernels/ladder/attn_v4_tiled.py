@@ -118,14 +118,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ...validation import check_block_sizes
+from .._args import backward_args, forward_args
 from .._blocks import (
     EXP_CONSTANTS,
     FASTMATH,
     INT_OF,
-    backward_args,
-    check_blocks,
     exp_row,
-    forward_args,
     keep_factors,
     kernel_args,
     row_max,
@@ -406,7 +405,7 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
                       block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
     NumPy arrays, ``scale`` a float, ``mask`` (B, S) of 0/1 or None."""
-    check_blocks(block_q, block_k)
+    check_block_sizes(block_q, block_k)
     B, A, S, D = q.shape
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     out = np.empty_like(q)                                               # (B, A, S, D)
@@ -422,7 +421,7 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *,
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
                        *, block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``."""
-    check_blocks(block_q, block_k)
+    check_block_sizes(block_q, block_k)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
     B, A, S, D = q.shape
     block_q, block_k = max(1, min(block_q, S)), max(1, min(block_k, S))
