@@ -294,7 +294,8 @@ class BertModel(PretrainedMixin):
         given = self.xp.asarray(head_mask)
         if given.dtype.kind not in "biuf":
             raise TypeError(f"head_mask has dtype {given.dtype}, expected real numbers")
-        m = given.astype(self.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):     # too large: inf, refused below
+            m = given.astype(self.dtype)
 
         def error():
             value = given.ravel()[int(self.xp.argmin(self.xp.isfinite(m).ravel()))]

@@ -85,6 +85,14 @@ def deferred_checks():
     _state.checks = checks = Checks()
     try:
         yield checks
+    except Exception as failure:
+        # a bad input may make a later op fail first: the failed check says what was wrong
+        _state.checks = None
+        try:
+            checks.read()
+        except (ValueError, TypeError) as error:
+            raise error from failure
+        raise
     finally:
         _state.checks = None
     checks.read()

@@ -102,19 +102,22 @@ print("ok")
 
 BAD_IDS = PRELUDE + r'''
 import tempfile
-bad = data(N, 0)
-# out of range; NumPy (the stand-in) reads index -3 as V - 3, as CuPy wraps any index
-bad["input_ids"][:, 3] = -3
-t = trainer("gpu", tempfile.mkdtemp(), train=bad)
-before = to_numpy(t.model.store.data).copy()
-try:
-    t.train_step()
-except ValueError as e:
-    message = str(e)
-else:
-    raise AssertionError("an out-of-range id passed")
-assert message.startswith("input_ids contains -3, out of range"), message
-assert np.array_equal(to_numpy(t.model.store.data), before), "parameters changed"
+# -3: NumPy (the stand-in) reads it as V - 3, as CuPy wraps any index; the step runs on and
+# the deferred check refuses it. V + 7: NumPy's gather fails first (CuPy's would not), and
+# the failed check is what the error says.
+for bad_id in (-3, V + 7):
+    bad = data(N, 0)
+    bad["input_ids"][:, 3] = bad_id
+    t = trainer("gpu", tempfile.mkdtemp(), train=bad)
+    before = to_numpy(t.model.store.data).copy()
+    try:
+        t.train_step()
+    except ValueError as e:
+        message = str(e)
+    else:
+        raise AssertionError("an out-of-range id passed")
+    assert message.startswith(f"input_ids contains {bad_id}, out of range"), message
+    assert np.array_equal(to_numpy(t.model.store.data), before), "parameters changed"
 print("ok")
 '''
 
