@@ -214,3 +214,19 @@ def test_one_tile_size_rule():
     for bad in (0, -1, True, 2.0, None):
         with pytest.raises(ValueError, match=r"^block_q=.* is invalid, expected a positive"):
             V.check_block_sizes(bad, 4)
+
+
+def test_the_cuda_kernels_mask_tables():
+    """``key_bias`` and ``tile_has_key``: the tables the CUDA kernel takes (0 / -inf per key,
+    1 per key tile holding a real key), built once and kept."""
+    mask = np.zeros((3, 10), dtype=np.int64)
+    mask[0, :10] = 1
+    mask[1, 4:6] = 1                    # real keys in the second tile of 4 only
+    checked = V.check_attention_mask(mask, 3, 10)
+    bias = checked.key_bias(np.float32)
+    assert bias.dtype == np.float32 and bias.flags.c_contiguous
+    assert np.array_equal(bias, np.where(mask == 1, 0.0, -np.inf))
+    tiles = checked.tile_has_key(4)
+    assert tiles.dtype == np.int32
+    assert np.array_equal(tiles, [[1, 1, 1], [0, 1, 0], [0, 0, 0]])
+    assert checked.tile_has_key(4) is tiles and checked.key_bias(np.float32) is bias
