@@ -264,9 +264,8 @@ class BertModel(PretrainedMixin):
                              f"expected the shape of input_ids {(B, S)}")
         if attention_mask is None:
             attention_mask = xp.ones((B, S), dtype=self.dtype)
-        # checked here, once per forward: every layer's attention, forward and backward,
-        # takes this AttentionMask and builds each of its forms (additive mask, kernel
-        # tables) once
+        # checked once per forward: every layer's attention, forward and backward, takes
+        # this AttentionMask, which builds each of its forms (additive, kernel tables) once
         mask = check_attention_mask(attention_mask, B, S, xp=xp)
         return xp.asarray(input_ids), xp.asarray(token_type_ids), mask, inputs_embeds
 
