@@ -28,6 +28,7 @@ from .model import (
 )
 from .ops import cross_entropy, dropout, gelu, layernorm, linear
 from .params import FlatParams, ParamSpec
+from .validation import checks_deferred, require
 
 
 @dataclass
@@ -160,10 +161,13 @@ class _BertWithHead(PretrainedMixin):
         ok = (labels >= 0) & (labels < num_classes)
         if ignore_index is not None:
             ok |= labels == ignore_index
-        if not bool(ok.all()):
+
+        def error():
             bad = labels[~ok].ravel()[0]
-            raise ValueError(f"{name} has value {int(bad)}, expected 0 <= {name} < {num_classes}"
-                             + (f" or {ignore_index} (ignored)" if ignore_index is not None else ""))
+            return ValueError(f"{name} has value {int(bad)}, expected 0 <= {name} < {num_classes}"
+                              + (f" or {ignore_index} (ignored)" if ignore_index is not None
+                                 else ""))
+        require(ok, error)      # on the GPU: read once, with the model's other checks
         return labels
 
 
@@ -267,6 +271,7 @@ class BertForPreTraining(_WithMLMHead):
         return mlm_head_specs(config) + [ParamSpec("cls.seq_relationship.weight", (2, H)),
                                          ParamSpec("cls.seq_relationship.bias", (2,), "zeros")]
 
+    @checks_deferred
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 head_mask=None, inputs_embeds=None,
                 masked_lm_positions=None, masked_lm_ids=None, masked_lm_weights=None,
@@ -379,6 +384,7 @@ class BertForMaskedLM(_WithMLMHead):
     def head_specs(self, config):
         return mlm_head_specs(config)
 
+    @checks_deferred
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 head_mask=None, inputs_embeds=None, labels=None,
                 masked_lm_positions=None, masked_lm_ids=None, masked_lm_weights=None,
@@ -497,6 +503,7 @@ class BertForSequenceClassification(_ClassifierHead):
     """[CLS] pooled output -> dropout -> linear (num_labels). Loss: cross-entropy, or mean
     squared error when ``num_labels == 1`` (regression), as Hugging Face."""
 
+    @checks_deferred
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
@@ -538,6 +545,7 @@ class BertForTokenClassification(_ClassifierHead):
     add_pooling_layer = False
     needs_pooler = False
 
+    @checks_deferred
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
@@ -579,6 +587,7 @@ class BertForQuestionAnswering(_ClassifierHead):
     def _classifier_dropout_p(self, training):
         return 0.0
 
+    @checks_deferred
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 head_mask=None, inputs_embeds=None,
                 start_positions=None, end_positions=None, output_attentions=False,
@@ -630,6 +639,7 @@ class BertForMultipleChoice(_ClassifierHead):
     def _n_out(self, config):
         return 1
 
+    @checks_deferred
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 head_mask=None, inputs_embeds=None, labels=None,
                 output_attentions=False, output_hidden_states=False, training=False,
@@ -674,5 +684,6 @@ class BertForMultipleChoice(_ClassifierHead):
         dpooled = self._head_backward(dl.reshape(-1, 1), cache["head"])
         grads = self.bert.backward(cache["bert"], None, dpooled, zero_grad=False)
         if "inputs_embeds" in grads:              # (B*C, S, H) -> the caller's (B, C, S, H)
-            grads["inputs_embeds"] = grads["inputs_embeds"].reshape(*dl.shape, *cache["bert"]["shape"][1:], -1)
+            grads["inputs_embeds"] = grads["inputs_embeds"].reshape(
+                *dl.shape, *cache["bert"]["shape"][1:], -1)
         return grads

@@ -38,6 +38,7 @@ from .checkpoint import PretrainedMixin, load_pretrained
 from .config import BertConfig
 from .ops import attention, dropout, embedding, gelu, layernorm, linear, tanh
 from .params import FlatParams, ParamSpec
+from .validation import check_attention_mask, deferred_checks, require
 
 # Dropout streams: each training forward call gets a call index, each dropout site an id;
 # the Philox offset (call << 20) | site makes every (call, site) an independent stream.
@@ -263,15 +264,10 @@ class BertModel(PretrainedMixin):
                              f"expected the shape of input_ids {(B, S)}")
         if attention_mask is None:
             attention_mask = xp.ones((B, S), dtype=self.dtype)
-        attention_mask = xp.asarray(attention_mask)
-        if tuple(attention_mask.shape) != (B, S):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                             f"expected the shape of input_ids {(B, S)}")
-        m = attention_mask.astype(self.dtype)
-        if bool(xp.any((m != 0) & (m != 1))):
-            raise ValueError("attention_mask has values other than 0 and 1, expected 1 = attend, "
-                             "0 = padding")
-        return xp.asarray(input_ids), xp.asarray(token_type_ids), m, inputs_embeds
+        # checked once per forward: every layer's attention, forward and backward, takes
+        # this AttentionMask, which builds each of its forms (additive, kernel tables) once
+        mask = check_attention_mask(attention_mask, B, S, xp=xp)
+        return xp.asarray(input_ids), xp.asarray(token_type_ids), mask, inputs_embeds
 
     def _check_inputs_embeds(self, inputs_embeds):
         """``inputs_embeds`` as a (B, S, H) array of the model's dtype, on its device."""
@@ -294,14 +290,18 @@ class BertModel(PretrainedMixin):
         if shape not in ((A,), (L, A)):
             raise ValueError(f"head_mask has shape {shape}, expected (num_attention_heads,) = "
                              f"{(A,)} or (num_hidden_layers, num_attention_heads) = {(L, A)}")
-        m = self.xp.asarray(head_mask)
-        if m.dtype.kind not in "biuf":
-            raise TypeError(f"head_mask has dtype {m.dtype}, expected numbers in [0, 1]")
-        m = m.astype(self.dtype)
-        bad = ~((m >= 0) & (m <= 1))                                 # NaN is bad too
-        if bool(bad.any()):
-            raise ValueError(f"head_mask has the value {float(m[bad].ravel()[0])!r}, expected "
-                             "values in [0, 1] (1 keeps a head, 0 masks it)")
+        given = self.xp.asarray(head_mask)
+        if given.dtype.kind not in "biuf":
+            raise TypeError(f"head_mask has dtype {given.dtype}, expected real numbers")
+        with np.errstate(over="ignore", invalid="ignore"):     # too large: inf, refused below
+            m = given.astype(self.dtype)
+
+        def error():
+            value = given.ravel()[int(self.xp.argmin(self.xp.isfinite(m).ravel()))]
+            return ValueError(f"head_mask has the value {float(value)!r}, expected finite "
+                              f"numbers in {np.dtype(self.dtype).name} (each multiplies its "
+                              "head's attention probabilities)")
+        require(self.xp.isfinite(m), error)                    # NaN and infinities are refused
         return self.xp.array(self.xp.broadcast_to(m, (L, A)))                       # (L, A)
 
     # ---------------------------------------------------------------- forward
@@ -314,9 +314,10 @@ class BertModel(PretrainedMixin):
             input_ids: (B, S) token ids; every other argument is keyword-only.
             attention_mask: (B, S), 1 = attend, 0 = padding (None: all ones).
             token_type_ids: (B, S) segment ids (None: all zeros).
-            head_mask: (L, A), or (A,) for every layer, values in [0, 1]: multiplies head a's
-                attention probabilities in layer l, as Hugging Face 4.x (after dropout,
-                before ``@ v``). ``backward`` then returns its gradient as ``"head_mask"``.
+            head_mask: (L, A), or (A,) for every layer, finite real numbers: multiplies head
+                a's attention probabilities in layer l, as Hugging Face 4.x (after dropout,
+                before ``@ v``; 1 keeps a head, 0 masks it, 2 doubles it). ``backward``
+                then returns its gradient as ``"head_mask"``.
             inputs_embeds: (B, S, H) in place of the word-embedding lookup ``E_word[ids]``
                 (position and segment embeddings are still added); instead of ``input_ids``.
                 ``backward`` then returns its gradient as ``"inputs_embeds"``.
@@ -329,6 +330,13 @@ class BertModel(PretrainedMixin):
                 the returned cache is then None.
         """
         reject_positional("BertModel.forward", args)
+        with deferred_checks():     # the inputs' value checks on the GPU: one sync, at the end
+            return self._forward(input_ids, attention_mask, token_type_ids, head_mask,
+                                 inputs_embeds, output_attentions, output_hidden_states,
+                                 training, keep_cache)
+
+    def _forward(self, input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
+                 output_attentions, output_hidden_states, training, keep_cache):
         ids, tt, mask, embeds = self._validate_inputs(input_ids, attention_mask, token_type_ids,
                                                       inputs_embeds)
         run = _Run.start(self, training, output_attentions, self._check_head_mask(head_mask))

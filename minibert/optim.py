@@ -362,7 +362,14 @@ class LRSchedule:
 
 
 # ---------------------------------------------------------------------------- clipping
-def clip_grad_norm(grad, max_norm) -> float:
+def global_norm(grad):
+    """The L2 norm of the flat gradient buffer ``grad``, squares summed in float64, as a 0-d
+    array on grad's device (reading it is the caller's choice: on the GPU, a host sync)."""
+    xp = get_array_module(grad)
+    return xp.sqrt(xp.sum(xp.square(grad), dtype=np.float64))
+
+
+def clip_grad_norm(grad, max_norm, norm=None) -> float:
     """Scale ``grad`` in place so that its global L2 norm is at most ``max_norm``.
 
     The norm is taken over the whole flat gradient buffer (all parameters at once), with
@@ -372,13 +379,13 @@ def clip_grad_norm(grad, max_norm) -> float:
     norm (an inf or nan somewhere) is returned as it is and nothing is scaled: the caller
     decides whether to skip the step or stop.
     """
-    xp = get_array_module(grad)
     if not hasattr(grad, "dtype") or np.dtype(grad.dtype).kind != "f":
         raise TypeError(f"grad of type {type(grad).__name__} is invalid, expected a float array")
     max_norm = _real("max_norm", max_norm)
     if not (max_norm > 0 and math.isfinite(max_norm)):
         raise ValueError(f"max_norm={max_norm!r} is invalid, expected a finite number > 0")
-    norm = float(xp.sqrt(xp.sum(xp.square(grad), dtype=np.float64)))
+    # ``norm``: the caller's ``global_norm(grad)``, already read with its other scalars
+    norm = float(global_norm(grad) if norm is None else norm)     # a host sync if None
     if not math.isfinite(norm):
         return norm
     coef = max_norm / (norm + 1e-6)

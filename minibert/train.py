@@ -71,7 +71,8 @@ from . import distributed as dist
 from .backend import to_device, to_numpy
 from .checkpoint import map_state_dict, read_state_dict
 from .io import atomic_directory, atomic_write, atomic_write_text
-from .optim import AdamW, LRSchedule, clip_grad_norm
+from .optim import AdamW, LRSchedule, clip_grad_norm, global_norm
+from .validation import deferred_checks
 
 CHECKPOINT_PREFIX = "checkpoint-"
 LATEST = "latest"
@@ -349,26 +350,31 @@ class Trainer:
         batch = self._to_device({k: v[self.rows] for k, v in whole.items()})   # this rank's
         shares = self.task.shares(whole, self.rows)
         t0 = time.perf_counter()
-        out, cache = model.forward(**batch, training=True)
+        grad = model.store.grad
+        with deferred_checks() as checks:
+            out, cache = model.forward(**batch, training=True)
+            model.backward(cache, **{f"d_{k}": v for k, v in shares.items()})
+            dist.allreduce_gradients(self.comm, grad)             # the global batch's gradient
+            norm = (global_norm(grad) if c.max_grad_norm is not None
+                    else model.xp.sqrt((grad.astype(np.float64) ** 2).sum()))
+            # the step's one read of the device: the inputs' checks, the loss, its parts and
+            # the gradient norm (the parameters are untouched until the checks pass)
+            *values, local, norm = checks.read([getattr(out, k) for k in shares]
+                                               + [out.loss, norm])
+        parts = dict(zip(shares, values))
         # the global loss (each rank's parts weighted by its share) and the ranks whose loss
         # is not finite, in one small reduction: every rank stops at the same step
-        parts = {k: float(getattr(out, k)) for k in shares}
-        local = float(out.loss)
         reduced = self.comm.allreduce_sum([shares[k] * parts[k] for k in shares]
                                           + [not math.isfinite(local)])
         if reduced[-1]:
             bad = [(r, v) for r, v in enumerate(self.comm.allgather(local)) if not math.isfinite(v)]
             where = "" if self.comm.size == 1 else " on rank " + ", ".join(str(r) for r, _ in bad)
             raise self._diverged(f"loss is {bad[0][1]}{where}")
-        model.backward(cache, **{f"d_{k}": v for k, v in shares.items()})
-        dist.allreduce_gradients(self.comm, model.store.grad)     # the global batch's gradient
         watch = self.monitor is not None and self.monitor.wants(self.step + 1)
         if watch:
             self.monitor.before_update(model, batch)
         if c.max_grad_norm is not None:
-            norm = clip_grad_norm(model.store.grad, c.max_grad_norm)
-        else:
-            norm = float(model.xp.sqrt((model.store.grad.astype(np.float64) ** 2).sum()))
+            clip_grad_norm(grad, c.max_grad_norm, norm=norm)
         if not math.isfinite(norm):
             raise self._diverged(f"gradient norm is {norm}")
         lr = self.schedule.lr(self.step)

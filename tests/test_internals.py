@@ -157,8 +157,8 @@ def test_every_head_passes_head_mask_and_inputs_embeds(rng, head):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(head_mask=np.ones((3, 3))), r"head_mask has shape \(3, 3\), expected"),
     (dict(head_mask=np.ones((2,))), r"head_mask has shape \(2,\)"),
-    (dict(head_mask=np.full((L, A), 1.5)), r"head_mask has the value 1.5, expected values in \[0, 1\]"),
-    (dict(head_mask=np.full((A,), -0.1)), r"head_mask has the value -0.1"),
+    (dict(head_mask=np.full((L, A), np.inf)), r"head_mask has the value inf, expected finite numbers"),
+    (dict(head_mask=np.full((A,), -np.inf)), r"head_mask has the value -inf"),
     (dict(head_mask=np.full((A,), np.nan)), r"head_mask has the value nan"),
     (dict(inputs_embeds=np.zeros((1, 4, H))), r"input_ids and inputs_embeds: both were given"),
     (dict(input_ids=None), r"input_ids and inputs_embeds: neither was given"),

@@ -94,10 +94,11 @@ def _head_cases(rng):
         "sequence_classification": (BertForSequenceClassification, lambda m, tr: m.forward(
             ids, attention_mask=mask, token_type_ids=tt, labels=np.array([0, 2, 1]), training=tr)),
         "token_classification": (BertForTokenClassification, lambda m, tr: m.forward(
-            ids, attention_mask=mask, token_type_ids=tt, labels=np.where(mask == 1, ids % 3, -100), training=tr)),
-        "question_answering": (BertForQuestionAnswering, lambda m, tr: m.forward(
-            ids, attention_mask=mask, token_type_ids=tt, start_positions=np.array([1, 0, 9]), end_positions=np.array([4, 3, 1]),
+            ids, attention_mask=mask, token_type_ids=tt, labels=np.where(mask == 1, ids % 3, -100),
             training=tr)),
+        "question_answering": (BertForQuestionAnswering, lambda m, tr: m.forward(
+            ids, attention_mask=mask, token_type_ids=tt, start_positions=np.array([1, 0, 9]),
+            end_positions=np.array([4, 3, 1]), training=tr)),
         "multiple_choice": (BertForMultipleChoice, lambda m, tr: m.forward(
             np.stack([ids, ids[::-1]], 1), attention_mask=np.stack([mask, mask[::-1]], 1),
             token_type_ids=np.stack([tt, tt[::-1]], 1), labels=np.array([1, 0, 1]), training=tr)),
@@ -130,8 +131,9 @@ def test_sequence_regression_gradcheck(rng):
     y = rng.standard_normal(3)
     out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=y)
     grads = {k: v.copy() for k, v in model.backward(cache).items()}
-    assert gradcheck(lambda: model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=y)[0].loss, model.params, grads,
-                     mode="direction").passed
+    assert gradcheck(lambda: model.forward(ids, attention_mask=mask, token_type_ids=tt,
+                                           labels=y)[0].loss,
+                     model.params, grads, mode="direction").passed
 
 
 def test_backward_with_d_logits_only(rng):
@@ -206,7 +208,7 @@ def test_dropout_is_deterministic_and_off_in_eval(rng):
     oa, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     ob, _ = b.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     assert np.array_equal(oa.last_hidden_state, ob.last_hidden_state)
-    oa2, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)          # next call: new masks
+    oa2, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)  # new masks
     assert not np.array_equal(oa.last_hidden_state, oa2.last_hidden_state)
     e1, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt)
     e2, _ = b.forward(ids, attention_mask=mask, token_type_ids=tt)
@@ -282,6 +284,7 @@ def test_mlm_logits_default_to_every_position(rng):
     model = BertForPreTraining(tiny_config(), dtype=np.float64, seed=0)
     ids, mask, tt = batch(rng)
     every, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask)
-    explicit, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask, masked_lm_positions=np.tile(np.arange(7), (3, 1)))
+    explicit, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask,
+                                masked_lm_positions=np.tile(np.arange(7), (3, 1)))
     assert every.mlm_logits.shape == (3, 7, 23) and every.loss is None
     assert np.array_equal(every.mlm_logits, explicit.mlm_logits)

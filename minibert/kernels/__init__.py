@@ -40,7 +40,7 @@ kernels in Numba CUDA: CuPy arrays (recognised by their type, or any object with
 Numba device arrays (``numba.cuda.to_device(x)``, also the CUDA simulator's
 ``FakeCUDAArray``), giving Numba device arrays back. ``numba.cuda`` is imported only then.
 Every argument is validated here, before any compiled code runs (the checks are
-``_blocks.forward_args`` / ``backward_args``, and ``cuda_forward_args`` /
+``_args.forward_args`` / ``backward_args``, and ``cuda_forward_args`` /
 ``cuda_backward_args`` for GPU arrays): a bad input raises ValueError or TypeError naming
 the argument.
 """
@@ -59,13 +59,13 @@ def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=
     from ..rng import check_u64
     start = check_u64("start", start)
     if is_device_array(q):
-        from ._blocks import cuda_forward_args
+        from ._args import cuda_forward_args
         args = cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
         _require_numba_cuda()
         from .attention_cuda import attention_forward as cuda_forward
         return cuda_forward(q, k, v, *args, start=start)
     # lazy: Numba takes a while to import, and ``import minibert.kernels`` should not
-    from ._blocks import forward_args
+    from ._args import forward_args
     args = forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
     from .attention_cpu import attention_forward
     return attention_forward(q, k, v, *args, start=start)
@@ -79,12 +79,12 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
     from ..rng import check_u64
     start = check_u64("start", start)
     if is_device_array(q):
-        from ._blocks import cuda_backward_args
+        from ._args import cuda_backward_args
         args = cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
         _require_numba_cuda()
         from .attention_cuda import attention_backward as cuda_backward
         return cuda_backward(dout, q, k, v, out, lse, *args, start=start)
-    from ._blocks import backward_args
+    from ._args import backward_args
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
     from .attention_cpu import attention_backward
     return attention_backward(dout, q, k, v, out, lse, *args, start=start)

@@ -5,7 +5,7 @@ by BLAS.
 The function, the tiles, the online softmax, the skipping of padded keys, the recomputing
 backward and its row statistics are those of rung 4 (``ladder/attn_v4_tiled.py``, whose
 docstring derives them); read that first. The building blocks the two share (exp, row max,
-dropout factors, key-block spans, argument checks) live in ``_blocks.py``; this kernel
+dropout factors, key-block spans) live in ``_blocks.py``; this kernel
 imports no rung. What changes is who does which part of a tile:
 
 * **The block products go to BLAS** (``np.matmul`` on stacks of blocks): S = Q K^T and
@@ -46,11 +46,11 @@ import math
 import numpy as np
 from numba import njit
 
+from ..validation import check_block_sizes
 from ._blocks import (
     EXP_CONSTANTS,
     FASTMATH,
     INT_OF,
-    check_blocks,
     exp_row,
     keep_factors,
     kernel_args,
@@ -323,8 +323,9 @@ def _run(task, tasks, work):
 
 
 def _block_sizes(block_q, block_k, S):
-    check_blocks(block_q, block_k)
-    return max(1, min(int(block_q), S)), max(1, min(int(block_k), S))
+    """The tile sizes (``minibert.validation.check_block_sizes``), at most S."""
+    block_q, block_k = check_block_sizes(block_q, block_k)
+    return max(1, min(block_q, S)), max(1, min(block_k, S))
 
 
 def _uninitialised(like):

@@ -14,8 +14,9 @@ so ``dropout_keep(seed, offset, i, p)`` equals ``minibert.rng.keep_mask(shape, p
 offset).reshape(-1)[i]`` bit for bit, whatever the implementation that asks.
 
 One Philox call yields four words (four consecutive elements); a kernel that walks a row
-of a mask can call ``philox4x32_10`` once per group of four (see ``_blocks.keep_factors``)
-instead of ``philox_uint32`` per element.
+of a mask can call ``philox_block`` once per group of four and pick each element's word
+with ``select_word`` (see ``_blocks.keep_factors``) instead of ``philox_uint32`` per
+element.
 
 Integer typing in Numba: a Python int below 2**63 arrives as int64, above as uint64, and
 int64 mixed with uint64 becomes float64. Every argument is therefore converted to uint64
@@ -72,20 +73,20 @@ def philox_block(seed, offset, block):
 
 
 @njit(cache=True, inline="always")
+def select_word(lane, w0, w1, w2, w3):
+    """Word ``lane`` (0 to 3) of a Philox block: element ``index`` is word ``index % 4`` of
+    block ``index // 4``. The one lane selection of every kernel that keeps a block's four
+    words while it walks a row (a register array indexed at run time would live in local
+    memory on the GPU; a chain of selects stays in registers)."""
+    return w0 if lane == 0 else (w1 if lane == 1 else (w2 if lane == 2 else w3))
+
+
+@njit(cache=True, inline="always")
 def philox_uint32(seed, offset, index):
     """Word ``index % 4`` of Philox4x32-10 at counter (index // 4, offset), key seed."""
     i = np.uint64(index)
     w0, w1, w2, w3 = philox_block(seed, offset, i >> _TWO)
-    lane = i & _THREE
-    if lane == 0:
-        w = w0
-    elif lane == 1:
-        w = w1
-    elif lane == 2:
-        w = w2
-    else:
-        w = w3
-    return np.uint32(w)
+    return np.uint32(select_word(i & _THREE, w0, w1, w2, w3))
 
 
 @njit(cache=True, inline="always")

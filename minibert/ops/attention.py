@@ -58,13 +58,11 @@ other ops; ``probabilities(cache)`` gives P from an eager cache.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
 from ..backend import get_array_module
 from ..rng import keep_mask
+from ..validation import AttentionMask, check_attention_mask, check_dropout_p, check_scale
 from .switch import Fused, use_cuda_kernel, use_kernel
 
 IMPLEMENTATIONS = ("auto", "eager", "fused")
@@ -82,27 +80,22 @@ def additive_mask(attention_mask, dtype):
     ``finfo.min`` leaves room: adding any score of magnitude below ``finfo.max / 2`` cannot
     overflow to ``-inf``.
     """
-    xp = get_array_module(attention_mask)
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise TypeError(f"dtype={dtype} is not a floating dtype, expected e.g. float32 or float64")
-    attention_mask = xp.asarray(attention_mask)
-    if attention_mask.ndim != 2:
+    if not isinstance(attention_mask, AttentionMask):
+        attention_mask = get_array_module(attention_mask).asarray(attention_mask)
+    if len(attention_mask.shape) != 2:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                          "expected (B, S) with 1 = attend and 0 = padding")
-    is_one = attention_mask == 1
-    valid = is_one | (attention_mask == 0)
-    if not bool(xp.all(valid)):
-        bad = attention_mask[~valid].reshape(-1)[0]
-        raise ValueError(f"attention_mask contains the value {bad.item()!r}, expected only 0 "
-                         "(padding) and 1 (attend); pass the 0/1 mask, not an additive one")
-    big_negative = np.finfo(dtype).min / 2
-    mask = xp.where(is_one, dtype.type(0), dtype.type(big_negative))                 # (B, S)
-    mask = mask.astype(dtype, copy=False)
-    return mask[:, None, None, :]                                                    # (B, 1, 1, S)
+    B, S = attention_mask.shape
+    return check_attention_mask(attention_mask, B, S).additive(dtype)              # (B, 1, 1, S)
 
 
 def _validate(q, k, v, attention_mask, scale, dropout_p):
+    """Checks the inputs of ``forward``; returns ``(attention_mask, scale, dropout_p)`` with
+    the mask an ``AttentionMask`` (or None) and the scalars floats (scale: 1/sqrt(D) for
+    None), from the checks the model and the kernels share (``minibert.validation``)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not hasattr(x, "ndim") or x.ndim != 4:
             raise ValueError(f"{name} has shape {tuple(getattr(x, 'shape', ()))}, "
@@ -116,22 +109,9 @@ def _validate(q, k, v, attention_mask, scale, dropout_p):
                              f"{tuple(q.shape)} (B, A, S, D)")
         if x.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of q ({q.dtype})")
-    B, _, S, _ = q.shape
-    if attention_mask is not None:
-        if tuple(attention_mask.shape) != (B, S):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                             f"(B, S) = {(B, S)} with 1 = attend and 0 = padding")
-        additive_mask(attention_mask, q.dtype)        # checks the values are 0 and 1
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
-        raise TypeError(f"scale={scale!r} has type {type(scale).__name__}, expected a real number "
-                        "or None (1/sqrt(D))")
-    if scale is not None and not math.isfinite(scale):
-        raise ValueError(f"scale={scale!r} is not finite, expected a finite number or None")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"dropout_p={dropout_p!r} has type {type(dropout_p).__name__}, "
-                        "expected a float in [0, 1)")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p={dropout_p!r} is out of range, expected 0 <= dropout_p < 1")
+    B, _, S, D = q.shape
+    attention_mask = check_attention_mask(attention_mask, B, S, xp=get_array_module(q))
+    return attention_mask, check_scale(scale, D), check_dropout_p(dropout_p)
 
 
 def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, offset=0,
@@ -140,7 +120,9 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
 
     Args:
         q, k, v: (B, A, S, D) queries, keys, values, one dtype.
-        attention_mask: (B, S) of 0/1 (1 = attend, 0 = padding), or None (all ones).
+        attention_mask: (B, S) of 0/1 (1 = attend, 0 = padding), or None (all ones), or a
+            ``minibert.validation.AttentionMask`` (checked once by the caller; the forms
+            built from it are kept: the model passes one to every layer).
         scale: multiplies the scores; None means 1/sqrt(D).
         dropout_p: probability of dropping an attention probability (training only).
         seed, offset: the Philox stream of the dropout mask (see ``minibert.rng``).
@@ -157,11 +139,9 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
         (Hugging Face's attentions).
     """
     xp = get_array_module(q)
-    if attention_mask is not None:
-        attention_mask = xp.asarray(attention_mask)                   # (B, S), on q's device
-    _validate(q, k, v, attention_mask, scale, dropout_p)
+    # the mask (B, S) on q's device, checked once: an AttentionMask is not checked again
+    attention_mask, scale, dropout_p = _validate(q, k, v, attention_mask, scale, dropout_p)
     B, A, S, D = q.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     path = _choose(implementation, return_probs, q, k, v)
     if path == "fused":
         return _fused_forward(q, k, v, attention_mask, scale, dropout_p if training else 0.0,
@@ -170,9 +150,9 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     scores = (q @ k.swapaxes(-1, -2)) * scale                         # (B, A, S, S)
     has_key = None
     if attention_mask is not None:
-        scores = scores + additive_mask(attention_mask, q.dtype)      # (B, A, S, S)
+        scores = scores + attention_mask.additive(q.dtype)            # (B, A, S, S)
         # 1 for a sequence with at least one real key, 0 for an all-padding one
-        has_key = xp.any(attention_mask == 1, axis=1).astype(q.dtype).reshape(B, 1, 1, 1)
+        has_key = attention_mask.has_key(q.dtype)                     # (B, 1, 1, 1)
 
     row_max = xp.max(scores, axis=-1, keepdims=True)                  # (B, A, S, 1)
     e = xp.exp(scores - row_max)                                      # (B, A, S, S), each <= 1

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numbers
 
 from ..backend import get_array_module
+from ..validation import require
 from .switch import Fused, use_kernel
 
 
@@ -56,18 +57,23 @@ def _validate(logits, labels, weights, ignore_index, xp):
         raise ValueError(f"labels has shape {tuple(labels.shape)}, expected ({N},) to match "
                          f"logits {tuple(logits.shape)}")
     bad = ((labels < 0) | (labels >= C)) & (labels != ignore_index)
-    if N and bool(bad.any()):
+
+    def label_error():
         value = int(labels[bad][0])        # the first bad label, to quote it
-        raise ValueError(f"labels contains {value}, out of range: expected 0 <= labels < {C} "
-                         f"(the number of classes of logits {tuple(logits.shape)}) or "
-                         f"labels == ignore_index ({ignore_index})")
+        return ValueError(f"labels contains {value}, out of range: expected 0 <= labels < {C} "
+                          f"(the number of classes of logits {tuple(logits.shape)}) or "
+                          f"labels == ignore_index ({ignore_index})")
+    # on the GPU inside a model's forward: read once with the model's other checks
+    if N:
+        require(~bad, label_error)
     if weights is not None:
         weights = xp.asarray(weights)
         if tuple(weights.shape) != (N,):
             raise ValueError(f"weights has shape {tuple(weights.shape)}, expected ({N},) to match "
                              f"logits {tuple(logits.shape)}")
-        if N and bool((weights < 0).any()):
-            raise ValueError(f"weights contains {float(xp.min(weights))}, expected weights >= 0")
+        if N:
+            require(weights >= 0, lambda: ValueError(f"weights contains {float(xp.min(weights))}, "
+                                                     "expected weights >= 0"))
         weights = weights.astype(logits.dtype, copy=False)
     return labels, weights
 

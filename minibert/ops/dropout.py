@@ -27,18 +27,10 @@ reference, and runs under ``minibert.ops.readable_ops()``.
 """
 from __future__ import annotations
 
-import numbers
-
 from ..backend import get_array_module
 from ..rng import check_u64, keep_mask
+from ..validation import check_dropout_p
 from .switch import Fused, use_kernel
-
-
-def _validate_p(p):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"dropout_p={p!r} has type {type(p).__name__}, expected a float in [0, 1)")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout_p={p!r} is out of range, expected 0 <= dropout_p < 1")
 
 
 def forward(x, p, seed, offset=0, training=True, start=0):
@@ -51,11 +43,10 @@ def forward(x, p, seed, offset=0, training=True, start=0):
         start: the stream's element index of x's first element.
         training: the mask is applied only when True and ``p > 0``; otherwise ``y = x``.
     """
-    _validate_p(p)
+    p = check_dropout_p(p)  # a Python float: a NumPy float64 would promote float32 x
     if not training or p == 0:
         return x, (None, 0.0)                        # identity: no mask is drawn
     xp = get_array_module(x)
-    p = float(p)          # a NumPy float64 scalar would promote float32 x to float64
     if use_kernel(x):
         from ..kernels import dropout_cpu  # lazy: Numba takes a while to import
         # the same checks, with the same messages, as keep_mask's

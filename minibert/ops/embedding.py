@@ -17,6 +17,7 @@ differentiable; backward returns ``dweight`` only.
 from __future__ import annotations
 
 from ..backend import get_array_module, scatter_add
+from ..validation import require
 
 
 def _validate(ids, weight, name):
@@ -29,12 +30,14 @@ def _validate(ids, weight, name):
     if ids.size == 0:
         return
     xp = get_array_module(ids)
-    bad = (ids < 0) | (ids >= V)
-    if bool(bad.any()):
-        value = int(ids[bad].ravel()[0])   # the first bad id in C order, to quote it
-        raise ValueError(f"{name} contains {value}, out of range: expected 0 <= {name} < {V} "
-                         f"(the number of rows of weight {tuple(weight.shape)}), "
-                         f"got {name} in [{int(xp.min(ids))}, {int(xp.max(ids))}]")
+
+    def error():
+        value = int(ids[(ids < 0) | (ids >= V)].ravel()[0])  # the first bad id in C order
+        return ValueError(f"{name} contains {value}, out of range: expected 0 <= {name} < {V} "
+                          f"(the number of rows of weight {tuple(weight.shape)}), "
+                          f"got {name} in [{int(xp.min(ids))}, {int(xp.max(ids))}]")
+    # on the GPU inside a model's forward: read once with the model's other checks
+    require((ids >= 0) & (ids < V), error)
 
 
 def forward(ids, weight, *, name="ids"):
