@@ -46,6 +46,8 @@ budget="${GPU_CHECK_BUDGET:-450}"        # seconds for all steps together
 mkdir -p "$out"
 log="$out/gpu_check.log"
 : > "$log"
+rm -f "$out/gpu_check.json" "$out/gpu_check_device.json" "$out/bench_attention_gpu.json" \
+    "$out/bench_model_gpu.json"          # a step that fails leaves no stale result behind
 export CUPY_TF32=0                       # float32 is float32 on both sides
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # this checkout, not an installed minibert
 export MINIBERT_CHECK_OUT="$out"
@@ -209,14 +211,20 @@ with open(os.path.join(out, "gpu_check.json"), "w") as fh:
 rows = [(s["step"], "skipped" if s["exit"] is None else str(s["exit"]), f"{s['seconds']} s",
          f"{s['limit']} s") for s in steps]
 att, model = load("bench_attention_gpu.json"), load("bench_model_gpu.json")
-for entry in (att or {}).get("shapes", []):
-    for label, times in entry.get("timings_ms", {}).items():
-        for impl, t in times.items():
-            rows.append((f"attention {tuple(entry['shape'])} {label}", impl,
-                         f"{t['ms']:.3f} ms", f"{t['tflops']:.1f} TFLOP/s"))
-for impl, t in (model or {}).get("step_ms", {}).items():
-    rows.append((f"BERT-{model.get('preset')} step", impl, f"{t['ms']:.2f} ms",
-                 f"minibert {t['minibert_speedup']:.2f}x"))
+try:
+    for entry in (att or {}).get("shapes", []):
+        for label, times in entry.get("timings_ms", {}).items():
+            for impl, t in times.items():
+                rows.append((f"attention {tuple(entry['shape'])} {label}", impl,
+                             f"{t['ms']:.3f} ms", f"{t['tflops']:.1f} TFLOP/s"))
+except (AttributeError, KeyError, TypeError, ValueError) as exc:
+    rows.append(("bench_attention_gpu.json", "layout not understood", repr(exc)[:40], ""))
+try:
+    for impl, t in (model or {}).get("step_ms", {}).items():
+        rows.append((f"BERT-{model.get('preset')} step", impl, f"{t['ms']:.2f} ms",
+                     f"HF / minibert {t['minibert_speedup']:.2f}"))
+except (AttributeError, KeyError, TypeError, ValueError) as exc:
+    rows.append(("bench_model_gpu.json", "layout not understood", repr(exc)[:40], ""))
 passed = sum(s["exit"] == 0 for s in steps)
 print(f"\ngpu_check: {passed} of {len(steps)} steps passed in "
       f"{sum(s['seconds'] for s in steps)} s; results in {out}/ (gpu_check.json)")

@@ -132,12 +132,13 @@ def segment_sum_into(out, ids, rows, *, chunk=CHUNK, threads=THREADS):
     if launch.cupy:
         xp = launch.xp
         order = xp.argsort(ids, kind="stable")                     # (N,) positions by id
-        sorted_ids = ids[order]
+        sorted_ids = ids[order].astype(np.int64, copy=False)     # one compiled kernel per dtype
         rows = xp.ascontiguousarray(rows)
     else:                                       # Numba device arrays: sort on the host
         host = ids.copy_to_host()
         order_h = np.argsort(host, kind="stable")
-        order, sorted_ids = cuda.to_device(order_h), cuda.to_device(host[order_h])
+        order = cuda.to_device(order_h.astype(np.int64))
+        sorted_ids = cuda.to_device(host[order_h].astype(np.int64))
     chunks = -(-N // chunk)
     threads = min(int(threads), F)
     grid = (chunks, -(-F // threads))
