@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-shot device check: on a machine with an NVIDIA GPU, in one command, with no network
-# and within 8 minutes (the steps' limits add up to 7 minutes; aimed at 6), check the GPU
+# and within 8 minutes (the steps' limits add up to 7.5 minutes; aimed at 6), check the GPU
 # path of this checkout and write the results.
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]        (default: benchmarks/results/)
@@ -18,15 +18,17 @@
 # Steps (each has its own time limit, and the whole run a budget: a step gets at most what is
 # left; a failed step does not stop the others, and the script exits 1 if any failed):
 #   device            90 s  CuPy wheel vs CUDA runtime vs driver, the device, the kernel probe;
-#                           compiles every kernel the check uses (float32 and float64, D = 64)
-#                           and reports compile seconds, registers and local memory (Numba's
-#                           own counts); fails if float32 attention at D = 64 uses local memory
+#                           compiles every kernel the check uses ahead of launch, with explicit
+#                           signatures (float32 and float64, D = 64), and reports the seconds,
+#                           registers and local memory (Numba's own counts); fails if a float32
+#                           attention kernel at D = 64 or a dropout / segment-sum kernel uses
+#                           local memory
 #   pytest-kernels   120 s  tests/test_gpu.py (attention at BERT sizes, CPU vs GPU step,
 #                           identical bits, dropout and segment sum on CuPy, all at D = 64)
 #                           and the dropout and segment-sum kernel tests on the device
 #   pytest-ops        60 s  the gpu-marked op and model tests with the textbook ops on CuPy
 #                           (MINIBERT_READABLE_OPS=1: no kernel compiles for their many head sizes)
-#   bench-attention   90 s  benchmarks/bench_attention_gpu.py
+#   bench-attention  120 s  benchmarks/bench_attention_gpu.py (peers, then 3 tile/lane settings)
 #   bench-model       60 s  benchmarks/bench_model_gpu.py (BERT-base step against Hugging Face)
 #
 # Writes into OUTDIR: gpu_check.json (versions, the device step's report, each step's exit
@@ -116,16 +118,46 @@ print("kernel probe:", report["probe"])
 if not ok:
     problems.append(f"the CUDA kernels cannot run: {cuda_kernels_problem()}")
 else:
-    from minibert.kernels import (dropout_cuda, embedding_cuda, fused_attention_backward,
-                                  fused_attention_forward)
-    rows, r = [], np.random.default_rng(0)
+    from minibert.kernels import (attention_cuda, dropout_cuda, embedding_cuda,
+                                  fused_attention_backward, fused_attention_forward)
+    simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    rows, resources, r = [], {}, np.random.default_rng(0)
 
     def timed(label, fn):
         t = time.perf_counter()
-        fn()
+        result = fn()
         cp.cuda.Device().synchronize()
-        rows.append({"kernels": label, "first_call_s": round(time.perf_counter() - t, 2)})
+        rows.append({"what": label, "seconds": round(time.perf_counter() - t, 2)})
+        return result
 
+    def counts(compiled):
+        return {"registers": int(compiled.regs_per_thread),
+                "local_bytes": int(compiled.local_mem_per_thread),
+                "shared_bytes": int(compiled.shared_mem_per_block)}
+
+    # 1. compile ahead, with explicit signatures, every kernel the check uses (D = 64)
+    for dt in ("float32", "float64"):
+        if simulator:
+            break
+        if hasattr(attention_cuda, "device_report"):
+            rep = timed(f"compile attention {dt} D=64 (forward, dq, dkdv)",
+                        lambda dt=dt: attention_cuda.device_report(dt, 64))
+            print(attention_cuda.format_report(rep, f"attention {dt} D=64, Numba's counts"))
+            for name, res in rep.items():
+                resources[f"attention {name} {dt}"] = {
+                    "registers": res.registers, "local_bytes": res.stack_bytes,
+                    "shared_bytes": res.shared_bytes}
+                if dt == "float32" and res.stack_bytes > 0:
+                    problems.append(f"attention {name} (float32, D=64) uses {res.stack_bytes} B "
+                                    "of local memory a thread (spills or a stack frame)")
+        else:
+            print("attention_cuda has no device_report: its resource counts are not read")
+        compiled = timed(f"compile dropout {dt}", lambda dt=dt: dropout_cuda.compile_eagerly(dt))
+        resources[f"dropout {dt}"] = counts(compiled)
+        chunk, span = timed(f"compile segment sum {dt}",
+                            lambda dt=dt: embedding_cuda.compile_eagerly(dt))
+        resources[f"segment chunks {dt}"], resources[f"segment spans {dt}"] = counts(chunk), counts(span)
+    # 2. the first launches (nothing left to compile where the signatures match)
     for dt in (np.float32, np.float64):
         q = cp.asarray(r.standard_normal((1, 1, 70, 64)), dtype=dt)
         mask = cp.ones((1, 70), dtype=np.int64)
@@ -133,45 +165,20 @@ else:
         def attention(q=q, mask=mask):
             out, lse = fused_attention_forward(q, q, q, mask, None, 0.1, 1, 2)
             fused_attention_backward(q, q, q, q, out, lse, mask, None, 0.1, 1, 2)
-        timed(f"attention {np.dtype(dt).name} D=64 (forward, dq, dkdv)", attention)
-        timed(f"dropout {np.dtype(dt).name}", lambda q=q: dropout_cuda.forward(q, 0.1, 1, 2))
-        timed(f"segment sum {np.dtype(dt).name}", lambda dt=dt: embedding_cuda.segment_sum_into(
+        name = np.dtype(dt).name
+        timed(f"first launch attention {name} D=64", attention)
+        timed(f"first launch dropout {name}", lambda q=q: dropout_cuda.forward(q, 0.1, 1, 2))
+        timed(f"first launch segment sum {name}", lambda dt=dt: embedding_cuda.segment_sum_into(
             cp.zeros((5, 64), dt), cp.asarray(r.integers(0, 5, 300)), cp.ones((300, 64), dt)))
-    # what the hardware gets, in Numba's own counts, for every kernel compiled above
-    import gc
-    from numba.cuda.dispatcher import CUDADispatcher
-    resources = []
-    for obj in gc.get_objects():
-        if not (isinstance(obj, CUDADispatcher) and obj.overloads
-                and obj.py_func.__module__.startswith("minibert")):
-            continue
-        for sig in list(obj.overloads):
-            row = {"kernel": obj.py_func.__name__,
-                   "types": ", ".join(str(t) for t in sig[:3]) + ", ..."}
-            try:
-                row.update(registers=obj.get_regs_per_thread(sig),
-                           local_bytes=obj.get_local_mem_per_thread(sig),
-                           shared_bytes=obj.get_shared_mem_per_block(sig))
-            except Exception as exc:                                # noqa: BLE001
-                row["error"] = f"{type(exc).__name__}: {exc}"
-            resources.append(row)
     report["compile"], report["resources"] = rows, resources
-    if not resources and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-        problems.append("Numba reported no compiled minibert kernel: the resource check did not run")
-    print(f"\n{'first call (compiles)':<48} seconds")
+    print(f"\n{'compile and first launch':<52} seconds")
     for row in rows:
-        print(f"{row['kernels']:<48} {row['first_call_s']:7.2f}")
-    print(f"\n{'kernel':<16} {'registers':>9} {'local B':>8} {'shared B':>9}  types")
-    for row in resources:
-        if "error" in row:
-            print(f"{row['kernel']:<16} {row['error']}")
-            continue
-        print(f"{row['kernel']:<16} {row['registers']:>9} {row['local_bytes']:>8} "
-              f"{row['shared_bytes']:>9}  {row['types']}")
-        if (row["kernel"] in ("forward_kernel", "dq_kernel", "dkdv_kernel")
-                and "float32" in row["types"] and row["local_bytes"] > 0):
-            problems.append(f"{row['kernel']} (float32) uses {row['local_bytes']} B of local "
-                            "memory a thread (spills or a stack frame)")
+        print(f"{row['what']:<52} {row['seconds']:7.2f}")
+    print(f"\n{'kernel':<28} {'registers':>9} {'local B':>8} {'shared B':>9}")
+    for name, c in resources.items():
+        print(f"{name:<28} {c['registers']:>9} {c['local_bytes']:>8} {c['shared_bytes']:>9}")
+        if not name.startswith("attention") and c["local_bytes"] > 0:
+            problems.append(f"{name} uses {c['local_bytes']} B of local memory a thread")
 report["problems"] = problems
 with open(os.path.join(os.environ["MINIBERT_CHECK_OUT"], "gpu_check_device.json"), "w") as fh:
     json.dump(report, fh, indent=2)
@@ -184,7 +191,7 @@ run_step pytest-kernels 120 "$py" -m pytest -q -x -p no:cacheprovider tests/test
     tests/kernels/test_dropout_cuda.py tests/kernels/test_embedding_cuda.py
 run_step pytest-ops 60 env MINIBERT_READABLE_OPS=1 "$py" -m pytest -q -p no:cacheprovider -m gpu \
     tests --ignore=tests/test_gpu.py --ignore=tests/kernels
-run_step bench-attention 90 "$py" benchmarks/bench_attention_gpu.py --repeat 10 \
+run_step bench-attention 120 "$py" benchmarks/bench_attention_gpu.py --repeat 10 --sweep 3 \
     --out "$out/bench_attention_gpu.json"
 run_step bench-model 60 "$py" benchmarks/bench_model_gpu.py --repeat 5 \
     --out "$out/bench_model_gpu.json"

@@ -74,6 +74,22 @@ def build_kernel(dtype_str):
     return apply_keep
 
 
+def signature(dtype):
+    """The Numba signature ``apply`` launches the kernel with, for ``dtype`` (float32 or
+    float64): for ``compile_ptx`` and for compiling ahead of the first launch."""
+    from numba import types
+    ft = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    flat = types.Array(ft, 1, "C")
+    u64 = types.uint64
+    return (flat, u64, u64, u64, u64, types.float32, ft, flat)
+
+
+def compile_eagerly(dtype):
+    """Compile the kernel for ``dtype`` now, with the explicit signature (needs a GPU): the
+    first launch then compiles nothing."""
+    return build_kernel(np.dtype(dtype).str).compile(signature(dtype))
+
+
 def apply(w, p, seed, offset, start=0):
     """``w * keep / (1 - p)`` of a float32/float64 GPU array ``w`` (any shape), a new array of
     w's kind and shape; keep as in the module docstring. ``p`` in (0, 1) and ``seed``,

@@ -113,6 +113,22 @@ def build_kernels(dtype_str):
     return chunk_kernel, span_kernel
 
 
+def signatures(dtype):
+    """``(chunk_kernel, span_kernel)`` Numba signatures as ``segment_sum_into`` launches them
+    for float ``dtype``: for ``compile_ptx`` and for compiling ahead of the first launch."""
+    from numba import types
+    ft = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    ids, table = types.Array(types.int64, 1, "C"), types.Array(ft, 2, "C")
+    return ((ids, ids, table, types.int64, table, table, table),
+            (ids, types.int64, table, table, table))
+
+
+def compile_eagerly(dtype):
+    """Compile both kernels for ``dtype`` now, with explicit signatures (needs a GPU)."""
+    kernels = build_kernels(np.dtype(dtype).str)
+    return tuple(k.compile(sig) for k, sig in zip(kernels, signatures(dtype)))
+
+
 def segment_sum_into(out, ids, rows, *, chunk=CHUNK, threads=THREADS):
     """``out[ids[n]] += rows[n]`` for n < N, repeated ids summed, deterministically; returns
     ``out``. out (V, F) C-contiguous, rows (N, F) of out's float dtype, ids (N,) integers in
