@@ -80,7 +80,6 @@ def _probe_cuda_kernels():
     """Compile and launch a one-thread kernel on the current device and read its result back:
     what every CUDA kernel of minibert needs (NVVM to compile, a driver that loads the PTX,
     a device that runs it). Raises whatever fails. Under the CUDA simulator it runs there."""
-    import numpy as np
     from numba import cuda
 
     @cuda.jit
