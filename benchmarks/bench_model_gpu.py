@@ -1,5 +1,5 @@
 """Benchmark of a BERT pretraining step on one GPU: minibert on CuPy (the readable ops,
-cuBLAS products, the Numba CUDA attention kernel) against Hugging Face's
+cuBLAS products, the Numba CUDA attention, dropout and embedding-backward kernels) against Hugging Face's
 ``BertForPreTraining`` in torch eager on the same GPU, float32, TF32 off, in the same run.
 
     python benchmarks/bench_model_gpu.py [--preset base] [--repeat R] [--quick] [--out FILE]

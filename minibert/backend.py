@@ -12,6 +12,9 @@ import numpy as np
 _cupy = None          # the cupy module once imported, False when it cannot be imported
 _gpu_ok = None        # cached answer of gpu_available()
 _numba_cuda_ok = None  # cached answer of cuda_kernels_available()
+_numba_cuda_problem = None   # why it is False
+_numba_cuda_installed = None  # cached answer of numba_cuda_installed()
+_selected_device = None      # the CUDA device select_gpu chose, once it has
 
 
 def _import_cupy():
@@ -58,19 +61,75 @@ def is_device_array(x) -> bool:
         return False
 
 
-def cuda_kernels_available() -> bool:
+def numba_cuda_installed() -> bool:
     """True when NVIDIA's CUDA target for Numba (``numba-cuda``, the package the gpu and sim
     extras install, importable as ``numba_cuda``) is there: the kernels are written for it;
     the older target bundled with Numba is not enough. Found without importing it, so that
     ``import minibert`` stays off CUDA."""
-    global _numba_cuda_ok
-    if _numba_cuda_ok is None:
+    global _numba_cuda_installed
+    if _numba_cuda_installed is None:
         import importlib.util
         try:
-            _numba_cuda_ok = importlib.util.find_spec("numba_cuda") is not None
+            _numba_cuda_installed = importlib.util.find_spec("numba_cuda") is not None
         except (ImportError, ValueError):
+            _numba_cuda_installed = False
+    return _numba_cuda_installed
+
+
+def _probe_cuda_kernels():
+    """Compile and launch a one-thread kernel on the current device and read its result back:
+    what every CUDA kernel of minibert needs (NVVM to compile, a driver that loads the PTX,
+    a device that runs it). Raises whatever fails. Under the CUDA simulator it runs there."""
+    from numba import cuda
+
+    @cuda.jit
+    def probe(out):
+        out[0] = out[0] * np.float32(2) + np.float32(1)
+
+    buf = cuda.to_device(np.full(1, 3, dtype=np.float32))
+    probe[1, 1](buf)
+    got = buf.copy_to_host()[0]
+    if got != 7:
+        raise RuntimeError(f"the probe kernel computed {got}, expected 7.0")
+
+
+def cuda_kernels_available() -> bool:
+    """True when minibert's Numba CUDA kernels can run here: ``numba-cuda`` is installed
+    (``numba_cuda_installed``) and a probe kernel compiles, launches on the current device
+    and returns the right value (``_probe_cuda_kernels``). Asked only when GPU arrays reach
+    an op with a CUDA kernel, so ``import minibert`` and CPU work never touch CUDA.
+
+    The answer is computed once per process and cached. When the probe fails (no NVVM,
+    a driver older than the PTX Numba emits, ...), the ops fall back to their textbook code
+    on CuPy, and one RuntimeWarning says why; ``cuda_kernels_problem()`` keeps the reason.
+    """
+    global _numba_cuda_ok, _numba_cuda_problem
+    if _numba_cuda_ok is None:
+        if not numba_cuda_installed():
             _numba_cuda_ok = False
+            _numba_cuda_problem = NOT_INSTALLED
+        else:
+            try:
+                _probe_cuda_kernels()
+                _numba_cuda_ok = True
+            except Exception as exc:          # CudaSupportError, NvvmError, a link error, ...
+                _numba_cuda_ok = False
+                _numba_cuda_problem = (f"a probe kernel failed on the current device "
+                                       f"({type(exc).__name__}: {exc})")
+                import warnings
+                warnings.warn(f"minibert's CUDA kernels cannot run: {_numba_cuda_problem}; "
+                              "the ops run their textbook code on CuPy instead",
+                              RuntimeWarning, stacklevel=2)
     return _numba_cuda_ok
+
+
+def cuda_kernels_problem() -> str | None:
+    """Why ``cuda_kernels_available()`` said False (None before it was asked, or when True)."""
+    return _numba_cuda_problem
+
+
+NOT_INSTALLED = ("numba-cuda is not installed (pip install 'numba-cuda[cu12]' or "
+                 "'numba-cuda[cu13]', or minibert's gpu extra)")
 
 
 def gpu_available() -> bool:
@@ -85,14 +144,52 @@ def gpu_available() -> bool:
     return _gpu_ok
 
 
+def select_gpu(local_rank: int = 0):
+    """Make device ``local_rank % device_count`` CuPy's (and Numba's) current device, before
+    either allocates anything; returns its index, or None without a GPU. With several MPI
+    ranks on one machine, each rank passes its rank among the ranks of that machine
+    (``minibert.distributed.local_rank()``), so that they spread over its GPUs instead of
+    all working on device 0. The first selection holds for the process (CUDA contexts are
+    per device); later calls return it."""
+    global _selected_device
+    if _selected_device is not None:
+        return _selected_device
+    if isinstance(local_rank, bool) or not isinstance(local_rank, (int, np.integer)) or local_rank < 0:
+        raise ValueError(f"local_rank={local_rank!r} is invalid, expected an integer >= 0")
+    cp = _import_cupy()
+    if cp is None:
+        return None
+    try:
+        count = int(cp.cuda.runtime.getDeviceCount())
+    except Exception:                         # no driver, or no device
+        return None
+    if count < 1:
+        return None
+    device = int(local_rank) % count
+    if device != 0:                           # device 0 is every library's default already
+        cp.cuda.Device(device).use()
+        if numba_cuda_installed():
+            try:
+                from numba import cuda
+                cuda.select_device(device)
+            except Exception:                 # cuda_kernels_available's probe then says why
+                pass
+    _selected_device = device
+    return device
+
+
 def get_xp(device: str):
-    """The array module for ``device`` ("cpu" or "gpu")."""
+    """The array module for ``device`` ("cpu" or "gpu"). For "gpu", the first call selects
+    this process's device (``select_gpu`` with ``distributed.local_rank()``)."""
     if device == "cpu":
         return np
     if device == "gpu":
         if not gpu_available():
             raise ValueError("device='gpu' was requested but no CUDA device is available "
                              "(install cupy and check the driver), expected 'cpu' or a GPU")
+        if _selected_device is None:
+            from .distributed import local_rank  # lazy: distributed imports this module
+            select_gpu(local_rank())
         return _import_cupy()
     raise ValueError(f"device={device!r} is not known, expected 'cpu' or 'gpu'")
 
@@ -117,10 +214,12 @@ def scatter_add(target, indices, values):
 
     NumPy's fancy-index ``+=`` keeps only the last write of a repeated index, so the
     embedding backward needs ``np.add.at`` on the CPU. On the GPU the sum is made
-    deterministic (``_scatter_add_gpu``): ``cupyx.scatter_add`` adds with float atomics, in
-    whatever order the threads arrive, so two runs of one backward would differ in the last
-    bits. ``indices`` is an index array into the first axis, or a tuple of them into the
-    first axes; ``values`` has the indexed shape.
+    deterministic: ``cupyx.scatter_add`` adds with float atomics, in whatever order the
+    threads arrive, so two runs of one backward would differ in the last bits. Where the
+    CUDA kernels run (``cuda_kernels_available``) it is a sorted segment sum
+    (``minibert.kernels.embedding_cuda``: O(tokens x F) work, no host sync), else a one-hot
+    matrix product (``_scatter_add_onehot``). ``indices`` is an index array into the first
+    axis, or a tuple of them into the first axes; ``values`` has the indexed shape.
     """
     if is_gpu_array(target):
         _scatter_add_gpu(target, indices, values)
@@ -129,31 +228,50 @@ def scatter_add(target, indices, values):
     return target
 
 
+def _flat_rows(xp, indices, rows_shape):
+    """The row numbers (N,) of ``target.reshape(prod(rows_shape), -1)`` that ``indices`` (an
+    array, or a tuple of broadcastable arrays into the first axes) address, by Horner's rule
+    (``ravel_multi_index`` would check the bounds on the host: a device sync; the callers
+    validated them)."""
+    if not isinstance(indices, tuple):
+        return xp.asarray(indices).reshape(-1)
+    parts = xp.broadcast_arrays(*(xp.asarray(i) for i in indices))
+    flat = parts[0].astype(np.int64)
+    for dim, part in zip(rows_shape[1:], parts[1:]):
+        flat = flat * dim + part
+    return flat.reshape(-1)
+
+
 def _scatter_add_gpu(target, indices, values):
-    """The deterministic GPU scatter-add: with the N indexed rows numbered by their U distinct
-    destinations (``unique``), the sums are one matrix product,
-
-        target[dest_u] += sum_n [dest(n) = u] values_n      =  (onehot (U, N)) @ values (N, F)
-
-    which cuBLAS computes in a fixed order (adding the zeros changes no bit), the same bits
-    on every run. The one-hot matrix is U x N numbers (for BERT's word embeddings at
-    B S = 1024 tokens, at most 4 MiB in float32) and the product 2 U N F flops, a small
-    share of a training step."""
+    """The deterministic GPU scatter-add: the segment-sum kernel where the CUDA kernels run,
+    else the one-hot product."""
     cp = _import_cupy()
-    lead = len(indices) if isinstance(indices, tuple) else 1
-    rows_shape = tuple(target.shape[:lead])
-    if isinstance(indices, tuple):
-        flat = cp.ravel_multi_index(tuple(cp.asarray(i).reshape(-1) for i in
-                                          cp.broadcast_arrays(*(cp.asarray(i) for i in indices))),
-                                    rows_shape)                                   # (N,)
-    else:
-        flat = cp.asarray(indices).reshape(-1)                                     # (N,)
-    n_rows = int(np.prod(rows_shape))
-    dest, inverse = cp.unique(flat, return_inverse=True)                          # (U,), (N,)
-    onehot = (inverse.reshape(1, -1) == cp.arange(dest.size)[:, None]).astype(target.dtype)
-    sums = onehot @ values.reshape(flat.size, -1)                                  # (U, F)
     if not target.flags.c_contiguous:            # then the reshape below is a view
         raise ValueError(f"target with shape {tuple(target.shape)} is not C-contiguous, "
                          "expected a C-contiguous array for scatter_add on the GPU")
-    view = target.reshape(n_rows, -1)                                              # (rows, F)
-    view[dest] += sums.astype(target.dtype, copy=False)
+    lead = len(indices) if isinstance(indices, tuple) else 1
+    rows_shape = tuple(target.shape[:lead])
+    flat = _flat_rows(cp, indices, rows_shape)                                     # (N,)
+    view = target.reshape(int(np.prod(rows_shape)), -1)                            # (rows, F)
+    rows = values.reshape(flat.size, -1)                                           # (N, F)
+    if np.dtype(target.dtype) in (np.float32, np.float64) and cuda_kernels_available():
+        from .kernels.embedding_cuda import segment_sum_into
+        segment_sum_into(view, flat, rows.astype(target.dtype, copy=False))
+    else:
+        _scatter_add_onehot(cp, view, flat, rows)
+
+
+def _scatter_add_onehot(cp, view, flat, rows):
+    """``view[flat] += rows`` as a matrix product: with the N indexed rows numbered by their
+    U distinct destinations (``unique``),
+
+        view[dest_u] += sum_n [dest(n) = u] rows_n      =  (onehot (U, N)) @ rows (N, F)
+
+    which cuBLAS computes in a fixed order (adding the zeros changes no bit), the same bits
+    on every run. But the one-hot matrix is U x N numbers and the product 2 U N F flops
+    (O(unique ids x tokens)), and ``unique`` syncs with the host: the fallback where the
+    segment-sum kernel cannot run."""
+    dest, inverse = cp.unique(flat, return_inverse=True)                          # (U,), (N,)
+    onehot = (inverse.reshape(1, -1) == cp.arange(dest.size)[:, None]).astype(view.dtype)
+    sums = onehot @ rows                                                           # (U, F)
+    view[dest] += sums.astype(view.dtype, copy=False)

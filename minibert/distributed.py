@@ -42,9 +42,16 @@ Without MPI. ``world()`` returns a one-rank stand-in with the same methods when 
 was not started by an MPI launcher (or mpi4py is not installed): the training loop runs the
 same code path, the collectives being copies or nothing.
 
-On the GPU. For CuPy buffers ``allreduce_`` uses NCCL (``cupy.cuda.nccl``) when CuPy has
-it, after synchronizing the current stream; else mpi4py on the device buffer when the MPI
-library is CUDA-aware (``MINIBERT_CUDA_AWARE_MPI=1``), else a copy through host memory.
+On the GPU. Each rank works on device ``local_rank % device_count`` of its machine
+(``local_rank``: its rank among the ranks of that machine, from MPI's shared-memory split
+or the launcher's environment), chosen before CuPy or Numba allocate anything
+(``backend.select_gpu``): without it every rank would share GPU 0. For CuPy buffers
+``allreduce_`` uses NCCL (``cupy.cuda.nccl``) when every rank can, after synchronizing the
+current stream; else mpi4py on the device buffer when the MPI library is CUDA-aware
+(``MINIBERT_CUDA_AWARE_MPI=1``), else a copy through host memory. Whether NCCL is usable is
+decided together (``make_nccl``): each rank's verdict is gathered before anyone enters a
+collective call that needs NCCL, so either all ranks use it or all fall back, and rank 0
+says so once; never one rank waiting in a broadcast for a rank that gave up.
 
 Threads. N ranks on one machine share its cores: ``configure_threads`` gives each rank's
 kernels ``cores / ranks on this node`` threads (the policy of ``kernels/_threads.py``: our
@@ -54,6 +61,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import warnings
 
 import numpy as np
 
@@ -63,6 +72,11 @@ from .backend import is_gpu_array
 #: and Intel MPI (PMI_*), Open MPI (OMPI_*), PMIx launchers such as Slurm's srun (PMIX_*).
 LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
+#: Where launchers put a process's rank among the processes of its machine: Open MPI,
+#: MPICH's Hydra and Intel MPI, MVAPICH2, Slurm's srun, Cray PALS.
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                   "SLURM_LOCALID", "PALS_LOCAL_RANKID")
+
 
 def launched_size() -> int:
     """The number of processes an MPI launcher says it started (1 without a launcher)."""
@@ -71,6 +85,20 @@ def launched_size() -> int:
         if v and v.isdigit():
             return int(v)
     return 1
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks on its machine: the communicator's (MPI's
+    shared-memory split) once ``world()`` has made it, else the launcher's environment
+    (``LOCAL_RANK_VARS``), else 0. Used to pick the GPU (``backend.select_gpu``) without
+    starting MPI."""
+    if _WORLD is not None:
+        return _WORLD.local_rank
+    for var in LOCAL_RANK_VARS:
+        v = os.environ.get(var, "").strip()
+        if v.isdigit():
+            return int(v)
+    return 0
 
 
 def launched_under_mpi() -> bool:
@@ -85,6 +113,7 @@ class OneRank:
     rank = 0
     size = 1
     local_size = 1            # ranks on this machine
+    local_rank = 0            # this rank among them
     library = "none (one process)"
 
     @property
@@ -129,6 +158,7 @@ class MPIComm(OneRank):
         self.size = self.comm.Get_size()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size = node.Get_size()
+        self.local_rank = node.Get_rank()
         node.Free()
         self.library = " ".join(MPI.Get_library_version().split("\n")[0].split())
         self._nccl = None
@@ -172,16 +202,10 @@ class MPIComm(OneRank):
         return buf
 
     def _nccl_comm(self):
-        """One NCCL communicator over the ranks (rank 0's unique id broadcast over MPI),
-        made on first use; None where CuPy was built without NCCL."""
+        """One NCCL communicator over the ranks, made on first use by all ranks together
+        (``make_nccl``); None where any rank cannot use NCCL."""
         if self._nccl is None:
-            try:
-                from cupy.cuda import nccl
-                uid = nccl.get_unique_id() if self.rank == 0 else None
-                uid = self.comm.bcast(uid, root=0)
-                self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
-            except Exception:            # no NCCL in this CuPy, or no GPU per rank
-                self._nccl = False
+            self._nccl = make_nccl(self.comm, self.rank, self.size) or False
         return self._nccl or None
 
     def allreduce_sum(self, values):
@@ -222,7 +246,63 @@ def world():
                 _WORLD = OneRank()
             else:
                 _WORLD = MPIComm()
+                if "cupy" in sys.modules:     # CuPy in use: its device, before it allocates
+                    from .backend import select_gpu
+                    select_gpu(_WORLD.local_rank)
     return _WORLD
+
+
+def _load_nccl():
+    from cupy.cuda import nccl
+    return nccl
+
+
+def make_nccl(comm, rank: int, size: int, load=_load_nccl):
+    """An NCCL communicator over the ``size`` ranks of the mpi4py communicator ``comm``
+    (this process being ``rank``), or None on every rank where any rank cannot have one.
+
+    NCCL's setup is collective: rank 0 makes a unique id, broadcasts it, and every rank
+    joins with it. A rank that cannot take part (CuPy without NCCL, no id, no device) must
+    not leave the others waiting in the broadcast or the join, so each step that can fail
+    on one rank alone is followed by an ``allgather`` of every rank's verdict, and the next
+    step starts only if all succeeded:
+
+        1. load the NCCL module (rank 0 also makes the id)     -> allgather: all ok?
+        2. broadcast the id, create the communicator           -> allgather: all ok?
+
+    If any rank failed, all return None (those that made a communicator destroy it) and
+    rank 0 warns once, naming the ranks and the first reason. (What this cannot catch: a
+    rank that dies inside NCCL's own join, which NCCL itself waits for.) ``load`` returns
+    the ``cupy.cuda.nccl`` module (a parameter for the tests)."""
+    def agreed(ok, reason):
+        verdicts = comm.allgather((bool(ok), reason))
+        bad = [(r, why) for r, (good, why) in enumerate(verdicts) if not good]
+        if bad and rank == 0:
+            warnings.warn(f"NCCL is not usable on rank(s) {[r for r, _ in bad]} of {size} "
+                          f"({bad[0][1]}): every rank sums the gradients through MPI instead",
+                          RuntimeWarning, stacklevel=3)
+        return not bad
+
+    nccl = uid = reason = None
+    try:
+        nccl = load()
+        if rank == 0:
+            uid = nccl.get_unique_id()
+    except Exception as exc:                  # no NCCL in this CuPy, no GPU, ...
+        reason = f"{type(exc).__name__}: {exc}"
+    if not agreed(reason is None, reason):
+        return None
+    uid = comm.bcast(uid, root=0)
+    communicator = None
+    try:
+        communicator = nccl.NcclCommunicator(size, uid, rank)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    if not agreed(reason is None, reason):
+        if communicator is not None:
+            communicator.destroy()
+        return None
+    return communicator
 
 
 def mpi_info() -> dict:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_run_or_abort():
     said = []
     for exc, code in ((ValueError("bad --steps"), 2), (RuntimeError("boom"), 1),
                       (SystemExit(3), 3), (KeyboardInterrupt(), 130)):
-        def fail():
+        def fail(exc=exc):
             raise exc
         with pytest.raises(type(exc)):
             dist.run_or_abort(Two(), fail, lambda msg, e: said.append(msg))
@@ -199,6 +200,178 @@ def test_weighted_slices_sum_to_the_batch_gradient(dtype):
     bound = {"float64": 1e-13, "float32": 1e-5}[dtype]
     assert rel_diff(whole, total) < bound, rel_diff(whole, total)
     assert rel_diff(whole, plain) > 1e-3
+
+
+# ----------------------------------------------------------------------------- GPU per rank
+class _FakeCuPy:
+    """What ``backend.select_gpu`` asks of CuPy: the device count, and ``Device(i).use()``."""
+
+    def __init__(self, count):
+        self.used = []
+        fake = self
+
+        class Device:
+            def __init__(self, i):
+                self.i = i
+
+            def use(self):
+                fake.used.append(self.i)
+
+        runtime = type("runtime", (), {"getDeviceCount": staticmethod(lambda: count)})
+        self.cuda = type("cuda", (), {"runtime": runtime, "Device": Device})
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_ranks_pick_different_devices(monkeypatch, count):
+    """Ranks 0..5 of a machine (local rank from the launcher's environment, no MPI started)
+    take device local_rank % count; device 0 needs no call; the choice holds afterwards."""
+    from minibert import backend
+    for var in dist.LOCAL_RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(dist, "_WORLD", None)
+    monkeypatch.setattr(backend, "numba_cuda_installed", lambda: False)
+    picked = []
+    for rank in range(6):
+        cp = _FakeCuPy(count)
+        monkeypatch.setattr(backend, "_import_cupy", lambda cp=cp: cp)
+        monkeypatch.setattr(backend, "_selected_device", None)
+        monkeypatch.setattr(backend, "_gpu_ok", True)
+        monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", str(rank))
+        assert dist.local_rank() == rank
+        assert backend.get_xp("gpu") is cp                    # selects before handing CuPy out
+        picked.append(backend._selected_device)
+        assert cp.used == ([] if rank % count == 0 else [rank % count])
+        assert backend.select_gpu(0) == rank % count           # the first choice holds
+    assert picked == [r % count for r in range(6)]
+
+
+def test_local_rank_sources(monkeypatch):
+    """The communicator's own (MPI's shared-memory split) wins over the environment; each
+    launcher's variable is read; 0 without any."""
+    monkeypatch.setattr(dist, "_WORLD", None)
+    for var in dist.LOCAL_RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert dist.local_rank() == 0
+    for var in dist.LOCAL_RANK_VARS:
+        monkeypatch.setenv(var, "3")
+        assert dist.local_rank() == 3
+        monkeypatch.delenv(var)
+    comm = dist.OneRank()
+    comm.local_rank = 5
+    monkeypatch.setattr(dist, "_WORLD", comm)
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")
+    assert dist.local_rank() == 5
+
+
+def test_no_gpu_selects_nothing(monkeypatch):
+    from minibert import backend
+    monkeypatch.setattr(backend, "_selected_device", None)
+    monkeypatch.setattr(backend, "_import_cupy", lambda: None)
+    assert backend.select_gpu(3) is None
+    with pytest.raises(ValueError, match=r"local_rank=-1 is invalid"):
+        backend.select_gpu(-1)
+
+
+class _ThreadComm:
+    """N ranks as N threads of this process: mpi4py's lowercase ``allgather`` and ``bcast``
+    over a barrier, enough for ``make_nccl``."""
+
+    def __init__(self, size):
+        import threading
+        self.size, self.slots = size, [None] * size
+        self.barrier = threading.Barrier(size, timeout=20)   # a rank left waiting: fails
+
+    def rank(self, r):
+        comm = self
+
+        class Rank:
+            def allgather(self, obj):
+                comm.barrier.wait()
+                comm.slots[r] = obj
+                comm.barrier.wait()
+                got = list(comm.slots)
+                comm.barrier.wait()
+                return got
+
+            def bcast(self, obj, root=0):
+                return self.allgather(obj)[root]
+        return Rank()
+
+
+class _FakeNccl:
+    """``cupy.cuda.nccl`` with failures planted: ``load`` fails on ``no_module`` ranks,
+    ``get_unique_id`` on rank 0 if ``no_id``, the communicator on ``no_init`` ranks."""
+
+    def __init__(self, no_module=(), no_id=False, no_init=()):
+        self.no_module, self.no_id, self.no_init = set(no_module), no_id, set(no_init)
+        self.made, self.destroyed = [], []
+
+    def loader(self, rank):
+        fake = self
+
+        class Communicator:
+            def __init__(self, size, uid, r):
+                if r in fake.no_init:
+                    raise RuntimeError(f"planted: rank {r} cannot join")
+                assert uid == "uid-from-rank-0"
+                self.rank = r
+                fake.made.append(r)
+
+            def destroy(self):
+                fake.destroyed.append(self.rank)
+
+        def load():
+            if rank in fake.no_module:
+                raise ImportError("planted: CuPy without NCCL")
+            return type("nccl", (), {"get_unique_id": staticmethod(fake.get_unique_id),
+                                     "NcclCommunicator": Communicator})
+        return load
+
+    def get_unique_id(self):
+        if self.no_id:
+            raise RuntimeError("planted: no unique id")
+        return "uid-from-rank-0"
+
+
+@pytest.mark.parametrize("plant,usable", [
+    ({}, True),
+    ({"no_module": [1]}, False),          # rank 1 gives up before the broadcast
+    ({"no_module": [0]}, False),          # rank 0 too: nobody waits for its id
+    ({"no_id": True}, False),
+    ({"no_init": [2]}, False),            # one rank's join fails: the others destroy theirs
+], ids=["all-ok", "rank1-no-nccl", "rank0-no-nccl", "no-id", "rank2-join-fails"])
+def test_ranks_agree_on_nccl(plant, usable):
+    """Every rank returns a communicator or every rank returns None; no rank is left waiting
+    (the barrier's timeout would fail the test); rank 0 alone warns, once."""
+    import threading
+    size = 3
+    comm, nccl = _ThreadComm(size), _FakeNccl(**plant)
+    results, warned, errors = [None] * size, [], []
+
+    def rank(r):
+        try:
+            results[r] = dist.make_nccl(comm.rank(r), r, size, load=nccl.loader(r))
+        except Exception as exc:          # noqa: BLE001  (reported below)
+            errors.append((r, exc))
+
+    def show(message, *args, **kwargs):   # which rank's thread warned
+        warned.append((threading.current_thread().name, str(message)))
+    threads = [threading.Thread(target=rank, args=(r,), name=str(r)) for r in range(size)]
+    with warnings.catch_warnings():       # one catcher for all threads (it is process-wide)
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads), "a rank is still waiting"
+    assert errors == []
+    if usable:
+        assert all(c is not None for c in results) and warned == []
+    else:
+        assert results == [None] * size
+        assert len(warned) == 1 and warned[0][0] == "0" and "planted" in warned[0][1]
+        assert sorted(nccl.destroyed) == sorted(nccl.made)    # no communicator left behind
 
 
 # ----------------------------------------------------------------------------- 2 ranks

@@ -1,8 +1,9 @@
 """minibert.kernels: fast kernels behind the same contracts as the readable ops.
 
 A plain subpackage of minibert (it once sat at the repository root, where it hid Hugging
-Face's ``kernels`` package from runs started there), so a plain ``pip install .`` ships it. The readable op in ``minibert/ops/`` stays the reference every
-kernel here is tested against.
+Face's ``kernels`` package from runs started there), so a plain ``pip install .`` ships it.
+The readable op in ``minibert/ops/`` stays the reference every kernel here is tested
+against.
 
 Fused attention
 ---------------
@@ -91,9 +92,11 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
 
 
 def _require_numba_cuda():
-    """The CUDA kernels need Numba's CUDA target: say how to get it, rather than fail on the
-    import."""
+    """The CUDA kernels need Numba's CUDA target, and a device it can compile for and launch
+    on (``backend.cuda_kernels_available`` probes both once): say what is missing, rather
+    than fail inside Numba. The ops never get here then: they run their textbook code."""
     if not cuda_kernels_available():
-        raise ImportError("fused attention on GPU arrays needs numba-cuda (pip install "
-                          "'numba-cuda[cu12]', or minibert's gpu extra); "
+        from minibert.backend import NOT_INSTALLED, cuda_kernels_problem
+        raise ImportError("fused attention on GPU arrays needs numba-cuda and a device it can "
+                          f"launch on: {cuda_kernels_problem() or NOT_INSTALLED}; "
                           "attn_implementation='eager' runs the textbook op on CuPy without it")

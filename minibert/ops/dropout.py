@@ -30,7 +30,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..rng import check_u64, keep_mask
 from ..validation import check_dropout_p
-from .switch import Fused, use_kernel
+from .switch import Fused, use_cuda_kernel, use_kernel
 
 
 def forward(x, p, seed, offset=0, training=True, start=0):
@@ -53,6 +53,10 @@ def forward(x, p, seed, offset=0, training=True, start=0):
         seed, offset = check_u64("seed", seed), check_u64("offset", offset)
         y, keep = dropout_cpu.forward(x, p, seed, offset, check_u64("start", start))
         return y, Fused(dropout_cpu.backward, (keep, p))
+    if use_cuda_kernel(x):                           # one launch: kernels/dropout_cuda.py
+        from ..kernels import dropout_cuda
+        saved = (p, check_u64("seed", seed), check_u64("offset", offset), check_u64("start", start))
+        return dropout_cuda.forward(x, *saved), Fused(dropout_cuda.backward, saved)
     keep = keep_mask(x.shape, p, seed, offset, xp, start)   # bool, shape of x
     y = x * keep / (1.0 - p)
     return y, (keep, p)

@@ -11,7 +11,7 @@ Backward. With ``dy = dL/dy`` of shape (N, H):
 A row that occurs twice receives both upstream gradients, summed; a row that never occurs
 gets zero. The sum over repeated ids is a scatter-add: ``dweight[ids] += dy`` with NumPy's
 buffered fancy indexing would keep only the last write of a repeated id, so it goes through
-``backend.scatter_add`` (``np.add.at``; on the GPU a one-hot product, deterministic). ``ids`` is not
+``backend.scatter_add`` (``np.add.at``; on the GPU a sorted segment sum, deterministic). ``ids`` is not
 differentiable; backward returns ``dweight`` only.
 """
 from __future__ import annotations
