@@ -65,6 +65,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..rng import keep_mask
+from . import hooks
 from .switch import Fused, use_cuda_kernel, use_kernel
 
 IMPLEMENTATIONS = ("auto", "eager", "fused")
@@ -134,6 +135,7 @@ def _validate(q, k, v, attention_mask, scale, dropout_p):
         raise ValueError(f"dropout_p={dropout_p!r} is out of range, expected 0 <= dropout_p < 1")
 
 
+@hooks.op("attention")
 def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, offset=0,
             training=False, *, implementation="auto", return_probs=False, start=0):
     """Attention core ``softmax(q k^T * scale + mask) @ v`` with attention dropout.
@@ -192,6 +194,7 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     return context, cache
 
 
+@hooks.op("attention")
 def backward(dcontext, cache):
     """Returns ``(dq, dk, dv)``, each (B, A, S, D); see the module docstring."""
     if isinstance(cache, Fused):

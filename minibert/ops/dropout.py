@@ -31,6 +31,7 @@ import numbers
 
 from ..backend import get_array_module
 from ..rng import check_u64, keep_mask
+from . import hooks
 from .switch import Fused, use_kernel
 
 
@@ -41,6 +42,7 @@ def _validate_p(p):
         raise ValueError(f"dropout_p={p!r} is out of range, expected 0 <= dropout_p < 1")
 
 
+@hooks.op("dropout")
 def forward(x, p, seed, offset=0, training=True, start=0):
     """Inverted dropout of ``x`` with drop probability ``p``; returns ``(y, cache)``.
 
@@ -67,6 +69,7 @@ def forward(x, p, seed, offset=0, training=True, start=0):
     return y, (keep, p)
 
 
+@hooks.op("dropout")
 def backward(dy, cache):
     """Returns ``dx``."""
     if isinstance(cache, Fused):

@@ -17,6 +17,7 @@ differentiable; backward returns ``dweight`` only.
 from __future__ import annotations
 
 from ..backend import get_array_module, scatter_add
+from . import hooks
 
 
 def _validate(ids, weight, name):
@@ -37,6 +38,7 @@ def _validate(ids, weight, name):
                          f"got {name} in [{int(xp.min(ids))}, {int(xp.max(ids))}]")
 
 
+@hooks.op("embedding")
 def forward(ids, weight, *, name="ids"):
     """``y = weight[ids]``; returns ``(y, cache)``.
 
@@ -53,6 +55,7 @@ def forward(ids, weight, *, name="ids"):
     return y, (ids, weight.shape)
 
 
+@hooks.op("embedding")
 def backward(dy, cache, out=None):
     """Returns ``dweight`` (V, H): the upstream rows summed into the rows they came from.
 
