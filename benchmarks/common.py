@@ -36,8 +36,10 @@ FT_B, FT_LABELS = 16, 5
 LR = 1e-4
 CHECK_RTOL = 1e-3                  # float32 against float32, relative
 
-# a CPU benchmark's turn: a pause (the previous library's idle threads stop spinning), then
-# untimed calls for WARM_S (the cores reach their steady speed); see time_rounds
+# a CPU benchmark's turn (see time_rounds): a pause, in which the previous library's idle
+# threads stop spinning (OpenBLAS spins ~0.1 s after a call), then untimed calls for WARM_S:
+# after a pause one untimed call did not bring the cores back to their steady speed, and
+# threads that sleep between calls (the Numba kernels') were hit hardest
 SETTLE_S = 0.25
 WARM_S = 0.1
 
