@@ -335,7 +335,7 @@ def set_threads(n):
         torch.set_num_threads(n)
 
 
-def time_round_robin(impls, fns, repeat, threads):
+def measure(impls, fns, repeat, threads):
     """Milliseconds of every round per (implementation, pass), interleaved
     (``common.time_rounds``): each turn sets the implementation's thread count, pauses
     SETTLE_S so that the previous implementation's idle threads stop spinning (OpenBLAS
@@ -422,7 +422,7 @@ def main(argv=None):
               f"{CHECK_RTOL:.0e} (relative) of the float64 textbook; largest "
               + ", ".join(f"{c['impl']} {max(c['max_rel_error'].values()):.1e}"
                           for c in checks[-len(impls):]))
-        all_times = time_round_robin(impls, fns, args.repeat, threads)
+        all_times = measure(impls, fns, args.repeat, threads)
         med = {key: statistics.median(v) / 1e3 for key, v in all_times.items()}     # seconds
         flops = {"fwd": 4 * B * A * S * S * D, "fwd+bwd": 14 * B * A * S * S * D}
         for im in impls:
