@@ -1,12 +1,14 @@
 """The cost of the op hooks (``minibert.ops.hooks``) when no hook is registered, and when
 one is.
 
-    python benchmarks/bench_hooks.py [--calls N] [--repeat R] [--preset NAME] [--quick] [--out FILE]
+    python benchmarks/bench_hooks.py [--calls N] [--repeat R] [--step-repeat R] [--preset NAME]
+                                     [--quick] [--out FILE]
 
 Every public op function is decorated with ``@hooks.op(name)``; with no hook registered the
 decorated function tests an empty tuple and calls the op. Its undecorated original is
 ``fn.__wrapped__``. In the same run, interleaved round by round (``common.time_rounds``),
-the median of the rounds reported:
+the median of the rounds reported (many short turns: on a machine whose load changes, two
+neighbouring turns see about the same load):
 
 1. **per call, no hook**: ``N`` calls of the decorated function against ``N`` calls of its
    original, for a function that does nothing (the decorator's cost alone), for
@@ -38,20 +40,25 @@ RESULT = common.result_path("bench_hooks_cpu.json")
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=2000,
-                    help="calls per timed turn of the per-call section (default: 2000)")
-    ap.add_argument("--repeat", type=int, default=21, help="timed rounds (median; default: 21)")
+    ap.add_argument("--calls", type=int, default=200,
+                    help="calls per timed turn of the per-call section (default: 200)")
+    ap.add_argument("--repeat", type=int, default=201,
+                    help="timed rounds of the per-call section (median; default: 201)")
+    ap.add_argument("--step-repeat", type=int, default=11,
+                    help="timed rounds of the model step (median; default: 11)")
     ap.add_argument("--preset", default="tiny", help="model of the step section (default: tiny)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads (default: 1)")
-    ap.add_argument("--quick", action="store_true", help="short run: 200 calls, 5 rounds")
+    ap.add_argument("--quick", action="store_true",
+                    help="short run: 100 calls, 11 rounds, 3 rounds of the step")
     ap.add_argument("--out", type=str, default=str(RESULT),
                     help=f"JSON file to write (default: {RESULT.relative_to(ROOT)})")
     args = ap.parse_args(argv)
-    for name in ("calls", "repeat", "threads"):
+    for name in ("calls", "repeat", "step_repeat", "threads"):
         if getattr(args, name) < 1:
-            ap.error(f"--{name}={getattr(args, name)} must be >= 1")
+            ap.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
     if args.quick:
-        args.calls, args.repeat = min(args.calls, 200), min(args.repeat, 5)
+        args.calls, args.repeat = min(args.calls, 100), min(args.repeat, 11)
+        args.step_repeat = min(args.step_repeat, 3)
     return args
 
 
@@ -115,7 +122,7 @@ def model_step(args, ns_added):
                 step()
         return run
     fns = {"no hook": step, "empty hook": with_hook(object()), "counting hook": with_hook(counter)}
-    repeat = max(3, args.repeat // 3)
+    repeat = args.step_repeat
     med = common.time_interleaved(fns, repeat, warmup=1, collect=True)
     calls = sum(counter.calls.values()) // (1 + repeat)          # the warm-up call counted too
     overhead_ms = calls * ns_added * 1e-6
@@ -153,6 +160,7 @@ def main(argv=None):
         "benchmark": "cost of minibert.ops.hooks: decorated op vs its original with no hook; "
                      "a model step with no hook, an empty hook and a counting hook",
         "threads": args.threads, "calls_per_turn": args.calls, "repeat": args.repeat,
+        "step_repeat": args.step_repeat,
         "statistic": "median of the rounds, interleaved", "per_call": rows, "model_step": step,
         "notes": notes},
         versions=common.library_versions("numpy", "numba"))
