@@ -51,17 +51,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 import tracemalloc
+import types
 from pathlib import Path
 
-from machine import SGEMM_N, configure_environment, cpu_model, sgemm_gflops
+import common
+from machine import SGEMM_N, configure_environment, sgemm_gflops
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -70,18 +70,17 @@ RESULT = HERE / "results" / "bench_attention_cpu.json"
 SHAPES = [(8, 12, 128, 64), (2, 12, 512, 64)]
 QUICK_SHAPES = [(8, 12, 128, 64)]
 
-# pause before each implementation's turn: idle thread pools stop spinning meanwhile
-SETTLE_S = 0.25
-# then untimed forwards for this long: after a pause, one call did not bring the cores back
-# to their steady speed (measured on this 2-core VM: v5's forward at (8, 12, 128, 64) took
-# 9 to 15 ms right after one untimed call, 4.0 to 6.4 ms after 0.1 s of calls; threads
-# that sleep between calls, as v5's do, are hit hardest)
-WARM_S = 0.1
+# each implementation's turn: a pause, then untimed forwards (common.SETTLE_S / WARM_S)
+SETTLE_S, WARM_S = common.SETTLE_S, common.WARM_S
 
 # float32 results against the float64 textbook, relative to the largest entry: rounding
 # gives ~1e-6 at these sizes (a few eps32 times sqrt(S + D)); a wrong kernel is off by 1e-2
 # or more
 CHECK_RTOL = 1e-4
+
+# imported by import_libraries(), once main() has set the thread environment
+np = numba = torch = F = fused = attention = _exp_loop = None
+attn_v1_naive = attn_v2_fused_softmax = attn_v3_online_softmax = attn_v4_tiled = None
 
 
 def parse_args(argv=None):
@@ -103,28 +102,39 @@ def parse_args(argv=None):
     return args
 
 
+def _rung(name):
+    """A rung of the study ladder: ``kernels/<name>.py`` at the repository root, loaded by
+    path (the folder is not a package), or the older ``minibert.kernels.ladder.<name>``."""
+    import importlib
+    import importlib.util
+    path = ROOT / "kernels" / f"{name}.py"
+    if not path.exists():
+        return importlib.import_module(f"minibert.kernels.ladder.{name}")
+    spec = importlib.util.spec_from_file_location(f"ladder_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                 # Numba's cache wants a findable module
+    spec.loader.exec_module(module)
+    return module
 
 
-ARGS = parse_args() if __name__ == "__main__" else None
-NOTES = configure_environment(ARGS.threads) if ARGS is not None else []
+def import_libraries():
+    """NumPy, Numba, torch and minibert: imported after the thread environment is set."""
+    global numba, np, fused, attn_v1_naive, attn_v2_fused_softmax, attn_v3_online_softmax
+    global attn_v4_tiled, attention, torch, F
+    import numba
+    import numpy as np
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402  (after the thread environment is set)
-
-from minibert import kernels as fused  # noqa: E402
-from minibert.kernels.ladder import (  # noqa: E402
-    attn_v1_naive,
-    attn_v2_fused_softmax,
-    attn_v3_online_softmax,
-    attn_v4_tiled,
-)
-from minibert.ops import attention  # noqa: E402
-
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError:                              # torch is optional: that peer is skipped
-    torch = None
+    from minibert import kernels as fused
+    from minibert.ops import attention
+    attn_v1_naive, attn_v2_fused_softmax, attn_v3_online_softmax, attn_v4_tiled = (
+        _rung(n) for n in ("attn_v1_naive", "attn_v2_fused_softmax", "attn_v3_online_softmax",
+                           "attn_v4_tiled"))
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:                          # torch is optional: that peer is skipped
+        torch = F = None
+    _define_exp_loop()
 
 
 # --------------------------------------------------------------------------- machine
@@ -149,10 +159,15 @@ def measure_yardsticks(threads):
 
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _exp_loop(x, out):
+def _exp_loop_py(x, out):
     for i in range(x.size):
         out[i] = math.exp(x[i])
+
+
+def _define_exp_loop():
+    """The Numba-compiled ``_exp_loop`` (compiled on its first call, cached on disk)."""
+    global _exp_loop
+    _exp_loop = numba.njit(cache=True, fastmath={"reassoc", "contract"})(_exp_loop_py)
 
 
 def exp_ns(n=1 << 20, repeat=9):
@@ -223,9 +238,10 @@ def ladder_impl(name, mod, threads, scratch, dense=False):
     return Impl(name, threads, make, "lse (B, A, S)", scratch, dense)
 
 
-class _V5:
-    forward = staticmethod(fused.fused_attention_forward)
-    backward = staticmethod(fused.fused_attention_backward)
+def _v5():
+    """v5, the production kernels, under a rung's names ``forward`` / ``backward``."""
+    return types.SimpleNamespace(forward=fused.fused_attention_forward,
+                                 backward=fused.fused_attention_backward)
 
 
 def numpy_impl(threads):
@@ -266,6 +282,7 @@ def torch_impl(threads):
 
 def implementations(threads, itemsize=4):
     bk = attn_v3_online_softmax.BLOCK_K
+    v5 = _v5()
     from minibert.kernels import attention_cpu
     bq4, bk4 = attn_v4_tiled.BLOCK_Q, attn_v4_tiled.BLOCK_K
     bq5, bk5 = attention_cpu.BLOCK_Q, attention_cpu.BLOCK_K
@@ -280,12 +297,12 @@ def implementations(threads, itemsize=4):
         ladder_impl("v4 tiled", attn_v4_tiled, threads,
                     f"blocks of {bq4} queries x {bk4} keys per task "
                     "(see ladder/attn_v4_tiled.py)"),
-        ladder_impl("v5 minibert.kernels", _V5, threads, scratch5),
+        ladder_impl("v5 minibert.kernels", v5, threads, scratch5),
     ]
     if threads > 1:
-        impls.append(ladder_impl("v5 (1 thread)", _V5, 1, scratch5))
+        impls.append(ladder_impl("v5 (1 thread)", v5, 1, scratch5))
     # the same work as v1-v3 (nothing to skip): separates the kernel from the skipping
-    impls.append(ladder_impl("v5 (1 thr, no padding)", _V5, 1, scratch5, dense=True))
+    impls.append(ladder_impl("v5 (1 thr, no padding)", v5, 1, scratch5, dense=True))
     impls.append(numpy_impl(threads))
     if torch is not None:
         impls.append(torch_impl(threads))
@@ -318,33 +335,20 @@ def set_threads(n):
         torch.set_num_threads(n)
 
 
-def time_round_robin(impls, fns, repeat, threads):
-    """Median seconds per (implementation, pass), measured round by round."""
-    times = {(im.name, p): [] for im in impls for p in ("fwd", "fwd+bwd")}
-    gc_was = gc.isenabled()
-    gc.disable()
+def measure(impls, fns, repeat, threads):
+    """Milliseconds of every round per (implementation, pass), interleaved
+    (``common.time_rounds``): each turn sets the implementation's thread count, pauses
+    SETTLE_S so that the previous implementation's idle threads stop spinning (OpenBLAS
+    spins ~0.1 s after a call), then brings it to its steady state with untimed calls for
+    WARM_S: timed calls run back to back, as attention does layer after layer."""
+    calls = {(im.name, p): fn for im in impls for p, fn in zip(("fwd", "fwd+bwd"), fns[im.name])}
+    n_threads = {im.name: im.threads for im in impls}
     try:
-        for _ in range(repeat):
-            for im in impls:
-                set_threads(im.threads)
-                # let the previous implementation's idle threads stop spinning (OpenBLAS
-                # spins ~0.1 s after a call) so that they do not slow this one down, then
-                # bring this one to its steady state with untimed calls for WARM_S: timed
-                # calls run back to back, as attention does layer after layer
-                time.sleep(SETTLE_S)
-                t_warm = time.perf_counter()
-                fns[im.name][0]()
-                while time.perf_counter() - t_warm < WARM_S:
-                    fns[im.name][0]()
-                for p, fn in zip(("fwd", "fwd+bwd"), fns[im.name]):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[(im.name, p)].append(time.perf_counter() - t0)
+        return common.time_rounds(calls, repeat, warmup=0, settle_s=SETTLE_S, warm_s=WARM_S,
+                                  before=lambda key: set_threads(n_threads[key[0]]),
+                                  collect=True)
     finally:
         set_threads(threads)
-        if gc_was:
-            gc.enable()
-    return {key: statistics.median(v) for key, v in times.items()}, times
 
 
 def traced_peak_mib(fn):
@@ -364,17 +368,16 @@ def traced_peak_mib(fn):
 # --------------------------------------------------------------------------- main
 
 
-def main(args):
+def main(argv=None):
+    args = parse_args(argv)
+    notes = configure_environment(args.threads)          # before NumPy and Numba are loaded
+    import_libraries()
     threads = args.threads
     set_threads(threads)
     shapes = QUICK_SHAPES if args.quick else SHAPES
-    command = "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
-    versions = {"python": platform.python_version(), "numpy": np.__version__,
-                "numba": numba.__version__,
-                "torch": torch.__version__ if torch is not None else None}
-    device = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
-              "load_average_start": list(os.getloadavg())}
-    notes = list(NOTES)
+    command = common.command_line()
+    versions = common.library_versions("numpy", "numba", "torch")
+    device = dict(common.cpu_device(), threads=threads)
     if torch is None:
         notes.append("torch is not installed: the torch sdpa peer is skipped")
     print(f"command: {command}")
@@ -419,7 +422,8 @@ def main(args):
               f"{CHECK_RTOL:.0e} (relative) of the float64 textbook; largest "
               + ", ".join(f"{c['impl']} {max(c['max_rel_error'].values()):.1e}"
                           for c in checks[-len(impls):]))
-        med, all_times = time_round_robin(impls, fns, args.repeat, threads)
+        all_times = measure(impls, fns, args.repeat, threads)
+        med = {key: statistics.median(v) / 1e3 for key, v in all_times.items()}     # seconds
         flops = {"fwd": 4 * B * A * S * S * D, "fwd+bwd": 14 * B * A * S * S * D}
         for im in impls:
             set_threads(im.threads)
@@ -437,7 +441,7 @@ def main(args):
                 rows.append({
                     "impl": im.name, "shape": list(shape), "pass": p, "threads": im.threads,
                     "padding_mask": not im.dense,
-                    "ms": t * 1e3, "ms_all": [x * 1e3 for x in all_times[(im.name, p)]],
+                    "ms": t * 1e3, "ms_all": all_times[(im.name, p)],
                     "gflops": gflops, "speedup_vs_numpy": t_np / t,
                     "speedup_vs_torch": (t_torch / t) if t_torch else None,
                     "traced_peak_mib": peak})
@@ -508,9 +512,7 @@ def main(args):
         "saved_for_backward": saved, "checks": checks, "results": rows, "memory": memory,
         "notes": notes,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {os.path.relpath(args.out, Path.cwd())}")
+    common.write_json(args.out, result)
 
 
 def print_table(rows, B, A, S, D):
@@ -530,4 +532,4 @@ def print_table(rows, B, A, S, D):
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    sys.exit(main())

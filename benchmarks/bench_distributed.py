@@ -5,7 +5,8 @@ and the cost of the one allreduce a step makes.
 
 Three measurements, float32, each in fresh processes started with ``mpiexec``:
 
-* **mini step** (L=4 H=256 A=4, the 8,192-token vocabulary of ``minibert pretrain``):
+* **mini step** (L=4 H=256 A=4, the vocabulary size of the "bert" pretraining recipe,
+  ``minibert.recipes.PRETRAIN_RECIPES["bert"]``, the recipe whose model is ``mini``):
   the pretraining step the Trainer runs, on a global batch of 16 sequences of 128 tokens
   with 20 masked positions each, dropout 0.1: each rank's forward and backward on its
   slice (loss weighted by its share), ``Allreduce`` of the flat gradient buffer in place,
@@ -15,7 +16,7 @@ Three measurements, float32, each in fresh processes started with ``mpiexec``:
   Reported: the allreduce inside the step (it includes waiting for the slower rank) and
   the allreduce alone (after a barrier), each with its share of the step.
 * **base step**, 2 ranks x 1 thread, global batch 8 x 128 (4 per rank): the same step
-  at BERT-Base size, and its allreduce of the 110,106,428-parameter buffer (440 MB).
+  at BERT-Base size, and its allreduce of the whole flat gradient buffer.
 * **allreduce bandwidth** of the ``base`` gradient buffer (float32) on 2 ranks, after a
   barrier, median of the repeats: algorithm bandwidth = bytes / time; bus bandwidth =
   2 (N - 1) / N x bytes / time (what each rank's link carries in a ring allreduce).
@@ -37,9 +38,9 @@ import subprocess
 import sys
 import time
 
+import common
 from machine import ROOT, cpu_model
 
-PRETRAIN_VOCAB = 8192          # the vocabulary size ``minibert pretrain`` trains
 SEQ, PREDS = 128, 20
 
 
@@ -60,9 +61,11 @@ def worker_step(preset, batch_size, steps):
 
     from minibert import AdamW, BertConfig, BertForPreTraining, clip_grad_norm
     from minibert import distributed as dist
+    from minibert.recipes import PRETRAIN_RECIPES
     comm = dist.world()
     threads = dist.configure_threads(comm)
-    overrides = {"vocab_size": PRETRAIN_VOCAB} if preset != "base" else {}
+    # the mini model with the vocabulary of the recipe that trains it ("bert")
+    overrides = {"vocab_size": PRETRAIN_RECIPES["bert"]["vocab_size"]} if preset != "base" else {}
     model = BertForPreTraining(BertConfig.preset(preset, **overrides), seed=0)
     dist.broadcast_parameters(comm, model.store.data)
     opt = AdamW(model.store, lr=1e-4)
@@ -208,7 +211,7 @@ def main():
     result = dict(
         benchmark="data parallelism over MPI on one machine: mini pretraining step 1 rank x 2 "
                   "threads vs 2 ranks x 1 thread; allreduce of the flat gradient buffer",
-        command="python benchmarks/bench_distributed.py " + " ".join(sys.argv[1:]),
+        command=common.command_line(),
         device=dict(cpu=cpu_model(), cores=os.cpu_count(), load_average_start=list(load0),
                     load_average_end=list(load1)),
         versions=dict(python=platform.python_version(), numpy=numpy.__version__,
@@ -222,7 +225,8 @@ def main():
           f"{'allreduce alone':>16s}")
     for key, m in mini.items():
         print(f"{key[0]} rank(s) x {m['threads_per_rank']} thread(s){'':12s} {m['step_ms']:8.1f} "
-              f"{m['tokens_per_s']:9.0f} {m['allreduce_in_step_ms']:8.2f} ms {100 * m['allreduce_in_step_share']:5.1f}% "
+              f"{m['tokens_per_s']:9.0f} {m['allreduce_in_step_ms']:8.2f} ms "
+              f"{100 * m['allreduce_in_step_share']:5.1f}% "
               f"{m['allreduce_alone_ms']:7.2f} ms {100 * m['allreduce_alone_share']:5.1f}%")
     print(f"2 ranks x 1 thread / 1 rank x 2 threads, tokens/s: {ratio:.3f}")
     print(f"allreduce of the base buffer ({bandwidth['bytes'] / 1e6:.1f} MB) on 2 ranks: "
@@ -230,12 +234,10 @@ def main():
           f"bus {bandwidth['bus_GB_s']:.2f} GB/s")
     if base:
         print(f"base step 2 ranks x 1 thread, global 8 x 128: {base['step_ms']:.0f} ms, allreduce "
-              f"in step {base['allreduce_in_step_ms']:.0f} ms ({100 * base['allreduce_in_step_share']:.1f}%), "
+              f"in step {base['allreduce_in_step_ms']:.0f} ms "
+              f"({100 * base['allreduce_in_step_share']:.1f}%), "
               f"alone {base['allreduce_alone_ms']:.0f} ms ({100 * base['allreduce_alone_share']:.1f}%)")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"wrote {a.out}")
+    common.write_json(a.out, result)
 
 
 if __name__ == "__main__":

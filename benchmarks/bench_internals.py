@@ -1,8 +1,10 @@
 """What ``minibert pretrain --log-internals N`` costs: the monitor's time per logged step
-against the training step, on the default pretraining shapes (preset mini, batch 16 x 128,
-V = 8192, random well-formed rows: the data does not change the cost).
+against the training step, on the shapes of the "bert" pretraining recipe (preset mini,
+batch 16 x 128, V = 8192, random well-formed rows: the data does not change the cost).
 
-    python benchmarks/bench_internals.py [--steps 40] [--every 10]
+    python benchmarks/bench_internals.py [--steps 40] [--every 10] [--batch-size 16] [--seq-len 128]
+
+(``--steps 5 --every 2 --batch-size 2 --seq-len 32`` is a short run.)
 
 It trains ``--steps`` steps with the monitor on, timing the monitor's two calls apart from
 the rest of each step, and prints: the median step time without the monitor's calls, the
@@ -54,11 +56,14 @@ class TimedMonitor(InternalsMonitor):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--every", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=128)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=40, help="training steps (default: 40)")
+    ap.add_argument("--every", type=int, default=10,
+                    help="log the internals every N steps (default: 10)")
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="sequences per batch (default: 16; 2 for a short run)")
+    ap.add_argument("--seq-len", type=int, default=128,
+                    help="tokens per sequence (default: 128; 32 for a short run)")
     args = ap.parse_args()
     config = BertConfig.preset("mini", vocab_size=8192)
     S, B = args.seq_len, args.batch_size

@@ -38,7 +38,7 @@ def configure_environment(threads):
         os.environ[var] = str(threads)
     # Numba's pool is sized at import; allow more threads than cores if asked
     os.environ["NUMBA_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
-    kernels_dir = ROOT / "kernels"
+    kernels_dir = ROOT / "minibert" / "kernels"          # where @njit(cache=True) writes
     if "NUMBA_CACHE_DIR" not in os.environ and not os.access(kernels_dir, os.W_OK):
         cache = Path.home() / ".cache" / "minibert" / "numba"
         cache.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
 """Per-op profile of one minibert training step: where the step's time goes.
 
-Every op's forward and backward in ``minibert.ops`` (and the fused attention kernels, and
-the optimizer's ``step``) is wrapped with a timer for the duration of the profile. The
-model calls ``linear.forward`` and friends through their modules, so replacing the module
-attributes reaches every call. Only the outermost wrapped call is timed: an op that calls
-another op counts once. What the ops do not cover (reshapes, residual adds, gradient
-accumulation, Python) is the "model glue".
+The profiler is an op hook (``minibert.ops.hooks``): every op's forward and backward calls
+it, and it times each call between its pre and post callbacks. The hooks see only the
+outermost op call (an op that calls another op counts once, the fused attention kernels
+within the attention op). The optimizer is not an op: ``profile_step`` times its ``step()``
+itself, after the forward and backward. What the ops do not cover (reshapes, residual adds,
+gradient accumulation, Python) is the "model glue".
 
 Nothing here prints: ``profile_step`` returns a ``StepProfile`` and ``summarize`` a dict.
 Import this module after the thread environment is set (it imports minibert, hence NumPy).
@@ -16,8 +16,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-import minibert.kernels as kernels
 import minibert.ops as ops
+from minibert.ops import hooks
 
 
 @dataclass
@@ -31,107 +31,79 @@ class StepProfile:
         return {"step_ms": self.step_ms, "ops": self.ops}
 
 
-class Profiler:
-    """Installs timers on the ops (``install``) and takes them off (``remove``)."""
-
-    WRAPPED = {"embedding": ("forward", "backward"), "layernorm": ("forward", "backward"),
-               "dropout": ("forward", "backward"), "linear": ("forward", "backward"),
-               "gelu": ("forward", "backward", "bias_forward", "bias_backward"),
-               "attention": ("forward", "backward"), "tanh": ("forward", "backward"),
-               "cross_entropy": ("forward", "backward")}
+class Profiler(hooks.OpHook):
+    """Times every op call while registered (``with hooks.use(Profiler()):``); ``records``
+    maps (op, pass) to [seconds, calls, matrix-product FLOPs]. The gelu op and its bias
+    variant count as one row, "gelu"."""
 
     def __init__(self):
-        self.records = {}              # (op, direction) -> [seconds, calls, flops]
-        self.depth = 0
-        self.saved = []
+        self.records = {}
+        self._t0 = 0.0
 
-    def _add(self, key, seconds, flops):
+    def add(self, key, seconds, flops=0):
         r = self.records.setdefault(key, [0.0, 0, 0])
         r[0] += seconds
         r[1] += 1
         r[2] += flops
 
-    def _wrap(self, owner, attr, key_fn):
-        orig = getattr(owner, attr)
+    def forward_pre(self, op, args, kwargs):
+        self._t0 = time.perf_counter()          # the hooks see no nested call: one slot
 
-        def timed(*a, **k):
-            if self.depth:
-                return orig(*a, **k)
-            self.depth += 1
-            t0 = time.perf_counter()
-            try:
-                return orig(*a, **k)
-            finally:
-                dt = time.perf_counter() - t0
-                self.depth -= 1
-                key, flops = key_fn(a, k)
-                self._add(key, dt, flops)
+    def forward_post(self, op, args, kwargs, result):
+        self._done(op, "forward", args, kwargs)
 
-        self.saved.append((owner, attr, orig))
-        setattr(owner, attr, timed)
+    backward_pre = forward_pre
 
-    def install(self, optimizer):
-        for name, attrs in self.WRAPPED.items():
-            mod = getattr(ops, name)
-            for attr in attrs:
-                if hasattr(mod, attr):
-                    self._wrap(mod, attr, self._key(name, attr))
-        for attr, direction in (("fused_attention_forward", "forward"),
-                                ("fused_attention_backward", "backward")):
-            self._wrap(kernels, attr, self._attention_key(direction))
-        self._wrap(optimizer, "step", lambda a, k: (("AdamW", "step"), 0))
+    def backward_post(self, op, args, kwargs, result):
+        self._done(op, "backward", args, kwargs)
 
-    def remove(self):
-        for owner, attr, orig in reversed(self.saved):
-            if isinstance(owner, type(ops)):                 # a module: put the function back
-                setattr(owner, attr, orig)
-            else:
-                delattr(owner, attr)                 # the instance attribute hid the method
-        self.saved = []
+    def _done(self, op, direction, args, kwargs):
+        dt = time.perf_counter() - self._t0
+        if op == "linear":
+            key, flops = self._linear_key(direction, args, kwargs)
+        else:
+            key, flops = (op.partition(".")[0], direction), 0
+        self.add(key, dt, flops)
 
     @staticmethod
-    def _key(name, attr):
-        direction = "backward" if "backward" in attr else "forward"
-        if name != "linear":
-            return lambda a, k: ((name, direction), 0)
-
-        def linear_key(a, k):
-            if direction == "forward":
-                x, w = a[0], a[1]
-            else:
-                cache = a[1].saved if isinstance(a[1], ops.Fused) else a[1]
-                x, w = cache[0], cache[1]
-            n = x.size // x.shape[-1]
-            o, i = w.shape
-            flops = 2 * n * i * o * (1 if direction == "forward" else 2)
-            return (f"linear {i}->{o}", direction), flops
-        return linear_key
-
-    @staticmethod
-    def _attention_key(direction):
-        def key(a, k):
-            Bq, A, Sq, D = a[0].shape
-            return ("fused attention", direction), (4 if direction == "forward" else 10) \
-                * Bq * A * Sq * Sq * D
-        return key
+    def _linear_key(direction, args, kwargs):
+        """("linear I->O", pass) and the pass's matrix-product FLOPs."""
+        if direction == "forward":
+            x = args[0] if args else kwargs["x"]
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+        else:
+            cache = args[1] if len(args) > 1 else kwargs["cache"]
+            cache = cache.saved if isinstance(cache, ops.Fused) else cache
+            x, w = cache[0], cache[1]
+        n = x.size // x.shape[-1]
+        o, i = w.shape
+        flops = 2 * n * i * o * (1 if direction == "forward" else 2)
+        return (f"linear {i}->{o}", direction), flops
 
 
-def profile_step(fn, optimizer, repeat) -> StepProfile:
-    """Per-op milliseconds of the step ``fn`` (median over ``repeat`` steps, after one
-    untimed step) and the step's median total, timers included."""
+def profile_step(forward_backward, optimizer, repeat) -> StepProfile:
+    """Per-op milliseconds of a training step (median over ``repeat`` steps, after one
+    untimed step) and the step's median total, timers included. A step is
+    ``forward_backward()`` (the model's forward and backward, no optimizer step) then
+    ``optimizer.step()``, which is timed as the row (optimizer class, "step")."""
     runs, totals = [], []
     prof = Profiler()
-    prof.install(optimizer)
-    try:
-        fn()                                                         # warm-up
+    step_key = (type(optimizer).__name__, "step")
+
+    def step():
+        forward_backward()
+        t0 = time.perf_counter()
+        optimizer.step()
+        prof.add(step_key, time.perf_counter() - t0)
+
+    with hooks.use(prof):
+        step()                                                       # warm-up
         for _ in range(repeat):
             prof.records = {}
             t0 = time.perf_counter()
-            fn()
+            step()
             totals.append(time.perf_counter() - t0)
             runs.append(prof.records)
-    finally:
-        prof.remove()
     rows = []
     for key in sorted({k for r in runs for k in r}):
         secs = statistics.median(r.get(key, [0.0])[0] for r in runs)

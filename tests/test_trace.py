@@ -78,19 +78,27 @@ def test_classifier_trace_is_reversed_and_pretraining_undoes_each_forward_once()
     assert [e.undoes for e in t.backward][-n_enc:] == list(range(n_enc))[::-1]
 
 
-def test_trace_restores_the_ops_and_refuses_nesting():
+def test_trace_replaces_nothing_cleans_up_after_an_error_and_nests():
     original = linear.forward
     with pytest.raises(ZeroDivisionError):
         with trace():
-            assert linear.forward is not original
-            1 / 0
+            assert linear.forward is original            # a hook, not a replaced attribute
+            raise ZeroDivisionError("an error in the block")
     assert linear.forward is original and minibert.ops.linear.forward is original
-    with trace():
-        with pytest.raises(RuntimeError, match="already active"):
-            with trace():
-                pass
-    # outside a block nothing is recorded and nothing is wrapped
-    assert linear.forward is original
+    assert minibert.ops.hooks.registered() == ()
+    # nested blocks: each trace records the calls made inside its own block
+    x, w = np.ones((2, 3)), np.ones((4, 3))
+    with trace() as outer:
+        linear.forward(x, w)
+        with trace() as inner:
+            y, cache = linear.forward(x, w)
+            linear.backward(np.ones_like(y), cache)
+    assert [(e.phase, e.op) for e in outer.events] == [("forward", "linear")] * 2 + [("backward", "linear")]
+    assert [(e.phase, e.op) for e in inner.events] == [("forward", "linear"), ("backward", "linear")]
+    assert inner.events[1].undoes == 0 and outer.events[2].undoes == 1
+    # outside a block nothing is recorded and no hook is left
+    linear.forward(x, w)
+    assert len(outer.events) == 3 and minibert.ops.hooks.registered() == ()
 
 
 def test_cli_trace(capsys):

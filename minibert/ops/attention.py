@@ -63,6 +63,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..rng import keep_mask
 from ..validation import AttentionMask, check_attention_mask, check_dropout_p, check_scale
+from . import hooks
 from .switch import Fused, use_cuda_kernel, use_kernel
 
 IMPLEMENTATIONS = ("auto", "eager", "fused")
@@ -114,6 +115,7 @@ def _validate(q, k, v, attention_mask, scale, dropout_p):
     return attention_mask, check_scale(scale, D), check_dropout_p(dropout_p)
 
 
+@hooks.op("attention")
 def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, offset=0,
             training=False, *, implementation="auto", return_probs=False, start=0):
     """Attention core ``softmax(q k^T * scale + mask) @ v`` with attention dropout.
@@ -172,6 +174,7 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
     return context, cache
 
 
+@hooks.op("attention")
 def backward(dcontext, cache):
     """Returns ``(dq, dk, dv)``, each (B, A, S, D); see the module docstring."""
     if isinstance(cache, Fused):

@@ -39,6 +39,7 @@ import numbers
 
 from ..backend import get_array_module
 from ..validation import require
+from . import hooks
 from .switch import Fused, use_kernel
 
 
@@ -78,6 +79,7 @@ def _validate(logits, labels, weights, ignore_index, xp):
     return labels, weights
 
 
+@hooks.op("cross_entropy")
 def forward(logits, labels, weights=None, ignore_index=-100):
     """Weighted mean cross-entropy of ``logits`` (N, C) at ``labels`` (N,); returns
     ``(loss, cache)`` with ``loss`` a 0-d array of the logits' dtype.
@@ -111,6 +113,7 @@ def forward(logits, labels, weights=None, ignore_index=-100):
     return loss, (probs, safe, scale)
 
 
+@hooks.op("cross_entropy")
 def backward(dloss, cache):
     """Returns ``dlogits`` (N, C)."""
     if isinstance(cache, Fused):

@@ -30,9 +30,11 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..rng import check_u64, keep_mask
 from ..validation import check_dropout_p
+from . import hooks
 from .switch import Fused, use_cuda_kernel, use_kernel
 
 
+@hooks.op("dropout")
 def forward(x, p, seed, offset=0, training=True, start=0):
     """Inverted dropout of ``x`` with drop probability ``p``; returns ``(y, cache)``.
 
@@ -62,6 +64,7 @@ def forward(x, p, seed, offset=0, training=True, start=0):
     return y, (keep, p)
 
 
+@hooks.op("dropout")
 def backward(dy, cache):
     """Returns ``dx``."""
     if isinstance(cache, Fused):

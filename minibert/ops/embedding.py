@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module, scatter_add
 from ..validation import require
+from . import hooks
 
 
 def _validate(ids, weight, name):
@@ -40,6 +41,7 @@ def _validate(ids, weight, name):
     require((ids >= 0) & (ids < V), error)
 
 
+@hooks.op("embedding")
 def forward(ids, weight, *, name="ids"):
     """``y = weight[ids]``; returns ``(y, cache)``.
 
@@ -56,6 +58,7 @@ def forward(ids, weight, *, name="ids"):
     return y, (ids, weight.shape)
 
 
+@hooks.op("embedding")
 def backward(dy, cache, out=None):
     """Returns ``dweight`` (V, H): the upstream rows summed into the rows they came from.
 

@@ -51,6 +51,7 @@ from ..constants import BETA as _BETA
 from ..constants import INV_SQRT_2PI as _INV_SQRT_2PI
 from ..constants import KAPPA as _KAPPA
 from ..constants import SQRT_HALF as _SQRT_HALF
+from . import hooks
 from .switch import Fused, use_kernel
 
 #: Hugging Face ``hidden_act`` names -> the ``approximate`` argument of this op.
@@ -106,6 +107,7 @@ def _check_approximate(approximate):
         raise ValueError(f"approximate={approximate!r} is not known, expected 'none' or 'tanh'")
 
 
+@hooks.op("gelu")
 def forward(x, approximate="none"):
     """``y = GELU(x)``, exact (``"none"``) or tanh-approximated (``"tanh"``); returns
     ``(y, cache)``."""
@@ -124,6 +126,7 @@ def forward(x, approximate="none"):
     return y, (x, t, approximate)
 
 
+@hooks.op("gelu.bias")
 def bias_forward(x, bias, approximate="none"):
     """``y = GELU(x + bias)`` for x (..., C) and bias (C,); returns ``(y, cache)`` for
     ``bias_backward``."""
@@ -146,6 +149,7 @@ def forward_act(x, hidden_act="gelu"):
     return forward(x, approximate_for_act(hidden_act))
 
 
+@hooks.op("gelu")
 def backward(dy, cache):
     """Returns ``dx``."""
     if isinstance(cache, Fused):
@@ -162,6 +166,7 @@ def backward(dy, cache):
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
 
 
+@hooks.op("gelu.bias")
 def bias_backward(dy, cache):
     """Returns ``(dx, dbias)``: dx of x's shape, dbias (C,)."""
     if isinstance(cache, Fused):

@@ -47,9 +47,11 @@ the reference, and runs under ``minibert.ops.readable_ops()``.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import hooks
 from .switch import Fused, use_kernel
 
 
+@hooks.op("layernorm")
 def forward(x, weight, bias, eps=1e-12, residual=None):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis; returns
     ``(y, cache)``. ``eps`` defaults to BERT's ``layer_norm_eps``.
@@ -83,6 +85,7 @@ def forward(x, weight, bias, eps=1e-12, residual=None):
     return y, (xhat, rstd, weight)
 
 
+@hooks.op("layernorm")
 def backward(dy, cache):
     """Returns ``(dx, dweight, dbias)``; with a residual, dx is its gradient too."""
     if isinstance(cache, Fused):

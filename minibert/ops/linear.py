@@ -13,9 +13,11 @@ Backward. With ``dy = dL/dy`` of shape (N, O):
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import hooks
 from .switch import Fused, use_kernel
 
 
+@hooks.op("linear")
 def forward(x, weight, bias=None):
     """``y = x @ weight.T + bias``; returns ``(y, cache)``."""
     if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
@@ -33,6 +35,7 @@ def forward(x, weight, bias=None):
     return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight, bias is not None)
 
 
+@hooks.op("linear")
 def backward(dy, cache, dweight_out=None):
     """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when the layer had no bias.
 

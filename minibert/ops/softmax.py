@@ -19,8 +19,10 @@ random upstream gradient.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import hooks
 
 
+@hooks.op("softmax")
 def forward(x, axis=-1):
     """``y = softmax(x, axis)``; returns ``(y, cache)``."""
     xp = get_array_module(x)
@@ -29,6 +31,7 @@ def forward(x, axis=-1):
     return y, (y, axis)
 
 
+@hooks.op("softmax")
 def backward(dy, cache):
     """Returns ``dx = y * (dy - sum(dy * y, axis))``."""
     y, axis = cache

@@ -10,8 +10,10 @@ Backward: ``dx = dy * (1 - y^2)``, from the output kept in the cache (no second 
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import hooks
 
 
+@hooks.op("tanh")
 def forward(x):
     """``y = tanh(x)``; returns ``(y, cache)``."""
     xp = get_array_module(x)
@@ -19,6 +21,7 @@ def forward(x):
     return y, y
 
 
+@hooks.op("tanh")
 def backward(dy, cache):
     """Returns ``dx = dy * (1 - y^2)``."""
     y = cache

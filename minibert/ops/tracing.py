@@ -12,28 +12,24 @@ backward the forward call it undoes (found by its cache: a backward receives the
 its forward returned). Read top to bottom, a model's backward is its forward reversed, and
 each parameter's gradient appears at the backward of the op that read the parameter.
 
-How: for the duration of the block the op modules' ``forward``/``backward`` attributes are
-replaced by recording wrappers, and put back afterwards. The model calls ops as
-``linear.forward(...)`` (an attribute looked up at each call), so it is traced without
-knowing; an op that calls another op inside (a nested call) is recorded once, as itself.
-The replacement is process-wide: one trace at a time, not meant for concurrent threads.
+How: ``trace()`` registers a ``Trace`` as an op hook (``hooks.py``) for the duration of the
+block. Every op's forward and backward calls the registered hooks, so the model is traced
+without knowing; an op that calls another op inside (a nested call) is recorded once, as
+itself. The hooks are one registry per process: not meant for ops on concurrent threads.
+Blocks may nest: each trace records the op calls made inside its own block.
 The trace holds a reference to each cache until the block ends (to match backward calls).
 (This module is ``tracing``, not ``trace``, so that ``minibert.ops.trace`` is the function.)
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..backend import get_array_module
-from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax, tanh
-
-OP_MODULES = (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, softmax, tanh)
-_active = {"trace": None, "depth": 0}
+from . import hooks
 
 
 @dataclass
@@ -51,8 +47,9 @@ class TraceEvent:
     _grad_params: list = field(default_factory=list, repr=False)   # forward: named by backward
 
 
-class Trace:
-    """The events of one ``trace()`` block, in the order the ops ran."""
+class Trace(hooks.OpHook):
+    """The events of one ``trace()`` block, in the order the ops ran: an op hook whose
+    post callbacks record each call."""
 
     def __init__(self, params: dict | None = None):
         self.events: list[TraceEvent] = []
@@ -92,6 +89,12 @@ class Trace:
                 ev.undoes = hit[1]
                 ev.params = list(self.events[hit[1]]._grad_params[:len(outs)])
         self.events.append(ev)
+
+    def forward_post(self, op, args, kwargs, result):
+        self._record(op, "forward", args, kwargs, result)
+
+    def backward_post(self, op, args, kwargs, result):
+        self._record(op, "backward", args, kwargs, result)
 
     def _param_name(self, a):
         """The name of the parameter(s) whose memory ``a`` covers exactly, else None."""
@@ -154,37 +157,6 @@ def _fmt(d) -> str:
     return s if norm is None else f"{s} |{norm:.3g}|"
 
 
-def _traced(module_name, fname, fn):
-    phase = "forward" if fname.endswith("forward") else "backward"
-    op = module_name if fname in ("forward", "backward") else \
-        f"{module_name}.{fname.rsplit('_', 1)[0]}"
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        t = _active["trace"]
-        if t is None or _active["depth"]:            # nested: part of the outer op's call
-            return fn(*args, **kwargs)
-        _active["depth"] += 1
-        try:
-            result = fn(*args, **kwargs)
-        finally:
-            _active["depth"] -= 1
-        t._record(op, phase, args, kwargs, result)
-        return result
-    return call
-
-
-def _op_functions(module):
-    """(name, function) of the module's forward/backward pairs."""
-    names = [n for n in vars(module) if n == "forward" or
-             (n.endswith("_forward") and not n.startswith("_"))]
-    for n in names:
-        b = n[: -len("forward")] + "backward"
-        if callable(getattr(module, b, None)):
-            yield n, getattr(module, n)
-            yield b, getattr(module, b)
-
-
 @contextlib.contextmanager
 def trace(params: dict | None = None):
     """Record every op's forward and backward call inside the block (the module docstring).
@@ -195,20 +167,9 @@ def trace(params: dict | None = None):
     Yields:
         a ``Trace``; its ``events`` fill as the ops run.
     """
-    if _active["trace"] is not None:
-        raise RuntimeError("trace() is already active: one trace at a time")
     t = Trace(params)
-    saved = []
-    for module in OP_MODULES:
-        short = module.__name__.rpartition(".")[2]
-        for name, fn in list(_op_functions(module)):
-            saved.append((module, name, fn))
-            setattr(module, name, _traced(short, name, fn))
-    _active["trace"] = t
     try:
-        yield t
+        with hooks.use(t):
+            yield t
     finally:
-        _active["trace"] = None
-        for module, name, fn in saved:
-            setattr(module, name, fn)
         t._caches.clear()
