@@ -18,20 +18,19 @@ import os
 import numpy as np
 
 from .backend import to_numpy
-from .checkpoint import tensor_names
-from .config import PRESETS, BertConfig
-from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
-from .internals import InternalsMonitor
-from .model import BertModel
-from .tokenization import BertTokenizer, write_vocab
-from .train import (
-    TrainConfig,
-    Trainer,
+from .checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     read_trainer_state,
     resolve_checkpoint,
+    tensor_names,
 )
+from .config import PRESETS, BertConfig
+from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+from .internals.monitor import InternalsMonitor
+from .model import BertModel
+from .tokenization import BertTokenizer, write_vocab
+from .train import TrainConfig, Trainer
 from .wordpiece_trainer import train_wordpiece_vocab
 
 DEVICES = ("cpu", "gpu")
