@@ -519,7 +519,7 @@ def _drawn_figure(monkeypatch, draw, *args):
     pytest.importorskip("matplotlib")
     from minibert.internals import plots
     figs = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=100: figs.append(fig))
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figs.append(fig))
     draw(*args)
     fig = figs[0]
     fig.canvas.draw()
@@ -561,7 +561,7 @@ def test_attention_pictures_label_queries_and_keys(monkeypatch, heads):
     for ax in maps:
         assert [t.get_text() for t in ax.get_xticklabels()] == tokens
         assert [t.get_text() for t in ax.get_yticklabels()] == tokens
-        assert ax.get_xlabel() == "key token" and _inside(fig, ax.title)
+        assert ax.get_xlabel() == "key token" and _inside(fig, ax.title)     # one row here
     assert maps[0].get_ylabel() == "query token"
     assert _inside(fig, fig._suptitle) and fig._suptitle.get_text().startswith("layer 1")
     plt.close(fig)

@@ -31,7 +31,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path, dpi=100):
+def _save(fig, path, dpi=120):
     from ..io import atomic_write
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     _pyplot().close(fig)
@@ -105,7 +105,7 @@ def plot_attention_grid(maps, path, tokens=None):
     _attention_colorbar(fig, im, axes)
     fig.suptitle("attention probabilities per layer and head\n"
                  "row: query token, column: key token", fontsize=10)
-    _save(fig, path, dpi=80 if L * A > 64 else 100)
+    _save(fig, path, dpi=80 if L * A > 64 else 120)
 
 
 def plot_attention_layer(maps_l, path, tokens=None, layer=0):
@@ -128,7 +128,8 @@ def plot_attention_layer(maps_l, path, tokens=None, layer=0):
         im = _attention_image(ax, P[a])
         _token_ticks(ax, tokens, fs)
         ax.set_title(f"head {a}", fontsize=9)
-        ax.set_xlabel("key token", fontsize=8)
+        if a + cols >= A:                          # no map below: the axis is named here
+            ax.set_xlabel("key token", fontsize=8)
         if a % cols == 0:
             ax.set_ylabel("query token", fontsize=8)
     _attention_colorbar(fig, im, axes)
@@ -142,7 +143,7 @@ def plot_head_heatmap(values, path, title, cmap="magma"):
     v = np.asarray(values, dtype=np.float64)
     L, A = v.shape
     plt = _pyplot()
-    width = max(0.6 * A + 2.4, 4.5)
+    width = max(0.6 * A + 2.4, 5.5)
     fig, ax = plt.subplots(figsize=(width, 0.45 * L + 1.8), layout="constrained")
     im = ax.imshow(v, cmap=cmap, aspect="auto")
     ax.set_xticks(range(A))
