@@ -26,6 +26,12 @@ loaded as BertForMaskedLM, say) and a pooler the model does not use are skipped 
 reported (``output_loading_info=True``, Hugging Face's ``unexpected_keys``); a head or
 pooler that the checkpoint lacks is freshly initialized only when ``new_head=True`` (as
 when fine-tuning starts from a pretrained encoder) and reported as ``missing_keys``.
+
+A training run's directory holds several checkpoints: ``out/checkpoint-0000100/`` and so on
+(each a Hugging Face directory plus the trainer's state) and ``out/latest``, a file naming
+the newest. ``list_checkpoints``, ``latest_checkpoint`` and ``resolve_checkpoint`` find them
+(``minibert.train`` writes them); ``resolve_checkpoint`` lets every command take either a
+run directory or a model directory.
 """
 from __future__ import annotations
 
@@ -301,3 +307,58 @@ class PretrainedMixin:
 
     def save_pretrained(self, path):
         save_pretrained(self, path)
+
+
+# ------------------------------------------------------------------ a training run's directory
+CHECKPOINT_PREFIX = "checkpoint-"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.npz"
+
+
+def list_checkpoints(out_dir: str) -> list:
+    """Complete checkpoint directories in ``out_dir``, oldest first."""
+    if not os.path.isdir(out_dir):
+        return []
+    names = sorted(n for n in os.listdir(out_dir)
+                   if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit())
+    return [os.path.join(out_dir, n) for n in names]
+
+
+def latest_checkpoint(out_dir: str) -> str:
+    """The checkpoint ``out_dir/latest`` names (or the newest complete one)."""
+    out_dir = os.fspath(out_dir)
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"directory {out_dir!r} does not exist, expected a training output "
+                         "directory with checkpoints")
+    pointer = os.path.join(out_dir, LATEST)
+    if os.path.isfile(pointer):
+        with open(pointer, encoding="utf-8") as fh:
+            path = os.path.join(out_dir, fh.read().strip())
+        if os.path.isdir(path):
+            return path
+    found = list_checkpoints(out_dir)
+    if not found:
+        raise ValueError(f"directory {out_dir!r} holds no checkpoint ({CHECKPOINT_PREFIX}NNNNNNN)")
+    return found[-1]
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A model directory: ``path`` itself if it has config.json, else its latest checkpoint."""
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    return latest_checkpoint(path)
+
+
+def read_trainer_state(path: str) -> dict:
+    """The ``trainer_state.json`` of a checkpoint, checked to hold the keys a resume needs."""
+    f = os.path.join(path, TRAINER_STATE)
+    try:
+        with open(f, encoding="utf-8") as fh:
+            state = json.load(fh)
+        for key in ("step", "rng_state", "history", "evals"):
+            state[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"checkpoint {path!r} has no valid {TRAINER_STATE}: {e}") from None
+    return state

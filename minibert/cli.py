@@ -128,7 +128,7 @@ def _run_training(run, total, desc, keys):
     except TrainingError as e:
         progress.close()
         print(f"minibert: {e}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     finally:
         progress.close()
 
@@ -314,104 +314,189 @@ def cmd_info(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minibert", description="BERT from scratch on NumPy and CuPy.")
-    sub = p.add_subparsers(dest="command")
-    d = sub.add_parser("demo", help="forward/backward of a small BERT and the gradient-check table")
-    d.add_argument("--preset", default="mini", help="model size (tiny, mini, small, medium, base, large)")
-    d.add_argument("--batch-size", type=int, default=8)
-    d.add_argument("--seq-len", type=int, default=128)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cpu", help="cpu or gpu")
+# ------------------------------------------------------------------ the parser
+# Every option's help ends with its default: argparse fills in %(default)s (a literal % in
+# a help line is written %%; descriptions are printed as they are).
+PRESET_NAMES = "tiny, mini, small, medium, base, large"
+DEVICE_HELP = "cpu or gpu (default: %(default)s)"
+SEED_HELP = "random seed (default: %(default)s)"
+
+
+def _recipe_default(key) -> str:
+    """``"fast: 2500, bert: 300"``: a pretraining setting in every recipe (the default
+    recipe first), for a help line."""
+    from .recipes import DEFAULT_RECIPE, PRETRAIN_RECIPES
+    names = sorted(PRETRAIN_RECIPES, key=lambda n: n != DEFAULT_RECIPE)
+
+    def show(r):
+        v = r[key]
+        if key == "warmup":                       # a fraction of the steps
+            return f"{round(v * r['steps'])} ({v} x {r['steps']} steps)"
+        return ("on" if v else "off") if isinstance(v, bool) else str(v)
+    return ", ".join(f"{name}: {show(PRETRAIN_RECIPES[name])}" for name in names)
+
+
+def _add_demo(sub):
+    d = sub.add_parser("demo", help="forward/backward of a small BERT and the gradient-check table",
+                       description="Forward and backward of a BertForPreTraining on a random "
+                       "batch (half of it padded), then the gradient-check table.")
+    d.add_argument("--preset", default="mini", help=f"model size: {PRESET_NAMES} "
+                   "(default: %(default)s)")
+    d.add_argument("--batch-size", type=int, default=8, help="sequences (default: %(default)s)")
+    d.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: "
+                   "%(default)s)")
+    d.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    d.add_argument("--device", default="cpu", help=DEVICE_HELP)
     d.set_defaults(func=cmd_demo)
-    g = sub.add_parser("gradcheck", help="gradient-check every op and a tiny model in float64")
-    g.add_argument("--seed", type=int, default=0)
+
+
+def _add_gradcheck(sub):
+    g = sub.add_parser("gradcheck", help="gradient-check every op and a tiny model in float64",
+                       description="Central differences in float64 against every op's "
+                       "backward and a tiny model's, with random upstream gradients.")
+    g.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     g.set_defaults(func=cmd_gradcheck)
-    pa = sub.add_parser("params", help="parameter breakdown of a preset, with the formulas")
-    pa.add_argument("--preset", default="base")
+
+
+def _add_params(sub):
+    pa = sub.add_parser("params", help="parameter breakdown of a preset, with the formulas",
+                        description="The parameter count of a preset, part by part, with the "
+                        "formula next to each count.")
+    pa.add_argument("--preset", default="base", help=f"model size: {PRESET_NAMES} "
+                    "(default: %(default)s)")
     pa.add_argument("--head", default="none",
-                    help="none, pretraining, masked_lm, sequence_classification, token_classification, "
-                         "question_answering or multiple_choice")
+                    help="none, pretraining, masked_lm, sequence_classification, "
+                    "token_classification, question_answering or multiple_choice "
+                    "(default: %(default)s)")
     pa.set_defaults(func=cmd_params)
+
+
+def _add_pretrain_model_options(pr):
+    """The settings a recipe gives: each defaults to the chosen recipe's value."""
+    pr.add_argument("--recipe", default="fast", choices=("fast", "bert"),
+                    help="the defaults of the settings below: fast (learns in minutes on a "
+                    "CPU) or bert (the original recipe at a small scale: seq 128, NSP, static "
+                    "masks, dropout 0.1) (default: %(default)s)")
+    pr.add_argument("--preset", default=None, help=f"model size: {PRESET_NAMES} (default: "
+                    f"the recipe's: {_recipe_default('preset')})")
+    pr.add_argument("--vocab-size", type=int, default=None, help="tokens of the WordPiece "
+                    f"vocabulary to train (default: the recipe's: {_recipe_default('vocab_size')})")
+    pr.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the "
+                    f"recipe's: {_recipe_default('steps')})")
+    pr.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: "
+                    f"the recipe's: {_recipe_default('batch_size')})")
+    pr.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: "
+                    f"the recipe's: {_recipe_default('seq_len')})")
+    pr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the "
+                    f"recipe's: {_recipe_default('lr')})")
+    pr.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps "
+                    f"(default: the recipe's fraction of --steps: {_recipe_default('warmup')})")
+    pr.add_argument("--masked-lm-prob", type=float, default=None, help="fraction of the tokens "
+                    f"to predict (default: the recipe's: {_recipe_default('masked_lm_prob')})")
+    pr.add_argument("--max-predictions-per-seq", type=int, default=None, help="cap on "
+                    "predictions per sequence (default: masked-lm-prob x seq-len, rounded)")
+    pr.add_argument("--dropout", type=float, default=None, help="hidden and attention dropout "
+                    f"while pretraining (default: the recipe's: {_recipe_default('dropout')})")
+    pr.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=None,
+                    help="next sentence prediction (segment pairs) or masked LM alone "
+                    f"(default: the recipe's: {_recipe_default('nsp')})")
+    pr.add_argument("--masking", default=None, choices=("static", "dynamic"),
+                    help="static: masks drawn once (x dupe-factor); dynamic: new masks every "
+                    f"step (default: the recipe's: {_recipe_default('masking')})")
+    pr.add_argument("--dupe-factor", type=int, default=None, help="static masking: copies of "
+                    f"the corpus with different masks (default: the recipe's: "
+                    f"{_recipe_default('dupe_factor')})")
+    pr.add_argument("--optimizer", default=None, choices=("bert", "torch"),
+                    help="AdamW variant: bert (no bias correction) or torch (default: the "
+                    f"recipe's: {_recipe_default('optimizer')})")
+
+
+def _add_pretrain_run_options(pr):
+    """Where the data comes from, where the run goes, how it is checkpointed and logged."""
+    pr.add_argument("--corpus", default=None, help="text file (one sentence per line, blank "
+                    "line between documents) or directory of them (default: the docstrings of "
+                    "Python's standard library)")
+    pr.add_argument("--vocab", default=None, help="vocab.txt to use (default: train one on the "
+                    "corpus)")
+    pr.add_argument("--out", default="runs/pretrain", help="run directory: checkpoints, "
+                    "vocab.txt, loss_curve.png (default: %(default)s)")
+    pr.add_argument("--resume", action="store_true", help="continue the run in --out "
+                    "(default: start a new run)")
+    pr.add_argument("--stop-at", type=int, default=None, help="stop after this step (a "
+                    "checkpoint is written); continue with --resume (default: run all steps)")
+    pr.add_argument("--save-every", type=int, default=None, help="steps between checkpoints "
+                    "(default: steps / 4)")
+    pr.add_argument("--eval-every", type=int, default=None, help="steps between held-out "
+                    "evaluations (default: steps / 10)")
+    pr.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    pr.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    pr.add_argument("--log-internals", type=int, nargs="?", const=10, default=None, metavar="N",
+                    help="every N steps (N = %(const)s when left out) log gradient norm, "
+                    "update/weight ratio, activation mean/std and attention entropy per layer "
+                    "to internals.jsonl and internals.png in --out (default: off)")
+
+
+def _add_pretrain(sub):
     pr = sub.add_parser("pretrain", help="pretrain BERT (masked LM, optionally NSP) from text: "
                         "the main job",
                         description="Build (or load) a WordPiece vocabulary, make masked-LM "
                         "(and next-sentence) instances and pretrain BertForPreTraining. With no "
                         "arguments: the docstrings of Python's standard library and the 'fast' "
                         "recipe. A flag overrides its recipe's value; flags left out take it.")
-    pr.add_argument("--recipe", default="fast", choices=("fast", "bert"),
-                    help="the defaults: fast (learns in minutes on a CPU; see the README) or "
-                    "bert (the original recipe at a small scale: seq 128, NSP, static masks, "
-                    "dropout 0.1)")
-    pr.add_argument("--preset", default=None, help="model size (tiny, mini, ...)")
-    pr.add_argument("--corpus", default=None, help="text file (one sentence per line, blank line "
-                    "between documents) or directory of them; default: the standard library's "
-                    "docstrings")
-    pr.add_argument("--vocab", default=None, help="vocab.txt to use (default: train one)")
-    pr.add_argument("--vocab-size", type=int, default=None, help="WordPiece vocabulary to train")
-    pr.add_argument("--steps", type=int, default=None)
-    pr.add_argument("--batch-size", type=int, default=None)
-    pr.add_argument("--seq-len", type=int, default=None)
-    pr.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    pr.add_argument("--warmup-steps", type=int, default=None,
-                    help="linear warmup (default: the recipe's fraction of --steps)")
-    pr.add_argument("--masked-lm-prob", type=float, default=None,
-                    help="fraction of the tokens to predict")
-    pr.add_argument("--max-predictions-per-seq", type=int, default=None,
-                    help="cap on predictions per sequence (default: masked-lm-prob x seq-len)")
-    pr.add_argument("--dropout", type=float, default=None,
-                    help="hidden and attention dropout while pretraining")
-    pr.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=None,
-                    help="next sentence prediction (segment pairs) or masked LM alone")
-    pr.add_argument("--masking", default=None, choices=("static", "dynamic"),
-                    help="static: masks drawn once (x dupe-factor); dynamic: new masks every step")
-    pr.add_argument("--dupe-factor", type=int, default=None,
-                    help="static masking: copies of the corpus with different masks")
-    pr.add_argument("--optimizer", default=None, choices=("bert", "torch"),
-                    help="AdamW variant: bert (no bias correction) or torch")
-    pr.add_argument("--out", default="runs/pretrain")
-    pr.add_argument("--resume", action="store_true", help="continue the run in --out")
-    pr.add_argument("--stop-at", type=int, default=None,
-                    help="stop after this step (a checkpoint is written); continue with --resume")
-    pr.add_argument("--save-every", type=int, default=None, help="default: steps / 4")
-    pr.add_argument("--eval-every", type=int, default=None, help="default: steps / 10")
-    pr.add_argument("--device", default="cpu", help="cpu or gpu")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--log-internals", type=int, nargs="?", const=10, default=None, metavar="N",
-                    help="every N steps (default 10) log gradient norm, update/weight ratio, "
-                    "activation mean/std and attention entropy per layer to "
-                    "internals.jsonl and internals.png in --out")
+    _add_pretrain_model_options(pr)
+    _add_pretrain_run_options(pr)
     pr.set_defaults(func=cmd_pretrain)
+
+
+def _add_finetune(sub):
     ft = sub.add_parser("finetune", help="fine-tune for sequence classification",
                         description="Fine-tune a minibert or Hugging Face BERT checkpoint on a "
-                        "CSV/JSONL of text (and optional text_pair) plus label; 20%% is held out. "
+                        "CSV/JSONL of text (and optional text_pair) plus label; 20% is held out. "
                         "Default task: which standard-library package a docstring belongs to.")
     ft.add_argument("--checkpoint", default="runs/pretrain",
                     help="a minibert run directory or any BERT directory with vocab.txt, with "
-                    "or without a pooler (a missing one is initialized) (default runs/pretrain)")
+                    "or without a pooler (a missing one is initialized) (default: %(default)s)")
     ft.add_argument("--data", default=None, help="CSV or JSONL file (default: the built-in task)")
-    ft.add_argument("--text-column", default="text")
-    ft.add_argument("--text-pair-column", default="text_pair")
-    ft.add_argument("--label-column", default="label")
-    ft.add_argument("--steps", type=int, default=300)
-    ft.add_argument("--batch-size", type=int, default=16)
-    ft.add_argument("--seq-len", type=int, default=128)
-    ft.add_argument("--lr", type=float, default=2e-4)
-    ft.add_argument("--out", default="runs/finetune")
-    ft.add_argument("--resume", action="store_true")
-    ft.add_argument("--device", default="cpu")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--text-column", default="text", help="column of the text (default: %(default)s)")
+    ft.add_argument("--text-pair-column", default="text_pair", help="column of the second "
+                    "segment, used when the file has it (default: %(default)s)")
+    ft.add_argument("--label-column", default="label", help="column of the label (default: %(default)s)")
+    ft.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
+    ft.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: "
+                    "%(default)s)")
+    ft.add_argument("--seq-len", type=int, default=128, help="tokens per sequence, longer texts "
+                    "truncated (default: %(default)s)")
+    ft.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
+    ft.add_argument("--out", default="runs/finetune", help="run directory (default: %(default)s)")
+    ft.add_argument("--resume", action="store_true", help="continue the run in --out "
+                    "(default: start a new run)")
+    ft.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    ft.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     ft.set_defaults(func=cmd_finetune)
-    fm = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] of a text")
+
+
+def _add_fill_mask(sub):
+    fm = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] of a text",
+                        description="The most probable tokens, with their probabilities, for "
+                        "each [MASK] of a text.")
     fm.add_argument("checkpoint", help="a minibert run directory or a BERT directory with a "
                     "masked-LM head (BertForMaskedLM or BertForPreTraining) and vocab.txt")
     fm.add_argument("text", help='text with at least one [MASK], e.g. "Return the [MASK] of x."')
-    fm.add_argument("--top-k", type=int, default=5)
+    fm.add_argument("--top-k", type=int, default=5, help="predictions per [MASK] (default: "
+                    "%(default)s)")
     fm.set_defaults(func=cmd_fill_mask)
-    en = sub.add_parser("encode", help="tokens, ids and the [CLS] / pooled vectors of a text")
+
+
+def _add_encode(sub):
+    en = sub.add_parser("encode", help="tokens, ids and the [CLS] / pooled vectors of a text",
+                        description="The tokens and ids of a text and a summary of its [CLS] "
+                        "hidden state and pooled vector.")
     en.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
-    en.add_argument("text")
+    en.add_argument("text", help="the text to encode")
     en.set_defaults(func=cmd_encode)
+
+
+def _add_inspect(sub):
     ins = sub.add_parser("inspect", help="attention maps, head statistics and importance, "
                          "attributions and the logit lens of a text",
                          description="Look inside a minibert run directory or a Hugging Face "
@@ -422,23 +507,48 @@ def build_parser() -> argparse.ArgumentParser:
                          "[MASK], and attention.json for bertviz.")
     ins.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
     ins.add_argument("text", help='e.g. "Return the [MASK] of the list."')
-    ins.add_argument("--pair", default=None, help="a second segment (token type 1)")
-    ins.add_argument("--out", default="runs/inspect", help="output directory (default runs/inspect)")
+    ins.add_argument("--pair", default=None, help="a second segment, token type 1 (default: "
+                     "none)")
+    ins.add_argument("--out", default="runs/inspect", help="output directory (default: %(default)s)")
     ins.add_argument("--data", default=None, help="text file, one text a line: head importance "
-                     "on these (15%% masked) instead of the text")
-    ins.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+                     "on these (15%% masked) (default: the text itself, each token masked in "
+                     "turn)")
+    ins.add_argument("--steps", type=int, default=50, help="integrated-gradients steps "
+                     "(default: %(default)s)")
     ins.set_defaults(func=cmd_inspect)
+
+
+def _add_trace(sub):
     tr = sub.add_parser("trace", help="every op call of a tiny model's forward, then its backward",
                         description="Run a tiny BertForSequenceClassification forward and "
                         "backward under minibert.ops.trace() and print each op call: shapes, "
                         "norms, the parameters it reads, and for each backward the forward call "
                         "it undoes and the parameter gradients it produces.")
-    tr.add_argument("--layers", type=int, default=1, choices=range(1, 5), metavar="{1..4}")
-    tr.add_argument("--readable", action="store_true", help="the readable NumPy ops, not kernels")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--layers", type=int, default=1, choices=range(1, 5), metavar="{1..4}",
+                    help="encoder layers (default: %(default)s)")
+    tr.add_argument("--readable", action="store_true", help="the readable NumPy ops, not "
+                    "the kernels (default: the kernels)")
+    tr.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     tr.set_defaults(func=cmd_trace)
-    i = sub.add_parser("info", help="versions, backends, GPU")
+
+
+def _add_info(sub):
+    i = sub.add_parser("info", help="versions, backends, GPU",
+                       description="The versions of minibert and its dependencies, and which "
+                       "backends (GPU, CUDA kernels, MPI) are available.")
     i.set_defaults(func=cmd_info)
+
+
+COMMANDS = (_add_demo, _add_gradcheck, _add_params, _add_pretrain, _add_finetune,
+            _add_fill_mask, _add_encode, _add_inspect, _add_trace, _add_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``minibert`` parser: one subcommand per ``_add_*`` function above."""
+    p = argparse.ArgumentParser(prog="minibert", description="BERT from scratch on NumPy and CuPy.")
+    sub = p.add_subparsers(dest="command")
+    for add in COMMANDS:
+        add(sub)
     return p
 
 

@@ -18,20 +18,19 @@ import os
 import numpy as np
 
 from .backend import to_numpy
-from .checkpoint import tensor_names
-from .config import PRESETS, BertConfig
-from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
-from .internals import InternalsMonitor
-from .model import BertModel
-from .tokenization import BertTokenizer, write_vocab
-from .train import (
-    TrainConfig,
-    Trainer,
+from .checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     read_trainer_state,
     resolve_checkpoint,
+    tensor_names,
 )
+from .config import PRESETS, BertConfig
+from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+from .internals.monitor import InternalsMonitor
+from .model import BertModel
+from .tokenization import BertTokenizer, write_vocab
+from .train import TrainConfig, Trainer
 from .wordpiece_trainer import train_wordpiece_vocab
 
 DEVICES = ("cpu", "gpu")
@@ -175,7 +174,6 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
         (TrainResult, settings): the final step, the last checkpoint, the metric history,
         and the resolved recipe settings.
     """
-    from . import corpora
     if vocab is not None and vocab_size is not None:
         raise ValueError(f"vocab_size={vocab_size} contradicts vocab={vocab!r}: the size of a "
                          "given vocabulary is that of its file; pass one of them")
@@ -185,30 +183,19 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
                                 max_predictions_per_seq=max_predictions_per_seq,
                                 dropout=dropout, nsp=nsp, masking=masking,
                                 dupe_factor=dupe_factor, optimizer=optimizer)
-    _check_common(r["preset"], r["seq_len"], r["batch_size"], device)
-    config = BertConfig.preset(r["preset"], hidden_dropout_prob=float(r["dropout"]),
-                               attention_probs_dropout_prob=float(r["dropout"]))
-    _check_seq_len(r["seq_len"], config, f"preset {r['preset']!r}")
-    steps, bs = r["steps"], r["batch_size"]
-    tc = TrainConfig(steps=steps, batch_size=bs, lr=r["lr"], warmup_steps=r["warmup_steps"],
-                     seed=seed, optimizer=r["optimizer"],
-                     save_every=save_every or max(1, steps // 4),
-                     eval_every=eval_every or max(1, steps // 10)).validate()
+    config, tc = _pretrain_configs(r, seed, device, save_every, eval_every)
     out_dir = os.fspath(out_dir)
     ckpt = _check_pretrain_out_dir(out_dir, resume, vocab)
+    monitor = _internals_monitor(log_internals, out_dir)
 
     on_stage(f"recipe {recipe!r}: " + ", ".join(f"{k} {r[k]}" for k in (
         "preset", "seq_len", "batch_size", "steps", "lr", "warmup_steps", "masked_lm_prob",
         "dropout", "nsp", "masking", "optimizer")))
-    on_stage("reading the corpus " + (repr(corpus) if corpus else
-                                      "(docstrings of the Python standard library)"))
-    documents = corpora.read_corpus(corpus) if corpus else corpora.stdlib_documents()
-    n_sent = sum(len(d) for d in documents)
-    on_stage(f"  {len(documents):,} documents, {n_sent:,} sentences")
+    documents = _read_documents(corpus, on_stage)
     tokenizer = _pretraining_tokenizer(documents, out_dir, ckpt, vocab, r["vocab_size"], on_stage)
     train_data, eval_data, transform = _pretraining_arrays(documents, tokenizer, r, seed, on_stage)
     if eval_data is not None:                     # evaluate on every held-out instance
-        tc.eval_batches = math.ceil(len(eval_data["input_ids"]) / bs)
+        tc.eval_batches = math.ceil(len(eval_data["input_ids"]) / tc.batch_size)
 
     config.vocab_size = len(tokenizer)
     config.validate()
@@ -216,9 +203,6 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
     on_stage(f"model: BertForPreTraining, preset {r['preset']!r} (L={config.num_hidden_layers} "
              f"H={config.hidden_size} A={config.num_attention_heads} V={config.vocab_size}), "
              f"{model.num_parameters():,} parameters, device {device}")
-    from .distributed import world
-    monitor = (None if log_internals is None or not world().is_root     # rank 0 writes
-               else InternalsMonitor(log_internals, out_dir))
     trainer = Trainer(model, train_data, eval_data, out_dir, tc, "pretraining",
                       save_extra=tokenizer.save_pretrained, batch_transform=transform,
                       monitor=monitor)
@@ -226,8 +210,45 @@ def pretrain(out_dir="runs/pretrain", recipe=DEFAULT_RECIPE, preset=None, corpus
         return trainer.train(resume=resume, stop_at=stop_at, on_step=on_step,
                              on_eval=on_eval), r
     finally:
-        if monitor is not None:
+        if monitor is not None:                   # its picture, even when the run stops early
             monitor.close()
+
+
+def _pretrain_configs(r, seed, device, save_every, eval_every):
+    """The model's configuration (vocabulary size still to come) and the run's, from the
+    resolved recipe ``r``; checked before any data is read."""
+    _check_common(r["preset"], r["seq_len"], r["batch_size"], device)
+    config = BertConfig.preset(r["preset"], hidden_dropout_prob=float(r["dropout"]),
+                               attention_probs_dropout_prob=float(r["dropout"]))
+    _check_seq_len(r["seq_len"], config, f"preset {r['preset']!r}")
+    steps = r["steps"]
+    tc = TrainConfig(steps=steps, batch_size=r["batch_size"], lr=r["lr"],
+                     warmup_steps=r["warmup_steps"], seed=seed, optimizer=r["optimizer"],
+                     save_every=save_every or max(1, steps // 4),
+                     eval_every=eval_every or max(1, steps // 10)).validate()
+    return config, tc
+
+
+def _read_documents(corpus, on_stage):
+    """The corpus's documents (lists of sentences): a file or directory, or the docstrings
+    of the standard library."""
+    from . import corpora
+    on_stage("reading the corpus " + (repr(corpus) if corpus else
+                                      "(docstrings of the Python standard library)"))
+    documents = corpora.read_corpus(corpus) if corpus else corpora.stdlib_documents()
+    n_sent = sum(len(d) for d in documents)
+    on_stage(f"  {len(documents):,} documents, {n_sent:,} sentences")
+    return documents
+
+
+def _internals_monitor(log_internals, out_dir):
+    """The ``--log-internals`` monitor (checked now, before any data is built), on rank 0
+    only, which writes; None when not asked for."""
+    from .distributed import world
+    if log_internals is None:
+        return None
+    monitor = InternalsMonitor(log_internals, out_dir)
+    return monitor if world().is_root else None
 
 
 def _check_pretrain_out_dir(out_dir, resume, vocab):

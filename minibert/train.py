@@ -32,6 +32,8 @@ caller adds (the tokenizer's vocab.txt). It is written into a hidden temporary d
 renamed into place, then ``out/latest`` (the name of the newest checkpoint) is replaced
 atomically; only then are older checkpoints pruned. A run killed at any moment therefore
 leaves the previous checkpoint complete and ``latest`` pointing at a complete checkpoint.
+The names and the functions that find them (``list_checkpoints``, ``latest_checkpoint``,
+``resolve_checkpoint``, ``read_trainer_state``) live in ``minibert.checkpoint``.
 
 A non-finite loss or gradient norm stops the run with ``TrainingError`` before the update is
 applied, naming the step and the last good checkpoint, which is left untouched.
@@ -69,15 +71,21 @@ import numpy as np
 
 from . import distributed as dist
 from .backend import to_device, to_numpy
-from .checkpoint import map_state_dict, read_state_dict
+from .checkpoint import (  # noqa: F401 - the directory helpers, importable from here as before
+    CHECKPOINT_PREFIX,
+    LATEST,
+    OPTIMIZER_STATE,
+    TRAINER_STATE,
+    latest_checkpoint,
+    list_checkpoints,
+    map_state_dict,
+    read_state_dict,
+    read_trainer_state,
+    resolve_checkpoint,
+)
 from .io import atomic_directory, atomic_write, atomic_write_text
 from .optim import AdamW, LRSchedule, clip_grad_norm, global_norm
 from .validation import deferred_checks
-
-CHECKPOINT_PREFIX = "checkpoint-"
-LATEST = "latest"
-TRAINER_STATE = "trainer_state.json"
-OPTIMIZER_STATE = "optimizer.npz"
 
 
 class TrainingError(RuntimeError):
@@ -492,6 +500,8 @@ class Trainer:
         atomic_write_text(os.path.join(self.out_dir, LATEST), name + "\n")
         for old in list_checkpoints(self.out_dir)[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+        # matplotlib is loaded at the first save, not when training starts
+        from .internals.plots import plot_history
         plot_history(self.history, self.evals, os.path.join(self.out_dir, "loss_curve.png"),
                      self.task.name)
 
@@ -518,85 +528,3 @@ class Trainer:
         self.step = int(state["step"])
         self.history, self.evals = list(state["history"]), list(state["evals"])
         self.last_checkpoint = path
-
-
-def list_checkpoints(out_dir: str) -> list:
-    """Complete checkpoint directories in ``out_dir``, oldest first."""
-    if not os.path.isdir(out_dir):
-        return []
-    names = sorted(n for n in os.listdir(out_dir)
-                   if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit())
-    return [os.path.join(out_dir, n) for n in names]
-
-
-def latest_checkpoint(out_dir: str) -> str:
-    """The checkpoint ``out_dir/latest`` names (or the newest complete one)."""
-    out_dir = os.fspath(out_dir)
-    if not os.path.isdir(out_dir):
-        raise ValueError(f"directory {out_dir!r} does not exist, expected a training output "
-                         "directory with checkpoints")
-    pointer = os.path.join(out_dir, LATEST)
-    if os.path.isfile(pointer):
-        with open(pointer, encoding="utf-8") as fh:
-            path = os.path.join(out_dir, fh.read().strip())
-        if os.path.isdir(path):
-            return path
-    found = list_checkpoints(out_dir)
-    if not found:
-        raise ValueError(f"directory {out_dir!r} holds no checkpoint ({CHECKPOINT_PREFIX}NNNNNNN)")
-    return found[-1]
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A model directory: ``path`` itself if it has config.json, else its latest checkpoint."""
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path
-    return latest_checkpoint(path)
-
-
-def read_trainer_state(path: str) -> dict:
-    f = os.path.join(path, TRAINER_STATE)
-    try:
-        with open(f, encoding="utf-8") as fh:
-            state = json.load(fh)
-        for key in ("step", "rng_state", "history", "evals"):
-            state[key]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"checkpoint {path!r} has no valid {TRAINER_STATE}: {e}") from None
-    return state
-
-
-def plot_history(history, evals, path, task="pretraining"):
-    """Loss (train, per step, and held-out) and accuracy curves as a PNG, written atomically."""
-    if not history:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = [h["step"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(steps, [h["loss"] for h in history], lw=0.8, label="train loss")
-    if evals:
-        ax1.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", label="held-out loss")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    acc_keys = ("mlm_acc", "nsp_acc") if task == "pretraining" else ("acc",)
-    for k in acc_keys:
-        if k not in history[-1]:
-            continue                                    # e.g. nsp_acc in a run without NSP
-        ax2.plot(steps, [h[k] for h in history], lw=0.8, label=f"train {k}")
-        if evals:
-            ax2.plot([e["step"] for e in evals], [e.get(k, np.nan) for e in evals], "o-",
-                     label=f"held-out {k}")
-    base = [e["mlm_baseline"] for e in evals if "mlm_baseline" in e]
-    if base:                                            # the same held-out positions every time
-        ax2.axhline(base[-1], color="gray", ls="--", lw=1,
-                    label=f"held-out most-frequent-token baseline ({base[-1]:.3f})")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("accuracy")
-    ax2.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)

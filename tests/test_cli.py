@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from minibert.cli import main
+from minibert.cli import build_parser, main
 
 
 def test_params_base(capsys):
@@ -47,3 +47,42 @@ def test_help_for_every_subcommand():
     for sub in ("demo", "gradcheck", "params", "info"):
         r = subprocess.run([sys.executable, "-m", "minibert", sub, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: minibert" in r.stdout
+
+
+def _subparsers():
+    import argparse
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_command_and_option_has_help_with_its_default():
+    """Each command's help prints; every option has a help line that states its default,
+    every positional argument a help line."""
+    missing = []
+    commands = _subparsers()
+    assert set(commands) == {"demo", "gradcheck", "params", "pretrain", "finetune", "fill-mask",
+                             "encode", "inspect", "trace", "info"}
+    for name, p in commands.items():
+        text = p.format_help()                       # raises on a stray % in a help line
+        assert f"usage: minibert {name}" in text
+        for action in p._actions:
+            if action.dest == "help":
+                continue
+            if not action.help:
+                missing.append(f"{name} {action.dest}: no help")
+            elif action.option_strings and "(default: " not in action.help:
+                missing.append(f"{name} {action.option_strings[0]}: no default in {action.help!r}")
+    assert not missing, missing
+
+
+def test_finetune_help_prints_percent_once():
+    text = _subparsers()["finetune"].format_help()
+    assert "20% is held out" in text and "%%" not in text
+    assert "(default: runs/pretrain)" in text and "(default: 0.0002)" in text
+
+
+def test_pretrain_help_names_each_recipes_value():
+    text = " ".join(_subparsers()["pretrain"].format_help().split())
+    assert "(default: the recipe's: fast: 2500, bert: 300)" in text
+    assert "fast: off, bert: on" in text                # --nsp

@@ -425,14 +425,16 @@ def test_masked_lm_model_lens_and_attributions(rng):
 # ----------------------------------------------------------------- bad input
 def test_bad_input(rng):
     model, ids, mask, tt = _mlm_setup(rng, np.float32)
-    with pytest.raises(ValueError, match=r"target position 7 is outside the sequence, expected 0 <= position < 7"):
+    with pytest.raises(ValueError,
+                       match=r"target position 7 is outside the sequence, expected 0 <= position < 7"):
         internals.integrated_gradients(model, ids, (7, 1))
     with pytest.raises(ValueError, match=r"target token id 23 is out of range"):
         internals.gradient_x_input(model, ids, (1, 23))
     with pytest.raises(ValueError, match=r"target=.* is not understood"):
         internals.gradient_x_input(model, ids, 3)
     clf = BertForSequenceClassification(tiny_config(), seed=0)
-    with pytest.raises(ValueError, match=r"target class index 3 is out of range, expected 0 <= class index < 3"):
+    with pytest.raises(ValueError,
+                       match=r"target class index 3 is out of range, expected 0 <= class index < 3"):
         internals.gradient_x_input(clf, ids, 3)
     with pytest.raises(ValueError, match=r"logit_lens needs a model with a masked-LM head .* got BertModel"):
         internals.logit_lens(BertModel(tiny_config()), ids, [1])
@@ -509,3 +511,79 @@ def test_head_mask_matches_live_hugging_face_4(rng):
     assert_close("last_hidden_state", out.last_hidden_state, ref.last_hidden_state.numpy(), atol=1e-12)
     for l in range(L):
         assert_close(f"attentions[{l}]", out.attentions[l], ref.attentions[l].numpy(), atol=1e-12)
+
+
+# ----------------------------------------------------------------- pictures
+def _drawn_figure(monkeypatch, draw, *args):
+    """The figure a plot function makes, drawn (layout done) instead of saved."""
+    pytest.importorskip("matplotlib")
+    from minibert.internals import plots
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figs.append(fig))
+    draw(*args)
+    fig = figs[0]
+    fig.canvas.draw()
+    return fig
+
+
+def _inside(fig, artist):
+    """Whether ``artist`` is drawn entirely within the figure (not cut off at an edge)."""
+    box = artist.get_window_extent(fig.canvas.get_renderer())
+    W, H = fig.canvas.get_width_height()
+    return box.x0 >= -1 and box.y0 >= -1 and box.x1 <= W + 1 and box.y1 <= H + 1
+
+
+@pytest.mark.parametrize("heads", [2, 3])
+def test_attention_pictures_label_queries_and_keys(monkeypatch, heads):
+    """Both attention pictures: the tokens on the axes (rows: queries on y, columns: keys
+    on x), a colour bar, a title inside the figure."""
+    import matplotlib.pyplot as plt
+
+    from minibert.internals import plots
+    tokens = ["[CLS]", "return", "the", "[MASK]", "of", "the", "list", ".", "[SEP]"]
+    S, Lg = len(tokens), 2
+    P = np.random.default_rng(0).dirichlet(np.ones(S), size=(Lg, heads, S))      # (L, A, S, S)
+    fig = _drawn_figure(monkeypatch, plots.plot_attention_grid, P, "unused.png", tokens)
+    maps = [ax for ax in fig.axes if ax.images]
+    assert len(maps) == Lg * heads and len(fig.axes) == Lg * heads + 1          # + colour bar
+    left = [ax for ax in maps if ax.get_subplotspec().is_first_col()]
+    bottom = [ax for ax in maps if ax.get_subplotspec().is_last_row()]
+    assert all([t.get_text() for t in ax.get_yticklabels()] == tokens for ax in left)
+    assert all([t.get_text() for t in ax.get_xticklabels()] == tokens for ax in bottom)
+    assert all("query" in ax.get_ylabel() for ax in left)
+    assert all("key" in ax.get_xlabel() for ax in bottom)
+    assert _inside(fig, fig._suptitle) and "query" in fig._suptitle.get_text()
+    plt.close(fig)
+
+    fig = _drawn_figure(monkeypatch, plots.plot_attention_layer, P[1], "unused.png", tokens, 1)
+    maps = [ax for ax in fig.axes if ax.images]
+    assert len(maps) == heads and len(fig.axes) == heads + 1
+    for ax in maps:
+        assert [t.get_text() for t in ax.get_xticklabels()] == tokens
+        assert [t.get_text() for t in ax.get_yticklabels()] == tokens
+        assert ax.get_xlabel() == "key token" and _inside(fig, ax.title)     # one row here
+    assert maps[0].get_ylabel() == "query token"
+    assert _inside(fig, fig._suptitle) and fig._suptitle.get_text().startswith("layer 1")
+    plt.close(fig)
+
+
+def test_head_heatmap_title_fits(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from minibert.internals import plots
+    fig = _drawn_figure(monkeypatch, plots.plot_head_heatmap, np.ones((2, 2)), "unused.png",
+                        "head importance |dLoss/d head_mask| (Michel et al. 2019)")
+    assert _inside(fig, fig.axes[0].title)
+    plt.close(fig)
+
+
+def test_long_texts_label_every_kth_token(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from minibert.internals import plots
+    tokens = [f"t{i}" for i in range(100)]
+    P = np.full((1, 100, 100), 0.01)
+    fig = _drawn_figure(monkeypatch, plots.plot_attention_layer, P, "unused.png", tokens)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == tokens[::2]
+    plt.close(fig)

@@ -217,3 +217,20 @@ def test_bad_data(tmp_path):
         Trainer(model, data, None, str(tmp_path), TrainConfig())
     with pytest.raises(ValueError, match="task='mlm'"):
         Trainer(model, pretraining_arrays(), None, str(tmp_path), TrainConfig(), task="mlm")
+
+
+# ------------------------------------------------------------------------------ layering
+def test_the_directory_helpers_are_checkpoints_and_training_loads_no_matplotlib():
+    """The run-directory helpers live in minibert.checkpoint (train re-exports them), the
+    loss curve is drawn by minibert.internals.plots, and importing the trainer loads neither
+    matplotlib nor the plots."""
+    import subprocess
+    import sys
+
+    from minibert import checkpoint, train
+    for name in ("list_checkpoints", "latest_checkpoint", "resolve_checkpoint", "read_trainer_state"):
+        assert getattr(train, name) is getattr(checkpoint, name)
+    code = ("import sys, minibert.train; "
+            "print('matplotlib' in sys.modules, 'minibert.internals.plots' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
