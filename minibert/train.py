@@ -83,7 +83,7 @@ from .checkpoint import (  # noqa: F401 - the directory helpers, importable from
     read_trainer_state,
     resolve_checkpoint,
 )
-from .io import atomic_directory, atomic_write, atomic_write_text
+from .io import atomic_directory, atomic_write_text
 from .optim import AdamW, LRSchedule, clip_grad_norm, global_norm
 from .validation import deferred_checks
 
