@@ -16,10 +16,15 @@ from minibert import (
     BertModel,
     gradcheck,
 )
-from tests.helpers import assert_close
-
-# the model tests' batch, perturbation, frozen dropout and kernels/readable fixture
-from tests.test_model import batch, frozen_dropout, ops_mode, perturb  # noqa: F401 (fixture)
+from tests.helpers import (
+    assert_close,
+    batch,
+    frozen_dropout,
+    hf_twin,
+    perturb,
+    pretraining_arrays,
+    train_config,
+)
 
 # odd sizes on purpose; small enough for float64 checks of every head-mask entry
 TINY = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
@@ -181,9 +186,7 @@ def test_inputs_embeds_matches_live_hugging_face(rng):
     cfg = tiny_config()
     model = BertModel(cfg, dtype=np.float64, seed=4)
     perturb(model, rng)
-    hf = transformers.BertModel(hf_config(transformers, cfg)).double().eval()
-    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()},
-                       strict=False)
+    hf = hf_twin(torch, transformers, model, hf_config(transformers, cfg))
     ids, mask, tt = batch(rng)
     embeds = rng.standard_normal((3, 7, H))
     with torch.no_grad():
@@ -458,8 +461,6 @@ def test_internals_monitor_logs_what_the_step_did(tmp_path):
     update ratios from the parameters before and after, activations, entropies; the run's
     parameters are bit for bit those of a run without the monitor."""
     from minibert.train import TrainConfig, Trainer
-    from tests.test_train import pretraining_arrays
-    from tests.test_train import tiny_config as train_config
     data = pretraining_arrays()
     params = []
     for monitor in (None, internals.InternalsMonitor(2, tmp_path / "a")):
@@ -496,9 +497,7 @@ def test_head_mask_matches_live_hugging_face_4(rng):
     cfg = tiny_config()
     model = BertModel(cfg, dtype=np.float64, seed=4)
     perturb(model, rng)
-    hf = transformers.BertModel(hf_config(transformers, cfg)).double().eval()
-    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()},
-                       strict=False)
+    hf = hf_twin(torch, transformers, model, hf_config(transformers, cfg))
     ids, mask, tt = batch(rng)
     hm = np.array([[1.0, 0.0, 0.5], [0.25, 1.0, 0.75]])
     with torch.no_grad():

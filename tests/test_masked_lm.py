@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from minibert import BertForMaskedLM, BertForPreTraining, gradcheck
-from tests.helpers import assert_close, to_np
-from tests.test_model import batch, frozen_dropout, ops_mode, perturb, tiny_config  # noqa: F401
+from tests.helpers import assert_close, batch, frozen_dropout, perturb, tiny_config, to_np
 
 V = 23                      # tiny_config's vocabulary
 
@@ -41,7 +40,7 @@ def _case(kind, rng):
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("kind", ["labels", "gathered"])
-def test_gradcheck_loss(rng, kind, training, ops_mode):  # noqa: F811
+def test_gradcheck_loss(rng, kind, training, ops_mode):
     model = BertForMaskedLM(tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3),
                             dtype=np.float64, seed=5)
     perturb(model, rng)

@@ -15,7 +15,7 @@ from minibert import (
     BertModel,
 )
 from minibert.ops import Fused, readable_ops
-from tests.test_model import batch, perturb, tiny_config
+from tests.helpers import batch, perturb, tiny_config
 
 REL64 = 1e-12        # float64, same function, different order of sums (tests/test_model_fused.py)
 

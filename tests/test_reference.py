@@ -277,17 +277,24 @@ def small_cases(draw):
     return cfg, ids.astype(np.int64), types.astype(np.int64), mask, seed
 
 
+def _perturbed_pair(torch, transformers, hf_name, cls, config, seed):
+    """(hf, model): Hugging Face's ``hf_name`` built from ``config`` in float64 with
+    weights perturbed off their initialisation (``seed``), and minibert's ``cls`` loaded
+    with the same weights."""
+    torch.manual_seed(seed)
+    hf = getattr(transformers, hf_name)(hf_config(transformers, config)).double().eval()
+    perturb_(torch, hf, torch.Generator().manual_seed(seed))
+    model = cls(config, dtype=np.float64, seed=0)
+    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+    return hf, model
+
+
 @settings(max_examples=10)
 @given(case=small_cases())
 def test_bert_model_matches_transformers(torch_mods, case):
     torch, transformers = torch_mods
     cfg, ids, types, mask, seed = case
-    config = BertConfig(**cfg)
-    torch.manual_seed(seed)
-    hf = transformers.BertModel(hf_config(transformers, config)).double().eval()
-    perturb_(torch, hf, torch.Generator().manual_seed(seed))
-    model = BertModel(config, dtype=np.float64, seed=0)
-    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+    hf, model = _perturbed_pair(torch, transformers, "BertModel", BertModel, BertConfig(**cfg), seed)
 
     t = torch.from_numpy
     out = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types))
@@ -326,11 +333,7 @@ def test_bert_for_pretraining_matches_transformers(torch_mods, case, P):
         labels[b, positions[b, :k]] = lm_ids[b, :k]
     nsp = rng.integers(0, 2, B).astype(np.int64)
 
-    torch.manual_seed(seed)
-    hf = transformers.BertForPreTraining(hf_config(transformers, config)).double().eval()
-    perturb_(torch, hf, torch.Generator().manual_seed(seed))
-    model = BertForPreTraining(config, dtype=np.float64, seed=0)
-    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+    hf, model = _perturbed_pair(torch, transformers, "BertForPreTraining", BertForPreTraining, config, seed)
 
     t = torch.from_numpy
     out = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types), labels=t(labels),

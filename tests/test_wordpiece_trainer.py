@@ -6,7 +6,9 @@ import pytest
 
 from minibert.tokenization import SPECIAL_TOKENS, BasicTokenizer, BertTokenizer, write_vocab
 from minibert.wordpiece_trainer import train_wordpiece_vocab
-from tests.test_tokenization import LINES
+from tests.helpers import corpus_lines
+
+LINES = corpus_lines()
 
 
 def _reference_trainer(texts, vocab_size, do_lower_case=True, min_frequency=2,

@@ -31,10 +31,9 @@ FAKE = Path(__file__).resolve().parent / "fake_cupy"
 
 STEP = r'''
 import numpy as np
-from minibert import BertConfig, BertForPreTraining
-from minibert.backend import to_numpy
+from minibert import BertConfig
 from minibert.kernels import attention_cuda
-from minibert.optim import AdamW
+from tests.helpers import pretraining_step
 
 calls = {"forward": 0, "backward": 0}
 forward, backward = attention_cuda.attention_forward, attention_cuda.attention_backward
@@ -51,23 +50,7 @@ attention_cuda.attention_forward = counted_forward
 attention_cuda.attention_backward = counted_backward
 
 def step(device):
-    cfg = BertConfig.preset("tiny")
-    model = BertForPreTraining(cfg, dtype=np.float64, seed=0, device=device)
-    xp = model.xp
-    r = np.random.default_rng(1)
-    B, S, P = 2, 9, 3
-    ids = r.integers(5, cfg.vocab_size, (B, S))
-    ids[1, 2] = ids[1, 3] = ids[0, 1]                  # repeated ids: the scatter-add sums
-    mask = (np.arange(S)[None, :] < np.array([9, 5])[:, None]).astype(np.int64)
-    out, cache = model.forward(xp.asarray(ids), attention_mask=xp.asarray(mask),
-                               token_type_ids=xp.zeros((B, S), dtype=np.int64),
-                               masked_lm_positions=xp.asarray(r.integers(0, 5, (B, P))),
-                               masked_lm_ids=xp.asarray(r.integers(5, cfg.vocab_size, (B, P))),
-                               next_sentence_labels=xp.asarray(r.integers(0, 2, B)),
-                               training=True)
-    grads = {n: to_numpy(g).copy() for n, g in model.backward(cache).items()}
-    AdamW(model.store, lr=1e-3).step()
-    return float(out.loss), to_numpy(model.store.data).copy(), grads, type(out.loss).__module__
+    return pretraining_step(device, np.float64, lengths=(9, 5), n_predictions=3, repeated_ids=True)
 
 loss_cpu, data_cpu, g_cpu, kind_cpu = step("cpu")
 assert calls == {"forward": 0, "backward": 0}, calls

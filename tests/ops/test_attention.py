@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
-from minibert.ops import Fused, attention, readable_ops
+from minibert.ops import Fused, attention
 from tests.helpers import assert_close, to_np
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -26,10 +26,7 @@ EPS32 = float(np.finfo(np.float32).eps)
 _forward_with_probs = functools.partial(attention.forward, return_probs=True)
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["readable", "kernels"])
-def readable(request):
-    with readable_ops(request.param):
-        yield request.param
+pytestmark = pytest.mark.usefixtures("ops_mode")    # every test on the kernels and the readable ops
 
 
 def _qkv(xp, shape, dtype=np.float64, seed=0, scale=1.0):
