@@ -150,6 +150,7 @@ def _hf_config(transformers, **kw):
     return transformers.BertConfig(**{**SMALL, **kw}, attn_implementation="eager")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_bin"])
 def test_load_transformers_checkpoint(tmp_path, rng, safe):
     torch, transformers = _hf()
@@ -166,6 +167,7 @@ def test_load_transformers_checkpoint(tmp_path, rng, safe):
     assert np.array_equal(enc.store.data, m.bert.store.data[:enc.store.size])
 
 
+@pytest.mark.slow
 def test_transformers_loads_ours_without_warnings(tmp_path, rng):
     torch, transformers = _hf()
     m = BertForPreTraining(BertConfig(**SMALL), seed=4)

@@ -45,6 +45,7 @@ def hf_config(transformers, config):
 
 
 # ----------------------------------------------------------------- head_mask, inputs_embeds
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 def test_head_mask_and_inputs_embeds_gradcheck(rng, training, ops_mode):
     """BertModel: every head-mask entry (full mode: one entry at a time) and the embeddings
@@ -137,6 +138,7 @@ def _head_runs(rng):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["pretraining", "masked_lm", "sequence_classification",
                                   "token_classification", "question_answering", "multiple_choice"])
 def test_every_head_passes_head_mask_and_inputs_embeds(rng, head):
@@ -180,6 +182,7 @@ def test_bad_head_mask_and_inputs_embeds(kwargs, match):
         head(**kw)
 
 
+@pytest.mark.slow
 def test_inputs_embeds_matches_live_hugging_face(rng):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -200,6 +203,7 @@ def test_inputs_embeds_matches_live_hugging_face(rng):
 from minibert import internals  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 def test_attention_maps_match_eager_outputs_and_live_hugging_face(rng, dtype, tol):
     cfg = tiny_config(attn_implementation="eager")
@@ -428,14 +432,16 @@ def test_masked_lm_model_lens_and_attributions(rng):
 # ----------------------------------------------------------------- bad input
 def test_bad_input(rng):
     model, ids, mask, tt = _mlm_setup(rng, np.float32)
-    with pytest.raises(ValueError, match=r"target position 7 is outside the sequence, expected 0 <= position < 7"):
+    with pytest.raises(ValueError,
+                       match=r"target position 7 is outside the sequence, expected 0 <= position < 7"):
         internals.integrated_gradients(model, ids, (7, 1))
     with pytest.raises(ValueError, match=r"target token id 23 is out of range"):
         internals.gradient_x_input(model, ids, (1, 23))
     with pytest.raises(ValueError, match=r"target=.* is not understood"):
         internals.gradient_x_input(model, ids, 3)
     clf = BertForSequenceClassification(tiny_config(), seed=0)
-    with pytest.raises(ValueError, match=r"target class index 3 is out of range, expected 0 <= class index < 3"):
+    with pytest.raises(ValueError,
+                       match=r"target class index 3 is out of range, expected 0 <= class index < 3"):
         internals.gradient_x_input(clf, ids, 3)
     with pytest.raises(ValueError, match=r"logit_lens needs a model with a masked-LM head .* got BertModel"):
         internals.logit_lens(BertModel(tiny_config()), ids, [1])
@@ -456,6 +462,7 @@ def test_bad_input(rng):
 
 
 # ----------------------------------------------------------------- gradient flow in training
+@pytest.mark.slow
 def test_internals_monitor_logs_what_the_step_did(tmp_path):
     """Every 2nd step: group gradient norms whose total is the trainer's (unclipped) norm,
     update ratios from the parameters before and after, activations, entropies; the run's
@@ -486,6 +493,7 @@ def test_internals_monitor_logs_what_the_step_did(tmp_path):
     assert all(0 <= e <= np.log(16) for e in r["attn_entropy"]["layer.0"])
 
 
+@pytest.mark.slow
 def test_head_mask_matches_live_hugging_face_4(rng):
     """Where the installed transformers still takes head_mask (4.x; 5.x removed it): the
     same outputs and attentions for the same mask."""

@@ -17,6 +17,7 @@ from minibert import (
 from tests.helpers import assert_close, batch, encoder_gradcheck, frozen_dropout, perturb, tiny_config, to_np
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
 def test_bert_model_gradcheck(xp, rng, training, hidden_act, ops_mode):
@@ -44,16 +45,18 @@ def _head_cases(rng):
         "sequence_classification": (BertForSequenceClassification, lambda m, tr: m.forward(
             ids, attention_mask=mask, token_type_ids=tt, labels=np.array([0, 2, 1]), training=tr)),
         "token_classification": (BertForTokenClassification, lambda m, tr: m.forward(
-            ids, attention_mask=mask, token_type_ids=tt, labels=np.where(mask == 1, ids % 3, -100), training=tr)),
-        "question_answering": (BertForQuestionAnswering, lambda m, tr: m.forward(
-            ids, attention_mask=mask, token_type_ids=tt, start_positions=np.array([1, 0, 9]), end_positions=np.array([4, 3, 1]),
+            ids, attention_mask=mask, token_type_ids=tt, labels=np.where(mask == 1, ids % 3, -100),
             training=tr)),
+        "question_answering": (BertForQuestionAnswering, lambda m, tr: m.forward(
+            ids, attention_mask=mask, token_type_ids=tt, start_positions=np.array([1, 0, 9]),
+            end_positions=np.array([4, 3, 1]), training=tr)),
         "multiple_choice": (BertForMultipleChoice, lambda m, tr: m.forward(
             np.stack([ids, ids[::-1]], 1), attention_mask=np.stack([mask, mask[::-1]], 1),
             token_type_ids=np.stack([tt, tt[::-1]], 1), labels=np.array([1, 0, 1]), training=tr)),
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("head", ["pretraining", "sequence_classification", "token_classification",
                                   "question_answering", "multiple_choice"])
@@ -73,6 +76,7 @@ def test_head_gradcheck(rng, head, training, ops_mode):
     assert model.num_parameters() == count_parameters(model.config, head)
 
 
+@pytest.mark.slow
 def test_sequence_regression_gradcheck(rng):
     model = BertForSequenceClassification(tiny_config(num_labels=1), dtype=np.float64, seed=1)
     perturb(model, rng)
@@ -80,10 +84,11 @@ def test_sequence_regression_gradcheck(rng):
     y = rng.standard_normal(3)
     out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=y)
     grads = {k: v.copy() for k, v in model.backward(cache).items()}
-    assert gradcheck(lambda: model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=y)[0].loss, model.params, grads,
-                     mode="direction").passed
+    assert gradcheck(lambda: model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=y)[0].loss,
+                     model.params, grads, mode="direction").passed
 
 
+@pytest.mark.slow
 def test_backward_with_d_logits_only(rng):
     model = BertForTokenClassification(tiny_config(), dtype=np.float64, seed=2)
     perturb(model, rng)
@@ -156,7 +161,8 @@ def test_dropout_is_deterministic_and_off_in_eval(rng):
     oa, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     ob, _ = b.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     assert np.array_equal(oa.last_hidden_state, ob.last_hidden_state)
-    oa2, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)          # next call: new masks
+    # the next call draws new masks
+    oa2, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
     assert not np.array_equal(oa.last_hidden_state, oa2.last_hidden_state)
     e1, _ = a.forward(ids, attention_mask=mask, token_type_ids=tt)
     e2, _ = b.forward(ids, attention_mask=mask, token_type_ids=tt)
@@ -232,6 +238,7 @@ def test_mlm_logits_default_to_every_position(rng):
     model = BertForPreTraining(tiny_config(), dtype=np.float64, seed=0)
     ids, mask, tt = batch(rng)
     every, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask)
-    explicit, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask, masked_lm_positions=np.tile(np.arange(7), (3, 1)))
+    explicit, _ = model.forward(ids, token_type_ids=tt, attention_mask=mask,
+                                masked_lm_positions=np.tile(np.arange(7), (3, 1)))
     assert every.mlm_logits.shape == (3, 7, 23) and every.loss is None
     assert np.array_equal(every.mlm_logits, explicit.mlm_logits)

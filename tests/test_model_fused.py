@@ -24,7 +24,8 @@ def _run(model, rng_seed, training):
     rng = np.random.default_rng(rng_seed)
     ids, mask, tt = batch(rng)
     out, cache = model.forward(
-        ids, token_type_ids=tt, attention_mask=mask, masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
+        ids, token_type_ids=tt, attention_mask=mask,
+        masked_lm_positions=np.array([[1, 3, 6], [0, 2, 4], [1, 0, 0]]),
         masked_lm_ids=np.array([[5, 7, 9], [1, 2, 3], [4, 0, 0]]),
         masked_lm_weights=np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
         next_sentence_labels=np.array([0, 1, 0]), training=training)
@@ -119,6 +120,7 @@ def test_fused_float32_against_float64():
         assert err <= 1e-4 * max(scale, 1e-6), f"{name}: float32 error {err:.3e}, scale {scale:.3e}"
 
 
+@pytest.mark.slow
 def test_fused_model_gradcheck_with_dropout():
     """The fused model's own backward against central differences (float64, every parameter
     along random directions), with padding and attention dropout."""
@@ -139,7 +141,8 @@ def test_fused_all_padding_sequence_is_finite():
     model = BertForPreTraining(tiny_config(attn_implementation="fused"), np.float64, seed=0)
     ids, mask, tt = batch(np.random.default_rng(0))
     mask[1] = 0
-    out, cache = model.forward(ids, token_type_ids=tt, attention_mask=mask, next_sentence_labels=np.array([0, 1, 0]))
+    out, cache = model.forward(ids, token_type_ids=tt, attention_mask=mask,
+                               next_sentence_labels=np.array([0, 1, 0]))
     grads = model.backward(cache)
     assert np.all(np.isfinite(out.last_hidden_state)) and np.isfinite(float(out.loss))
     assert all(np.all(np.isfinite(g)) for g in grads.values())

@@ -45,6 +45,7 @@ def test_batch_larger_than_data():
 
 
 # ------------------------------------------------------------------------------ exact resume
+@pytest.mark.slow
 def test_resume_is_bitwise_exact(tmp_path):
     straight = make_trainer(tmp_path / "a")
     straight.train()
@@ -151,6 +152,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------------------ learning
+@pytest.mark.slow
 def test_pretraining_overfits_a_small_set(tmp_path):
     data = pretraining_arrays(8)
     model = BertForPreTraining(tiny_config(hidden_dropout_prob=0.0,
@@ -166,6 +168,7 @@ def test_pretraining_overfits_a_small_set(tmp_path):
     assert r.evals[-1]["mlm_acc"] > r.evals[0]["mlm_acc"] + 0.3
 
 
+@pytest.mark.slow
 def test_classification_learns_a_separable_task(tmp_path):
     rng = np.random.default_rng(0)
     n = 32

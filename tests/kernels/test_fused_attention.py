@@ -283,6 +283,7 @@ def test_all_padding_sequence_gives_zeros_and_no_nan(dtype):
 # --------------------------------------------------------------------------- threads and state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mod", TILED)
 def test_parallel_and_serial_give_the_same_bits(monkeypatch, mod):
     """Each output element is written by exactly one task, with no reduction across

@@ -3,8 +3,9 @@
 Every test runs twice: on the readable (textbook) op under ``readable_ops()`` and with the
 kernels on, where the op's default ``implementation="auto"`` hands NumPy float arrays to the
 fused CPU kernel (tested against the textbook op in tests/kernels/test_fused_attention.py)
-and CuPy float arrays to the CUDA kernel (tests/kernels/test_attention_cuda.py). Tests of what only the textbook op keeps (the
-probabilities, the keep-mask) ask for it with ``implementation="eager"``.
+and CuPy float arrays to the CUDA kernel (tests/kernels/test_attention_cuda.py). Tests of
+what only the textbook op keeps (the probabilities, the keep-mask) ask for it with
+``implementation="eager"``.
 """
 import functools
 import math
@@ -135,8 +136,9 @@ def test_padded_keys_do_not_change_real_outputs(xp, dtype):
     # Same math, different summation lengths: only the rounding of sums differs (a few eps).
     tol = 16 * float(np.finfo(dtype).eps)
     assert_close("context", ctx_l[:, :, :S], ctx_s, atol=tol, rtol=tol)
-    assert_close("probs", attention.probabilities(cache_l)[:, :, :S, :S], attention.probabilities(cache_s), atol=tol, rtol=tol)
-    assert bool(xp.all(attention.probabilities(cache_l)[..., S:] == 0)), "appended padded keys got probability"
+    probs_l = attention.probabilities(cache_l)
+    assert_close("probs", probs_l[:, :, :S, :S], attention.probabilities(cache_s), atol=tol, rtol=tol)
+    assert bool(xp.all(probs_l[..., S:] == 0)), "appended padded keys got probability"
     for name, a, b in zip("qkv", g_l, g_s):
         assert_close(f"d{name}", a[:, :, :S], b, atol=tol, rtol=tol)
     for name, g in zip("kv", g_l[1:]):
@@ -168,7 +170,8 @@ def test_float32_matches_float64(xp):
     assert c32.dtype == np.float32 and all(g.dtype == np.float32 for g in g32)
     tol = 8 * math.sqrt(S + D) * EPS32
     assert_close("context", c32, c64, atol=tol, rtol=tol)
-    assert_close("probs", attention.probabilities(cache32), attention.probabilities(cache64), atol=tol, rtol=tol)
+    assert_close("probs", attention.probabilities(cache32), attention.probabilities(cache64),
+                 atol=tol, rtol=tol)
     for name, a, b in zip("qkv", g32, g64):
         scale = float(np.abs(to_np(b)).max())
         assert_close(f"d{name}", a, b, atol=tol * scale, rtol=tol)
@@ -327,7 +330,8 @@ def test_hypothesis_matches_float64_reference(xp, prob):
     dctx = xp.ones_like(ctx)
     grads = attention.backward(dctx, cache)
     assert ctx.dtype == dtype
-    named = [("context", ctx), ("probs", attention.probabilities(cache))] + list(zip(("dq", "dk", "dv"), grads))
+    named = [("context", ctx), ("probs", attention.probabilities(cache))]
+    named += list(zip(("dq", "dk", "dv"), grads))
     for name, x in named:
         assert bool(xp.all(xp.isfinite(x))), f"{name} has non-finite entries"
 
