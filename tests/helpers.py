@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 
+import minibert
 from minibert import BertConfig
 from minibert.params import FlatParams, ParamSpec
 
@@ -53,21 +54,31 @@ def rms_error(a, ref) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, dtype=np.float64) - ref) ** 2)))
 
 
-def assert_as_accurate_as_textbook(label, names, got, book, ref, factor=1.25):
+def assert_as_accurate_as_textbook(label, names, got, book, ref, factor=1.25, floor_rel=0.0,
+                                   book_label="textbook"):
     """Tensor by tensor: ``got`` is float32 and its RMS error against the float64 ``ref``
-    is at most ``factor`` times that of ``book``, the textbook op's float32 result on the
-    same inputs (``label`` names the code under test in the message)."""
+    is at most ``factor`` times that of ``book``, the readable (textbook) op's float32
+    result on the same inputs, plus ``floor_rel`` times the RMS of ``ref`` (0: no floor).
+    ``label`` and ``book_label`` name the two in the message."""
     for name, a, t, e in zip(names, got, book, ref):
         assert a.dtype == np.float32, name
         err, book_err = rms_error(a, e), rms_error(t, e)
-        assert err <= factor * book_err, (f"{name}: {label} float32 RMS error {err:.3e} > {factor} x "
-                                          f"the textbook float32 RMS error {book_err:.3e}")
+        floor = floor_rel * float(np.sqrt(np.mean(e ** 2)))
+        assert err <= factor * book_err + floor, (
+            f"{name}: {label} float32 RMS error {err:.3e} > {factor} x the {book_label} float32 RMS "
+            f"error {book_err:.3e}" + (f" + {floor:.1e}" if floor_rel else ""))
 
 
 # ----------------------------------------------------------------------------- tiny models
 # Small enough for a float64 check of every parameter in a second; odd sizes on purpose.
 TINY = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
             intermediate_size=17, max_position_embeddings=16, type_vocab_size=2, num_labels=3)
+
+
+# the encoder and every head, for tests that hold for all of them
+MODEL_CLASSES = [minibert.BertModel, minibert.BertForPreTraining, minibert.BertForSequenceClassification,
+                 minibert.BertForTokenClassification, minibert.BertForQuestionAnswering,
+                 minibert.BertForMultipleChoice]
 
 
 def tiny_config(**kw):
@@ -228,7 +239,6 @@ def corpus_lines() -> list[str]:
 # ----------------------------------------------------------------------------- import graph
 def minibert_modules():
     """module name -> source path, for minibert and its subpackages (kernels included)."""
-    import minibert
     root = pathlib.Path(minibert.__file__).resolve().parent          # the installed package
     out = {}
     for path in root.rglob("*.py"):

@@ -59,16 +59,21 @@ def test_pretrain_writes_a_complete_run(run_dir):
             "vocab.txt", "tokenizer_config.json"} <= set(os.listdir(ck))
 
 
+def _assert_same_weights_and_optimizer(run_a, run_b, checkpoint):
+    """The two runs' ``checkpoint`` holds the same model and optimizer bytes."""
+    fa = tree_bytes(os.path.join(run_a, checkpoint))
+    fb = tree_bytes(os.path.join(run_b, checkpoint))
+    assert fa["model.safetensors"] == fb["model.safetensors"]
+    assert fa["optimizer.npz"] == fb["optimizer.npz"]
+
+
 @pytest.mark.slow
 def test_pretrain_resume_matches_straight_run(corpus, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert main(["pretrain", "--corpus", corpus, "--out", a, *SMALL]) == 0
     assert main(["pretrain", "--corpus", corpus, "--out", b, *SMALL, "--stop-at", "2"]) == 0
     assert main(["pretrain", "--corpus", corpus, "--out", b, *SMALL, "--resume"]) == 0
-    fa = tree_bytes(os.path.join(a, "checkpoint-0000004"))
-    fb = tree_bytes(os.path.join(b, "checkpoint-0000004"))
-    assert fa["model.safetensors"] == fb["model.safetensors"]
-    assert fa["optimizer.npz"] == fb["optimizer.npz"]
+    _assert_same_weights_and_optimizer(a, b, "checkpoint-0000004")
 
 
 @pytest.mark.slow
@@ -167,10 +172,7 @@ def test_bert_recipe_runs_and_resumes_exactly(corpus, tmp_path, capsys):
     assert "most-frequent-token baseline" in out and "NSP accuracy" in out and "tokens/s" in out
     assert main([*args, "--out", b, "--stop-at", "2"]) == 0
     assert main([*args, "--out", b, "--resume"]) == 0
-    fa = tree_bytes(os.path.join(a, "checkpoint-0000004"))
-    fb = tree_bytes(os.path.join(b, "checkpoint-0000004"))
-    assert fa["model.safetensors"] == fb["model.safetensors"]
-    assert fa["optimizer.npz"] == fb["optimizer.npz"]
+    _assert_same_weights_and_optimizer(a, b, "checkpoint-0000004")
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 from minibert.gradcheck import check_op
 from minibert.kernels import gelu_cpu
 from minibert.ops import Fused, gelu, readable_ops
-from tests.helpers import assert_close_to_scale, rms_error
+from tests.helpers import assert_as_accurate_as_textbook, assert_close_to_scale
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 APPROXIMATIONS = ["none", "tanh"]
@@ -126,13 +126,8 @@ def test_float32_as_accurate_as_readable(approximate, shape, scale):
     ref = _readable(x.astype(np.float64), b.astype(np.float64), dy.astype(np.float64), approximate)
     book = _readable(x, b, dy, approximate)
     got, _ = _run(x, b, dy, approximate)
-    for name, a, t, e in zip(NAMES, got, book, ref):
-        assert a.dtype == np.float32, name
-        err, book_err = rms_error(a, e), rms_error(t, e)
-        floor = 0.5 * EPS32 * float(np.sqrt(np.mean(e ** 2)))
-        assert err <= 1.25 * book_err + floor, (
-            f"{name}: kernel float32 RMS error {err:.3e} > 1.25 x the readable float32 RMS "
-            f"error {book_err:.3e} + {floor:.1e}")
+    assert_as_accurate_as_textbook("kernel", NAMES, got, book, ref, factor=1.25, floor_rel=0.5 * EPS32,
+                                   book_label="readable")
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

@@ -14,7 +14,7 @@ import pytest
 from minibert.gradcheck import check_op
 from minibert.kernels import layernorm_cpu
 from minibert.ops import Fused, layernorm, readable_ops
-from tests.helpers import assert_close_to_scale, rms_error
+from tests.helpers import assert_as_accurate_as_textbook, assert_close_to_scale
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 EPS32 = float(np.finfo(np.float32).eps)
@@ -95,13 +95,8 @@ def test_float32_as_accurate_as_readable(shape, residual, shift):
     ref = _readable(*(_cast(a, np.float64) for a in (x, w, b, res, dy)))
     book = _readable(x, w, b, res, dy)
     got, _ = _run(x, w, b, res, dy)
-    for name, a, t, e in zip(NAMES, got, book, ref):
-        assert a.dtype == np.float32, name
-        err, book_err = rms_error(a, e), rms_error(t, e)
-        floor = 0.5 * EPS32 * float(np.sqrt(np.mean(e ** 2)))
-        assert err <= 1.25 * book_err + floor, (
-            f"{name}: kernel float32 RMS error {err:.3e} > 1.25 x the readable float32 RMS "
-            f"error {book_err:.3e} + {floor:.1e}")
+    assert_as_accurate_as_textbook("kernel", NAMES, got, book, ref, factor=1.25, floor_rel=0.5 * EPS32,
+                                   book_label="readable")
 
 
 # --------------------------------------------------------------------------- gradients
