@@ -514,6 +514,7 @@ def test_fill_mask_without_masked_lm_head_is_one_line_exit_2(layouts, layout, tm
     assert _listing(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_finetune_from_a_checkpoint_without_pooler(layouts, tmp_path, capsys):
     data = tmp_path / "data.csv"
     rows = ["text,label"] + [f"{'the first element' if i % 2 else 'open the file'} {i},{i % 2}"

@@ -87,6 +87,7 @@ def test_launch_without_mpi4py_is_refused(monkeypatch):
     monkeypatch.setattr(dist, "_WORLD", None)
 
 
+@pytest.mark.slow
 def test_minibert_runs_without_mpi4py():
     code = ("import sys; sys.modules['mpi4py'] = None\n"
             "import numpy as np, minibert, minibert.distributed as d\n"
