@@ -64,6 +64,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data(tmp_path):
     make_trainer(tmp_path, steps=4).train(stop_at=2)
     other = make_trainer(tmp_path, steps=4, data=pretraining_arrays(seed=5))
@@ -91,6 +92,7 @@ def test_resume_without_checkpoint_is_clear(tmp_path):
 
 
 # ------------------------------------------------------------------------------ checkpoints
+@pytest.mark.slow
 def test_checkpoint_contents_and_pruning(tmp_path):
     t = make_trainer(tmp_path, steps=6)
     t.train()
