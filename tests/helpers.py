@@ -10,7 +10,9 @@ import re
 import numpy as np
 
 import minibert
-from minibert import BertConfig
+from minibert import BertConfig, BertForPreTraining, gradcheck
+from minibert.backend import to_numpy
+from minibert.optim import AdamW
 from minibert.params import FlatParams, ParamSpec
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -119,7 +121,6 @@ def encoder_gradcheck(model, dlast, dpool, **inputs):
     directions of all its parameters, for the loss <last_hidden_state, dlast> +
     <pooler_output, dpool> of ``model.forward(**inputs)``, every evaluation with the same
     dropout masks."""
-    from minibert import gradcheck
     state = model.rng_state()
 
     def loss():
@@ -147,9 +148,6 @@ def pretraining_step(device, dtype, lengths, n_predictions, seed=0, repeated_ids
     given real lengths, ``n_predictions`` masked positions a row among the first
     ``min(lengths)``: (loss, parameters after AdamW, gradients, module of the loss's type).
     ``repeated_ids`` repeats a token id so the embedding's scatter-add must sum."""
-    from minibert import BertForPreTraining
-    from minibert.backend import to_numpy
-    from minibert.optim import AdamW
     cfg = BertConfig.preset("tiny")
     model = BertForPreTraining(cfg, dtype=dtype, seed=seed, device=device)
     xp = model.xp
@@ -157,7 +155,7 @@ def pretraining_step(device, dtype, lengths, n_predictions, seed=0, repeated_ids
     B, S, P = len(lengths), max(lengths), n_predictions
     ids = r.integers(5, cfg.vocab_size, (B, S))
     if repeated_ids:
-        ids[1, 2] = ids[1, 3] = ids[0, 1]
+        ids[1, 2] = ids[1, 3] = ids[0, 1]                  # repeated ids: the scatter-add sums
     mask = (np.arange(S)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
     out, cache = model.forward(xp.asarray(ids), attention_mask=xp.asarray(mask),
                                token_type_ids=xp.zeros((B, S), dtype=np.int64),
