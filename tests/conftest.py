@@ -1,5 +1,6 @@
-"""Shared fixtures: the backend grid (NumPy always, CuPy where a GPU answers) and the
-hypothesis profiles (a derandomized one for CI)."""
+"""Shared fixtures: the backend grid (NumPy always, CuPy where a GPU answers), the
+kernels/readable grid of the ops, and the hypothesis profiles (a derandomized one for CI).
+Plain helper functions live in ``tests/helpers.py``."""
 import os
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from minibert.backend import gpu_available
+from minibert.ops import readable_ops
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -34,3 +36,12 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=["kernels", "readable"])
+def ops_mode(request):
+    """Run the test on the default path (the kernels) and on the readable ops (under
+    ``readable_ops()``); the value is the mode's name. A module whose every test runs in both
+    modes says ``pytestmark = pytest.mark.usefixtures("ops_mode")``."""
+    with readable_ops(request.param == "readable"):
+        yield request.param

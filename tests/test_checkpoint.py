@@ -14,7 +14,7 @@ from minibert import (
     from_pretrained,
 )
 from minibert.checkpoint import read_state_dict
-from tests.helpers import assert_close
+from tests.helpers import assert_close, import_graph
 
 SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
              intermediate_size=24, max_position_embeddings=20)
@@ -56,8 +56,7 @@ def test_free_from_pretrained_defaults_to_bert_model(tmp_path):
 def test_checkpoint_imports_no_model_class():
     """checkpoint.py sits below the models (they inherit its mixin): it must not import
     model.py or heads.py, not even inside a function."""
-    from tests.test_imports import _graph
-    imported = {target for target, _, _ in _graph()["minibert.checkpoint"]}
+    imported = {target for target, _, _ in import_graph()["minibert.checkpoint"]}
     assert not imported & {"minibert.model", "minibert.heads"}, imported
 
 
@@ -151,6 +150,7 @@ def _hf_config(transformers, **kw):
     return transformers.BertConfig(**{**SMALL, **kw}, attn_implementation="eager")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_bin"])
 def test_load_transformers_checkpoint(tmp_path, rng, safe):
     torch, transformers = _hf()
@@ -167,6 +167,7 @@ def test_load_transformers_checkpoint(tmp_path, rng, safe):
     assert np.array_equal(enc.store.data, m.bert.store.data[:enc.store.size])
 
 
+@pytest.mark.slow
 def test_transformers_loads_ours_without_warnings(tmp_path, rng):
     torch, transformers = _hf()
     m = BertForPreTraining(BertConfig(**SMALL), seed=4)

@@ -225,14 +225,19 @@ def test_tensors_match_transformers(layouts, layout, cls, dtype):
 
 
 # ------------------------------------------------------------------ logit by logit
+def _load_and_run(lay, cls, dtype):
+    """(layout, model, outputs, inputs): ``cls`` loaded from the layout's directory in
+    ``dtype`` and run on the test batch."""
+    ids, mask, tt = _inputs()
+    model = cls.from_pretrained(lay.path, dtype=dtype)
+    return lay, model, model(ids, attention_mask=mask, token_type_ids=tt), (ids, mask, tt)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype,atol", [(np.float32, ATOL32), (np.float64, ATOL64)],
                          ids=["float32", "float64"])
 def test_encoder_outputs_match_transformers(layouts, layout, dtype, atol):
-    lay = layouts[layout]
-    ids, mask, tt = _inputs()
-    model = BertModel.from_pretrained(lay.path, dtype=dtype)
-    out = model(ids, attention_mask=mask, token_type_ids=tt)
+    lay, model, out, (ids, mask, tt) = _load_and_run(layouts[layout], BertModel, dtype)
     ref_h, ref_pooled = lay.encoder_outputs(ids, mask, tt, double=dtype == np.float64)
     assert_close("last_hidden_state", _masked(out.last_hidden_state, mask), _masked(ref_h, mask),
                  atol=atol)
@@ -246,10 +251,7 @@ def test_encoder_outputs_match_transformers(layouts, layout, dtype, atol):
 @pytest.mark.parametrize("dtype,atol", [(np.float32, ATOL32), (np.float64, ATOL64)],
                          ids=["float32", "float64"])
 def test_masked_lm_logits_match_transformers(layouts, layout, dtype, atol):
-    lay = layouts[layout]
-    ids, mask, tt = _inputs()
-    model = BertForMaskedLM.from_pretrained(lay.path, dtype=dtype)
-    out = model(ids, attention_mask=mask, token_type_ids=tt)
+    lay, model, out, (ids, mask, tt) = _load_and_run(layouts[layout], BertForMaskedLM, dtype)
     ref = lay.mlm_logits(ids, mask, tt, double=dtype == np.float64)
     assert out.logits.shape == ref.shape == (3, 9, len(WORDS))
     assert_close("logits", _masked(out.logits, mask), _masked(ref, mask), atol=atol)
@@ -512,6 +514,7 @@ def test_fill_mask_without_masked_lm_head_is_one_line_exit_2(layouts, layout, tm
     assert _listing(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_finetune_from_a_checkpoint_without_pooler(layouts, tmp_path, capsys):
     data = tmp_path / "data.csv"
     rows = ["text,label"] + [f"{'the first element' if i % 2 else 'open the file'} {i},{i % 2}"

@@ -18,12 +18,14 @@ def test_params_pretraining_large(capsys):
     assert "110,106,428" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_gradcheck_table(capsys):
     assert main(["gradcheck"]) == 0
     out = capsys.readouterr().out
     assert "attention (mask, dropout)" in out and "BertForPreTraining" in out and "0 failed" in out
 
 
+@pytest.mark.slow
 def test_demo_small(capsys):
     assert main(["demo", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16"]) == 0
     out = capsys.readouterr().out

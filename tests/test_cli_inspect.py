@@ -51,6 +51,7 @@ def _inspect(capsys, checkpoint, out, *more):
     return rc, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_inspect_a_minibert_run(run_dir, tmp_path, capsys):
     out = tmp_path / "insp"
     rc, cap = _inspect(capsys, run_dir, out, "--pair", "paris is a city .")
@@ -79,6 +80,7 @@ def test_inspect_a_minibert_run(run_dir, tmp_path, capsys):
     assert rc == 0, cap.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls_name, safe", [("BertForPreTraining", False),
                                             ("BertForMaskedLM", True)])
 def test_inspect_a_hugging_face_directory(tmp_path, capsys, cls_name, safe):
@@ -91,6 +93,7 @@ def test_inspect_a_hugging_face_directory(tmp_path, capsys, cls_name, safe):
     assert "logit lens" in cap.out and (out / "attention_grid.png").is_file()
 
 
+@pytest.mark.slow
 def test_inspect_a_classifier_and_data(tmp_path, capsys):
     path = _hf_dir(tmp_path, "BertForSequenceClassification", True, num_labels=3)
     data = tmp_path / "held_out.txt"
@@ -141,6 +144,7 @@ def test_param_groups():
         InternalsMonitor(0, "x")
 
 
+@pytest.mark.slow
 def test_pretrain_log_internals_then_inspect_the_run(tmp_path, capsys):
     """The real command end to end: a tiny pretraining run logging its internals, then
     ``inspect`` on the run directory it wrote."""

@@ -50,6 +50,7 @@ def one_line_error(capsys, argv, needle, code=2):
 
 
 # ------------------------------------------------------------------------------ the main path
+@pytest.mark.slow
 def test_pretrain_writes_a_complete_run(run_dir):
     names = set(os.listdir(run_dir))
     assert {"vocab.txt", "latest", "loss_curve.png", "checkpoint-0000004"} <= names
@@ -58,17 +59,24 @@ def test_pretrain_writes_a_complete_run(run_dir):
             "vocab.txt", "tokenizer_config.json"} <= set(os.listdir(ck))
 
 
+def _assert_same_weights_and_optimizer(run_a, run_b, checkpoint):
+    """The two runs' ``checkpoint`` holds the same model and optimizer bytes."""
+    fa = tree_bytes(os.path.join(run_a, checkpoint))
+    fb = tree_bytes(os.path.join(run_b, checkpoint))
+    assert fa["model.safetensors"] == fb["model.safetensors"]
+    assert fa["optimizer.npz"] == fb["optimizer.npz"]
+
+
+@pytest.mark.slow
 def test_pretrain_resume_matches_straight_run(corpus, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert main(["pretrain", "--corpus", corpus, "--out", a, *SMALL]) == 0
     assert main(["pretrain", "--corpus", corpus, "--out", b, *SMALL, "--stop-at", "2"]) == 0
     assert main(["pretrain", "--corpus", corpus, "--out", b, *SMALL, "--resume"]) == 0
-    fa = tree_bytes(os.path.join(a, "checkpoint-0000004"))
-    fb = tree_bytes(os.path.join(b, "checkpoint-0000004"))
-    assert fa["model.safetensors"] == fb["model.safetensors"]
-    assert fa["optimizer.npz"] == fb["optimizer.npz"]
+    _assert_same_weights_and_optimizer(a, b, "checkpoint-0000004")
 
 
+@pytest.mark.slow
 def test_fill_mask_and_encode(run_dir, capsys):
     assert main(["fill-mask", run_dir, "Return the [MASK] of the list.", "--top-k", "3"]) == 0
     out = capsys.readouterr().out
@@ -80,6 +88,7 @@ def test_fill_mask_and_encode(run_dir, capsys):
     assert "tokens" in out and "[CLS]" in out and "pooled output: dim 128" in out
 
 
+@pytest.mark.slow
 def test_finetune_from_the_run(run_dir, tmp_path, capsys):
     rows = ["text,label"]
     rng = np.random.default_rng(0)
@@ -134,7 +143,8 @@ def test_bad_pretrain_options(args, needle, tmp_path, capsys):
     (["--recipe", "fast", "--dupe-factor", "2"], "dupe_factor=2 contradicts masking='dynamic'"),
     (["--steps", "10", "--warmup-steps", "20"], "warmup_steps=20 contradicts steps=10"),
     (["--vocab", "v.txt", "--vocab-size", "300"], "vocab_size=300 contradicts vocab='v.txt'"),
-    (["--seq-len", "16", "--max-predictions-per-seq", "15"], "max_predictions_per_seq=15 contradicts seq_len=16"),
+    (["--seq-len", "16", "--max-predictions-per-seq", "15"],
+     "max_predictions_per_seq=15 contradicts seq_len=16"),
     (["--masked-lm-prob", "1.5"], "masked_lm_prob=1.5"),
     (["--dropout", "1"], "dropout=1.0"),
     (["--recipe", "nope"], "invalid choice"),
@@ -150,6 +160,7 @@ def test_contradicting_recipe_flags(args, needle, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_bert_recipe_runs_and_resumes_exactly(corpus, tmp_path, capsys):
     """The original recipe (static masks, NSP, dropout) stays available and exact on resume;
     the summary prints the baseline beside the accuracy, and NSP accuracy."""
@@ -161,12 +172,10 @@ def test_bert_recipe_runs_and_resumes_exactly(corpus, tmp_path, capsys):
     assert "most-frequent-token baseline" in out and "NSP accuracy" in out and "tokens/s" in out
     assert main([*args, "--out", b, "--stop-at", "2"]) == 0
     assert main([*args, "--out", b, "--resume"]) == 0
-    fa = tree_bytes(os.path.join(a, "checkpoint-0000004"))
-    fb = tree_bytes(os.path.join(b, "checkpoint-0000004"))
-    assert fa["model.safetensors"] == fb["model.safetensors"]
-    assert fa["optimizer.npz"] == fb["optimizer.npz"]
+    _assert_same_weights_and_optimizer(a, b, "checkpoint-0000004")
 
 
+@pytest.mark.slow
 def test_default_recipe_reports_the_baseline(run_dir, capsys):
     import json
     with open(os.path.join(run_dir, "checkpoint-0000004", "trainer_state.json")) as fh:
@@ -175,6 +184,7 @@ def test_default_recipe_reports_the_baseline(run_dir, capsys):
     assert 0 < ev["mlm_baseline"] < 1 and "mlm_acc" in ev
 
 
+@pytest.mark.slow
 def test_existing_run_is_untouched(run_dir, corpus, capsys):
     before = tree_bytes(run_dir)
     one_line_error(capsys, ["pretrain", "--corpus", corpus, "--out", run_dir, *SMALL],
@@ -182,6 +192,7 @@ def test_existing_run_is_untouched(run_dir, corpus, capsys):
     assert tree_bytes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_bad_checkpoints(run_dir, tmp_path, capsys):
     one_line_error(capsys, ["fill-mask", str(tmp_path / "missing"), "a [MASK]"], "missing")
     one_line_error(capsys, ["encode", str(tmp_path / "missing"), "a b"], "missing")

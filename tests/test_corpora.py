@@ -158,6 +158,7 @@ def test_stdlib_skip_rules(tmp_path):
         stdlib_documents(max_files=0, root=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_stdlib_documents():
     """The built-in corpus. Lower bounds only: counts vary across Python versions (CPython
     3.11 gives about 500 documents, 20,000 sentences, 250,000 words)."""

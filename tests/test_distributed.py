@@ -88,6 +88,7 @@ def test_launch_without_mpi4py_is_refused(monkeypatch):
     monkeypatch.setattr(dist, "_WORLD", None)
 
 
+@pytest.mark.slow
 def test_minibert_runs_without_mpi4py():
     code = ("import sys; sys.modules['mpi4py'] = None\n"
             "import numpy as np, minibert, minibert.distributed as d\n"
@@ -394,10 +395,12 @@ def run_ranks(n, *args, timeout=120, check=True):
     return p
 
 
+@pytest.mark.slow
 def test_two_ranks_collectives():
     assert "ok collectives on 2 ranks" in run_ranks(2, "collectives").stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_two_ranks_equal_one_rank_by_hand(dtype, tmp_path):
     """5 steps written out with the primitives (broadcast, slice, weighted backward,
@@ -420,6 +423,7 @@ def _params(run_dir):
             read_trainer_state(ckpt))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_two_ranks_train_as_one(dtype, tmp_path):
     """The Trainer, 5 steps, dropout and clipping on, held-out evaluations split over the
@@ -440,6 +444,7 @@ def test_two_ranks_train_as_one(dtype, tmp_path):
     assert len(s1["evals"]) == 4                       # steps 0, 2, 4 and 5
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_job(tmp_path):
     """Rank 1 raises at step 4: the job exits non-zero within seconds (MPI_Abort), the
     message names the rank and the reason, and the checkpoint of step 2 is complete and
@@ -470,6 +475,7 @@ def run_command(n, *args, timeout=180):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
 
 
+@pytest.mark.slow
 def test_pretrain_command_on_two_ranks(tmp_path):
     """``mpiexec -n 2 minibert pretrain``: rank 0 alone prints and writes; a batch size that
     does not divide by the ranks is one line and exit status 2, before anything is written."""
@@ -486,6 +492,7 @@ def test_pretrain_command_on_two_ranks(tmp_path):
     assert not os.path.exists(tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_info_shows_mpi():
     p = run_command(2, "info")
     assert p.returncode == 0, p.stderr

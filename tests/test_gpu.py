@@ -9,11 +9,9 @@ and model tests run over CuPy through the ``xp`` fixture)::
 import numpy as np
 import pytest
 
-from minibert import BertConfig, BertForPreTraining
-from minibert.backend import gpu_available, to_numpy
+from minibert.backend import gpu_available
 from minibert.ops import attention, readable_ops
-from minibert.optim import AdamW
-from tests.helpers import assert_close
+from tests.helpers import assert_close, pretraining_step
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not gpu_available(), reason="no CUDA device answers "
@@ -65,22 +63,7 @@ def test_cuda_kernel_at_bert_sizes(shape, dtype):
 
 def _step(device, dtype, seed=0):
     """One pretraining step with dropout on ``device``: (loss, updated parameters, grads)."""
-    cfg = BertConfig.preset("tiny")
-    model = BertForPreTraining(cfg, dtype=dtype, seed=seed, device=device)
-    xp = model.xp
-    r = np.random.default_rng(1)
-    B, S, P = 4, 32, 5
-    ids = r.integers(5, cfg.vocab_size, (B, S))
-    mask = (np.arange(S)[None, :] < np.array([32, 20, 9, 32])[:, None]).astype(np.int64)
-    out, cache = model.forward(xp.asarray(ids), attention_mask=xp.asarray(mask),
-                               token_type_ids=xp.zeros((B, S), dtype=np.int64),
-                               masked_lm_positions=xp.asarray(r.integers(0, 9, (B, P))),
-                               masked_lm_ids=xp.asarray(r.integers(5, cfg.vocab_size, (B, P))),
-                               next_sentence_labels=xp.asarray(r.integers(0, 2, B)),
-                               training=True)
-    grads = {n: to_numpy(g).copy() for n, g in model.backward(cache).items()}
-    AdamW(model.store, lr=1e-3).step()
-    return float(out.loss), to_numpy(model.store.data).copy(), grads
+    return pretraining_step(device, dtype, lengths=(32, 20, 9, 32), n_predictions=5, seed=seed)[:3]
 
 
 def test_training_step_cpu_and_gpu_agree():

@@ -130,6 +130,7 @@ def minibert_run(model_dir, data, tc, dtype, tmp_path):
     return np.array([trainer.train_step()["loss"] for _ in range(tc.steps)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["bert", "torch"])
 def test_loss_curve_matches_transformers(tmp_path, variant):
     torch.manual_seed(0)
@@ -145,7 +146,8 @@ def test_loss_curve_matches_transformers(tmp_path, variant):
     hf64 = hf_run(model_dir, data, tc, torch.float64)
     mb64 = minibert_run(model_dir, data, tc, np.float64, tmp_path)
     rel64 = np.abs(mb64 - hf64) / np.abs(hf64)
-    assert rel64.max() <= 1e-9, f"float64 loss curves differ: {rel64.max():.2e} at step {rel64.argmax() + 1}\n{mb64}\n{hf64}"
+    assert rel64.max() <= 1e-9, (f"float64 loss curves differ: {rel64.max():.2e} at step "
+                                 f"{rel64.argmax() + 1}\n{mb64}\n{hf64}")
     assert hf64[-1] < hf64[0] - 0.05, f"the run does not train: {hf64}"
 
     hf32 = hf_run(model_dir, data, tc, torch.float32)

@@ -8,50 +8,8 @@ before any of its submodules is not an edge (otherwise every module would sit in
 with ``minibert/__init__.py``, which imports the public names of the whole library).
 """
 import ast
-import pathlib
 
-import minibert
-
-ROOT = pathlib.Path(minibert.__file__).resolve().parent          # the installed package
-
-
-def _modules():
-    """module name -> source path, for minibert and its subpackages (kernels included)."""
-    out = {}
-    for path in ROOT.rglob("*.py"):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        name = ".".join(("minibert",) + parts)
-        out[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path
-    return out
-
-
-def _edges(name, path, modules):
-    """(target module, imported names, line) for every import statement in ``path``."""
-    is_pkg = path.name == "__init__.py"
-    package = name if is_pkg else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name in modules:
-                    yield alias.name, [], node.lineno
-        elif isinstance(node, ast.ImportFrom):
-            base = package
-            for _ in range(max(node.level - 1, 0)):
-                base = base.rpartition(".")[0]
-            target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
-            if target not in modules:
-                continue
-            for alias in node.names:
-                sub = f"{target}.{alias.name}"
-                if sub in modules:
-                    yield sub, [], node.lineno
-                else:
-                    yield target, [alias.name], node.lineno
-
-
-def _graph():
-    modules = _modules()
-    return {name: list(_edges(name, path, modules)) for name, path in modules.items()}
+from tests.helpers import import_graph, minibert_modules
 
 
 def _cycles(graph):
@@ -85,13 +43,13 @@ def _cycles(graph):
 
 
 def test_the_graph_sees_the_layers():
-    g = _graph()
+    g = import_graph()
     assert "minibert.kernels" in g and "minibert.ops.layernorm" in g and "minibert.model" in g
     assert any(t == "minibert.ops.linear" for t, _, _ in g["minibert.model"])
 
 
 def test_no_import_cycle():
-    g = _graph()
+    g = import_graph()
     cycles = _cycles(g)
     detail = [[(a, b, line) for a in c for b, _, line in g[a] if b in c] for c in cycles]
     assert not cycles, f"import cycles (module, imports, line): {detail}"
@@ -101,7 +59,7 @@ def test_no_private_name_crosses_a_layer():
     """A module may import an underscore name only from its own package: ops do not reach
     into kernels' privates or the reverse, nor anything into checkpoint's."""
     bad = []
-    for name, edges in _graph().items():
+    for name, edges in import_graph().items():
         for target, names, line in edges:
             same_package = target.rpartition(".")[0] == name.rpartition(".")[0] or \
                 target == name.rpartition(".")[0]
@@ -112,13 +70,13 @@ def test_no_private_name_crosses_a_layer():
 
 
 def test_production_code_imports_no_ladder_rung():
-    bad = [f"{name}:{line} imports {target}" for name, edges in _graph().items()
+    bad = [f"{name}:{line} imports {target}" for name, edges in import_graph().items()
            if ".ladder" not in name for target, _, line in edges if ".ladder" in target]
     assert not bad, bad
 
 
 def test_ops_import_nothing_from_kernels_at_module_level():
-    modules = _modules()
+    modules = minibert_modules()
     bad = []
     for name, path in modules.items():
         if not name.startswith("minibert.ops"):

@@ -16,10 +16,15 @@ from minibert import (
     BertModel,
     gradcheck,
 )
-from tests.helpers import assert_close
-
-# the model tests' batch, perturbation, frozen dropout and kernels/readable fixture
-from tests.test_model import batch, frozen_dropout, ops_mode, perturb  # noqa: F401 (fixture)
+from tests.helpers import (
+    assert_close,
+    batch,
+    frozen_dropout,
+    hf_twin,
+    perturb,
+    pretraining_arrays,
+    train_config,
+)
 
 # odd sizes on purpose; small enough for float64 checks of every head-mask entry
 TINY = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
@@ -40,6 +45,7 @@ def hf_config(transformers, config):
 
 
 # ----------------------------------------------------------------- head_mask, inputs_embeds
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 def test_head_mask_and_inputs_embeds_gradcheck(rng, training, ops_mode):
     """BertModel: every head-mask entry (full mode: one entry at a time) and the embeddings
@@ -132,6 +138,7 @@ def _head_runs(rng):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["pretraining", "masked_lm", "sequence_classification",
                                   "token_classification", "question_answering", "multiple_choice"])
 def test_every_head_passes_head_mask_and_inputs_embeds(rng, head):
@@ -175,15 +182,14 @@ def test_bad_head_mask_and_inputs_embeds(kwargs, match):
         head(**kw)
 
 
+@pytest.mark.slow
 def test_inputs_embeds_matches_live_hugging_face(rng):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     cfg = tiny_config()
     model = BertModel(cfg, dtype=np.float64, seed=4)
     perturb(model, rng)
-    hf = transformers.BertModel(hf_config(transformers, cfg)).double().eval()
-    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()},
-                       strict=False)
+    hf = hf_twin(torch, transformers, model, hf_config(transformers, cfg))
     ids, mask, tt = batch(rng)
     embeds = rng.standard_normal((3, 7, H))
     with torch.no_grad():
@@ -197,6 +203,7 @@ def test_inputs_embeds_matches_live_hugging_face(rng):
 from minibert import internals  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 def test_attention_maps_match_eager_outputs_and_live_hugging_face(rng, dtype, tol):
     cfg = tiny_config(attn_implementation="eager")
@@ -455,13 +462,12 @@ def test_bad_input(rng):
 
 
 # ----------------------------------------------------------------- gradient flow in training
+@pytest.mark.slow
 def test_internals_monitor_logs_what_the_step_did(tmp_path):
     """Every 2nd step: group gradient norms whose total is the trainer's (unclipped) norm,
     update ratios from the parameters before and after, activations, entropies; the run's
     parameters are bit for bit those of a run without the monitor."""
     from minibert.train import TrainConfig, Trainer
-    from tests.test_train import pretraining_arrays
-    from tests.test_train import tiny_config as train_config
     data = pretraining_arrays()
     params = []
     for monitor in (None, internals.InternalsMonitor(2, tmp_path / "a")):
@@ -487,6 +493,7 @@ def test_internals_monitor_logs_what_the_step_did(tmp_path):
     assert all(0 <= e <= np.log(16) for e in r["attn_entropy"]["layer.0"])
 
 
+@pytest.mark.slow
 def test_head_mask_matches_live_hugging_face_4(rng):
     """Where the installed transformers still takes head_mask (4.x; 5.x removed it): the
     same outputs and attentions for the same mask."""
@@ -498,9 +505,7 @@ def test_head_mask_matches_live_hugging_face_4(rng):
     cfg = tiny_config()
     model = BertModel(cfg, dtype=np.float64, seed=4)
     perturb(model, rng)
-    hf = transformers.BertModel(hf_config(transformers, cfg)).double().eval()
-    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()},
-                       strict=False)
+    hf = hf_twin(torch, transformers, model, hf_config(transformers, cfg))
     ids, mask, tt = batch(rng)
     hm = np.array([[1.0, 0.0, 0.5], [0.25, 1.0, 0.75]])
     with torch.no_grad():

@@ -93,22 +93,32 @@ def test_atomic_directory_that_raises_keeps_old(tmp_path, existing):
         assert os.listdir(tmp_path) == []                  # no temporary directory left
 
 
-def test_atomic_directory_failed_swap_restores_old(tmp_path, monkeypatch):
-    """If moving the new directory in fails after the old one was moved aside, the old one
-    goes back under its name."""
+def _write_with_failing_rename(tmp_path, monkeypatch, message, fails):
+    """Write ``new.txt`` through ``atomic_directory`` over ``tmp_path/ckpt`` (which holds
+    ``old.txt``) while ``os.rename(src, dst)`` raises ``OSError(message)`` wherever
+    ``fails(src, dst, target)``; check that the error comes out, and return the target."""
     target = tmp_path / "ckpt"
     target.mkdir()
     (target / "old.txt").write_text("old")
     real_rename = os.rename
 
     def rename(src, dst):
-        if os.path.basename(src).startswith(".tmp-ckpt-") and str(dst) == str(target):
-            raise OSError("rename failed")
+        if fails(str(src), str(dst), str(target)):
+            raise OSError(message)
         return real_rename(src, dst)
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(OSError, match="rename failed"):
+    with pytest.raises(OSError, match=message):
         with atomic_directory(target) as tmp:
             pathlib.Path(tmp, "new.txt").write_text("new")
+    return target
+
+
+def test_atomic_directory_failed_swap_restores_old(tmp_path, monkeypatch):
+    """If moving the new directory in fails after the old one was moved aside, the old one
+    goes back under its name."""
+    target = _write_with_failing_rename(
+        tmp_path, monkeypatch, "rename failed",
+        fails=lambda src, dst, target: os.path.basename(src).startswith(".tmp-ckpt-") and dst == target)
     assert os.listdir(target) == ["old.txt"]
     assert os.listdir(tmp_path) == ["ckpt"]
 
@@ -116,35 +126,14 @@ def test_atomic_directory_failed_swap_restores_old(tmp_path, monkeypatch):
 def test_atomic_directory_failed_swap_and_failed_restore_keep_the_old_files(tmp_path, monkeypatch):
     """If the new directory cannot move in and the old one cannot move back either, the old
     files must survive (under the hidden name next to ``path``): nothing deletes them."""
-    target = tmp_path / "ckpt"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    real_rename = os.rename
-
-    def rename(src, dst):
-        if str(dst) == str(target):                  # both the swap and the restore fail
-            raise OSError("rename failed")
-        return real_rename(src, dst)
-    monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(OSError, match="rename failed"):
-        with atomic_directory(target) as tmp:
-            pathlib.Path(tmp, "new.txt").write_text("new")
+    # both the swap and the restore fail
+    _write_with_failing_rename(tmp_path, monkeypatch, "rename failed",
+                               fails=lambda src, dst, target: dst == target)
     kept = [p for p in tmp_path.rglob("old.txt")]
     assert len(kept) == 1 and kept[0].read_text() == "old", list(tmp_path.rglob("*"))
 
 
 def test_atomic_directory_failed_move_aside_leaves_nothing(tmp_path, monkeypatch):
-    target = tmp_path / "ckpt"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    real_rename = os.rename
-
-    def rename(src, dst):
-        if str(src) == str(target):
-            raise OSError("cannot move aside")
-        return real_rename(src, dst)
-    monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(OSError, match="cannot move aside"):
-        with atomic_directory(target) as tmp:
-            pathlib.Path(tmp, "new.txt").write_text("new")
+    target = _write_with_failing_rename(tmp_path, monkeypatch, "cannot move aside",
+                                        fails=lambda src, dst, target: src == target)
     assert os.listdir(tmp_path) == ["ckpt"] and os.listdir(target) == ["old.txt"]

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from minibert import BertForMaskedLM, BertForPreTraining, gradcheck
-from tests.helpers import assert_close, to_np
-from tests.test_model import batch, frozen_dropout, ops_mode, perturb, tiny_config  # noqa: F401
+from tests.helpers import assert_close, batch, frozen_dropout, perturb, tiny_config, to_np
 
 V = 23                      # tiny_config's vocabulary
 
@@ -39,9 +38,10 @@ def _case(kind, rng):
     return ids, mask, tt, kw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("kind", ["labels", "gathered"])
-def test_gradcheck_loss(rng, kind, training, ops_mode):  # noqa: F811
+def test_gradcheck_loss(rng, kind, training, ops_mode):
     model = BertForMaskedLM(tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3),
                             dtype=np.float64, seed=5)
     perturb(model, rng)
@@ -58,6 +58,7 @@ def test_gradcheck_loss(rng, kind, training, ops_mode):  # noqa: F811
     assert gradcheck(f, model.params, grads, mode="direction", n_directions=2).passed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", [None, POS], ids=["all", "gathered"])
 @pytest.mark.parametrize("pooler", [False, True], ids=["no_pooler", "pooler"])
 def test_gradcheck_random_upstream(rng, positions, pooler):
@@ -186,6 +187,7 @@ def _hf():
     return torch, transformers
 
 
+@pytest.mark.slow
 def test_loss_and_every_gradient_match_transformers(rng, tmp_path):
     """float64 on both sides, dropout off: loss, logits and the gradient of every parameter
     against torch autograd through Hugging Face's BertForMaskedLM. The tied decoder's
@@ -244,6 +246,7 @@ def test_bad_input(rng):
 REAL = os.environ.get("MINIBERT_REAL_CHECKPOINT")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL, reason="set MINIBERT_REAL_CHECKPOINT to a BERT directory")
 def test_real_checkpoint_masked_lm_matches_transformers():
     """Opt-in, as tests/test_real_checkpoint.py: a real pretrained checkpoint with a masked-LM

@@ -14,51 +14,10 @@ from minibert import (
     count_parameters,
     gradcheck,
 )
-from minibert.ops import readable_ops
-from tests.helpers import assert_close, to_np
-
-# Small enough for a float64 check of every parameter in a second; odd sizes on purpose.
-TINY = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
-            intermediate_size=17, max_position_embeddings=16, type_vocab_size=2, num_labels=3)
+from tests.helpers import assert_close, batch, encoder_gradcheck, frozen_dropout, perturb, tiny_config, to_np
 
 
-def tiny_config(**kw):
-    return BertConfig(**{**TINY, **kw})
-
-
-def batch(rng, B=3, S=7, V=23, lengths=(7, 5, 2)):
-    ids = rng.integers(1, V, size=(B, S))
-    mask = np.zeros((B, S), dtype=np.int64)
-    tt = np.zeros((B, S), dtype=np.int64)
-    for b, n in enumerate(lengths[:B]):
-        mask[b, :n] = 1
-        tt[b, n // 2:n] = 1
-        ids[b, n:] = 0
-    return ids, mask, tt
-
-
-def perturb(model, rng, scale=0.3):
-    """Move every parameter off its initial value so no gradient is trivially zero."""
-    model.store.data[...] += model.xp.asarray(rng.standard_normal(model.store.size) * scale)
-
-
-def frozen_dropout(model, fn):
-    """Wrap ``fn`` so every call sees the same dropout masks (same RNG state)."""
-    state = model.rng_state()
-
-    def f():
-        model.set_rng_state(state)
-        return fn()
-    return f
-
-
-@pytest.fixture(params=["kernels", "readable"])
-def ops_mode(request):
-    """Run the test on the default path (the kernels) and on the readable ops."""
-    with readable_ops(request.param == "readable"):
-        yield request.param
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
 def test_bert_model_gradcheck(xp, rng, training, hidden_act, ops_mode):
@@ -68,17 +27,9 @@ def test_bert_model_gradcheck(xp, rng, training, hidden_act, ops_mode):
     ids, mask, tt = batch(rng)
     dlast = xp.asarray(rng.standard_normal((3, 7, 12)))
     dpool = xp.asarray(rng.standard_normal((3, 12)))
-
-    def loss():
-        out, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=training)
-        return (out.last_hidden_state * dlast).sum() + (out.pooler_output * dpool).sum()
-    f = frozen_dropout(model, loss)
-    f()
-    model.set_rng_state({"seed": 3, "dropout_calls": 0})
-    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=training)
-    grads = {k: v.copy() for k, v in model.backward(cache, dlast, dpool).items()}
+    grads, report = encoder_gradcheck(model, dlast, dpool, input_ids=ids, attention_mask=mask,
+                                      token_type_ids=tt, training=training)
     assert set(grads) == set(model.params)
-    report = gradcheck(f, model.params, grads, mode="direction", n_directions=2)
     assert report.passed
 
 
@@ -105,6 +56,7 @@ def _head_cases(rng):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("head", ["pretraining", "sequence_classification", "token_classification",
                                   "question_answering", "multiple_choice"])
@@ -124,6 +76,7 @@ def test_head_gradcheck(rng, head, training, ops_mode):
     assert model.num_parameters() == count_parameters(model.config, head)
 
 
+@pytest.mark.slow
 def test_sequence_regression_gradcheck(rng):
     model = BertForSequenceClassification(tiny_config(num_labels=1), dtype=np.float64, seed=1)
     perturb(model, rng)
@@ -136,6 +89,7 @@ def test_sequence_regression_gradcheck(rng):
                      model.params, grads, mode="direction").passed
 
 
+@pytest.mark.slow
 def test_backward_with_d_logits_only(rng):
     model = BertForTokenClassification(tiny_config(), dtype=np.float64, seed=2)
     perturb(model, rng)

@@ -6,16 +6,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from minibert import (
-    BertForMultipleChoice,
-    BertForPreTraining,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-)
+from minibert import BertForMultipleChoice, BertModel
 from minibert.ops import Fused, readable_ops
-from tests.test_model import batch, perturb, tiny_config
+from tests.helpers import MODEL_CLASSES, batch, perturb, tiny_config
 
 REL64 = 1e-12        # float64, same function, different order of sums (tests/test_model_fused.py)
 
@@ -71,9 +64,7 @@ def _head_inputs(cls, ids, mask, tt):
     return ids, mask, tt
 
 
-@pytest.mark.parametrize("cls", [BertModel, BertForPreTraining, BertForSequenceClassification,
-                                 BertForTokenClassification, BertForQuestionAnswering,
-                                 BertForMultipleChoice])
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
 def test_positional_arguments_after_input_ids_are_refused(cls):
     """BertForPreTraining once took (input_ids, token_type_ids, attention_mask) and BertModel
     (input_ids, attention_mask, token_type_ids): two 0/1 arrays of one shape, silently
@@ -87,9 +78,7 @@ def test_positional_arguments_after_input_ids_are_refused(cls):
             call(ids, mask)
 
 
-@pytest.mark.parametrize("cls", [BertModel, BertForPreTraining, BertForSequenceClassification,
-                                 BertForTokenClassification, BertForQuestionAnswering,
-                                 BertForMultipleChoice])
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
 def test_call_is_forward_without_cache(cls):
     model = _model(cls=cls)
     ids, mask, tt = _head_inputs(cls, *batch(np.random.default_rng(1)))

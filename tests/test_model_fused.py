@@ -12,10 +12,9 @@ missed by any real difference (a wrong dropout bit or a wrong gradient term is O
 import numpy as np
 import pytest
 
-from minibert import BertConfig, BertForPreTraining, BertModel, gradcheck
+from minibert import BertConfig, BertForPreTraining, BertModel
 from minibert.ops import Fused
-from tests.helpers import to_np
-from tests.test_model import batch, frozen_dropout, perturb, tiny_config
+from tests.helpers import batch, encoder_gradcheck, perturb, tiny_config, to_np
 
 REL64 = 1e-12
 
@@ -121,6 +120,7 @@ def test_fused_float32_against_float64():
         assert err <= 1e-4 * max(scale, 1e-6), f"{name}: float32 error {err:.3e}, scale {scale:.3e}"
 
 
+@pytest.mark.slow
 def test_fused_model_gradcheck_with_dropout():
     """The fused model's own backward against central differences (float64, every parameter
     along random directions), with padding and attention dropout."""
@@ -132,16 +132,9 @@ def test_fused_model_gradcheck_with_dropout():
     ids, mask, tt = batch(rng)
     dlast = rng.standard_normal((3, 7, 12))
     dpool = rng.standard_normal((3, 12))
-
-    def loss():
-        out, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
-        return (out.last_hidden_state * dlast).sum() + (out.pooler_output * dpool).sum()
-    f = frozen_dropout(model, loss)
-    f()
-    model.set_rng_state({"seed": 3, "dropout_calls": 0})
-    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
-    grads = {k: v.copy() for k, v in model.backward(cache, dlast, dpool).items()}
-    assert gradcheck(f, model.params, grads, mode="direction", n_directions=2).passed
+    _, report = encoder_gradcheck(model, dlast, dpool, input_ids=ids, attention_mask=mask,
+                                  token_type_ids=tt, training=True)
+    assert report.passed
 
 
 def test_fused_all_padding_sequence_is_finite():

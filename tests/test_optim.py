@@ -25,33 +25,12 @@ from minibert.optim import (
     linear_warmup_linear_decay,
 )
 from minibert.params import FlatParams, ParamSpec
-from tests.helpers import to_np
+from tests.helpers import make_store, random_grad, to_np
 
 NO_DECAY = ("bias", "LayerNorm.weight")
-# names as in a BERT checkpoint: weights decay; biases (incl. LayerNorm's and the MLM output
-# bias) and LayerNorm gains do not
-SPECS = [ParamSpec("bert.embeddings.word_embeddings.weight", (11, 4)),
-         ParamSpec("bert.embeddings.LayerNorm.weight", (4,), "ones"),
-         ParamSpec("bert.embeddings.LayerNorm.bias", (4,), "zeros"),
-         ParamSpec("bert.encoder.layer.0.attention.self.query.weight", (4, 4)),
-         ParamSpec("bert.encoder.layer.0.attention.self.query.bias", (4,), "zeros"),
-         ParamSpec("cls.predictions.bias", (11,), "zeros")]
+# the weights of make_store's OPTIM_SPECS (tests/helpers.py): the names that decay
 DECAYED = {"bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight"}
 FAST = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-def make_store(xp, dtype=np.float64, seed=0):
-    """The SPECS in one flat buffer, every element random (nothing trivially 0 or 1)."""
-    store = FlatParams(SPECS, dtype, xp)
-    store.data[...] = xp.asarray(np.random.default_rng(seed).standard_normal(store.size).astype(dtype))
-    return store
-
-
-def random_grad(rng, n):
-    """Gradients spread over 9 orders of magnitude (some far below eps), a few exactly 0."""
-    g = rng.standard_normal(n) * 10.0 ** rng.integers(-8, 1, n)
-    g[rng.random(n) < 0.05] = 0.0
-    return g
 
 
 def rel(actual, expected) -> float:
@@ -118,8 +97,8 @@ def test_variants_differ_by_the_bias_correction():
         steps[variant] = np.array(trace)                         # (t, element)
     t = np.arange(1, 6)[:, None]
     np.testing.assert_allclose(steps["torch"], np.full((5, 3), lr), rtol=1e-9)
-    np.testing.assert_allclose(steps["bert"], np.broadcast_to(lr * (1 - b1 ** t) / np.sqrt(1 - b2 ** t), (5, 3)),
-                               rtol=1e-9)
+    bert_step = lr * (1 - b1 ** t) / np.sqrt(1 - b2 ** t)      # uncorrected m / sqrt(v), times lr
+    np.testing.assert_allclose(steps["bert"], np.broadcast_to(bert_step, (5, 3)), rtol=1e-9)
     assert steps["bert"][0, 0] / lr == pytest.approx(0.1 / math.sqrt(0.001), rel=1e-9)
 
 

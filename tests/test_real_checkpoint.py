@@ -21,7 +21,8 @@ def test_real_checkpoint_matches_transformers():
     hf = transformers.BertModel.from_pretrained(PATH, attn_implementation="eager").eval()
     tok = transformers.BertTokenizer.from_pretrained(PATH)
     enc = tok(["Hello world, this is minibert.", "A shorter one"], padding=True, return_tensors="np")
-    out, _ = model.forward(enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc["token_type_ids"])
+    out, _ = model.forward(enc["input_ids"], attention_mask=enc["attention_mask"],
+                           token_type_ids=enc["token_type_ids"])
     with torch.no_grad():
         ref = hf(**{k: torch.tensor(v) for k, v in enc.items()})
     real = enc["attention_mask"][..., None].astype(bool)

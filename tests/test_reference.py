@@ -185,11 +185,13 @@ def test_appending_padding_changes_nothing_at_real_tokens(f64, pad_ids):
     extra, rng = 5, np.random.default_rng(7)
     inputs = ref_inputs(np.float64)
     B, S = inputs["input_ids"].shape
-    pad = (lambda: rng.integers(1, 99, (B, extra))) if pad_ids == "junk" else (lambda: np.zeros((B, extra), np.int64))
+    def pad():
+        return rng.integers(1, 99, (B, extra)) if pad_ids == "junk" else np.zeros((B, extra), np.int64)
     inputs["input_ids"] = np.concatenate([inputs["input_ids"], pad()], axis=1)
     inputs["token_type_ids"] = np.concatenate(
         [inputs["token_type_ids"], pad() % 2 if pad_ids == "junk" else pad()], axis=1)
-    inputs["attention_mask"] = np.concatenate([inputs["attention_mask"], np.zeros((B, extra), np.int64)], axis=1)
+    inputs["attention_mask"] = np.concatenate([inputs["attention_mask"], np.zeros((B, extra), np.int64)],
+                                              axis=1)
     out1, g1 = run_pretraining(ref_model(np.float64), inputs)
 
     real = REF["attention_mask"].astype(bool)
@@ -277,17 +279,25 @@ def small_cases(draw):
     return cfg, ids.astype(np.int64), types.astype(np.int64), mask, seed
 
 
+def _perturbed_pair(torch, transformers, hf_name, cls, config, seed):
+    """(hf, model): Hugging Face's ``hf_name`` built from ``config`` in float64 with
+    weights perturbed off their initialisation (``seed``), and minibert's ``cls`` loaded
+    with the same weights."""
+    torch.manual_seed(seed)
+    hf = getattr(transformers, hf_name)(hf_config(transformers, config)).double().eval()
+    perturb_(torch, hf, torch.Generator().manual_seed(seed))
+    model = cls(config, dtype=np.float64, seed=0)
+    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+    return hf, model
+
+
+@pytest.mark.slow
 @settings(max_examples=10)
 @given(case=small_cases())
 def test_bert_model_matches_transformers(torch_mods, case):
     torch, transformers = torch_mods
     cfg, ids, types, mask, seed = case
-    config = BertConfig(**cfg)
-    torch.manual_seed(seed)
-    hf = transformers.BertModel(hf_config(transformers, config)).double().eval()
-    perturb_(torch, hf, torch.Generator().manual_seed(seed))
-    model = BertModel(config, dtype=np.float64, seed=0)
-    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+    hf, model = _perturbed_pair(torch, transformers, "BertModel", BertModel, BertConfig(**cfg), seed)
 
     t = torch.from_numpy
     out = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types))
@@ -297,7 +307,8 @@ def test_bert_model_matches_transformers(torch_mods, case):
     ((out.last_hidden_state * t(d_last)).sum() + (out.pooler_output * t(d_pool)).sum()).backward()
 
     outputs, cache = model.forward(ids, attention_mask=mask, token_type_ids=types, training=False)
-    assert_close("last_hidden_state", outputs.last_hidden_state, out.last_hidden_state.detach().numpy(), **TOL64)
+    assert_close("last_hidden_state", outputs.last_hidden_state, out.last_hidden_state.detach().numpy(),
+                 **TOL64)
     assert_close("pooler_output", outputs.pooler_output, out.pooler_output.detach().numpy(), **TOL64)
     grads = model.backward(cache, d_last, d_pool)
     expected = hf_grads(hf, np.float64)
@@ -306,6 +317,7 @@ def test_bert_model_matches_transformers(torch_mods, case):
         assert_close(f"grad {n}", grads[n], expected[n], **TOL64)
 
 
+@pytest.mark.slow
 @settings(max_examples=10)
 @given(case=small_cases(), P=st.integers(1, 3))
 def test_bert_for_pretraining_matches_transformers(torch_mods, case, P):
@@ -326,11 +338,7 @@ def test_bert_for_pretraining_matches_transformers(torch_mods, case, P):
         labels[b, positions[b, :k]] = lm_ids[b, :k]
     nsp = rng.integers(0, 2, B).astype(np.int64)
 
-    torch.manual_seed(seed)
-    hf = transformers.BertForPreTraining(hf_config(transformers, config)).double().eval()
-    perturb_(torch, hf, torch.Generator().manual_seed(seed))
-    model = BertForPreTraining(config, dtype=np.float64, seed=0)
-    model.load_state_dict(hf_state(hf, np.float64), strict=True)
+    hf, model = _perturbed_pair(torch, transformers, "BertForPreTraining", BertForPreTraining, config, seed)
 
     t = torch.from_numpy
     out = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types), labels=t(labels),
@@ -350,6 +358,7 @@ def test_bert_for_pretraining_matches_transformers(torch_mods, case, P):
         assert_close(f"grad {n}", grads[n], expected[n], **TOL64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny", "mini"])
 def test_preset_float32_matches_transformers(torch_mods, preset):
     """The real miniature-BERT shapes (vocab 30522) in float32 on both sides, same weights:
@@ -369,7 +378,8 @@ def test_preset_float32_matches_transformers(torch_mods, preset):
     types = ((np.arange(S)[None, :] >= np.array([[8], [5]])) * mask).astype(np.int64)
     t = torch.from_numpy
     with torch.no_grad():
-        expected = hf(input_ids=t(ids), attention_mask=t(mask), token_type_ids=t(types)).last_hidden_state.numpy()
+        expected = hf(input_ids=t(ids), attention_mask=t(mask),
+                      token_type_ids=t(types)).last_hidden_state.numpy()
     outputs, _ = model.forward(ids, attention_mask=mask, token_type_ids=types, training=False)
     assert to_np(outputs.last_hidden_state).dtype == np.float32
     assert_close(f"{preset} float32 last_hidden_state", outputs.last_hidden_state, expected, atol=1e-5)

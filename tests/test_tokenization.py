@@ -14,7 +14,6 @@ from outside those cases.
 """
 import json
 import os
-import re
 import shutil
 import tempfile
 import unicodedata
@@ -32,27 +31,10 @@ from minibert.tokenization import (
     write_vocab,
 )
 from minibert.wordpiece_trainer import train_wordpiece_vocab
+from tests.helpers import corpus_lines
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 VOCAB = os.path.join(DATA, "bert-base-uncased-vocab.txt")
-CORPUS = os.path.join(DATA, "tokenizer_corpus.txt")
-
-_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|[tnr\\])")
-
-
-def _unescape(line: str) -> str:
-    """The corpus writes control characters as escapes (\\x00, \\u200d, \\t, \\r, \\n, \\\\)."""
-    def one(m):
-        g = m.group(1)
-        return {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}.get(g) or chr(int(g[1:], 16))
-    return _ESCAPE.sub(one, line)
-
-
-def corpus_lines() -> list[str]:
-    with open(CORPUS, encoding="utf-8", newline="") as fh:
-        return [_unescape(line) for line in fh.read().split("\n") if line]
-
-
 LINES = corpus_lines()
 
 

@@ -6,7 +6,7 @@ import pytest
 import minibert.ops
 from minibert import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel
 from minibert.cli import main
-from minibert.ops import linear, readable_ops, trace
+from minibert.ops import linear, trace
 
 CFG = dict(vocab_size=20, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
            intermediate_size=16, max_position_embeddings=8, num_labels=2)
@@ -16,12 +16,6 @@ MASK = (IDS > 0).astype(np.int64)
 LAYER_OPS = ["linear", "attention", "linear", "dropout", "layernorm",
              "linear", "gelu.bias", "linear", "dropout", "layernorm"]
 EMBEDDING_OPS = ["embedding", "embedding", "embedding", "layernorm", "dropout"]
-
-
-@pytest.fixture(params=["kernels", "readable"])
-def ops_mode(request):
-    with readable_ops(request.param == "readable"):
-        yield request.param
 
 
 def _undone_in_reverse(t):

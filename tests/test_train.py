@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from minibert import BertConfig, BertForPreTraining, BertForSequenceClassification
+from minibert import BertForPreTraining, BertForSequenceClassification
 from minibert.train import (
     TrainConfig,
     Trainer,
@@ -15,28 +15,10 @@ from minibert.train import (
     list_checkpoints,
     resolve_checkpoint,
 )
+from tests.helpers import pretraining_arrays
+from tests.helpers import train_config as tiny_config
 
-V, S, P, N = 50, 16, 3, 24
-
-
-def tiny_config(**kw):
-    return BertConfig(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=32, **kw)
-
-
-def pretraining_arrays(n=N, seed=0):
-    """Random but well-formed pretraining rows: padded sequences, masked slots, NSP labels."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, V, (n, S))
-    lengths = rng.integers(S // 2, S + 1, n)
-    mask = (np.arange(S)[None] < lengths[:, None]).astype(np.int64)
-    ids = ids * mask
-    tt = ((np.arange(S)[None] >= lengths[:, None] // 2) & (mask == 1)).astype(np.int64)
-    pos = np.stack([np.sort(rng.choice(np.arange(1, n_), P, replace=False)) for n_ in lengths])
-    return dict(input_ids=ids, token_type_ids=tt, attention_mask=mask, masked_lm_positions=pos,
-                masked_lm_ids=rng.integers(5, V, (n, P)),
-                masked_lm_weights=np.ones((n, P), np.float32),
-                next_sentence_labels=rng.integers(0, 2, n))
+V, S = 50, 16          # the vocabulary of train_config and the length of pretraining_arrays
 
 
 def make_trainer(out, steps=6, data=None, **kw):
@@ -63,6 +45,7 @@ def test_batch_larger_than_data():
 
 
 # ------------------------------------------------------------------------------ exact resume
+@pytest.mark.slow
 def test_resume_is_bitwise_exact(tmp_path):
     straight = make_trainer(tmp_path / "a")
     straight.train()
@@ -81,6 +64,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data(tmp_path):
     make_trainer(tmp_path, steps=4).train(stop_at=2)
     other = make_trainer(tmp_path, steps=4, data=pretraining_arrays(seed=5))
@@ -108,6 +92,7 @@ def test_resume_without_checkpoint_is_clear(tmp_path):
 
 
 # ------------------------------------------------------------------------------ checkpoints
+@pytest.mark.slow
 def test_checkpoint_contents_and_pruning(tmp_path):
     t = make_trainer(tmp_path, steps=6)
     t.train()
@@ -169,6 +154,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------------------ learning
+@pytest.mark.slow
 def test_pretraining_overfits_a_small_set(tmp_path):
     data = pretraining_arrays(8)
     model = BertForPreTraining(tiny_config(hidden_dropout_prob=0.0,
@@ -184,6 +170,7 @@ def test_pretraining_overfits_a_small_set(tmp_path):
     assert r.evals[-1]["mlm_acc"] > r.evals[0]["mlm_acc"] + 0.3
 
 
+@pytest.mark.slow
 def test_classification_learns_a_separable_task(tmp_path):
     rng = np.random.default_rng(0)
     n = 32

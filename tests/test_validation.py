@@ -11,7 +11,7 @@ from minibert import validation as V
 from minibert.kernels import fused_attention_forward
 from minibert.ops import attention
 from minibert.rng import keep_mask
-from tests.test_model import batch, frozen_dropout, ops_mode, perturb, tiny_config  # noqa: F401
+from tests.helpers import batch, frozen_dropout, perturb, tiny_config
 
 L, A, H = 2, 3, 12
 

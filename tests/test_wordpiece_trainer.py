@@ -6,7 +6,9 @@ import pytest
 
 from minibert.tokenization import SPECIAL_TOKENS, BasicTokenizer, BertTokenizer, write_vocab
 from minibert.wordpiece_trainer import train_wordpiece_vocab
-from tests.test_tokenization import LINES
+from tests.helpers import corpus_lines
+
+LINES = corpus_lines()
 
 
 def _reference_trainer(texts, vocab_size, do_lower_case=True, min_frequency=2,
@@ -60,12 +62,23 @@ TRAIN_TEXT = [line for line in LINES if line.isascii()] * 2 + LINES[10:20]
     dict(vocab_size=400),
     dict(vocab_size=300, do_lower_case=False, min_frequency=3),
     dict(vocab_size=250, limit_alphabet=40),
-    dict(vocab_size=10_000),                      # runs out of pairs first
+    # runs out of pairs first: the longest case, the short one below in the quick loop
+    pytest.param(dict(vocab_size=10_000), marks=pytest.mark.slow),
 ])
 @pytest.mark.parametrize("score", ["frequency", "likelihood"])
 def test_trainer_matches_reference(kwargs, score):
     fast = train_wordpiece_vocab(TRAIN_TEXT, score=score, **kwargs)
     assert fast == _reference_trainer(TRAIN_TEXT, score=score, **kwargs)
+
+
+@pytest.mark.parametrize("score", ["frequency", "likelihood"])
+def test_trainer_that_runs_out_of_pairs_matches_reference(score):
+    """A vocabulary size no merge sequence reaches on a short text: both stop when no pair
+    is left, with the same vocabulary."""
+    text = TRAIN_TEXT[:20]
+    fast = train_wordpiece_vocab(text, score=score, vocab_size=10_000)
+    assert len(fast) < 10_000
+    assert fast == _reference_trainer(text, score=score, vocab_size=10_000)
 
 
 def test_trainer_properties(tmp_path):

@@ -17,7 +17,7 @@ from minibert.kernels import adamw_cpu
 from minibert.ops import readable_ops
 from minibert.optim import AdamW, LRSchedule
 from minibert.params import FlatParams, ParamSpec
-from tests.test_optim import make_store, random_grad
+from tests.helpers import make_store, random_grad
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 

@@ -24,7 +24,7 @@ from minibert import rng as mrng
 from minibert.backend import gpu_available
 from minibert.gradcheck import check_op
 from minibert.ops import attention, readable_ops
-from tests.helpers import assert_close
+from tests.helpers import assert_as_accurate_as_textbook, assert_close
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 if not SIMULATOR and not gpu_available():
@@ -168,12 +168,7 @@ def test_float32_as_accurate_as_textbook(S, D, p):
     book = _textbook(q, k, v, dout, mask, **kw)
     got, lse = _cuda(q, k, v, dout, mask, block_q=16, block_k=16, **kw)
     assert lse.dtype == np.float32
-    for name, a, t, e in zip(NAMES, got, book, ref):
-        assert a.dtype == np.float32, name
-        err = float(np.sqrt(np.mean((a.astype(np.float64) - e) ** 2)))
-        book_err = float(np.sqrt(np.mean((t.astype(np.float64) - e) ** 2)))
-        assert err <= 1.25 * book_err, (f"{name}: CUDA float32 RMS error {err:.3e} > 1.25 x "
-                                        f"the textbook float32 RMS error {book_err:.3e}")
+    assert_as_accurate_as_textbook("CUDA", NAMES, got, book, ref, factor=1.25)
 
 
 # --------------------------------------------------------------------------- dropout bits

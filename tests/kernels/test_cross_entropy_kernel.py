@@ -190,7 +190,8 @@ def test_float32_upstream_of_other_dtype():
 
 
 @pytest.mark.parametrize("C", [1, 2, 7, 97])
-@pytest.mark.parametrize("ignore_frac,weighted", [(0.0, False), (0.3, True)], ids=["plain", "ignored+weighted"])
+@pytest.mark.parametrize("ignore_frac,weighted", [(0.0, False), (0.3, True)],
+                         ids=["plain", "ignored+weighted"])
 def test_gradcheck_float64_with_kernel(C, ignore_frac, weighted):
     logits, labels, weights = _problem(6, C, seed=C, ignore_frac=ignore_frac, weighted=weighted)
     labels[1] = 0                                            # at least one row counts

@@ -21,7 +21,7 @@ from minibert.gradcheck import check_op
 from minibert.kernels import attention_cpu, fused_attention_backward, fused_attention_forward
 from minibert.kernels.philox_cpu import dropout_keep, philox_uint32
 from minibert.ops import attention, readable_ops
-from tests.helpers import assert_close
+from tests.helpers import assert_as_accurate_as_textbook, assert_close
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 
@@ -194,12 +194,7 @@ def test_float32_as_accurate_as_textbook(S, D, p):
     book = _textbook(q, k, v, dout, mask, **kw)
     got, lse = _fused(q, k, v, dout, mask, **kw)
     assert lse.dtype == np.float32
-    for name, a, t, e in zip(NAMES, got, book, ref):
-        assert a.dtype == np.float32, name
-        err = float(np.sqrt(np.mean((a.astype(np.float64) - e) ** 2)))
-        book_err = float(np.sqrt(np.mean((t.astype(np.float64) - e) ** 2)))
-        assert err <= 1.25 * book_err, (f"{name}: fused float32 RMS error {err:.3e} > 1.25 x "
-                                        f"the textbook float32 RMS error {book_err:.3e}")
+    assert_as_accurate_as_textbook("fused", NAMES, got, book, ref, factor=1.25)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -292,6 +287,7 @@ def test_all_padding_sequence_gives_zeros_and_no_nan(dtype):
 # --------------------------------------------------------------------------- threads and state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mod", TILED, indirect=True)
 def test_parallel_and_serial_give_the_same_bits(monkeypatch, mod):
     """Each output element is written by exactly one task, with no reduction across

@@ -18,6 +18,7 @@ import pytest
 from minibert.gradcheck import check_op
 from minibert.kernels import gelu_cpu
 from minibert.ops import Fused, gelu, readable_ops
+from tests.helpers import assert_as_accurate_as_textbook, assert_close_to_scale
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 APPROXIMATIONS = ["none", "tanh"]
@@ -49,19 +50,6 @@ def _run(x, b, dy, approximate):
 def _readable(*args):
     with readable_ops():
         return _run(*args)[0]
-
-
-def _close(name, got, ref, rel=TOL64):
-    """|got - ref| <= rel * max(1, max |ref|), element by element."""
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-    scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-    err = float(np.abs(got - ref).max(initial=0.0))
-    assert err <= rel * scale, f"{name}: max diff {err:.3e} > {rel:.0e} x scale {scale:.3e}"
-
-
-def _rms(a, ref):
-    return float(np.sqrt(np.mean((np.asarray(a, dtype=np.float64) - ref) ** 2)))
 
 
 # --------------------------------------------------------------------------- the float32 normal CDF
@@ -118,7 +106,7 @@ def test_float64_matches_readable(approximate, C, lead, with_bias):
             assert a is None, name
             continue
         assert a.dtype == np.float64 and a.shape == e.shape, name
-        _close(name, a, e)
+        assert_close_to_scale(name, a, e, rel=TOL64)
 
 
 @pytest.mark.parametrize("approximate", APPROXIMATIONS)
@@ -138,13 +126,8 @@ def test_float32_as_accurate_as_readable(approximate, shape, scale):
     ref = _readable(x.astype(np.float64), b.astype(np.float64), dy.astype(np.float64), approximate)
     book = _readable(x, b, dy, approximate)
     got, _ = _run(x, b, dy, approximate)
-    for name, a, t, e in zip(NAMES, got, book, ref):
-        assert a.dtype == np.float32, name
-        err, book_err = _rms(a, e), _rms(t, e)
-        floor = 0.5 * EPS32 * float(np.sqrt(np.mean(e ** 2)))
-        assert err <= 1.25 * book_err + floor, (
-            f"{name}: kernel float32 RMS error {err:.3e} > 1.25 x the readable float32 RMS "
-            f"error {book_err:.3e} + {floor:.1e}")
+    assert_as_accurate_as_textbook("kernel", NAMES, got, book, ref, factor=1.25, floor_rel=0.5 * EPS32,
+                                   book_label="readable")
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

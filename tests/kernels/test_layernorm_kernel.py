@@ -14,6 +14,7 @@ import pytest
 from minibert.gradcheck import check_op
 from minibert.kernels import layernorm_cpu
 from minibert.ops import Fused, layernorm, readable_ops
+from tests.helpers import assert_as_accurate_as_textbook, assert_close_to_scale
 
 FLOATS = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 EPS32 = float(np.finfo(np.float32).eps)
@@ -32,8 +33,12 @@ def _problem(shape, dtype, seed=0, residual=False, shift=0.0):
     b = 0.5 * r.standard_normal(H)
     res = r.standard_normal(shape) if residual else None
     dy = r.standard_normal(shape)
-    cast = (lambda a: None if a is None else a.astype(dtype))
-    return cast(x), cast(w), cast(b), cast(res), cast(dy)
+    return tuple(_cast(a, dtype) for a in (x, w, b, res, dy))
+
+
+def _cast(a, dtype):
+    """``a`` as ``dtype``; None (no residual) stays None."""
+    return None if a is None else a.astype(dtype)
 
 
 def _run(x, w, b, res, dy, eps=1e-12):
@@ -45,19 +50,6 @@ def _run(x, w, b, res, dy, eps=1e-12):
 def _readable(*args, **kwargs):
     with readable_ops():
         return _run(*args, **kwargs)[0]
-
-
-def _close(name, got, ref, rel=TOL64):
-    """|got - ref| <= rel * max(1, max |ref|), element by element."""
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-    scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-    err = float(np.abs(got - ref).max(initial=0.0))
-    assert err <= rel * scale, f"{name}: max diff {err:.3e} > {rel:.0e} x scale {scale:.3e}"
-
-
-def _rms(a, ref):
-    return float(np.sqrt(np.mean((np.asarray(a, dtype=np.float64) - ref) ** 2)))
 
 
 # ---------------------------------------------------------------------- against the readable op
@@ -75,7 +67,7 @@ def test_float64_matches_readable(H, lead, residual):
     assert isinstance(cache, Fused)
     for name, a, e in zip(NAMES, got, _readable(x, w, b, res, dy)):
         assert a.dtype == np.float64, name
-        _close(name, a, e)
+        assert_close_to_scale(name, a, e, rel=TOL64)
 
 
 @pytest.mark.parametrize("eps", [0.0, 1e-5])
@@ -84,7 +76,7 @@ def test_float64_eps_and_large_offset(eps):
     x, w, b, res, dy = _problem((6, 33), np.float64, seed=3, residual=True, shift=1000.0)
     got, _ = _run(x, w, b, res, dy, eps=eps)
     for name, a, e in zip(NAMES, got, _readable(x, w, b, res, dy, eps=eps)):
-        _close(name, a, e)
+        assert_close_to_scale(name, a, e, rel=TOL64)
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (33, 97), (70, 129), (64, 768)])
@@ -100,17 +92,11 @@ def test_float32_as_accurate_as_readable(shape, residual, shift):
     rounds each step to float32: measured over 30 draws of each case, its RMS error is 0.2 to
     0.6 times the readable op's at H >= 97, and at most 1.07 times at (5, 7)."""
     x, w, b, res, dy = _problem(shape, np.float32, seed=shape[-1], residual=residual, shift=shift)
-    as64 = (lambda a: None if a is None else a.astype(np.float64))
-    ref = _readable(as64(x), as64(w), as64(b), as64(res), as64(dy))
+    ref = _readable(*(_cast(a, np.float64) for a in (x, w, b, res, dy)))
     book = _readable(x, w, b, res, dy)
     got, _ = _run(x, w, b, res, dy)
-    for name, a, t, e in zip(NAMES, got, book, ref):
-        assert a.dtype == np.float32, name
-        err, book_err = _rms(a, e), _rms(t, e)
-        floor = 0.5 * EPS32 * float(np.sqrt(np.mean(e ** 2)))
-        assert err <= 1.25 * book_err + floor, (
-            f"{name}: kernel float32 RMS error {err:.3e} > 1.25 x the readable float32 RMS "
-            f"error {book_err:.3e} + {floor:.1e}")
+    assert_as_accurate_as_textbook("kernel", NAMES, got, book, ref, factor=1.25, floor_rel=0.5 * EPS32,
+                                   book_label="readable")
 
 
 # --------------------------------------------------------------------------- gradients
@@ -147,7 +133,7 @@ def test_one_feature_gives_zero_input_gradient():
     np.testing.assert_array_equal(y, np.broadcast_to(b, (9, 1)))
     np.testing.assert_array_equal(dx, 0.0)
     np.testing.assert_array_equal(dw, 0.0)
-    _close("dbias", db, dy.sum(axis=0))
+    assert_close_to_scale("dbias", db, dy.sum(axis=0), rel=TOL64)
 
 
 # --------------------------------------------------------------------------- layouts and dispatch

@@ -36,10 +36,9 @@ import sys
 import warnings
 
 import numpy as np
-from minibert import BertConfig, BertForPreTraining, backend
-from minibert.backend import to_numpy
+from minibert import BertConfig, backend
 from minibert.kernels import attention_cuda, dropout_cuda, embedding_cuda
-from minibert.optim import AdamW
+from tests.helpers import pretraining_step
 
 PROBE_FAILS = sys.argv[1] == "probe-fails"
 if PROBE_FAILS:                   # as where NVVM is missing or the driver is older than the PTX
@@ -62,23 +61,7 @@ counted(dropout_cuda, "apply", "dropout")
 counted(embedding_cuda, "segment_sum_into", "segment_sum")
 
 def step(device):
-    cfg = BertConfig.preset("tiny")
-    model = BertForPreTraining(cfg, dtype=np.float64, seed=0, device=device)
-    xp = model.xp
-    r = np.random.default_rng(1)
-    B, S, P = 2, 9, 3
-    ids = r.integers(5, cfg.vocab_size, (B, S))
-    ids[1, 2] = ids[1, 3] = ids[0, 1]                  # repeated ids: the scatter-add sums
-    mask = (np.arange(S)[None, :] < np.array([9, 5])[:, None]).astype(np.int64)
-    out, cache = model.forward(xp.asarray(ids), attention_mask=xp.asarray(mask),
-                               token_type_ids=xp.zeros((B, S), dtype=np.int64),
-                               masked_lm_positions=xp.asarray(r.integers(0, 5, (B, P))),
-                               masked_lm_ids=xp.asarray(r.integers(5, cfg.vocab_size, (B, P))),
-                               next_sentence_labels=xp.asarray(r.integers(0, 2, B)),
-                               training=True)
-    grads = {n: to_numpy(g).copy() for n, g in model.backward(cache).items()}
-    AdamW(model.store, lr=1e-3).step()
-    return float(out.loss), to_numpy(model.store.data).copy(), grads, type(out.loss).__module__
+    return pretraining_step(device, np.float64, lengths=(9, 5), n_predictions=3, repeated_ids=True)
 
 loss_cpu, data_cpu, g_cpu, kind_cpu = step("cpu")
 assert not any(calls.values()), calls

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
-from minibert.ops import Fused, attention, readable_ops
+from minibert.ops import Fused, attention
 from tests.helpers import assert_close, to_np
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -27,10 +27,7 @@ EPS32 = float(np.finfo(np.float32).eps)
 _forward_with_probs = functools.partial(attention.forward, return_probs=True)
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["readable", "kernels"])
-def readable(request):
-    with readable_ops(request.param):
-        yield request.param
+pytestmark = pytest.mark.usefixtures("ops_mode")    # every test on the kernels and the readable ops
 
 
 def _qkv(xp, shape, dtype=np.float64, seed=0, scale=1.0):
@@ -72,8 +69,9 @@ def _reference(q, k, v, mask, scale, keep, p):
 # --------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("S", [1, 7, 13])
-@pytest.mark.parametrize("D", [4, 16])
+# (S, D) = (7, 4), the largest check in full mode (3 x 168 elements), in the full run only
+@pytest.mark.parametrize("D,S", [pytest.param(D, S, marks=pytest.mark.slow) if (S, D) == (7, 4) else (D, S)
+                                 for S in (1, 7, 13) for D in (4, 16)])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "padmask"])
 @pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "dropout"])
 def test_gradcheck_float64(xp, S, D, masked, dropout):
@@ -139,10 +137,9 @@ def test_padded_keys_do_not_change_real_outputs(xp, dtype):
     # Same math, different summation lengths: only the rounding of sums differs (a few eps).
     tol = 16 * float(np.finfo(dtype).eps)
     assert_close("context", ctx_l[:, :, :S], ctx_s, atol=tol, rtol=tol)
-    assert_close("probs", attention.probabilities(cache_l)[:, :, :S, :S],
-                 attention.probabilities(cache_s), atol=tol, rtol=tol)
-    assert bool(xp.all(attention.probabilities(cache_l)[..., S:] == 0)), \
-        "appended padded keys got probability"
+    probs_l = attention.probabilities(cache_l)
+    assert_close("probs", probs_l[:, :, :S, :S], attention.probabilities(cache_s), atol=tol, rtol=tol)
+    assert bool(xp.all(probs_l[..., S:] == 0)), "appended padded keys got probability"
     for name, a, b in zip("qkv", g_l, g_s):
         assert_close(f"d{name}", a[:, :, :S], b, atol=tol, rtol=tol)
     for name, g in zip("kv", g_l[1:]):
@@ -334,8 +331,8 @@ def test_hypothesis_matches_float64_reference(xp, prob):
     dctx = xp.ones_like(ctx)
     grads = attention.backward(dctx, cache)
     assert ctx.dtype == dtype
-    named = ([("context", ctx), ("probs", attention.probabilities(cache))]
-             + list(zip(("dq", "dk", "dv"), grads)))
+    named = [("context", ctx), ("probs", attention.probabilities(cache))]
+    named += list(zip(("dq", "dk", "dv"), grads))
     for name, x in named:
         assert bool(xp.all(xp.isfinite(x))), f"{name} has non-finite entries"
 

@@ -232,7 +232,8 @@ def test_float_labels_raise(xp):
 
 def test_labels_shape_mismatch_raises(xp):
     logits, _, _ = _problem(xp, 3, 4)
-    with pytest.raises(ValueError, match=r"labels has shape \(2,\), expected \(3,\) to match logits \(3, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"labels has shape \(2,\), expected \(3,\) to match logits \(3, 4\)"):
         cross_entropy.forward(logits, xp.asarray(np.array([0, 1])))
     with pytest.raises(ValueError, match=r"labels has shape \(3, 1\), expected \(3,\)"):
         cross_entropy.forward(logits, xp.asarray(np.array([[0], [1], [2]])))

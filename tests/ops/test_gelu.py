@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 
 from minibert.gradcheck import check_op
-from minibert.ops import READABLE_ENV, Fused, gelu, readable_ops
+from minibert.ops import READABLE_ENV, Fused, gelu
 from tests.helpers import assert_close, to_np
 
 EPS32 = float(np.finfo(np.float32).eps)
 APPROXIMATIONS = ["none", "tanh"]
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["readable", "kernels"])
-def readable(request):
-    with readable_ops(request.param):
-        yield request.param
+pytestmark = pytest.mark.usefixtures("ops_mode")    # every test on the kernels and the readable ops
 
 
 def _randn(xp, shape, dtype=np.float64, seed=0, scale=1.0):
@@ -132,11 +129,11 @@ def test_unknown_names_raise():
         gelu.forward_act(np.ones(3), "relu")
 
 
-def test_no_writable_numba_cache_falls_back(monkeypatch, readable):
+def test_no_writable_numba_cache_falls_back(monkeypatch, ops_mode):
     # A read-only install with no NUMBA_CACHE_DIR: Numba finds no cache locator and raises
     # RuntimeError from vectorize(cache=True); the op must compile in memory instead.
     # (The erf ufunc is the readable op's: with the kernels on, NumPy arrays never reach it.)
-    if not readable:
+    if ops_mode != "readable":
         pytest.skip("the erf ufunc runs on the readable path only")
     numba_caching = pytest.importorskip("numba.core.caching")
     monkeypatch.setattr(numba_caching.CacheImpl, "_locator_classes", [])
@@ -148,11 +145,11 @@ def test_no_writable_numba_cache_falls_back(monkeypatch, readable):
     np.testing.assert_allclose(y, [0.0, 0.5 * (1 + math.erf(1 / math.sqrt(2)))], rtol=1e-15)
 
 
-def test_gelu_module_imports_without_numba(readable):
+def test_gelu_module_imports_without_numba(ops_mode):
     # On the readable path Numba is needed only when exact GELU first runs on NumPy arrays
     # (with the kernels on, every NumPy GELU runs the Numba kernel: the environment switch
     # is how to run without them)
-    if not readable:
+    if ops_mode != "readable":
         pytest.skip("the subprocess sets the readable switch itself")
     code = ("import sys; sys.modules['numba'] = None\n"
             "import numpy as np\n"
