@@ -377,18 +377,15 @@ def _add_pretrain_model_options(pr):
                     help="the defaults of the settings below: fast (learns in minutes on a "
                     "CPU) or bert (the original recipe at a small scale: seq 128, NSP, static "
                     "masks, dropout 0.1) (default: %(default)s)")
-    pr.add_argument("--preset", default=None, help=f"model size: {PRESET_NAMES} (default: "
-                    f"the recipe's: {_recipe_default('preset')})")
-    pr.add_argument("--vocab-size", type=int, default=None, help="tokens of the WordPiece "
-                    f"vocabulary to train (default: the recipe's: {_recipe_default('vocab_size')})")
-    pr.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the "
-                    f"recipe's: {_recipe_default('steps')})")
-    pr.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: "
-                    f"the recipe's: {_recipe_default('batch_size')})")
-    pr.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: "
-                    f"the recipe's: {_recipe_default('seq_len')})")
-    pr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the "
-                    f"recipe's: {_recipe_default('lr')})")
+    for flag, kind, what, key in (
+            ("--preset", str, f"model size: {PRESET_NAMES}", "preset"),
+            ("--vocab-size", int, "tokens of the WordPiece vocabulary to train", "vocab_size"),
+            ("--steps", int, "optimizer steps", "steps"),
+            ("--batch-size", int, "sequences per step", "batch_size"),
+            ("--seq-len", int, "tokens per sequence", "seq_len"),
+            ("--lr", float, "peak learning rate", "lr")):
+        pr.add_argument(flag, type=kind, default=None,
+                        help=f"{what} (default: the recipe's: {_recipe_default(key)})")
     pr.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps "
                     f"(default: the recipe's fraction of --steps: {_recipe_default('warmup')})")
     pr.add_argument("--masked-lm-prob", type=float, default=None, help="fraction of the tokens "

@@ -1,13 +1,13 @@
 """BertModel: embeddings -> L post-LN encoder layers -> pooler, forward and backward.
 
-Reading order: the loss and the heads' backward in ``heads.py`` hand dL/d(last hidden
-state) to ``BertModel.backward`` below, which undoes ``forward`` block by block:
-``_pooler_backward``, then ``_layer_backward`` for the layers from last to first, then
-``_embeddings_backward``. Each ``*_backward`` is its ``*_forward`` read from the bottom up,
-one line undoing one line (quoted on the right); the math of every step is derived in the
-op's docstring (``minibert/ops/``). To step through the textbook NumPy code in a debugger
-rather than the fused kernels, run under ``with minibert.ops.readable_ops():`` (or
-``MINIBERT_READABLE_OPS=1``): same functions, same dropout bits.
+Reading order: the heads' loss and backward (``heads/``) hand dL/d(last hidden state) to
+``BertModel.backward`` below, which undoes ``forward`` block by block: ``_pooler_backward``,
+then ``_layer_backward`` for the layers from last to first, then ``_embeddings_backward``. Each
+``*_backward`` is its ``*_forward`` read from the bottom up, one line undoing one line (quoted
+on the right); the math of every step is derived in the op's docstring (``minibert/ops/``). To
+step through the textbook NumPy code in a debugger rather than the fused kernels, run under
+``with minibert.ops.readable_ops():`` (or ``MINIBERT_READABLE_OPS=1``): same functions, same
+dropout bits.
 
 Forward, for token ids (B, S):
 
@@ -19,12 +19,8 @@ Forward, for token ids (B, S):
         x   = LayerNorm(dropout(GELU(h Wi^T + bi) Wo2^T + bo2) + h)    feed-forward block
     last_hidden_state = x;  pooler_output = tanh(x[:, 0] Wp^T + bp)    ([CLS] token)
 
-Parameter gradients are added into the model's one flat gradient buffer (``accumulate``);
-the gradients ``backward`` returns are views of it.
-
-Two ways to run: ``model.forward(ids, ...)`` returns ``(outputs, cache)`` for a backward;
-``model(ids, ...)`` is inference: the outputs only, each layer's cache dropped as soon as
-the layer is done, so memory holds one layer's activations at a time.
+Parameter gradients are added into the model's one flat gradient buffer (``accumulate``); the
+gradients ``backward`` returns are views of it.
 """
 from __future__ import annotations
 
@@ -326,8 +322,8 @@ class BertModel(PretrainedMixin):
                 (as Hugging Face 4.x).
             output_hidden_states: return the embeddings and every layer's output.
             training: dropout on, with the next call index of this model's dropout streams.
-            keep_cache: False drops each layer's cache when the layer is done (``__call__``);
-                the returned cache is then None.
+            keep_cache: False drops each layer's cache when the layer is done (``__call__``),
+                so memory holds one layer's activations at a time; the cache returned is None.
         """
         reject_positional("BertModel.forward", args)
         with deferred_checks():     # the inputs' value checks on the GPU: one sync, at the end
@@ -495,6 +491,16 @@ class BertModel(PretrainedMixin):
         accumulate(self._pair("pooler.dense", grads=True), dw, db)
         return dcls
 
+    @staticmethod
+    def _output_backward(dx, c_ln, c_do, c_lin, g_ln, g_lin):
+        """Backward of an output block x = LN(dropout(y W^T + b) + r) (Hugging Face's
+        BertSelfOutput, BertOutput): (dL/dr, dL/dy); adds the W, b and LayerNorm gradients."""
+        dz, dw, db = layernorm.backward(dx, c_ln)                 # x = LN(z + r): dL/dr = dz
+        accumulate(g_ln, dw, db)
+        dy, dw, db = linear.backward(dropout.backward(dz, c_do), c_lin)  # z = dropout(y W^T + b)
+        accumulate(g_lin, dw, db)
+        return dz, dy
+
     def _layer_backward(self, l: int, dx, c, d_head_mask=None):
         """dL/d x of layer ``l``'s input from dL/d its output; adds its parameter gradients
         (and writes row ``l`` of ``d_head_mask`` (L, A) when the forward had a head mask).
@@ -505,22 +511,14 @@ class BertModel(PretrainedMixin):
         That equals the gradient of Hugging Face's form ``(P m_a) V``: with P' = m_a P,
         dL/dm_a = sum(dL/dP' * P) = sum((dctx_a V^T) * P) = sum(dctx_a * (P V))."""
         g, A = self._layer_params(l, grads=True), self.config.num_attention_heads
-        do, dw, db = layernorm.backward(dx, c["out_ln"])          # x = LN(o + h)
-        accumulate(g.out_ln, dw, db)
-        dh = do                                                   #   (+ h, the residual)
-        do = dropout.backward(do, c["out_do"])                    # o = dropout(o)
-        dg, dw, db = linear.backward(do, c["out"])                # o = g Wo2^T + bo2
-        accumulate(g.out, dw, db)
+        dh, dg = self._output_backward(dx, c["out_ln"], c["out_do"], c["out"],
+                                       g.out_ln, g.out)   # x = LN(dropout(g Wo2^T + bo2) + h)
         di, db = gelu.bias_backward(dg, c["gelu"])                # g = GELU(i + bi)
         dh_i, dw, _ = linear.backward(di, c["inter"])             # i = h Wi^T
         accumulate(g.inter, dw, db)
         dh = dh + dh_i                                            # (B, S, H)
-        da, dw, db = layernorm.backward(dh, c["attn_ln"])         # h = LN(a + x)
-        accumulate(g.attn_ln, dw, db)
-        dx = da                                                   #   (+ x, the residual)
-        da = dropout.backward(da, c["attn_do"])                   # a = dropout(a)
-        dctx, dw, db = linear.backward(da, c["attn_out"])         # a = ctx Wo^T + bo
-        accumulate(g.attn_out, dw, db)
+        dx, dctx = self._output_backward(dh, c["attn_ln"], c["attn_do"], c["attn_out"],
+                                         g.attn_ln, g.attn_out)  # h = LN(dropout(ctx Wo^T + bo) + x)
         (dctx,) = split_heads(dctx, A)                            # ctx = merge_heads(ctx)
         if "head_mask" in c:                                      # ctx = m_a ctx
             ctx, m = c["head_mask"]
