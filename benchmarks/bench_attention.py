@@ -104,12 +104,9 @@ def parse_args(argv=None):
 
 def _rung(name):
     """A rung of the study ladder: ``kernels/<name>.py`` at the repository root, loaded by
-    path (the folder is not a package), or the older ``minibert.kernels.ladder.<name>``."""
-    import importlib
+    path (the folder is not a package)."""
     import importlib.util
     path = ROOT / "kernels" / f"{name}.py"
-    if not path.exists():
-        return importlib.import_module(f"minibert.kernels.ladder.{name}")
     spec = importlib.util.spec_from_file_location(f"ladder_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module                 # Numba's cache wants a findable module
@@ -296,7 +293,7 @@ def implementations(threads, itemsize=4):
                     f"fwd {bk} scores + D accumulators, bwd {bk}"),
         ladder_impl("v4 tiled", attn_v4_tiled, threads,
                     f"blocks of {bq4} queries x {bk4} keys per task "
-                    "(see ladder/attn_v4_tiled.py)"),
+                    "(see kernels/attn_v4_tiled.py)"),
         ladder_impl("v5 minibert.kernels", v5, threads, scratch5),
     ]
     if threads > 1:

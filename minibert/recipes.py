@@ -72,9 +72,9 @@ def _split_documents(documents, every=20):
 
 # --------------------------------------------------------------------------- pretraining
 # Each recipe is the set of defaults the pretrain command starts from; any argument given
-# explicitly overrides its recipe's value. "bert" is Devlin et al.'s recipe at a small scale
-# (the command's default until it was measured to learn nothing in its budget); "fast" is the
-# one chosen by the ablation in the README for a few minutes on two CPU cores.
+# explicitly overrides its recipe's value. "bert" is Devlin et al.'s recipe at a small scale;
+# "fast", the default, is the one the ablation in docs/recipe.md chose for a few minutes on
+# two CPU cores (the "bert" recipe learns little in that budget).
 PRETRAIN_RECIPES = {
     "bert": dict(preset="mini", vocab_size=8192, steps=300, batch_size=16, seq_len=128,
                  lr=1e-3, warmup=0.1, masked_lm_prob=0.15, dropout=0.1, nsp=True,

@@ -1,9 +1,9 @@
 """minibert.kernels: fast kernels behind the same contracts as the readable ops.
 
-A plain subpackage of minibert (it once sat at the repository root, where it hid Hugging
-Face's ``kernels`` package from runs started there), so a plain ``pip install .`` ships it.
-The readable op in ``minibert/ops/`` stays the reference every kernel here is tested
-against.
+A plain subpackage of minibert, shipped by ``pip install .``. The readable op in
+``minibert/ops/`` stays the reference every kernel here is tested against; the study ladder
+that derives the attention kernels is ``kernels/`` at the repository root, which nothing
+here imports.
 
 Fused attention
 ---------------
@@ -16,12 +16,12 @@ Fused attention
 The function of ``minibert.ops.attention`` (``softmax(scale q k^T + mask) v`` with attention
 dropout), computed block by block without ever forming the (S, S) matrices: the forward
 saves only ``out`` and the per-row log-sum-exp ``lse``, from which the backward recomputes
-the probabilities (FlashAttention-2; the algorithm is derived in ``ladder/attn_v4_tiled.py``).
+the probabilities (FlashAttention-2; the algorithm is derived in ``kernels/attn_v4_tiled.py``).
 
 * q, k, v, out, dout: (B, A, S, D), C-contiguous, all float32 or all float64. ``out`` is
   the forward's output, as in FlashAttention's signature (the CPU backward recomputes the
   row statistics it would give from the probabilities instead, for accuracy in float32:
-  see ``ladder/attn_v4_tiled.py``; it is validated all the same).
+  see ``kernels/attn_v4_tiled.py``; it is validated all the same).
 * mask: (B, S) of 0/1 (1 = attend, 0 = padding; bool, integer or float), or None.
 * scale: multiplies the scores; None means 1/sqrt(D).
 * lse: (B, A, S) in q's dtype, ``log sum_j exp(scale q_i . k_j + mask_j)`` over the real

@@ -3,11 +3,10 @@ key-block spans and the compiler flags; numerics only (the argument checks of fu
 attention are ``_args.py``'s, built on ``minibert.validation``).
 
 Everything here is imported by name by the kernels that use it (``attention_cpu.py``,
-``cross_entropy_cpu.py``, ``__init__.py``) and may be by the ladder's rungs
-(``ladder/``), which derive it: the vectorised exp and the online softmax that uses it
-are explained in ``ladder/attn_v4_tiled.py`` ("Arithmetic"). Production code imports from
-this module, ``_threads.py`` and ``philox_cpu.py``, never from a rung, and nothing here
-imports ``minibert.ops`` (the ops import the kernels).
+``cross_entropy_cpu.py``, ``__init__.py``). The study ladder's rungs (``kernels/`` at the
+repository root) stand alone and import none of it: they derive it instead, the vectorised
+exp and the online softmax that uses it in ``kernels/attn_v4_tiled.py`` ("Arithmetic").
+Nothing here imports ``minibert.ops`` (the ops import the kernels).
 
 Compiled pieces (Numba, ``cache=True``):
 

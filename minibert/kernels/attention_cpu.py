@@ -1,9 +1,9 @@
 """Fused softmax attention on the CPU, the production kernel (rung 5 of the ladder):
-FlashAttention-2's algorithm of ``ladder/attn_v4_tiled.py``, with the block products done
+FlashAttention-2's algorithm of ``kernels/attn_v4_tiled.py``, with the block products done
 by BLAS.
 
 The function, the tiles, the online softmax, the skipping of padded keys, the recomputing
-backward and its row statistics are those of rung 4 (``ladder/attn_v4_tiled.py``, whose
+backward and its row statistics are those of rung 4 (``kernels/attn_v4_tiled.py``, whose
 docstring derives them); read that first. The building blocks the two share (exp, row max,
 dropout factors, key-block spans) live in ``_blocks.py``; this kernel
 imports no rung. What changes is who does which part of a tile:
@@ -153,7 +153,7 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
     sums sum_j P_ij and sum_j P_ij dP_ij is added to ``row_sum`` and ``row_pdp`` (G, nr);
     with ``grads`` (the sums being complete) ``p`` leaves as Pd = P keep / (1 - p_drop) and
     ``ds`` as scale dS = scale P (dP - D_i), with P normalised by its row sum and
-    D_i = rowsum(dP P) (see "The row statistics" in ``ladder/attn_v4_tiled.py``).
+    D_i = rowsum(dP P) (see "The row statistics" in ``kernels/attn_v4_tiled.py``).
     """
     G, nr, nc = p.shape
     ftype = p.dtype.type
@@ -247,7 +247,7 @@ def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, start, block
     blocks = [(int(key_lo[b, kb]), int(key_hi[b, kb])) for kb in range(key_lo.shape[1])
               if key_lo[b, kb] < key_hi[b, kb]]
     # with one key block the row sums come with the block; with several a first sweep over
-    # all blocks computes them before any dS (see ``ladder/attn_v4_tiled.py``)
+    # all blocks computes them before any dS (see ``kernels/attn_v4_tiled.py``)
     sweeps = [(True, True)] if len(blocks) == 1 else [(True, False), (False, True)]
     # rows that no product writes are zero: dK and dV at keys outside every block span
     # (padding), dQ of a sequence without a real key
@@ -354,7 +354,7 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, 
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
                        *, start=0, block_q=BLOCK_Q, block_k=BLOCK_K):
     """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
-    ``out`` is not read (see ``ladder/attn_v4_tiled.py``); it stays in FlashAttention's
+    ``out`` is not read (see ``kernels/attn_v4_tiled.py``); it stays in FlashAttention's
     signature."""
     B, A, S, D = q.shape
     block_q, block_k = _block_sizes(block_q, block_k, S)
