@@ -7,6 +7,8 @@ works without it and never touches CUDA unless a CuPy array (or ``device="gpu"``
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 _cupy = None          # the cupy module once imported, False when it cannot be imported
@@ -144,6 +146,23 @@ def gpu_available() -> bool:
     return _gpu_ok
 
 
+#: Where launchers put a process's rank among the processes of its machine: Open MPI,
+#: MPICH's Hydra and Intel MPI, MVAPICH2, Slurm's srun, Cray PALS.
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                   "SLURM_LOCALID", "PALS_LOCAL_RANKID")
+
+
+def launcher_local_rank() -> int:
+    """This process's rank among the processes of its machine as the MPI launcher's
+    environment gives it (``LOCAL_RANK_VARS``), else 0; read without starting MPI.
+    ``minibert.distributed.local_rank()`` prefers the communicator's once it exists."""
+    for var in LOCAL_RANK_VARS:
+        v = os.environ.get(var, "").strip()
+        if v.isdigit():
+            return int(v)
+    return 0
+
+
 def select_gpu(local_rank: int = 0):
     """Make device ``local_rank % device_count`` CuPy's (and Numba's) current device, before
     either allocates anything; returns its index, or None without a GPU. With several MPI
@@ -180,7 +199,7 @@ def select_gpu(local_rank: int = 0):
 
 def get_xp(device: str):
     """The array module for ``device`` ("cpu" or "gpu"). For "gpu", the first call selects
-    this process's device (``select_gpu`` with ``distributed.local_rank()``)."""
+    this process's device (``select_gpu`` with the launcher's local rank)."""
     if device == "cpu":
         return np
     if device == "gpu":
@@ -188,8 +207,8 @@ def get_xp(device: str):
             raise ValueError("device='gpu' was requested but no CUDA device is available "
                              "(install cupy and check the driver), expected 'cpu' or a GPU")
         if _selected_device is None:
-            from .distributed import local_rank  # lazy: distributed imports this module
-            select_gpu(local_rank())
+            # distributed.world(), once made, has already selected with the communicator's rank
+            select_gpu(launcher_local_rank())
         return _import_cupy()
     raise ValueError(f"device={device!r} is not known, expected 'cpu' or 'gpu'")
 

@@ -66,16 +66,12 @@ import warnings
 
 import numpy as np
 
-from .backend import is_gpu_array
+from .backend import LOCAL_RANK_VARS, is_gpu_array, launcher_local_rank  # noqa: F401 (LOCAL_RANK_VARS: re-exported)
 
 #: Environment variables that MPI launchers set in every process they start: MPICH's Hydra
 #: and Intel MPI (PMI_*), Open MPI (OMPI_*), PMIx launchers such as Slurm's srun (PMIX_*).
 LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
-#: Where launchers put a process's rank among the processes of its machine: Open MPI,
-#: MPICH's Hydra and Intel MPI, MVAPICH2, Slurm's srun, Cray PALS.
-LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
-                   "SLURM_LOCALID", "PALS_LOCAL_RANKID")
 
 
 def launched_size() -> int:
@@ -94,11 +90,7 @@ def local_rank() -> int:
     starting MPI."""
     if _WORLD is not None:
         return _WORLD.local_rank
-    for var in LOCAL_RANK_VARS:
-        v = os.environ.get(var, "").strip()
-        if v.isdigit():
-            return int(v)
-    return 0
+    return launcher_local_rank()
 
 
 def launched_under_mpi() -> bool:
