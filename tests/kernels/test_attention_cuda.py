@@ -106,17 +106,20 @@ def test_float64_matches_textbook(S, D, p):
     assert np.all(lse[2] == np.inf) and np.all(np.isfinite(lse[[0, 1, 3]]))
 
 
-@pytest.mark.parametrize("tiles", [(1, 2), (3, 5), (16, 4), (64, 64)], ids=str)
+@pytest.mark.parametrize("tiles", [(1, 2, 2), (3, 5, 1), (16, 4, 4), (32, 32, 2), (4, 8, 8)],
+                         ids=str)
 def test_tile_sizes_do_not_change_the_function(tiles):
     """One-row tiles, odd tiles, more query than key rows, one tile larger than S: the
-    online softmax's rescaling, partial tiles and single-tile paths; and a scale."""
-    block_q, block_k = tiles
+    online softmax's rescaling, partial tiles and single-tile paths; and a scale. Lanes
+    1 (no exchange), 2, 4 and 8 a row (D = 16: two head elements a lane), groups that fill
+    a partial warp (3 x 1, 4 x 8 threads)."""
+    block_q, block_k, lanes = tiles
     S, D = 13, 16
     mask = _mixed_mask(S, seed=1)[[0, 1, 3]]
     q, k, v, dout = _problem(3, 1, S, D, np.float64, seed=2, magnitude=3.0)
     ref = _textbook(q, k, v, dout, mask, scale=0.3, p=0.2, seed=4, offset=1)
     got, _ = _cuda(q, k, v, dout, mask, scale=0.3, p=0.2, seed=4, offset=1,
-                   block_q=block_q, block_k=block_k)
+                   block_q=block_q, block_k=block_k, lanes=lanes)
     for name, a, e in zip(NAMES, got, ref):
         assert_close(name, a, e, atol=TOL64)
 
@@ -306,3 +309,29 @@ def test_bad_inputs_raise_before_launch():
         fused_attention_backward(out, dq_, dk_, dv_, out, lse.copy_to_host(), None, None)
     with pytest.raises(ValueError, match=r"block_q=0 is invalid"):
         attention_cuda.attention_forward(dq_, dk_, dv_, None, 0.5, block_q=0)
+
+
+def test_launch_limits_are_checked_before_launch():
+    """What the simulator does not enforce and a GPU refuses: more than 1024 threads a
+    block, more than 48 KiB of static shared memory; head sizes the kernels do not cover
+    (``supports``) are refused by name, and the op runs its textbook code for them."""
+    q = cuda.to_device(np.zeros((1, 1, 4, 64)))
+    with pytest.raises(ValueError, match=r"block_q=512 with lanes=4 gives 2048 threads a block"):
+        attention_cuda.attention_forward(q, q, q, None, 0.5, block_q=512, lanes=4)
+    with pytest.raises(ValueError, match=r"bytes of shared memory in the \w+ kernel, expected at "
+                                         r"most 49152"):
+        attention_cuda.attention_forward(q, q, q, None, 0.5, block_q=64, block_k=64)
+    with pytest.raises(ValueError, match=r"lanes=3 is invalid"):
+        attention_cuda.attention_forward(q, q, q, None, 0.5, lanes=3)
+    wide = cuda.to_device(np.zeros((1, 1, 4, 256), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"head size D=256 with dtype float32 is not covered"):
+        attention_cuda.attention_forward(wide, wide, wide, None, 0.5)
+    assert attention_cuda.supports(64, np.float32) and attention_cuda.supports(128, np.float64)
+    assert not attention_cuda.supports(129, np.float32) and not attention_cuda.supports(64, np.int32)
+    for dtype, D in ((np.float32, 64), (np.float64, 64), (np.float32, 128), (np.float64, 128),
+                     (np.float32, 7)):
+        cfg = attention_cuda.launch_config(D, dtype)
+        for kernel in attention_cuda.KERNELS:
+            assert cfg.threads(kernel) <= 1024 and cfg.shared_bytes(kernel) <= 48 * 1024
+            assert min(cfg.block_q, cfg.block_k) >= attention_cuda.MIN_TILE
+        assert D % cfg.lanes == 0 and 32 % cfg.lanes == 0
