@@ -304,6 +304,16 @@ def kernel_launches(tensors, mask, setting):
     return cfg, launches, (out, dq, dk, dv)
 
 
+def check_resources(report, budget=128):
+    """The device's side of ``tests/kernels/test_attention_cuda_ptx.py``: the default
+    float32 kernels at D = 64 use no local memory and at most ``budget`` registers a
+    thread; stops the run otherwise."""
+    for name, r in report.items():
+        if r.stack_bytes or r.registers > budget:
+            raise SystemExit(f"{name}: {r.registers} registers, {r.stack_bytes} bytes of local "
+                             f"memory a thread; expected <= {budget} and 0 (ptxas said so)")
+
+
 def sweep(shapes, repeat, device_name):
     """Per shape and ``SWEEP`` setting: the check of ``check``, Numba's resource counts, each
     kernel's median time and measured over expected. Returns the JSON entries."""
@@ -320,6 +330,8 @@ def sweep(shapes, repeat, device_name):
         report = ac.device_report("float32", 64, cfg.block_q, cfg.block_k, cfg.lanes)
         print(ac.format_report(report, f"\nblock_q={cfg.block_q} block_k={cfg.block_k} "
                                        f"lanes={cfg.lanes}: Numba's counts on {device_name}"))
+        if setting == SWEEP[0]:
+            check_resources(report)
         for shape in shapes:
             tensors, mask = problem(shape)
             with readable_ops():

@@ -89,7 +89,9 @@ shared memory per block (named per kernel in ``LaunchConfig.shared_bytes``) at m
 the most a kernel gets without opting in. The simulator enforces neither, so
 ``launch_config`` checks both before any launch. Head sizes above ``MAX_HEAD_DIM``, or whose
 tiles would shrink below ``MIN_TILE`` rows to fit, are not covered: ``supports(D, dtype)``
-says so, and the attention op runs its textbook code for them.
+says so, and the attention op's "auto" choice (``minibert.ops.attention``) runs its textbook
+code for them. ``ptxas_report`` (no GPU: NVVM and ptxas) and ``device_report`` (Numba's
+counts on a GPU) give each kernel's registers, local memory and shared memory.
 
 Numerics: float32 inputs compute in float32 (scores, exp, sums, accumulators), float64 in
 float64, like the textbook op. ``math.exp`` of a float32 is CUDA's ``expf``; the results
@@ -138,8 +140,9 @@ STATIC_SHARED_LIMIT = 48 * 1024
 #: The largest head size the kernels cover; larger ones run the textbook op.
 MAX_HEAD_DIM = 128
 
-#: Rows per block and per staged tile, before shrinking to fit the shared memory.
-DEFAULT_ROWS = 32
+#: Threads per block of the default tiles: rows per block (and per staged tile) are this
+#: over the lanes a row, before shrinking to fit the shared memory.
+DEFAULT_THREADS = 128
 
 #: Tiles below this many rows would leave most of a block idle: such head sizes are not covered.
 MIN_TILE = 8
@@ -249,9 +252,10 @@ def _fits(cfg):
 
 
 def default_tiles(D, itemsize, lanes):
-    """(block_q, block_k): ``DEFAULT_ROWS`` each, the larger halved until every kernel's
-    static shared memory fits in ``STATIC_SHARED_LIMIT`` (32 x 32 for float32 at D = 64)."""
-    bq = bk = DEFAULT_ROWS
+    """(block_q, block_k): ``DEFAULT_THREADS / lanes`` each (at least ``MIN_TILE``), the
+    larger halved until every kernel's static shared memory fits in ``STATIC_SHARED_LIMIT``
+    (32 x 32 for float32 at D = 64, 16 x 16 for float64)."""
+    bq = bk = max(MIN_TILE, DEFAULT_THREADS // lanes)
     while not _fits(LaunchConfig(D, itemsize, bq, bk, lanes)) and max(bq, bk) > 1:
         if bk >= bq:
             bk //= 2
@@ -762,22 +766,22 @@ def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_9
 
 
 def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None):
-    """``{kernel: Resources}`` from Numba's own counts on the current GPU (the dispatcher's
-    ``get_regs_per_thread``, ``get_local_mem_per_thread``, ``get_shared_mem_per_block``):
-    what the driver loaded. Local memory is the stack frame with the spills in it; Numba
-    does not split it, so ``spill_stores`` and ``spill_loads`` read -1. Compiles the three
-    kernels for ``dtype`` and D if they are not yet; needs a GPU."""
+    """``{kernel: Resources}`` from Numba's own counts on the current GPU: the compiled
+    kernel's ``regs_per_thread``, ``local_mem_per_thread`` and ``shared_mem_per_block``
+    (what the dispatcher's ``get_regs_per_thread`` etc. return), read off the module the
+    driver loaded. Local memory is the stack frame with the spills in it; the driver does
+    not split it, so ``spill_stores`` and ``spill_loads`` read -1. Compiles the three
+    kernels for ``dtype`` and D (ahead of their first launch) if they are not yet; needs a
+    GPU."""
     cfg = launch_config(D, dtype, block_q, block_k, lanes)
     kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
     sigs = kernel_signatures(dtype)
     report = {}
     for name in KERNELS:
-        kernel = getattr(kernels, name)
-        kernel.compile(sigs[name])
-        sig = sigs[name]
-        report[name] = Resources(int(kernel.get_regs_per_thread(sig)),
-                                 int(kernel.get_local_mem_per_thread(sig)), -1, -1,
-                                 int(kernel.get_shared_mem_per_block(sig)), cfg.threads(name))
+        compiled = getattr(kernels, name).compile(sigs[name])
+        report[name] = Resources(int(compiled.regs_per_thread),
+                                 int(compiled.local_mem_per_thread), -1, -1,
+                                 int(compiled.shared_mem_per_block), cfg.threads(name))
     return report
 
 

@@ -12,7 +12,10 @@ exercised as written; it proves neither speed nor the hardware's exp. So the sha
 small and odd, with tiles smaller than S (several query tiles and key tiles, partial last
 tiles), B A small. The textbook op ``minibert.ops.attention`` is the reference, as for
 the CPU kernel (``test_fused_attention.py``): float64 within 1e-12, float32 within
-1.25 times the textbook float32's own RMS error against the float64 textbook.
+1.25 times the textbook float32's own RMS error against the float64 textbook. The lanes a
+row (1, 2, 4, 8) and groups in partial warps are exercised too; the simulator has no warp
+shuffles, so there the kernels' butterfly runs through shared memory (see the kernel
+module's docstring), with the same additions in the same order.
 """
 import math
 import os
@@ -335,3 +338,36 @@ def test_launch_limits_are_checked_before_launch():
             assert cfg.threads(kernel) <= 1024 and cfg.shared_bytes(kernel) <= 48 * 1024
             assert min(cfg.block_q, cfg.block_k) >= attention_cuda.MIN_TILE
         assert D % cfg.lanes == 0 and 32 % cfg.lanes == 0
+
+
+def test_op_runs_textbook_code_where_the_kernels_do_not_reach():
+    """The attention op's "auto" choice asks ``attention_cuda.supports``: a head size above
+    128 stays on the textbook code."""
+    from minibert.ops.attention import _cuda_covers
+    assert _cuda_covers(np.zeros((1, 1, 2, 64), dtype=np.float32))
+    assert not _cuda_covers(np.zeros((1, 1, 2, 256), dtype=np.float32))
+    assert not _cuda_covers(np.zeros((1, 1, 2, 129), dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- the GPU benchmark
+
+
+def test_benchmark_dry_run_lists_the_sweep_and_the_model():
+    """``bench_attention_gpu.py --dry-run``'s code, with no GPU: every sweep setting passes
+    ``launch_config``, and the expected times are the FLOP/byte model's."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_attention_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lines = bench.dry_run([(32, 12, 128, 64)])
+    assert not any("refused" in line for line in lines)
+    assert sum("lanes=" in line for line in lines) == len(bench.SWEEP)
+    assert "block_q=32 block_k=32 lanes=4" in lines[1]             # the default first
+    flops, nbytes = bench.kernel_counts((2, 3, 5, 8), 4)["forward"]
+    assert flops == 4 * 2 * 3 * 25 * 8 and nbytes == 4 * (4 * 2 * 3 * 5 * 8 + 2 * 3 * 5)
+    assert bench.expected_ms(67e12, 1.0, "H100", 4) == pytest.approx(1e3)      # FLOP-bound
+    assert bench.expected_ms(1.0, 4.3e12, "H200", 8) == pytest.approx(1e3)     # byte-bound
+    assert bench.device_kind("NVIDIA H200") == "H200"
+    assert bench.device_kind("NVIDIA H100 80GB HBM3") == "H100"
