@@ -89,6 +89,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_attention_gpu.json"))
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU: print the sweep's launch sizes and the FLOP/byte model, exit")
+    p.add_argument("--sweep", type=int, default=None, metavar="N",
+                   help="run the first N settings of SWEEP (default all; 2 with --quick: each "
+                        "setting compiles three kernels)")
     p.add_argument("--no-peers", action="store_true",
                    help="skip the comparison with the textbook op and torch; sweep only")
     return p.parse_args(argv)
@@ -314,7 +317,7 @@ def check_resources(report, budget=128):
                              f"memory a thread; expected <= {budget} and 0 (ptxas said so)")
 
 
-def sweep(shapes, repeat, device_name):
+def sweep(shapes, repeat, device_name, n_settings=None):
     """Per shape and ``SWEEP`` setting: the check of ``check``, Numba's resource counts, each
     kernel's median time and measured over expected. Returns the JSON entries."""
     import cupy as cp
@@ -323,7 +326,7 @@ def sweep(shapes, repeat, device_name):
     from minibert.ops import attention, readable_ops
     kind = device_kind(device_name)
     entries = []
-    for setting, cfg in sweep_configs(64, "float32"):
+    for setting, cfg in sweep_configs(64, "float32")[:n_settings]:
         if isinstance(cfg, ValueError):
             print(f"  {setting}: refused: {cfg}")
             continue
@@ -401,7 +404,8 @@ def main(argv=None):
                 print(f"  {name:<28} {t:9.3f} ms {flops / (t * 1e-3) / 1e12:7.2f} TFLOP/s"
                       f"  minibert is {t / mine:5.2f}x")
         results["shapes"].append(entry)
-    results["sweep"] = sweep(shapes, repeat, results["versions"]["device"])
+    n_settings = args.sweep if args.sweep is not None else (2 if args.quick else None)
+    results["sweep"] = sweep(shapes, repeat, results["versions"]["device"], n_settings)
     results["model"] = {"devices": DEVICES, "counts": {str(shape): kernel_counts(shape, 4)
                                                        for shape in shapes}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

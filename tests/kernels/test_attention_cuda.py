@@ -162,7 +162,7 @@ def test_lse_is_the_log_sum_exp_of_masked_scores():
 # --------------------------------------------------------------------------- float32
 
 
-@pytest.mark.parametrize("S,D,p", [(65, 16, 0.0), (33, 64, 0.2)])
+@pytest.mark.parametrize("S,D,p", [(65, 16, 0.0), (33, 64, 0.2), (97, 16, 0.1)])
 def test_float32_as_accurate_as_textbook(S, D, p):
     """Both float32 results against the float64 textbook on the same rounded inputs: the
     kernel's RMS error at most 1.25 times the textbook float32's, tensor by tensor (the
