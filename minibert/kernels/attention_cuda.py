@@ -712,6 +712,19 @@ def kernel_signatures(dtype):
     }
 
 
+def precompile(dtype, D=64, block_q=None, block_k=None, lanes=None):
+    """Compiles the three kernels for ``dtype`` and head size D with explicit signatures
+    (``kernel_signatures``), ahead of their first launch, so that a timed or time-limited
+    run does not compile inside it; returns the ``Kernels``. Needs a GPU (Numba loads the
+    module into the current context)."""
+    cfg = launch_config(D, dtype, block_q, block_k, lanes)
+    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
+    sigs = kernel_signatures(dtype)
+    for name in KERNELS:
+        getattr(kernels, name).compile(sigs[name])
+    return kernels
+
+
 class Resources(NamedTuple):
     """What the compiler gives one kernel: registers a thread, stack frame and spill bytes a
     thread (local memory), static shared memory a block, and the blocks of
