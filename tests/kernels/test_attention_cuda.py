@@ -96,11 +96,14 @@ CASES = [(1, 16, 0.0), (1, 16, 0.3), (7, 16, 0.0), (7, 16, 0.3), (33, 16, 0.0), 
 @pytest.mark.parametrize("S,D,p", CASES, ids=[f"S{S}-D{D}-p{p}" for S, D, p in CASES])
 def test_float64_matches_textbook(S, D, p):
     """Query tiles of 8 and key tiles of 16 (S = 65: nine and five of them, the last
-    partial); a sequence with holes, one with padding at the end, one with no real key."""
+    partial); a sequence with holes, one with padding at the end, one with no real key.
+    Two lanes a row: the simulator's cost grows with the lanes (a barrier per exchange);
+    the other lane counts run below."""
     mask = _mixed_mask(S, seed=S)
     q, k, v, dout = _problem(4, 1, S, D, np.float64, seed=S + D, magnitude=2.0)
     ref = _textbook(q, k, v, dout, mask, p=p, seed=11, offset=2**32 + 3)
-    got, lse = _cuda(q, k, v, dout, mask, p=p, seed=11, offset=2**32 + 3, block_q=8, block_k=16)
+    got, lse = _cuda(q, k, v, dout, mask, p=p, seed=11, offset=2**32 + 3, block_q=8, block_k=16,
+                     lanes=2)
     for name, a, e in zip(NAMES, got, ref):
         assert_close(f"{name} (S={S}, D={D}, p={p})", a, e, atol=TOL64)
     # the sequence with no real key: zeros, lse = +inf, never NaN
