@@ -4,6 +4,7 @@ on CuPy arrays) against the CuPy textbook op (``minibert.ops.attention`` under
 (memory-efficient attention) and math backends, on one GPU, in the same run.
 
     python benchmarks/bench_attention_gpu.py [--repeat R] [--quick] [--out FILE]
+    python benchmarks/bench_attention_gpu.py --dry-run      # no GPU: the model and the sweep
 
 Needs a CUDA GPU, CuPy, numba-cuda and torch built for CUDA. What it does, in order:
 
@@ -18,9 +19,35 @@ Needs a CUDA GPU, CuPy, numba-cuda and torch built for CUDA. What it does, in or
 3. Times forward and forward+backward with CUDA events (``torch.cuda.Event`` around the
    work, on the stream both libraries use), a few untimed runs first, the implementations
    interleaved round by round; reports the median.
-4. Prints a table and writes ``benchmarks/results/bench_attention_gpu.json`` (or
+4. Sweeps the kernel's launch settings (``SWEEP``: rows per block and tile ``block_q``,
+   ``block_k``, and ``lanes`` a row; the first is the default of
+   ``attention_cuda.launch_config``): per setting and shape, checks out, dq, dk, dv as in
+   2, prints Numba's resource counts of its kernels (registers, local memory), times each
+   kernel (forward, dq, dkdv) on its own, and prints measured over expected, the expected
+   time from the model below. One lease tells which setting to keep.
+5. Prints a table and writes ``benchmarks/results/bench_attention_gpu.json`` (or
    ``--out``) with the device name, driver, CUDA runtime, CuPy, Numba, numba-cuda and torch
    versions and the command.
+
+``--dry-run`` needs no GPU and no CuPy: it prints the sweep's launch sizes (threads,
+shared memory, grid) and each kernel's FLOP and byte counts and expected times, and exits.
+
+Expected time of a kernel (``expected_ms``): the larger of FLOPs over the FP32 (FP64)
+CUDA-core rate, the kernels using no tensor cores, and the fewest bytes (each input read
+once, each output written once) over the copy bandwidth. Per (b, a), counting a D-long dot
+product or update as 2 S^2 D FLOPs over all (query, key) pairs:
+
+    forward   2 products (s, P V)                 4 S^2 D    reads q, k, v; writes O, lse
+    dq        s, dP twice (two sweeps), dQ       10 S^2 D    reads q, k, v, dO, lse;
+                                                             writes dQ, 1/sigma, D_i
+    dkdv      s, dP, dV, dK                       8 S^2 D    reads q, k, v, dO, lse,
+                                                             1/sigma, D_i; writes dK, dV
+
+The exps, the Philox draws and the shuffles are not counted, so measured over expected
+also says what they and the re-reads of K and V (a tile per block) cost. Rates
+(``DEVICES``): bandwidth as measured by a device-to-device copy on this workplace's
+machines (3.0 TB/s H100, 4.3 TB/s H200), FP32 67 and FP64 34 TFLOP/s by the datasheet
+(the two chips share the SMs); a device not listed is modelled as an H100.
 
 FLOP counts (dense: padded keys counted as if real, so a ratio of TFLOP/s is a ratio of
 times):
@@ -47,6 +74,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SHAPES = [(32, 12, 128, 64), (8, 12, 512, 64)]
+#: (block_q, block_k, lanes) settings of the kernel sweep; None: the default.
+SWEEP = [(None, None, None), (16, 16, 4), (16, 16, 8), (32, 16, 4), (64, 16, 2), (32, 32, 8)]
+#: name -> (copy bandwidth bytes/s, FP32 FLOP/s, FP64 FLOP/s): see the docstring.
+DEVICES = {"H100": (3.0e12, 67e12, 34e12), "H200": (4.3e12, 67e12, 34e12)}
 QUICK_SHAPES = [(2, 4, 128, 64)]
 CHECK_FACTOR = 2.0        # RMS error allowed, in units of the float32 textbook's own
 
@@ -56,7 +87,73 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=20, help="timed rounds (median reported)")
     p.add_argument("--quick", action="store_true", help="one small shape, 3 rounds")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_attention_gpu.json"))
+    p.add_argument("--dry-run", action="store_true",
+                   help="no GPU: print the sweep's launch sizes and the FLOP/byte model, exit")
+    p.add_argument("--sweep", type=int, default=None, metavar="N",
+                   help="run the first N settings of SWEEP (default all; 2 with --quick: each "
+                        "setting compiles three kernels)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip the comparison with the textbook op and torch; sweep only")
     return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def kernel_counts(shape, itemsize):
+    """{kernel: (FLOPs, fewest bytes)} for one (B, A, S, D) problem: see the docstring."""
+    B, A, S, D = shape
+    pairs, vec, row = B * A * S * S, B * A * S * D * itemsize, B * A * S * itemsize
+    return {"forward": (4 * pairs * D, 3 * vec + vec + row),
+            "dq": (10 * pairs * D, 4 * vec + row + vec + 2 * row),
+            "dkdv": (8 * pairs * D, 4 * vec + 3 * row + 2 * vec)}
+
+
+def expected_ms(flops, nbytes, device="H100", itemsize=4):
+    """max(FLOPs / rate, bytes / bandwidth) in milliseconds on ``device`` (``DEVICES``)."""
+    bandwidth, fp32, fp64 = DEVICES.get(device, DEVICES["H100"])
+    rate = fp32 if itemsize == 4 else fp64
+    return 1e3 * max(flops / rate, nbytes / bandwidth)
+
+
+def device_kind(name):
+    """"H200" or "H100" from a device name (an unknown device is modelled as an H100)."""
+    return "H200" if "H200" in name.upper() else "H100"
+
+
+def sweep_configs(D=64, dtype="float32"):
+    """[(setting, LaunchConfig or the ValueError it raises)] for ``SWEEP``."""
+    from minibert.kernels.attention_cuda import launch_config
+    out = []
+    for setting in SWEEP:
+        try:
+            out.append((setting, launch_config(D, dtype, *setting)))
+        except ValueError as exc:
+            out.append((setting, exc))
+    return out
+
+
+def dry_run(shapes, dtype="float32"):
+    """The sweep's launch sizes and the model's expected times, with no GPU; returns the
+    lines printed."""
+    import numpy as np
+    itemsize = np.dtype(dtype).itemsize
+    lines = [f"sweep of attention_cuda launch settings ({dtype}, D = 64; first = default):"]
+    for setting, cfg in sweep_configs(64, dtype):
+        if isinstance(cfg, ValueError):
+            lines.append(f"  {setting}: refused: {cfg}")
+            continue
+        sizes = ", ".join(f"{k} {cfg.threads(k)} threads {cfg.shared_bytes(k)} B smem"
+                          for k in ("forward", "dq", "dkdv"))
+        lines.append(f"  block_q={cfg.block_q} block_k={cfg.block_k} lanes={cfg.lanes}: {sizes}")
+    for shape in shapes:
+        lines.append(f"expected per kernel, {shape} {dtype}:")
+        for name, (flops, nbytes) in kernel_counts(shape, itemsize).items():
+            times = "  ".join(f"{dev} {expected_ms(flops, nbytes, dev, itemsize):.3f} ms"
+                              for dev in DEVICES)
+            lines.append(f"  {name:<8} {flops / 1e9:8.2f} GFLOP {nbytes / 1e6:8.2f} MB  {times}")
+    print("\n".join(lines))
+    return lines
 
 
 def versions():
@@ -175,18 +272,120 @@ def time_interleaved(fns, repeat, args=(), warmup=3):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def kernel_launches(tensors, mask, setting):
+    """{kernel: fn()} launching each kernel of ``attention_cuda`` alone with ``setting``
+    (block_q, block_k, lanes) on float32 CuPy tensors, the forward run once first so that
+    the backward kernels read its lse; and the four results of one full run."""
+    import cupy as cp
+    import numpy as np
+
+    from minibert.kernels import attention_cuda as ac
+    q, k, v, dout = tensors
+    B, A, S, D = q.shape
+    cfg = ac.launch_config(D, q.dtype, *setting)
+    kern = ac.build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    dev = ac.Device(q)
+    key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
+    scalars = ac.kernel_scalars(q.dtype, D ** -0.5, 0.0, 0, 0) + (np.uint64(0),)
+    out, lse = cp.empty_like(q), cp.empty((B, A, S), q.dtype)
+    inv_sum, delta = cp.empty_like(lse), cp.empty_like(lse)
+    dq, dk, dv = cp.empty_like(q), cp.empty_like(q), cp.empty_like(q)
+    a = dev.arg
+    launches = {
+        "forward": lambda: kern.forward[cfg.grid("forward", B, A, S), cfg.threads("forward"),
+                                        dev.stream](a(q), a(k), a(v), a(key_bias), a(tiles),
+                                                    *scalars, a(out), a(lse)),
+        "dq": lambda: kern.dq[cfg.grid("dq", B, A, S), cfg.threads("dq"), dev.stream](
+            a(q), a(k), a(v), a(dout), a(lse), a(key_bias), a(tiles), *scalars, a(inv_sum),
+            a(delta), a(dq)),
+        "dkdv": lambda: kern.dkdv[cfg.grid("dkdv", B, A, S), cfg.threads("dkdv"), dev.stream](
+            a(q), a(k), a(v), a(dout), a(lse), a(inv_sum), a(delta), a(key_bias), a(tiles),
+            *scalars, a(dk), a(dv)),
+    }
+    for name in ("forward", "dq", "dkdv"):
+        launches[name]()
+    return cfg, launches, (out, dq, dk, dv)
+
+
+def check_resources(report, budget=128):
+    """The device's side of ``tests/kernels/test_attention_cuda_ptx.py``: the default
+    float32 kernels at D = 64 use no local memory and at most ``budget`` registers a
+    thread; stops the run otherwise."""
+    for name, r in report.items():
+        if r.stack_bytes or r.registers > budget:
+            raise SystemExit(f"{name}: {r.registers} registers, {r.stack_bytes} bytes of local "
+                             f"memory a thread; expected <= {budget} and 0 (ptxas said so)")
+
+
+def sweep(shapes, repeat, device_name, n_settings=None):
+    """Per shape and ``SWEEP`` setting: the check of ``check``, Numba's resource counts, each
+    kernel's median time and measured over expected. Returns the JSON entries."""
+    import cupy as cp
+
+    from minibert.kernels import attention_cuda as ac
+    from minibert.ops import attention, readable_ops
+    kind = device_kind(device_name)
+    entries = []
+    for setting, cfg in sweep_configs(64, "float32")[:n_settings]:
+        if isinstance(cfg, ValueError):
+            print(f"  {setting}: refused: {cfg}")
+            continue
+        report = ac.device_report("float32", 64, cfg.block_q, cfg.block_k, cfg.lanes)
+        print(ac.format_report(report, f"\nblock_q={cfg.block_q} block_k={cfg.block_k} "
+                                       f"lanes={cfg.lanes}: Numba's counts on {device_name}"))
+        if setting == SWEEP[0]:
+            check_resources(report)
+        for shape in shapes:
+            tensors, mask = problem(shape)
+            with readable_ops():
+                o64, cache = attention.forward(*tensors[:3], attention_mask=mask)
+                ref = (o64,) + tuple(attention.backward(tensors[3], cache))
+                t32 = [x.astype(cp.float32) for x in tensors]
+                o32, c32 = attention.forward(*t32[:3], attention_mask=mask)
+                book = (o32,) + tuple(attention.backward(t32[3], c32))
+            _, launches, got = kernel_launches(t32, mask, setting)
+            ratios = {}
+            for tname, x, t, e in zip(("out", "dq", "dk", "dv"), got, book, ref):
+                err = float(cp.sqrt(cp.mean((x.astype(cp.float64) - e) ** 2)))
+                book_err = float(cp.sqrt(cp.mean((t.astype(cp.float64) - e) ** 2)))
+                ratios[tname] = err / book_err if book_err else float(err == 0)
+            wrong = [n for n, r in ratios.items() if not r <= CHECK_FACTOR]
+            ms = time_interleaved(launches, repeat) if not wrong else {}
+            entry = {"setting": {"block_q": cfg.block_q, "block_k": cfg.block_k,
+                                 "lanes": cfg.lanes}, "shape": shape,
+                     "error_ratio_vs_textbook": ratios, "wrong": wrong,
+                     "resources": {n: r._asdict() for n, r in report.items()}, "kernels": {}}
+            print(f"  {shape}: error / textbook's " + " ".join(f"{n} {r:.2f}" for n, r in
+                                                             ratios.items())
+                  + (f"  WRONG ({', '.join(wrong)}): not timed" if wrong else ""))
+            for name, (flops, nbytes) in kernel_counts(shape, 4).items():
+                if not ms:
+                    break
+                exp_ms = expected_ms(flops, nbytes, kind, 4)
+                entry["kernels"][name] = {"ms": ms[name], "expected_ms": exp_ms,
+                                          "measured_over_expected": ms[name] / exp_ms,
+                                          "gflops": flops / 1e9, "mbytes": nbytes / 1e6}
+                print(f"    {name:<8} {ms[name]:8.3f} ms  expected {exp_ms:7.3f} ms ({kind})  "
+                      f"measured/expected {ms[name] / exp_ms:6.1f}")
+            entries.append(entry)
+    return entries
+
+
 def main(argv=None):
     args = parse_args(argv)
+    shapes, repeat = (QUICK_SHAPES, 3) if args.quick else (SHAPES, args.repeat)
+    if args.dry_run:
+        dry_run(shapes)
+        return
     import cupy as cp
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    shapes, repeat = (QUICK_SHAPES, 3) if args.quick else (SHAPES, args.repeat)
     results = {"command": " ".join([sys.executable] + sys.argv), "versions": versions(),
                "flops": {"forward": "4 B A S^2 D", "forward+backward": "14 B A S^2 D"},
                "tf32": False, "dtype": "float32", "shapes": []}
     print(f"{results['versions']['device']}: CuPy {cp.__version__}, torch {torch.__version__}")
-    for shape in shapes:
+    for shape in [] if args.no_peers else shapes:
         tensors, mask = problem(shape)
         fns = implementations(mask)
         ratios = check(fns, tensors, mask)
@@ -205,6 +404,10 @@ def main(argv=None):
                 print(f"  {name:<28} {t:9.3f} ms {flops / (t * 1e-3) / 1e12:7.2f} TFLOP/s"
                       f"  minibert is {t / mine:5.2f}x")
         results["shapes"].append(entry)
+    n_settings = args.sweep if args.sweep is not None else (2 if args.quick else None)
+    results["sweep"] = sweep(shapes, repeat, results["versions"]["device"], n_settings)
+    results["model"] = {"devices": DEVICES, "counts": {str(shape): kernel_counts(shape, 4)
+                                                       for shape in shapes}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -13,34 +13,56 @@ with keep_ij the Philox bit of element ``start + ((b*A + a)*S + i)*S + j``, the 
 the element of a data-parallel rank's first probability in the whole batch). The Philox code is
 ``philox_cpu.py``'s own: Numba compiles the same functions for the GPU.
 
-Work split (grid, block and shared memory are named constants below)
---------------------------------------------------------------------
-Forward, ``forward_kernel``: a thread block per (sequence x head, tile of ``block_q``
-queries), one thread per query row. The block walks the key tiles of ``block_k`` keys: all
-its threads stage the tile's K and V rows in shared memory (``2 block_k D`` numbers), then
-each thread runs the online softmax of its row in registers: its query row q_i (D numbers)
-and its unnormalised output accumulator (D numbers) live in thread-local arrays (the
-register tile), with the running max m and sum l:
+Thread layout: a row per group of L lanes
+-----------------------------------------
+Every kernel gives each row it owns (a query row in the forward and ``dq_kernel``, a key row
+in ``dkdv_kernel``) to a group of L consecutive lanes of one warp (L = ``lanes``, a power of
+two dividing D and 32). Thread t of a block serves row ``t // L`` of the block's rows as
+lane ``l = t % L`` and holds only the head elements d = l, l + L, l + 2L, ... of that row's
+vectors: D / L numbers per vector (16 at D = 64, L = 4), so that a thread's arrays stay in
+registers. A dot product over D is then a partial sum per lane and an all-reduce over the
+group by butterfly shuffles (``shfl_xor_sync`` with lane masks 1, 2, ..., L/2: log2 L
+steps, after which every lane of the group holds the same sum; a + b = b + a bit for bit,
+so the lanes agree exactly). A strided slice, not a contiguous one, keeps the lanes of a
+group on consecutive shared-memory words (no bank conflicts) and global addresses.
+
+The per-key (or per-query) work after a dot product, the exp and the dropout bit, is not
+repeated by all L lanes: its result goes to a row of shared memory (``ps``/``ss``/``dps``,
+one padded row per group) and each lane takes a share of the keys. In the forward and
+``dq_kernel`` a lane owns the keys of whole Philox blocks (four consecutive elements of the
+row, block g of the tile to lane g mod L), so one Philox call still serves four keys; in
+``dkdv_kernel`` the elements of one key column are S apart, so query r goes to lane r mod L
+with a call per element. After ``syncwarp`` every lane reads the row back for its own
+slice of the output update. No lane ever indexes a register array with a run-time index:
+the score rows live in shared memory, the thread's arrays are indexed by unrolled loops.
+
+Forward, ``forward_kernel``: grid (B A, ceil(S / block_q)), ``block_q * L`` threads, a query
+row per group. The block walks the key tiles of ``block_k`` keys: all its threads stage the
+tile's K and V rows in shared memory (``2 block_k D`` numbers), then each group runs the
+online softmax of its row, its slice of q_i and of the unnormalised output accumulator in
+registers, with the running max m and (per lane, a share of it) the sum l:
 
     s      = c q_i K_t^T + M_t                       (block_k,) the row's scores of tile t
     m_new  = max(m, max(s)),   alpha = exp(m - m_new)
     l      = alpha l + sum(exp(s - m_new))           (before dropout)
     acc    = alpha acc + (exp(s - m_new) keep / (1 - p)) V_t
 
-and at the end O_i = acc / l, lse_i = m + log(l). The (S, S) matrix is never formed: a
-thread holds at most one tile's ``block_k`` scores. Key tiles of padding only are skipped
-(the table ``tile_has_key``, from the mask); a sequence with no real key skips them all and
-gets O = 0 and lse = +inf (FlashAttention's convention, the CPU kernel's: exp(s - lse) = 0
-for every s, so every probability and gradient of the row is 0, never NaN).
+and at the end O_i = acc / l, lse_i = m + log(l). The (S, S) matrix is never formed. Key
+tiles of padding only are skipped (the table ``tile_has_key``, from the mask); a sequence
+with no real key skips them all and gets O = 0 and lse = +inf (FlashAttention's convention,
+the CPU kernel's: exp(s - lse) = 0 for every s, so every probability and gradient of the row
+is 0, never NaN).
 
 Backward without atomics: each output element is written by exactly one thread, which sums
-its terms in a fixed order, so two runs give the same bits.
+its terms in a fixed order (the butterfly's order is fixed too), so two runs give the same
+bits.
 
-* ``dq_kernel`` (query tiles, one thread per query row) computes the two row statistics
-  and then dQ_i = c sum_j dS_ij k_j over the key tiles;
-* ``dkdv_kernel`` (key tiles, one thread per key row) stages query tiles (Q, dO and the
-  row statistics) in shared memory and sums dV_j = sum_i Pd_ij dO_i and
-  dK_j = c sum_i dS_ij q_i over them, k_j, v_j and both accumulators in registers.
+* ``dq_kernel`` (grid and block as the forward's, a query row per group) computes the two
+  row statistics and then dQ_i = c sum_j dS_ij k_j over the key tiles;
+* ``dkdv_kernel`` (grid (B A, ceil(S / block_k)), ``block_k * L`` threads, a key row per
+  group) stages query tiles of ``block_q`` rows (Q, dO and the row statistics) in shared
+  memory and sums dV_j = sum_i Pd_ij dO_i and dK_j = c sum_i dS_ij q_i over them, its
+  slices of k_j, v_j and both accumulators in registers.
 
 The row statistics: recomputed, not D = rowsum(dO * O). FlashAttention-2 takes
 D_i = dO_i . O_i (a preprocessing kernel) and P = exp(s - lse). Both are exact in exact
@@ -49,7 +71,8 @@ the input dtype), which the recomputed P does not share: ``benchmarks/gpu_row_st
 measures dQ and dK 1.41 and 1.38 times less accurate than the textbook float32 op (RMS,
 median over random problems) with D from O, 0.99 times with the recomputed statistics
 below; the tests hold the kernels to 1.25 (``ladder/attn_v4_tiled.py``, "The row
-statistics", derives the effect). So, as the CPU kernel does, ``dq_kernel`` first sweeps the key tiles for
+statistics", derives the effect). So, as the CPU kernel does, ``dq_kernel`` first sweeps the
+key tiles for
 
     sigma_i = sum_j exp(s_ij - lse_i),       pi_i = sum_j exp(s_ij - lse_i) dP_ij
 
@@ -61,11 +84,26 @@ does 9: s and dP twice in ``dq_kernel`` (once per sweep) plus the dQ update, s a
 again in ``dkdv_kernel`` plus the dK and dV updates; a split backward with D from O would
 do 7, and FlashAttention-2's single kernel, which adds dQ with atomics, 5.
 
+Sizes and limits (``LaunchConfig``): threads per block ``rows * L`` at most 1024; static
+shared memory per block (named per kernel in ``LaunchConfig.shared_bytes``) at most 48 KiB,
+the most a kernel gets without opting in. The simulator enforces neither, so
+``launch_config`` checks both before any launch. Head sizes above ``MAX_HEAD_DIM``, or whose
+tiles would shrink below ``MIN_TILE`` rows to fit, are not covered: ``supports(D, dtype)``
+says so, and the attention op's "auto" choice (``minibert.ops.attention``) runs its textbook
+code for them. ``ptxas_report`` (no GPU: NVVM and ptxas) and ``device_report`` (Numba's
+counts on a GPU) give each kernel's registers, local memory and shared memory.
+
 Numerics: float32 inputs compute in float32 (scores, exp, sums, accumulators), float64 in
 float64, like the textbook op. ``math.exp`` of a float32 is CUDA's ``expf``; the results
 are cast back to the input type (the simulator, which runs this code in Python, would
 otherwise carry float64). Dropout's keep test compares float32 numbers, as
 ``minibert.rng`` does.
+
+The simulator has no warp shuffles and no ``syncwarp`` (numba-cuda 0.30): where
+``numba.cuda`` lacks them, the same butterfly exchanges its values through a shared array
+between two block barriers (every thread of a block reaches every exchange: the loops
+around them have block-uniform bounds), and ``syncwarp`` is a block barrier. The
+arithmetic, its order and the indexing are the ones the GPU runs.
 
 Arrays: CuPy arrays (anything with ``__cuda_array_interface__``) run on CuPy's current
 stream and come back as CuPy arrays; Numba device arrays (``numba.cuda.to_device``: how
@@ -75,12 +113,17 @@ arrive validated by ``minibert.kernels.fused_attention_forward`` / ``_backward``
 type the kernels are compiled for.
 
 This module imports ``numba.cuda``: ``minibert.kernels`` imports it only when a GPU array
-arrives, so ``import minibert`` never touches CUDA.
+arrives, so ``import minibert`` never touches CUDA. ``supports`` and ``launch_config`` are
+plain arithmetic, for the op's dispatch.
 """
 from __future__ import annotations
 
 import functools
 import math
+import re
+import shutil
+import subprocess
+import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -88,156 +131,416 @@ from numba import cuda
 
 from .philox_cpu import dropout_keep, keep_from_word, philox_block
 
-#: Shared memory a block may use for its tiles, in bytes: below the 48 KiB a kernel gets
-#: without opting in, leaving room for the small per-row arrays.
-SHARED_BUDGET = 40 * 1024
+#: The most threads a block may have on every CUDA GPU.
+MAX_THREADS = 1024
 
-#: The largest tile, in rows: 64 query rows (threads) x 64 keys for float32 at D = 64.
+#: Static shared memory a block may use, in bytes: the 48 KiB a kernel gets without opting in.
+STATIC_SHARED_LIMIT = 48 * 1024
+
+#: The largest head size the kernels cover; larger ones run the textbook op.
+MAX_HEAD_DIM = 128
+
+#: Threads per block of the default tiles: rows per block (and per staged tile) are this
+#: over the lanes a row, before shrinking to fit the shared memory.
+DEFAULT_THREADS = 128
+
+#: Tiles below this many rows would leave most of a block idle: such head sizes are not covered.
+MIN_TILE = 8
+
+#: Head elements per lane the default lane count aims at (D / L): 16 keeps a thread's
+#: three or four register arrays at 48 to 64 numbers.
+HEAD_SLICE = 16
+
+#: Blocks an SM should hold at once: the kernels are compiled with launch bounds (threads,
+#: MIN_BLOCKS), so that ptxas keeps registers within 65536 / (MIN_BLOCKS threads).
+MIN_BLOCKS = 4
+
+#: The kernels' names, in launch order.
+KERNELS = ("forward", "dq", "dkdv")
+
+#: The ladder's rungs (one thread per row) tile with this; the production kernels use
+#: ``launch_config``. The largest tile, in rows.
 MAX_TILE = 64
+
+#: Shared memory budget of the ladder's tiles, in bytes.
+SHARED_BUDGET = 40 * 1024
 
 
 def default_tile(D, itemsize):
-    """The tile edge (queries per block and keys per shared tile) for head size D: the
-    largest power of two <= ``MAX_TILE`` whose two staged (tile, D) blocks fit in
-    ``SHARED_BUDGET`` (64 for float32 at D = 64, 32 for float64)."""
+    """The ladder's tile edge for head size D: the largest power of two <= ``MAX_TILE`` whose
+    two staged (tile, D) blocks fit in ``SHARED_BUDGET``."""
     tile = MAX_TILE
     while tile > 1 and 2 * tile * D * itemsize > SHARED_BUDGET:
         tile //= 2
     return tile
 
 
+def tile_sizes(block_q, block_k, D, itemsize):
+    """(BQ, BK) of the ladder's rungs: the given sizes, or ``default_tile`` for None;
+    positive integers."""
+    tile = default_tile(D, itemsize)
+    return tuple(tile if value is None else _positive(name, value)
+                 for name, value in (("block_q", block_q), ("block_k", block_k)))
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid, expected a positive integer")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- launch sizes
+
+
+class LaunchConfig(NamedTuple):
+    """The compile-time sizes of one kernel build and the launch sizes they imply.
+
+    ``block_q`` query rows and ``block_k`` key rows: per block and per staged tile (the
+    forward and ``dq_kernel`` own ``block_q`` query rows and stage ``block_k`` keys;
+    ``dkdv_kernel`` owns ``block_k`` key rows and stages ``block_q`` queries). ``lanes``
+    threads per row, each holding ``head_slice = D / lanes`` elements of a row's vectors.
+    """
+    D: int
+    itemsize: int
+    block_q: int
+    block_k: int
+    lanes: int
+
+    @property
+    def head_slice(self):
+        return self.D // self.lanes
+
+    def threads(self, kernel):
+        """Threads per block: a group of ``lanes`` per owned row."""
+        return (self.block_k if kernel == "dkdv" else self.block_q) * self.lanes
+
+    def shared_bytes(self, kernel):
+        """Static shared memory per block, from the arrays each kernel declares (the score
+        rows are padded by one number against bank conflicts)."""
+        BQ, BK, D = self.block_q, self.block_k, self.D
+        if kernel == "forward":     # K, V tiles; P~ rows; key bias
+            words = 2 * BK * D + BQ * (BK + 1) + BK
+        elif kernel == "dq":        # K, V tiles; score and dP rows; key bias
+            words = 2 * BK * D + 2 * BQ * (BK + 1) + BK
+        elif kernel == "dkdv":      # Q, dO tiles; score and dP rows; lse, 1/sigma, D_i
+            words = 2 * BQ * D + 2 * BK * (BQ + 1) + 3 * BQ
+        else:
+            raise ValueError(f"kernel={kernel!r} is not known, expected one of {KERNELS}")
+        return words * self.itemsize
+
+    def grid(self, kernel, B, A, S):
+        """(sequence x head, row tile): one block per ``block_q`` queries or ``block_k`` keys."""
+        rows = self.block_k if kernel == "dkdv" else self.block_q
+        return (B * A, -(-S // rows))
+
+
+def default_lanes(D, itemsize=4):
+    """L = D / ``HEAD_SLICE`` in float32, twice that in float64 (a float64 takes two
+    registers), clamped to [2, 16] and lowered to divide D: 4 at D = 64 in float32, 8 in
+    float64."""
+    return _lanes_dividing(D, min(16, max(2, D * itemsize // (4 * HEAD_SLICE))))
+
+
+def _lanes_dividing(D, lanes):
+    while D % lanes:
+        lanes //= 2
+    return lanes
+
+
+def _fits(cfg):
+    return all(cfg.shared_bytes(k) <= STATIC_SHARED_LIMIT for k in KERNELS)
+
+
+def default_tiles(D, itemsize, lanes):
+    """(block_q, block_k): ``DEFAULT_THREADS / lanes`` each (at least ``MIN_TILE``), the
+    larger halved until every kernel's static shared memory fits in ``STATIC_SHARED_LIMIT``
+    (32 x 32 for float32 at D = 64, 16 x 16 for float64)."""
+    bq = bk = max(MIN_TILE, DEFAULT_THREADS // lanes)
+    while not _fits(LaunchConfig(D, itemsize, bq, bk, lanes)) and max(bq, bk) > 1:
+        if bk >= bq:
+            bk //= 2
+        else:
+            bq //= 2
+    return bq, bk
+
+
+def supports(head_dim, dtype) -> bool:
+    """True when the CUDA kernels cover head size ``head_dim`` in ``dtype``: float32 or
+    float64, 1 <= D <= ``MAX_HEAD_DIM``, and default tiles of at least ``MIN_TILE`` rows.
+    The attention op runs its textbook code where this is False."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return False
+    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)):
+        return False
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        return False
+    return min(default_tiles(int(head_dim), dtype.itemsize,
+                             default_lanes(int(head_dim), dtype.itemsize))) >= MIN_TILE
+
+
+def launch_config(D, dtype, block_q=None, block_k=None, lanes=None):
+    """The ``LaunchConfig`` for head size D and ``dtype``; None takes the defaults
+    (``default_lanes``, ``default_tiles``). Raises ValueError before any launch where the
+    GPU would refuse or the kernels do not cover the case: a head size beyond
+    ``supports``, more than ``MAX_THREADS`` threads a block, more than
+    ``STATIC_SHARED_LIMIT`` bytes of static shared memory."""
+    itemsize = np.dtype(dtype).itemsize
+    if not supports(D, dtype):
+        raise ValueError(f"head size D={D} with dtype {np.dtype(dtype)} is not covered by the "
+                         f"CUDA attention kernels (float32/float64, 1 <= D <= {MAX_HEAD_DIM}); "
+                         "the attention op runs its textbook code for it")
+    if lanes is None:
+        lanes = default_lanes(D, itemsize)
+    else:
+        lanes = _positive("lanes", lanes)
+        if lanes > 32 or lanes & (lanes - 1):
+            raise ValueError(f"lanes={lanes} is invalid, expected a power of two <= 32 "
+                             "(the lanes of one row share a warp)")
+        lanes = _lanes_dividing(D, lanes)
+    dq_, dk_ = default_tiles(D, itemsize, lanes)
+    block_q = dq_ if block_q is None else _positive("block_q", block_q)
+    block_k = dk_ if block_k is None else _positive("block_k", block_k)
+    cfg = LaunchConfig(int(D), itemsize, block_q, block_k, lanes)
+    for kernel in KERNELS:
+        if cfg.threads(kernel) > MAX_THREADS:
+            rows = "block_k" if kernel == "dkdv" else "block_q"
+            raise ValueError(f"{rows}={getattr(cfg, rows)} with lanes={lanes} gives "
+                             f"{cfg.threads(kernel)} threads a block in the {kernel} kernel, "
+                             f"expected at most {MAX_THREADS}")
+        if cfg.shared_bytes(kernel) > STATIC_SHARED_LIMIT:
+            raise ValueError(f"block_q={block_q}, block_k={block_k} at D={D} "
+                             f"({np.dtype(dtype)}) need {cfg.shared_bytes(kernel)} bytes of "
+                             f"shared memory in the {kernel} kernel, expected at most "
+                             f"{STATIC_SHARED_LIMIT} (smaller tiles)")
+    return cfg
+
+
+# --------------------------------------------------------------------------- the kernels
+
+
 class Kernels(NamedTuple):
-    """The compiled kernels of one (dtype, D, block_q, block_k)."""
+    """The compiled kernels of one (dtype, D, block_q, block_k, lanes)."""
     forward: object
     dq: object
     dkdv: object
 
 
 @functools.cache
-def build_kernels(dtype_str, D, BQ, BK):
-    """The three kernels for dtype ``dtype_str``, head size D and tiles of BQ queries and BK
-    keys: compile-time constants of Numba CUDA (local and shared array shapes must be), hence
-    a closure per combination, compiled by Numba on first launch."""
+def build_kernels(dtype_str, D, BQ, BK, L=None):
+    """The three kernels for dtype ``dtype_str``, head size D, tiles of BQ queries and BK
+    keys and L lanes a row (None: ``default_lanes``): compile-time constants of Numba CUDA
+    (local and shared array shapes must be), hence a closure per combination, compiled by
+    Numba on first launch or by ``compile_ptx``."""
+
     dtype = np.dtype(dtype_str)
+    if L is None:
+        L = default_lanes(D, dtype.itemsize)
+    if D % L or L & (L - 1) or L > 32:
+        raise ValueError(f"lanes={L} must be a power of two <= 32 dividing D={D}")
     ftype = dtype.type                   # np.float32 or np.float64: array dtype and casts
     ZERO, ONE = ftype(0), ftype(1)
     NEG_INF, POS_INF = ftype(-np.inf), ftype(np.inf)
+    DL = D // L                          # head elements per lane
+    STEPS = L.bit_length() - 1           # butterfly steps: log2 L
+    GROUP = (1 << L) - 1                 # the lane mask of a group at lane 0 of a warp
+    THREE, TWO = np.uint64(3), np.uint64(2)
+    NT_Q, NT_K = BQ * L, BK * L          # threads: forward / dq, and dkdv
+    BK1, BQ1 = BK + 1, BQ + 1            # score rows, padded by one against bank conflicts
+    # the simulator has no warp shuffles: its exchange array, one number per thread
+    SIMULATED = not hasattr(cuda, "shfl_xor_sync")
+    XCH = (3, max(NT_Q, NT_K)) if SIMULATED else (1, 1)
+
+    def kernel(threads):
+        """``cuda.jit`` with launch bounds (threads, ``MIN_BLOCKS``): ptxas keeps the registers
+        within what ``MIN_BLOCKS`` blocks of ``threads`` threads may use (the simulator takes
+        no launch bounds)."""
+        return cuda.jit if SIMULATED else cuda.jit(launch_bounds=(threads, MIN_BLOCKS))
 
     @cuda.jit(device=True, inline=True)
     def exp(x):
         return ftype(math.exp(x))
 
+    if SIMULATED:
+        def lane_sum(x, mask, t, xch):
+            """The group's sum of x, in every lane: the butterfly's additions in its order,
+            on the group's values exchanged through shared memory. One barrier an exchange:
+            ``xch`` has two rows used in turn (row 2 keeps each thread's turn), so a row is
+            rewritten only after the next barrier, once every thread has read it."""
+            turn = int(xch[2, t])
+            xch[turn, t] = x
+            cuda.syncthreads()
+            first = t - (t & (L - 1))
+            vals = [xch[turn, first + j] for j in range(L)]
+            for step in range(STEPS):
+                vals = [vals[j] + vals[j ^ (1 << step)] for j in range(L)]
+            xch[2, t] = 1 - turn
+            return vals[t & (L - 1)]
+
+        def xch_init(xch, t):
+            xch[2, t] = ZERO
+
+        def group_sync(mask):
+            cuda.syncthreads()
+    else:
+        @cuda.jit(device=True, inline=True)
+        def lane_sum(x, mask, t, xch):
+            """The group's sum of x, in every lane: butterfly shuffles within the group."""
+            for step in range(STEPS):
+                x = x + cuda.shfl_xor_sync(mask, x, 1 << step)
+            return x
+
+        @cuda.jit(device=True, inline=True)
+        def xch_init(xch, t):
+            pass
+
+        @cuda.jit(device=True, inline=True)
+        def group_sync(mask):
+            cuda.syncwarp(mask)
+
+    @cuda.jit(device=True, inline=True)
+    def group_mask(t):
+        """The 32-bit mask of the warp lanes of thread t's group (L consecutive lanes)."""
+        return np.uint32(GROUP << ((t & 31) - (t & (L - 1))))
+
     @cuda.jit(device=True, inline=True)
     def load_rows(dst, src, b, a, r0, n, t, nthreads):
         """dst[r, :] = src[b, a, r0 + r, :] for r < n (zeros beyond), by all threads of the
         block: thread t copies elements t, t + nthreads, ... (consecutive threads read
-        consecutive addresses, so the loads coalesce)."""
+        consecutive addresses, so the loads coalesce). dst is laid out as (rows, D / L, L):
+        element d of a row at [d // L, d % L], the lane that reads it last."""
         for e in range(t, dst.shape[0] * D, nthreads):
             r = e // D
             d = e - r * D
-            dst[r, d] = src[b, a, r0 + r, d] if r < n else ZERO
+            dst[r, d // L, d & (L - 1)] = src[b, a, r0 + r, d] if r < n else ZERO
 
-    @cuda.jit
+    @cuda.jit(device=True, inline=True)
+    def pick(w, w0, w1, w2, w3):
+        return w0 if w == 0 else (w1 if w == 1 else (w2 if w == 2 else w3))
+
+    @kernel(NT_Q)
     def forward_kernel(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
                        start, out, lse):
-        """out (B, A, S, D), lse (B, A, S); grid (B A, ceil(S / BQ)), BQ threads."""
+        """out (B, A, S, D), lse (B, A, S); grid (B A, ceil(S / BQ)), BQ L threads."""
         _, A, S, _ = q.shape
         bh = cuda.blockIdx.x                        # sequence x head
         b = bh // A
         a = bh - b * A
         t = cuda.threadIdx.x
-        i = cuda.blockIdx.y * BQ + t                # this thread's query row
+        row = t // L                                # the group's row in the block
+        lane = t & (L - 1)                          # owns head elements lane + L u
+        mask = group_mask(t)
+        i = cuda.blockIdx.y * BQ + row              # the group's query row
         live = i < S
-        ks = cuda.shared.array((BK, D), ftype)      # K tile
-        vs = cuda.shared.array((BK, D), ftype)      # V tile
+        ks = cuda.shared.array((BK, DL, L), ftype)      # K tile
+        vs = cuda.shared.array((BK, DL, L), ftype)      # V tile
         bias = cuda.shared.array(BK, ftype)         # M of the tile's keys
-        qr = cuda.local.array(D, ftype)             # q_i, in registers
-        acc = cuda.local.array(D, ftype)            # unnormalised O_i
-        sr = cuda.local.array(BK, ftype)            # the row's scores of one tile
-        for d in range(D):
-            qr[d] = q[b, a, i, d] if live else ZERO
-            acc[d] = ZERO
+        ps = cuda.shared.array((BQ, BK1), ftype)     # each row's scores, then P~ keep
+        xch = cuda.shared.array(XCH, ftype)         # the simulator's exchange rows
+        xch_init(xch, t)
+        qr = cuda.local.array(DL, ftype)            # q_i's slice, in registers
+        acc = cuda.local.array(DL, ftype)           # unnormalised O_i's slice
+        for u in range(DL):
+            qr[u] = q[b, a, i, lane + L * u] if live else ZERO
+            acc[u] = ZERO
         m = NEG_INF
-        l = ZERO
+        l_part = ZERO                               # this lane's share of l
         dropping = p32 > 0
+        w0 = w1 = w2 = w3 = np.uint64(0)
         for kt in range(tile_has_key.shape[1]):
             if tile_has_key[b, kt] == 0:            # padding only: P = 0 there (block-uniform)
                 continue
             j0 = kt * BK
             nc = min(BK, S - j0)
-            load_rows(ks, k, b, a, j0, nc, t, BQ)
-            load_rows(vs, v, b, a, j0, nc, t, BQ)
-            for c in range(t, nc, BQ):
+            load_rows(ks, k, b, a, j0, nc, t, NT_Q)
+            load_rows(vs, v, b, a, j0, nc, t, NT_Q)
+            for c in range(t, nc, NT_Q):
                 bias[c] = key_bias[b, j0 + c]
             cuda.syncthreads()
-            if live:
-                m_tile = NEG_INF
-                for c in range(nc):                 # s = c q_i K_t^T + M_t
-                    s = ZERO
-                    for d in range(D):
-                        s += qr[d] * ks[c, d]
-                    s = s * scale + bias[c]
-                    sr[c] = s
-                    m_tile = max(m_tile, s)
-                # the tile has a real key, so m_new is finite; before the first tile
-                # m = -inf and alpha = exp(-inf) = 0
-                m_new = max(m, m_tile)
-                alpha = exp(m - m_new)
-                for d in range(D):
-                    acc[d] *= alpha
-                row_sum = ZERO
-                base = start + (bh * S + i) * S + j0    # Philox element of score (i, j0)
-                w0 = w1 = w2 = w3 = np.uint64(0)
-                for c in range(nc):
-                    pc = exp(sr[c] - m_new)         # P~ = exp(s - m_new) <= 1
-                    row_sum += pc                   # the sum is taken before dropout
-                    if dropping:
-                        e = base + c
-                        if c == 0 or (e & 3) == 0:  # one Philox call per four elements
-                            w0, w1, w2, w3 = philox_block(seed, offset, e >> 2)
-                        lane = e & 3
-                        w = w0 if lane == 0 else (w1 if lane == 1 else (w2 if lane == 2 else w3))
-                        pc = pc * keep_scale if keep_from_word(w, p32) else ZERO
-                    for d in range(D):              # acc += P~ keep / (1 - p) v_j
-                        acc[d] += pc * vs[c, d]
-                l = l * alpha + row_sum
-                m = m_new
-            cuda.syncthreads()                      # before the next tile overwrites ks, vs
+            base = start + np.uint64((bh * S + i) * S + j0)     # Philox element of (i, j0)
+            off = np.int64(base & THREE)            # key c is word (c + off) % 4 of its block
+            m_tile = NEG_INF
+            for c in range(nc):                     # s = c q_i K_t^T + M_t
+                s = ZERO
+                for u in range(DL):
+                    s += qr[u] * ks[c, u, lane]
+                s = lane_sum(s, mask, t, xch) * scale + bias[c]
+                if ((c + off) >> 2) & (L - 1) == lane:      # the lane that owns key c
+                    ps[row, c] = s
+                m_tile = max(m_tile, s)
+            # the tile has a real key, so m_new is finite; before the first tile
+            # m = -inf and alpha = exp(-inf) = 0
+            m_new = max(m, m_tile)
+            alpha = exp(m - m_new)
+            row_sum = ZERO
+            for g in range(lane, (nc + off + 3) >> 2, L):  # this lane's Philox blocks
+                if dropping:
+                    w0, w1, w2, w3 = philox_block(seed, offset, (base >> TWO) + np.uint64(g))
+                for w in range(4):
+                    c = 4 * g + w - off
+                    if 0 <= c < nc:
+                        pc = exp(ps[row, c] - m_new)        # P~ = exp(s - m_new) <= 1
+                        row_sum += pc                       # the sum is taken before dropout
+                        if dropping:
+                            keep = keep_from_word(pick(w, w0, w1, w2, w3), p32)
+                            pc = pc * keep_scale if keep else ZERO
+                        ps[row, c] = pc
+            l_part = l_part * alpha + row_sum
+            group_sync(mask)                        # the group's P~ row is written
+            for u in range(DL):
+                acc[u] *= alpha
+            for c in range(nc):                     # acc += P~ keep / (1 - p) v_j
+                pc = ps[row, c]
+                for u in range(DL):
+                    acc[u] += pc * vs[c, u, lane]
+            m = m_new
+            cuda.syncthreads()                      # before the next tile overwrites ks, vs, ps
+        l = lane_sum(l_part, mask, t, xch)
         if live:
             if l > ZERO:
-                for d in range(D):
-                    out[b, a, i, d] = acc[d] / l    # one rounding, as P = e / sum
-                lse[b, a, i] = m + ftype(math.log(l))
+                for u in range(DL):
+                    out[b, a, i, lane + L * u] = acc[u] / l     # one rounding, as P = e / sum
+                if lane == 0:
+                    lse[b, a, i] = m + ftype(math.log(l))
             else:                                   # no real key: zeros, lse = +inf
-                for d in range(D):
-                    out[b, a, i, d] = ZERO
-                lse[b, a, i] = POS_INF
+                for u in range(DL):
+                    out[b, a, i, lane + L * u] = ZERO
+                if lane == 0:
+                    lse[b, a, i] = POS_INF
 
-    @cuda.jit
+    @kernel(NT_Q)
     def dq_kernel(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
                   offset, start, inv_sum, delta, dq):
         """dq (B, A, S, D) and the row statistics inv_sum = 1 / sigma, delta = pi / sigma
-        (B, A, S); grid (B A, ceil(S / BQ)), BQ threads, a thread per query row."""
+        (B, A, S); grid (B A, ceil(S / BQ)), BQ L threads, a group per query row."""
         _, A, S, _ = q.shape
         bh = cuda.blockIdx.x
         b = bh // A
         a = bh - b * A
         t = cuda.threadIdx.x
-        i = cuda.blockIdx.y * BQ + t
+        row = t // L
+        lane = t & (L - 1)
+        mask = group_mask(t)
+        i = cuda.blockIdx.y * BQ + row
         live = i < S
-        ks = cuda.shared.array((BK, D), ftype)
-        vs = cuda.shared.array((BK, D), ftype)
+        ks = cuda.shared.array((BK, DL, L), ftype)
+        vs = cuda.shared.array((BK, DL, L), ftype)
         bias = cuda.shared.array(BK, ftype)
-        qr = cuda.local.array(D, ftype)
-        dor = cuda.local.array(D, ftype)            # dO_i
-        dqa = cuda.local.array(D, ftype)            # sum_j dS_ij k_j
-        for d in range(D):
-            qr[d] = q[b, a, i, d] if live else ZERO
-            dor[d] = dout[b, a, i, d] if live else ZERO
-            dqa[d] = ZERO
+        ss = cuda.shared.array((BQ, BK1), ftype)     # q_i . k_j, then dS_ij
+        dps = cuda.shared.array((BQ, BK1), ftype)    # dO_i . v_j
+        xch = cuda.shared.array(XCH, ftype)         # the simulator's exchange rows
+        xch_init(xch, t)
+        qr = cuda.local.array(DL, ftype)
+        dor = cuda.local.array(DL, ftype)           # dO_i's slice
+        dqa = cuda.local.array(DL, ftype)           # sum_j dS_ij k_j, this slice
+        for u in range(DL):
+            qr[u] = q[b, a, i, lane + L * u] if live else ZERO
+            dor[u] = dout[b, a, i, lane + L * u] if live else ZERO
+            dqa[u] = ZERO
         lse_i = lse[b, a, i] if live else POS_INF
         dropping = p32 > 0
-        sigma = ZERO
+        w0 = w1 = w2 = w3 = np.uint64(0)
+        sigma = ZERO                                # this lane's shares, then the row's
         pi = ZERO
         inv_sigma = ZERO
         delta_i = ZERO
@@ -248,114 +551,263 @@ def build_kernels(dtype_str, D, BQ, BK):
                     continue
                 j0 = kt * BK
                 nc = min(BK, S - j0)
-                load_rows(ks, k, b, a, j0, nc, t, BQ)
-                load_rows(vs, v, b, a, j0, nc, t, BQ)
-                for c in range(t, nc, BQ):
+                load_rows(ks, k, b, a, j0, nc, t, NT_Q)
+                load_rows(vs, v, b, a, j0, nc, t, NT_Q)
+                for c in range(t, nc, NT_Q):
                     bias[c] = key_bias[b, j0 + c]
                 cuda.syncthreads()
-                if live:
-                    base = start + (bh * S + i) * S + j0
-                    w0 = w1 = w2 = w3 = np.uint64(0)
-                    for c in range(nc):
-                        s = ZERO
-                        dp = ZERO
-                        for d in range(D):          # s = q_i . k_j, dPd = dO_i . v_j
-                            s += qr[d] * ks[c, d]
-                            dp += dor[d] * vs[c, d]
-                        pc = exp(s * scale + bias[c] - lse_i)    # P = exp(s - lse)
-                        if dropping:                # dP = dPd keep / (1 - p)
-                            e = base + c
-                            if c == 0 or (e & 3) == 0:
-                                w0, w1, w2, w3 = philox_block(seed, offset, e >> 2)
-                            lane = e & 3
-                            w = w0 if lane == 0 else (w1 if lane == 1 else (w2 if lane == 2 else w3))
-                            dp = dp * keep_scale if keep_from_word(w, p32) else ZERO
-                        if sweep == 0:
-                            sigma += pc
-                            pi += pc * dp
-                        else:                       # dS = P (dP - D_i), P normalised by sigma
-                            ds = pc * inv_sigma * (dp - delta_i)
-                            for d in range(D):      # dQ_i += dS_ij k_j
-                                dqa[d] += ds * ks[c, d]
+                base = start + np.uint64((bh * S + i) * S + j0)
+                off = np.int64(base & THREE)
+                for c in range(nc):
+                    s = ZERO
+                    dp = ZERO
+                    for u in range(DL):             # s = q_i . k_j, dPd = dO_i . v_j
+                        s += qr[u] * ks[c, u, lane]
+                        dp += dor[u] * vs[c, u, lane]
+                    s = lane_sum(s, mask, t, xch)
+                    dp = lane_sum(dp, mask, t, xch)
+                    if ((c + off) >> 2) & (L - 1) == lane:
+                        ss[row, c] = s
+                        dps[row, c] = dp
+                for g in range(lane, (nc + off + 3) >> 2, L):
+                    if dropping:
+                        w0, w1, w2, w3 = philox_block(seed, offset, (base >> TWO) + np.uint64(g))
+                    for w in range(4):
+                        c = 4 * g + w - off
+                        if 0 <= c < nc:
+                            pc = exp(ss[row, c] * scale + bias[c] - lse_i)   # P = exp(s - lse)
+                            dp = dps[row, c]
+                            if dropping:            # dP = dPd keep / (1 - p)
+                                keep = keep_from_word(pick(w, w0, w1, w2, w3), p32)
+                                dp = dp * keep_scale if keep else ZERO
+                            if sweep == 0:
+                                sigma += pc
+                                pi += pc * dp
+                            else:                   # dS = P (dP - D_i), P normalised by sigma
+                                ss[row, c] = pc * inv_sigma * (dp - delta_i)
+                if sweep == 1:
+                    group_sync(mask)                # the group's dS row is written
+                    for c in range(nc):             # dQ_i += dS_ij k_j
+                        ds = ss[row, c]
+                        for u in range(DL):
+                            dqa[u] += ds * ks[c, u, lane]
                 cuda.syncthreads()
             if sweep == 0:
+                sigma = lane_sum(sigma, mask, t, xch)
+                pi = lane_sum(pi, mask, t, xch)
                 inv_sigma = ONE / sigma if sigma > ZERO else ZERO
                 delta_i = pi * inv_sigma            # D_i = rowsum(dP * P)
         if live:
-            for d in range(D):
-                dq[b, a, i, d] = dqa[d] * scale     # s = c q k^T: dQ = c dS K
-            inv_sum[b, a, i] = inv_sigma
-            delta[b, a, i] = delta_i
+            for u in range(DL):
+                dq[b, a, i, lane + L * u] = dqa[u] * scale  # s = c q k^T: dQ = c dS K
+            if lane == 0:
+                inv_sum[b, a, i] = inv_sigma
+                delta[b, a, i] = delta_i
 
-    @cuda.jit
+    @kernel(NT_K)
     def dkdv_kernel(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
                     keep_scale, seed, offset, start, dk, dv):
-        """dk, dv (B, A, S, D); grid (B A, ceil(S / BK)), BK threads, a thread per key row;
+        """dk, dv (B, A, S, D); grid (B A, ceil(S / BK)), BK L threads, a group per key row;
         query tiles of BQ rows (Q, dO, lse, 1 / sigma, D_i) staged in shared memory."""
         _, A, S, _ = q.shape
         bh = cuda.blockIdx.x
         b = bh // A
         a = bh - b * A
         t = cuda.threadIdx.x
+        row = t // L
+        lane = t & (L - 1)
+        mask = group_mask(t)
         kt = cuda.blockIdx.y
-        j = kt * BK + t                             # this thread's key row
+        j = kt * BK + row                           # the group's key row
         live = j < S
         if tile_has_key[b, kt] == 0:                # padding only: dK = dV = 0 (block-uniform)
             if live:
-                for d in range(D):
-                    dk[b, a, j, d] = ZERO
-                    dv[b, a, j, d] = ZERO
+                for u in range(DL):
+                    dk[b, a, j, lane + L * u] = ZERO
+                    dv[b, a, j, lane + L * u] = ZERO
             return
-        qs = cuda.shared.array((BQ, D), ftype)
-        dos = cuda.shared.array((BQ, D), ftype)
+        qs = cuda.shared.array((BQ, DL, L), ftype)
+        dos = cuda.shared.array((BQ, DL, L), ftype)
         ls = cuda.shared.array(BQ, ftype)           # lse_i
         isum = cuda.shared.array(BQ, ftype)         # 1 / sigma_i
         dl = cuda.shared.array(BQ, ftype)           # D_i
-        kr = cuda.local.array(D, ftype)
-        vr = cuda.local.array(D, ftype)
-        dka = cuda.local.array(D, ftype)
-        dva = cuda.local.array(D, ftype)
+        ss = cuda.shared.array((BK, BQ1), ftype)     # q_i . k_j, then Pd_ij
+        dps = cuda.shared.array((BK, BQ1), ftype)    # dO_i . v_j, then dS_ij
+        xch = cuda.shared.array(XCH, ftype)         # the simulator's exchange rows
+        xch_init(xch, t)
+        kr = cuda.local.array(DL, ftype)
+        vr = cuda.local.array(DL, ftype)
+        dka = cuda.local.array(DL, ftype)
+        dva = cuda.local.array(DL, ftype)
         real = live and key_bias[b, j] == ZERO      # a padded key gets no gradient
-        for d in range(D):
-            kr[d] = k[b, a, j, d] if live else ZERO
-            vr[d] = v[b, a, j, d] if live else ZERO
-            dka[d] = ZERO
-            dva[d] = ZERO
+        for u in range(DL):
+            kr[u] = k[b, a, j, lane + L * u] if live else ZERO
+            vr[u] = v[b, a, j, lane + L * u] if live else ZERO
+            dka[u] = ZERO
+            dva[u] = ZERO
         dropping = p32 > 0
         for i0 in range(0, S, BQ):
             nr = min(BQ, S - i0)
-            load_rows(qs, q, b, a, i0, nr, t, BK)
-            load_rows(dos, dout, b, a, i0, nr, t, BK)
-            for r in range(t, nr, BK):
+            load_rows(qs, q, b, a, i0, nr, t, NT_K)
+            load_rows(dos, dout, b, a, i0, nr, t, NT_K)
+            for r in range(t, nr, NT_K):
                 ls[r] = lse[b, a, i0 + r]
                 isum[r] = inv_sum[b, a, i0 + r]
                 dl[r] = delta[b, a, i0 + r]
             cuda.syncthreads()
+            for r in range(nr):
+                s = ZERO
+                dp = ZERO
+                for u in range(DL):                 # s = q_i . k_j, dPd = dO_i . v_j
+                    s += qs[r, u, lane] * kr[u]
+                    dp += dos[r, u, lane] * vr[u]
+                s = lane_sum(s, mask, t, xch)
+                dp = lane_sum(dp, mask, t, xch)
+                if (r & (L - 1)) == lane:           # the lane that owns query r
+                    ss[row, r] = s
+                    dps[row, r] = dp
             if real:
-                for r in range(nr):
-                    s = ZERO
-                    dp = ZERO
-                    for d in range(D):              # s = q_i . k_j, dPd = dO_i . v_j
-                        s += qs[r, d] * kr[d]
-                        dp += dos[r, d] * vr[d]
+                for r in range(lane, nr, L):
                     # P = exp(s - lse) / sigma (M_j = 0 at a real key)
-                    pc = exp(s * scale - ls[r]) * isum[r]
+                    pc = exp(ss[row, r] * scale - ls[r]) * isum[r]
                     kf = ONE
                     if dropping:                    # a Philox call per element: i varies
-                        e = start + (bh * S + i0 + r) * S + j
+                        e = start + np.uint64((bh * S + i0 + r) * S + j)
                         kf = keep_scale if dropout_keep(seed, offset, e, p32) else ZERO
-                    pd = pc * kf                    # Pd = P keep / (1 - p)
-                    ds = pc * (dp * kf - dl[r])     # dS = P (dP - D_i)
-                    for d in range(D):
-                        dva[d] += pd * dos[r, d]    # O = Pd V: dV_j += Pd_ij dO_i
-                        dka[d] += ds * qs[r, d]     # s = c q k^T: dK_j += c dS_ij q_i
+                    ss[row, r] = pc * kf                        # Pd = P keep / (1 - p)
+                    dps[row, r] = pc * (dps[row, r] * kf - dl[r])   # dS = P (dP - D_i)
+            group_sync(mask)                        # the group's Pd and dS rows are written
+            if real:
+                for r in range(nr):
+                    pd = ss[row, r]
+                    ds = dps[row, r]
+                    for u in range(DL):
+                        dva[u] += pd * dos[r, u, lane]     # O = Pd V: dV_j += Pd_ij dO_i
+                        dka[u] += ds * qs[r, u, lane]      # dK_j += c dS_ij q_i
             cuda.syncthreads()
         if live:
-            for d in range(D):
-                dk[b, a, j, d] = dka[d] * scale
-                dv[b, a, j, d] = dva[d]
+            for u in range(DL):
+                dk[b, a, j, lane + L * u] = dka[u] * scale
+                dv[b, a, j, lane + L * u] = dva[u]
 
     return Kernels(forward_kernel, dq_kernel, dkdv_kernel)
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def kernel_signatures(dtype):
+    """Numba signatures of the three kernels for C-contiguous arrays of ``dtype``, with the
+    scalar types the host code passes (``kernel_scalars``, then ``start``): for
+    ``compile_ptx`` and for compiling ahead of the first launch."""
+    from numba import types
+    ft = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    a4, a3, a2 = (types.Array(ft, n, "C") for n in (4, 3, 2))
+    tiles = types.Array(types.int32, 2, "C")
+    scalars = (ft, types.float32, ft, types.uint64, types.uint64, types.uint64)
+    return {
+        "forward": (a4, a4, a4, a2, tiles) + scalars + (a4, a3),
+        "dq": (a4, a4, a4, a4, a3, a2, tiles) + scalars + (a3, a3, a4),
+        "dkdv": (a4, a4, a4, a4, a3, a3, a3, a2, tiles) + scalars + (a4, a4),
+    }
+
+
+def precompile(dtype, D=64, block_q=None, block_k=None, lanes=None):
+    """Compiles the three kernels for ``dtype`` and head size D with explicit signatures
+    (``kernel_signatures``), ahead of their first launch, so that a timed or time-limited
+    run does not compile inside it; returns the ``Kernels``. Needs a GPU (Numba loads the
+    module into the current context)."""
+    cfg = launch_config(D, dtype, block_q, block_k, lanes)
+    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
+    sigs = kernel_signatures(dtype)
+    for name in KERNELS:
+        getattr(kernels, name).compile(sigs[name])
+    return kernels
+
+
+class Resources(NamedTuple):
+    """What the compiler gives one kernel: registers a thread, stack frame and spill bytes a
+    thread (local memory), static shared memory a block, and the blocks of
+    ``threads`` threads an SM can hold by registers alone (65536 a Hopper SM)."""
+    registers: int
+    stack_bytes: int
+    spill_stores: int
+    spill_loads: int
+    shared_bytes: int
+    threads: int
+
+    @property
+    def blocks_by_registers(self):
+        per_warp = -(-self.registers * 32 // 256) * 256     # allocated per warp in 256s
+        warps = -(-self.threads // 32)
+        return 65536 // (per_warp * warps) if self.registers else 0
+
+
+_PTXAS = re.compile(r"Used (\d+) registers")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_90"):
+    """``{kernel: Resources}`` from ``ptxas -v`` on the PTX Numba's CUDA compiler (NVVM)
+    makes for ``arch``: what the hardware would get, with no GPU. Needs numba-cuda, the
+    CUDA compiler libraries (NVVM, NVRTC) and ``ptxas`` on the PATH; raises RuntimeError
+    naming what is missing."""
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        raise RuntimeError("ptxas is not on the PATH (the CUDA toolkit)")
+    cfg = launch_config(D, dtype, block_q, block_k, lanes)
+    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
+    sigs = kernel_signatures(dtype)
+    cc = (int(arch[3]), int(arch[4:]))
+    report = {}
+    for name in KERNELS:
+        ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, sigs[name], cc=cc,
+                                  launch_bounds=(cfg.threads(name), MIN_BLOCKS))
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+            f.write(ptx)
+            f.flush()
+            run = subprocess.run([ptxas, "-v", "--gpu-name", arch, f.name, "-o", "/dev/null"],
+                                 capture_output=True, text=True, check=False)
+        text = run.stdout + run.stderr
+        regs, frame, smem = _PTXAS.search(text), _FRAME.search(text), _SMEM.search(text)
+        if run.returncode or regs is None or frame is None:
+            raise RuntimeError(f"ptxas failed on the {name} kernel: {text[-500:]}")
+        report[name] = Resources(int(regs.group(1)), *(int(x) for x in frame.groups()),
+                                 int(smem.group(1)) if smem else 0, cfg.threads(name))
+    return report
+
+
+def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None):
+    """``{kernel: Resources}`` from Numba's own counts on the current GPU: the compiled
+    kernel's ``regs_per_thread``, ``local_mem_per_thread`` and ``shared_mem_per_block``
+    (what the dispatcher's ``get_regs_per_thread`` etc. return), read off the module the
+    driver loaded. Local memory is the stack frame with the spills in it; the driver does
+    not split it, so ``spill_stores`` and ``spill_loads`` read -1. Compiles the three
+    kernels for ``dtype`` and D (ahead of their first launch) if they are not yet; needs a
+    GPU."""
+    cfg = launch_config(D, dtype, block_q, block_k, lanes)
+    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
+    sigs = kernel_signatures(dtype)
+    report = {}
+    for name in KERNELS:
+        compiled = getattr(kernels, name).compile(sigs[name])
+        report[name] = Resources(int(compiled.regs_per_thread),
+                                 int(compiled.local_mem_per_thread), -1, -1,
+                                 int(compiled.shared_mem_per_block), cfg.threads(name))
+    return report
+
+
+def format_report(report, title=""):
+    """A table of ``{kernel: Resources}`` for printing."""
+    lines = [title] if title else []
+    lines.append(f"  {'kernel':<8} {'regs':>5} {'stack B':>8} {'spill st/ld B':>14} "
+                 f"{'smem B':>7} {'threads':>7} {'blocks/SM by regs':>18}")
+    for name, r in report.items():
+        spills = "n/a" if r.spill_stores < 0 else f"{r.spill_stores}/{r.spill_loads}"
+        lines.append(f"  {name:<8} {r.registers:>5} {r.stack_bytes:>8} {spills:>14} "
+                     f"{r.shared_bytes:>7} {r.threads:>7} {r.blocks_by_registers:>18}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- host side
@@ -411,19 +863,6 @@ class Device:
                 cuda.to_device(np.ascontiguousarray(tiles), stream=self.stream))
 
 
-def tile_sizes(block_q, block_k, D, itemsize):
-    """(BQ, BK): the given sizes, or ``default_tile`` for None; positive integers."""
-    tile = default_tile(D, itemsize)
-    sizes = []
-    for name, value in (("block_q", block_q), ("block_k", block_k)):
-        if value is None:
-            value = tile
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}={value!r} is invalid, expected a positive integer")
-        sizes.append(int(value))
-    return tuple(sizes)
-
-
 def kernel_scalars(dtype, scale, dropout_p, seed, offset):
     """The kernels' scalar arguments, typed: in Numba a float32 mixed with a Python float
     becomes float64, and an int64 mixed with a uint64 too. (The ladder's rungs take these;
@@ -434,21 +873,20 @@ def kernel_scalars(dtype, scale, dropout_p, seed, offset):
 
 
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
-                      block_q=None, block_k=None):
+                      block_q=None, block_k=None, lanes=None):
     """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
     GPU arrays of one kind, ``scale`` a float, ``mask`` (B, S) of 0/1 (NumPy, or CuPy with
-    CuPy inputs) or None. ``block_q`` / ``block_k`` default to ``default_tile``."""
+    CuPy inputs) or None. ``block_q``, ``block_k``, ``lanes``: see ``launch_config``."""
     B, A, S, D = q.shape
+    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
     dev = Device(q)
-    BQ, BK = tile_sizes(block_q, block_k, D, q.dtype.itemsize)
     out = dev.empty((B, A, S, D), q.dtype)
     lse = dev.empty((B, A, S), q.dtype)
     if B * A * S == 0:
         return out, lse
-    kern = build_kernels(q.dtype.str, D, BQ, BK)
-    key_bias, tiles = dev.mask_tables(mask, B, S, BK, q.dtype)
-    grid = (B * A, -(-S // BQ))                                   # (sequence x head, query tile)
-    kern.forward[grid, BQ, dev.stream](
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
+    kern.forward[cfg.grid("forward", B, A, S), cfg.threads("forward"), dev.stream](
         dev.arg(q), dev.arg(k), dev.arg(v), dev.arg(key_bias), dev.arg(tiles),
         *kernel_scalars(q.dtype, scale, dropout_p, seed, offset), np.uint64(start),
         dev.arg(out), dev.arg(lse))
@@ -456,27 +894,27 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, 
 
 
 def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
-                       *, start=0, block_q=None, block_k=None):
+                       *, start=0, block_q=None, block_k=None, lanes=None):
     """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
     ``out`` is not read (the row statistics are recomputed: see the module docstring); it
     stays in FlashAttention's signature."""
     B, A, S, D = q.shape
+    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
     dev = Device(q)
-    BQ, BK = tile_sizes(block_q, block_k, D, q.dtype.itemsize)
     dq, dk, dv = (dev.empty((B, A, S, D), q.dtype) for _ in range(3))
     if B * A * S == 0:
         return dq, dk, dv
-    kern = build_kernels(q.dtype.str, D, BQ, BK)
-    key_bias, tiles = dev.mask_tables(mask, B, S, BK, q.dtype)
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
     inv_sum = dev.empty((B, A, S), q.dtype)                       # 1 / sigma_i
     delta = dev.empty((B, A, S), q.dtype)                         # D_i
     scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset) + (np.uint64(start),)
     qa, ka, va, da, la = (dev.arg(x) for x in (q, k, v, dout, lse))
     kb, ta = dev.arg(key_bias), dev.arg(tiles)
-    kern.dq[(B * A, -(-S // BQ)), BQ, dev.stream](
+    kern.dq[cfg.grid("dq", B, A, S), cfg.threads("dq"), dev.stream](
         qa, ka, va, da, la, kb, ta, *scalars, dev.arg(inv_sum), dev.arg(delta), dev.arg(dq))
     # same stream: dkdv_kernel starts after dq_kernel has written the row statistics
-    kern.dkdv[(B * A, -(-S // BK)), BK, dev.stream](
+    kern.dkdv[cfg.grid("dkdv", B, A, S), cfg.threads("dkdv"), dev.stream](
         qa, ka, va, da, la, dev.arg(inv_sum), dev.arg(delta), kb, ta, *scalars,
         dev.arg(dk), dev.arg(dv))
     return dq, dk, dv

@@ -216,9 +216,16 @@ def _choose(implementation, return_probs, q, k, v) -> str:
                          "attn_implementation='fused' never forms; use 'eager' or 'auto' "
                          "(both return them)")
     if implementation == "auto":
-        kernel = use_kernel(q, k, v) or use_cuda_kernel(q, k, v)
+        kernel = use_kernel(q, k, v) or (use_cuda_kernel(q, k, v) and _cuda_covers(q))
         return "fused" if kernel and not return_probs else "eager"
     return implementation
+
+
+def _cuda_covers(q) -> bool:
+    """Whether the CUDA kernels cover q's head size and dtype (``attention_cuda.supports``:
+    D <= 128); the textbook code runs the others."""
+    from ..kernels.attention_cuda import supports  # lazy: imports numba.cuda
+    return supports(int(q.shape[-1]), q.dtype)
 
 
 def _fused_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset, start):

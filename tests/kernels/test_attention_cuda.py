@@ -12,7 +12,10 @@ exercised as written; it proves neither speed nor the hardware's exp. So the sha
 small and odd, with tiles smaller than S (several query tiles and key tiles, partial last
 tiles), B A small. The textbook op ``minibert.ops.attention`` is the reference, as for
 the CPU kernel (``test_fused_attention.py``): float64 within 1e-12, float32 within
-1.25 times the textbook float32's own RMS error against the float64 textbook.
+1.25 times the textbook float32's own RMS error against the float64 textbook. The lanes a
+row (1, 2, 4, 8) and groups in partial warps are exercised too; the simulator has no warp
+shuffles, so there the kernels' butterfly runs through shared memory (see the kernel
+module's docstring), with the same additions in the same order.
 """
 import math
 import os
@@ -93,11 +96,14 @@ CASES = [(1, 16, 0.0), (1, 16, 0.3), (7, 16, 0.0), (7, 16, 0.3), (33, 16, 0.0), 
 @pytest.mark.parametrize("S,D,p", CASES, ids=[f"S{S}-D{D}-p{p}" for S, D, p in CASES])
 def test_float64_matches_textbook(S, D, p):
     """Query tiles of 8 and key tiles of 16 (S = 65: nine and five of them, the last
-    partial); a sequence with holes, one with padding at the end, one with no real key."""
+    partial); a sequence with holes, one with padding at the end, one with no real key.
+    Two lanes a row: the simulator's cost grows with the lanes (a barrier per exchange);
+    the other lane counts run below."""
     mask = _mixed_mask(S, seed=S)
     q, k, v, dout = _problem(4, 1, S, D, np.float64, seed=S + D, magnitude=2.0)
     ref = _textbook(q, k, v, dout, mask, p=p, seed=11, offset=2**32 + 3)
-    got, lse = _cuda(q, k, v, dout, mask, p=p, seed=11, offset=2**32 + 3, block_q=8, block_k=16)
+    got, lse = _cuda(q, k, v, dout, mask, p=p, seed=11, offset=2**32 + 3, block_q=8, block_k=16,
+                     lanes=2)
     for name, a, e in zip(NAMES, got, ref):
         assert_close(f"{name} (S={S}, D={D}, p={p})", a, e, atol=TOL64)
     # the sequence with no real key: zeros, lse = +inf, never NaN
@@ -106,17 +112,20 @@ def test_float64_matches_textbook(S, D, p):
     assert np.all(lse[2] == np.inf) and np.all(np.isfinite(lse[[0, 1, 3]]))
 
 
-@pytest.mark.parametrize("tiles", [(1, 2), (3, 5), (16, 4), (64, 64)], ids=str)
+@pytest.mark.parametrize("tiles", [(1, 2, 2), (3, 5, 1), (16, 4, 4), (32, 32, 2), (4, 8, 8)],
+                         ids=str)
 def test_tile_sizes_do_not_change_the_function(tiles):
     """One-row tiles, odd tiles, more query than key rows, one tile larger than S: the
-    online softmax's rescaling, partial tiles and single-tile paths; and a scale."""
-    block_q, block_k = tiles
+    online softmax's rescaling, partial tiles and single-tile paths; and a scale. Lanes
+    1 (no exchange), 2, 4 and 8 a row (D = 16: two head elements a lane), groups that fill
+    a partial warp (3 x 1, 4 x 8 threads)."""
+    block_q, block_k, lanes = tiles
     S, D = 13, 16
     mask = _mixed_mask(S, seed=1)[[0, 1, 3]]
     q, k, v, dout = _problem(3, 1, S, D, np.float64, seed=2, magnitude=3.0)
     ref = _textbook(q, k, v, dout, mask, scale=0.3, p=0.2, seed=4, offset=1)
     got, _ = _cuda(q, k, v, dout, mask, scale=0.3, p=0.2, seed=4, offset=1,
-                   block_q=block_q, block_k=block_k)
+                   block_q=block_q, block_k=block_k, lanes=lanes)
     for name, a, e in zip(NAMES, got, ref):
         assert_close(name, a, e, atol=TOL64)
 
@@ -156,7 +165,7 @@ def test_lse_is_the_log_sum_exp_of_masked_scores():
 # --------------------------------------------------------------------------- float32
 
 
-@pytest.mark.parametrize("S,D,p", [(65, 16, 0.0), (33, 64, 0.2)])
+@pytest.mark.parametrize("S,D,p", [(65, 16, 0.0), (33, 64, 0.2), (97, 16, 0.1)])
 def test_float32_as_accurate_as_textbook(S, D, p):
     """Both float32 results against the float64 textbook on the same rounded inputs: the
     kernel's RMS error at most 1.25 times the textbook float32's, tensor by tensor (the
@@ -301,3 +310,62 @@ def test_bad_inputs_raise_before_launch():
         fused_attention_backward(out, dq_, dk_, dv_, out, lse.copy_to_host(), None, None)
     with pytest.raises(ValueError, match=r"block_q=0 is invalid"):
         attention_cuda.attention_forward(dq_, dk_, dv_, None, 0.5, block_q=0)
+
+
+def test_launch_limits_are_checked_before_launch():
+    """What the simulator does not enforce and a GPU refuses: more than 1024 threads a
+    block, more than 48 KiB of static shared memory; head sizes the kernels do not cover
+    (``supports``) are refused by name, and the op runs its textbook code for them."""
+    q = cuda.to_device(np.zeros((1, 1, 4, 64)))
+    with pytest.raises(ValueError, match=r"block_q=512 with lanes=4 gives 2048 threads a block"):
+        attention_cuda.attention_forward(q, q, q, None, 0.5, block_q=512, lanes=4)
+    with pytest.raises(ValueError, match=r"bytes of shared memory in the \w+ kernel, expected at "
+                                         r"most 49152"):
+        attention_cuda.attention_forward(q, q, q, None, 0.5, block_q=64, block_k=64)
+    with pytest.raises(ValueError, match=r"lanes=3 is invalid"):
+        attention_cuda.attention_forward(q, q, q, None, 0.5, lanes=3)
+    wide = cuda.to_device(np.zeros((1, 1, 4, 256), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"head size D=256 with dtype float32 is not covered"):
+        attention_cuda.attention_forward(wide, wide, wide, None, 0.5)
+    assert attention_cuda.supports(64, np.float32) and attention_cuda.supports(128, np.float64)
+    assert not attention_cuda.supports(129, np.float32) and not attention_cuda.supports(64, np.int32)
+    for dtype, D in ((np.float32, 64), (np.float64, 64), (np.float32, 128), (np.float64, 128),
+                     (np.float32, 7)):
+        cfg = attention_cuda.launch_config(D, dtype)
+        for kernel in attention_cuda.KERNELS:
+            assert cfg.threads(kernel) <= 1024 and cfg.shared_bytes(kernel) <= 48 * 1024
+            assert min(cfg.block_q, cfg.block_k) >= attention_cuda.MIN_TILE
+        assert D % cfg.lanes == 0 and 32 % cfg.lanes == 0
+
+
+def test_op_runs_textbook_code_where_the_kernels_do_not_reach():
+    """The attention op's "auto" choice asks ``attention_cuda.supports``: a head size above
+    128 stays on the textbook code."""
+    from minibert.ops.attention import _cuda_covers
+    assert _cuda_covers(np.zeros((1, 1, 2, 64), dtype=np.float32))
+    assert not _cuda_covers(np.zeros((1, 1, 2, 256), dtype=np.float32))
+    assert not _cuda_covers(np.zeros((1, 1, 2, 129), dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- the GPU benchmark
+
+
+def test_benchmark_dry_run_lists_the_sweep_and_the_model():
+    """``bench_attention_gpu.py --dry-run``'s code, with no GPU: every sweep setting passes
+    ``launch_config``, and the expected times are the FLOP/byte model's."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_attention_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lines = bench.dry_run([(32, 12, 128, 64)])
+    assert not any("refused" in line for line in lines)
+    assert sum("lanes=" in line for line in lines) == len(bench.SWEEP)
+    assert "block_q=32 block_k=32 lanes=4" in lines[1]             # the default first
+    flops, nbytes = bench.kernel_counts((2, 3, 5, 8), 4)["forward"]
+    assert flops == 4 * 2 * 3 * 25 * 8 and nbytes == 4 * (4 * 2 * 3 * 5 * 8 + 2 * 3 * 5)
+    assert bench.expected_ms(67e12, 1.0, "H100", 4) == pytest.approx(1e3)      # FLOP-bound
+    assert bench.expected_ms(1.0, 4.3e12, "H200", 8) == pytest.approx(1e3)     # byte-bound
+    assert bench.device_kind("NVIDIA H200") == "H200"
+    assert bench.device_kind("NVIDIA H100 80GB HBM3") == "H100"
