@@ -186,24 +186,24 @@ def check_cuda_tensors(named):
 def check_cuda_mask(mask, B, S, cupy_inputs=True):
     """``check_mask`` for the GPU path: None, an ``AttentionMask``, a NumPy (B, S) array of
     0/1, a CuPy one (with CuPy inputs: ``cupy_inputs``), or a Numba device array (copied to
-    the host, B S numbers). Returns None or the (B, S) array the CUDA kernel takes (that of
-    an ``AttentionMask``). Checking a CuPy mask's values waits for the device unless it runs
-    inside ``minibert.validation.deferred_checks``."""
+    the host, B S numbers). Returns None or an ``AttentionMask``, whose kernel tables are
+    built once however many layers use it. Checking a CuPy mask's values waits for the
+    device unless it runs inside ``minibert.validation.deferred_checks``."""
     if mask is None:
         return None
     if isinstance(mask, AttentionMask):
-        return check_attention_mask(mask, B, S, name="mask").values
+        return check_attention_mask(mask, B, S, name="mask")
     if isinstance(mask, np.ndarray):
-        return check_mask(mask, B, S)
+        return AttentionMask(check_mask(mask, B, S))
     if not is_device_array(mask):
         raise TypeError(f"mask has type {type(mask).__name__}, expected a NumPy, CuPy or Numba "
                         "device array (B, S) of 0/1, or None")
     if hasattr(mask, "copy_to_host"):                       # Numba: small, check on the host
-        return check_mask(mask.copy_to_host(), B, S)
+        return AttentionMask(check_mask(mask.copy_to_host(), B, S))
     if not type(mask).__module__.startswith("cupy") or not cupy_inputs:
         raise TypeError(f"mask has type {type(mask).__name__}, expected a NumPy, CuPy or Numba "
                         "device array (B, S) of 0/1, or None")
-    return check_attention_mask(mask, B, S, name="mask").values
+    return check_attention_mask(mask, B, S, name="mask")
 
 
 def cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset):

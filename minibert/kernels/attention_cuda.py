@@ -1,8 +1,8 @@
 """Fused softmax attention on the GPU, in Numba CUDA: FlashAttention-2's structure, the
-production kernel of the GPU ladder (rung 4; the rungs are ``ladder/attn_cuda_v*.py``).
+production kernel of the GPU ladder (rung 4; rungs 1-3 are the top-level ``kernels/attn_cuda_v*.py``).
 
 The function and the contract are those of the CPU kernel (``attention_cpu.py``; the
-algorithm is derived in ``ladder/attn_v4_tiled.py``): per (b, a), with c = scale, the key
+algorithm is derived in ``kernels/attn_v4_tiled.py``): per (b, a), with c = scale, the key
 padding mask M (0 at real keys, -inf at padding) and the dropout rate p,
 
     s_ij = c q_i . k_j + M_j,   P_ij = exp(s_ij - lse_i),   lse_i = log sum_j exp(s_ij)
@@ -70,7 +70,7 @@ arithmetic, but in float32 they carry the forward's roundings (O's, and lse's, s
 the input dtype), which the recomputed P does not share: ``benchmarks/gpu_row_statistics.py``
 measures dQ and dK 1.41 and 1.38 times less accurate than the textbook float32 op (RMS,
 median over random problems) with D from O, 0.99 times with the recomputed statistics
-below; the tests hold the kernels to 1.25 (``ladder/attn_v4_tiled.py``, "The row
+below; the tests hold the kernels to 1.25 (``kernels/attn_v4_tiled.py``, "The row
 statistics", derives the effect). So, as the CPU kernel does, ``dq_kernel`` first sweeps the
 key tiles for
 
@@ -109,7 +109,7 @@ Arrays: CuPy arrays (anything with ``__cuda_array_interface__``) run on CuPy's c
 stream and come back as CuPy arrays; Numba device arrays (``numba.cuda.to_device``: how
 the simulator tests call these kernels) come back as Numba device arrays. The arguments
 arrive validated by ``minibert.kernels.fused_attention_forward`` / ``_backward``
-(``_blocks.cuda_forward_args`` / ``cuda_backward_args``); every scalar is cast here to the
+(``_args.cuda_forward_args`` / ``cuda_backward_args``); every scalar is cast here to the
 type the kernels are compiled for.
 
 This module imports ``numba.cuda``: ``minibert.kernels`` imports it only when a GPU array
@@ -129,7 +129,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda
 
-from .philox_cpu import dropout_keep, keep_from_word, philox_block
+from ..validation import AttentionMask
+from .philox_cpu import dropout_keep, keep_from_word, philox_block, select_word
 
 #: The most threads a block may have on every CUDA GPU.
 MAX_THREADS = 1024
@@ -157,31 +158,6 @@ MIN_BLOCKS = 4
 
 #: The kernels' names, in launch order.
 KERNELS = ("forward", "dq", "dkdv")
-
-#: The ladder's rungs (one thread per row) tile with this; the production kernels use
-#: ``launch_config``. The largest tile, in rows.
-MAX_TILE = 64
-
-#: Shared memory budget of the ladder's tiles, in bytes.
-SHARED_BUDGET = 40 * 1024
-
-
-def default_tile(D, itemsize):
-    """The ladder's tile edge for head size D: the largest power of two <= ``MAX_TILE`` whose
-    two staged (tile, D) blocks fit in ``SHARED_BUDGET``."""
-    tile = MAX_TILE
-    while tile > 1 and 2 * tile * D * itemsize > SHARED_BUDGET:
-        tile //= 2
-    return tile
-
-
-def tile_sizes(block_q, block_k, D, itemsize):
-    """(BQ, BK) of the ladder's rungs: the given sizes, or ``default_tile`` for None;
-    positive integers."""
-    tile = default_tile(D, itemsize)
-    return tuple(tile if value is None else _positive(name, value)
-                 for name, value in (("block_q", block_q), ("block_k", block_k)))
-
 
 def _positive(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -414,10 +390,6 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
             d = e - r * D
             dst[r, d // L, d & (L - 1)] = src[b, a, r0 + r, d] if r < n else ZERO
 
-    @cuda.jit(device=True, inline=True)
-    def pick(w, w0, w1, w2, w3):
-        return w0 if w == 0 else (w1 if w == 1 else (w2 if w == 2 else w3))
-
     @kernel(NT_Q)
     def forward_kernel(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
                        start, out, lse):
@@ -482,7 +454,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
                         pc = exp(ps[row, c] - m_new)        # P~ = exp(s - m_new) <= 1
                         row_sum += pc                       # the sum is taken before dropout
                         if dropping:
-                            keep = keep_from_word(pick(w, w0, w1, w2, w3), p32)
+                            keep = keep_from_word(select_word(w, w0, w1, w2, w3), p32)
                             pc = pc * keep_scale if keep else ZERO
                         ps[row, c] = pc
             l_part = l_part * alpha + row_sum
@@ -578,7 +550,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
                             pc = exp(ss[row, c] * scale + bias[c] - lse_i)   # P = exp(s - lse)
                             dp = dps[row, c]
                             if dropping:            # dP = dPd keep / (1 - p)
-                                keep = keep_from_word(pick(w, w0, w1, w2, w3), p32)
+                                keep = keep_from_word(select_word(w, w0, w1, w2, w3), p32)
                                 dp = dp * keep_scale if keep else ZERO
                             if sweep == 0:
                                 sigma += pc
@@ -848,25 +820,23 @@ class Device:
         """``(key_bias, tile_has_key)`` on the device: the additive key mask (B, S) in
         ``dtype`` (0 at real keys, -inf at padding, whose exp is exactly 0) and, per
         sequence and key tile of ``block_k`` keys, 1 if the tile holds a real key, else 0
-        (B, ceil(S / block_k)) int32. ``mask`` is a validated (B, S) 0/1 array (NumPy, or
-        CuPy for CuPy launches) or None."""
-        xp = self.xp if self.cupy else np
-        real = xp.ones((B, S), dtype=bool) if mask is None else xp.asarray(mask) != 0
-        key_bias = xp.where(real, dtype.type(0), dtype.type(-np.inf)).astype(dtype)
-        nk = -(-S // block_k)
-        padded = xp.zeros((B, nk * block_k), dtype=bool)
-        padded[:, :S] = real
-        tiles = padded.reshape(B, nk, block_k).any(axis=-1).astype(np.int32)     # (B, nk)
+        (B, ceil(S / block_k)) int32. ``mask`` is a checked ``AttentionMask`` or None; its
+        forms are built once and kept, so every layer of a forward and backward reuses them."""
+        if mask is None:
+            mask = AttentionMask(np.ones((B, S), dtype=np.int8))
+        elif not isinstance(mask, AttentionMask):       # a checked (B, S) 0/1 array
+            mask = AttentionMask(mask)
+        key_bias, tiles = mask.key_bias(dtype), mask.tile_has_key(block_k)
         if self.cupy:
-            return key_bias, tiles
+            return self.xp.asarray(key_bias), self.xp.asarray(tiles)   # no copy when on device
         return (cuda.to_device(np.ascontiguousarray(key_bias), stream=self.stream),
                 cuda.to_device(np.ascontiguousarray(tiles), stream=self.stream))
 
 
 def kernel_scalars(dtype, scale, dropout_p, seed, offset):
     """The kernels' scalar arguments, typed: in Numba a float32 mixed with a Python float
-    becomes float64, and an int64 mixed with a uint64 too. (The ladder's rungs take these;
-    the production kernels take ``start`` after them, as a uint64 too.)"""
+    becomes float64, and an int64 mixed with a uint64 too. The kernels take ``start`` after
+    them, as a uint64 too."""
     ftype = dtype.type
     return (ftype(scale), np.float32(dropout_p), ftype(1.0 / (1.0 - dropout_p)),
             np.uint64(seed), np.uint64(offset))
