@@ -16,9 +16,9 @@ Needs a CUDA GPU, CuPy, numba-cuda and torch built for CUDA. What it does, in or
    against the float64 CuPy textbook result: the RMS error of each at most twice the
    float32 textbook's own. It stops if one is wrong. The first call also compiles the
    Numba kernels, so compilation is never timed.
-3. Times forward and forward+backward with CUDA events (``torch.cuda.Event`` around the
-   work, on the stream both libraries use), a few untimed runs first, the implementations
-   interleaved round by round; reports the median.
+3. Times forward and forward+backward with CUDA events (``common.time_interleaved``: CuPy's
+   events around the work, on the default stream both libraries use), a few untimed runs
+   first, the implementations interleaved round by round; reports the median.
 4. Sweeps the kernel's launch settings (``SWEEP``: rows per block and tile ``block_q``,
    ``block_k``, and ``lanes`` a row; the first is the default of
    ``attention_cuda.launch_config``): per setting and shape, checks out, dq, dk, dv as in
@@ -64,7 +64,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -72,6 +71,9 @@ os.environ.setdefault("CUPY_TF32", "0")           # before CuPy is imported
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import time_interleaved  # noqa: E402  (CUDA events where CuPy arrays are args)
 
 SHAPES = [(32, 12, 128, 64), (8, 12, 512, 64)]
 #: (block_q, block_k, lanes) settings of the kernel sweep; None: the default.
@@ -252,26 +254,6 @@ def check(fns, tensors, mask):
     return ratios
 
 
-def time_interleaved(fns, repeat, args=(), warmup=3):
-    """Median milliseconds per implementation, each called as ``fn(*args)``: CUDA events
-    around each call, rounds interleaved (``bench_model_gpu.py`` times its steps with it too)."""
-    import torch
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(*args)
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn(*args)
-            stop.record()
-            torch.cuda.synchronize()
-            times[name].append(start.elapsed_time(stop))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def kernel_launches(tensors, mask, setting):
     """{kernel: fn()} launching each kernel of ``attention_cuda`` alone with ``setting``
     (block_q, block_k, lanes) on float32 CuPy tensors, the forward run once first so that
@@ -350,7 +332,7 @@ def sweep(shapes, repeat, device_name, n_settings=None):
                 book_err = float(cp.sqrt(cp.mean((t.astype(cp.float64) - e) ** 2)))
                 ratios[tname] = err / book_err if book_err else float(err == 0)
             wrong = [n for n, r in ratios.items() if not r <= CHECK_FACTOR]
-            ms = time_interleaved(launches, repeat) if not wrong else {}
+            ms = time_interleaved(launches, repeat, cuda=True) if not wrong else {}
             entry = {"setting": {"block_q": cfg.block_q, "block_k": cfg.block_k,
                                  "lanes": cfg.lanes}, "shape": shape,
                      "error_ratio_vs_textbook": ratios, "wrong": wrong,

@@ -409,30 +409,32 @@ def verdict(errors, rtol=CHECK_RTOL):
 WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 
 
-def check_pretraining(config, batch, attn="fused"):
+def check_pretraining(config, batch, attn="fused", device="cpu", rtol=CHECK_RTOL):
     """Hugging Face's weights in minibert's ``BertForPreTraining`` (attention
     ``attn``, None: the config's), dropout off: the loss with the masked-only head and the
-    word embeddings' gradient agree."""
-    import torch
-
+    word embeddings' gradient agree to ``rtol``. ``device``: minibert's ("cpu" or "gpu"),
+    Hugging Face's on the matching torch device; ``batch``: NumPy arrays."""
+    from minibert.backend import to_device, to_numpy
     from minibert.config import BertConfig
     from minibert.heads import BertForPreTraining
-    pretrain = hf_pretrain(config).eval()
+    pretrain = hf_pretrain(config, "cuda" if device == "gpu" else "cpu").eval()
     if attn is not None:
         config = BertConfig.from_dict(dict(config.to_dict(), attn_implementation=attn))
-    model = BertForPreTraining(config)
-    state = {k: v.detach().numpy() for k, v in pretrain.state_dict().items()}
+    model = BertForPreTraining(config, device=device)
+    state = {k: v.detach().cpu().numpy() for k, v in pretrain.state_dict().items()}
     model.load_state_dict({k: state[k] for k in model.params}, strict=True)
-    loss = hf_masked_only_loss(pretrain, {k: torch.as_tensor(v) for k, v in batch.items()})
+    loss = hf_masked_only_loss(pretrain, to_torch(batch, next(pretrain.parameters()).device))
     loss.backward()
-    out, cache = model.forward(batch["ids"], attention_mask=batch["mask"],
-                               token_type_ids=batch["token_types"],
-                               masked_lm_positions=batch["positions"],
-                               masked_lm_ids=batch["labels"], next_sentence_labels=batch["nsp"])
+    x = {k: to_device(v, device) for k, v in batch.items()}
+    out, cache = model.forward(x["ids"], attention_mask=x["mask"],
+                               token_type_ids=x["token_types"],
+                               masked_lm_positions=x["positions"],
+                               masked_lm_ids=x["labels"], next_sentence_labels=x["nsp"])
     grads = model.backward(cache)
-    g_hf = pretrain.bert.embeddings.word_embeddings.weight.grad.numpy()
+    g_hf = pretrain.bert.embeddings.word_embeddings.weight.grad.cpu().numpy()
     return verdict({"loss": abs(float(out.loss) - loss.item()) / abs(loss.item()),
-                    "grad " + WORD_EMBEDDINGS: relative_error(grads[WORD_EMBEDDINGS], g_hf)})
+                    "grad " + WORD_EMBEDDINGS: relative_error(to_numpy(grads[WORD_EMBEDDINGS]),
+                                                              g_hf)}, rtol)
 
 
 def check_inference(config, batch):
