@@ -1,5 +1,5 @@
-"""Host-side plumbing shared by the small CUDA kernels (dropout, segment sum): which kind of
-GPU array came in, how to allocate its like, how to hand it to a Numba kernel, and the
+"""Host-side plumbing shared by the CUDA kernels (attention, dropout, segment sum): which
+kind of GPU array came in, how to allocate its like, how to hand it to a Numba kernel, and the
 stream to launch on.
 
 CuPy arrays (recognised by their type, or anything else with ``__cuda_array_interface__``)

@@ -130,6 +130,7 @@ import numpy as np
 from numba import cuda
 
 from ..validation import AttentionMask
+from ._cuda_host import Launch
 from .philox_cpu import dropout_keep, keep_from_word, philox_block, select_word
 
 #: The most threads a block may have on every CUDA GPU.
@@ -785,36 +786,9 @@ def format_report(report, title=""):
 # --------------------------------------------------------------------------- host side
 
 
-class Device:
-    """How to allocate, convert and launch for the kind of GPU array that came in: CuPy
-    (any ``__cuda_array_interface__`` object: the kernels launch on CuPy's current stream,
-    outputs are CuPy arrays) or Numba device arrays (the default stream; outputs are Numba
-    device arrays, as under the simulator)."""
-
-    def __init__(self, like):
-        self.cupy = type(like).__module__.startswith("cupy")
-        if self.cupy:
-            import cupy
-            self.xp = cupy
-            ptr = cupy.cuda.get_current_stream().ptr
-            self.stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()
-        else:
-            self.xp = None
-            self.stream = cuda.default_stream()
-
-    def empty(self, shape, dtype):
-        if self.cupy:
-            return self.xp.empty(shape, dtype=dtype)
-        return cuda.device_array(shape, dtype=dtype, stream=self.stream)
-
-    def arg(self, x):
-        """``x`` as the kernels take it (CuPy: a view through its array interface, with no
-        synchronisation: the launch is on the same stream)."""
-        if cuda.devicearray.is_cuda_ndarray(x):
-            return x
-        if not hasattr(cuda, "as_cuda_array"):     # the simulator: it takes host arrays
-            return x
-        return cuda.as_cuda_array(x, sync=False)
+class Device(Launch):
+    """``_cuda_host.Launch`` (the kind of GPU array that came in, its allocation, conversion
+    and stream) with the attention mask's device tables."""
 
     def mask_tables(self, mask, B, S, block_k, dtype):
         """``(key_bias, tile_has_key)`` on the device: the additive key mask (B, S) in
