@@ -1,7 +1,8 @@
 """Helpers shared by the test modules: array comparison, the tiny models and batches of the
-model tests, the training tests' data, the optimizer tests' store, the tokenizer corpus and
-minibert's import graph. Fixtures live in ``tests/conftest.py``; a test module imports
-helpers from here only, never from another test module."""
+model tests, the training tests' data, the optimizer tests' store, the tokenizer corpus,
+minibert's import graph and the CUDA kernel tests' skip. Fixtures live in
+``tests/conftest.py``; a test module imports helpers from here only, never from another test
+module."""
 import ast
 import os
 import pathlib
@@ -11,7 +12,7 @@ import numpy as np
 
 import minibert
 from minibert import BertConfig, BertForPreTraining, gradcheck
-from minibert.backend import to_numpy
+from minibert.backend import gpu_available, to_numpy
 from minibert.optim import AdamW
 from minibert.params import FlatParams, ParamSpec
 
@@ -274,3 +275,18 @@ def import_graph():
     """module name -> its import edges (see ``import_edges``), for all of minibert."""
     modules = minibert_modules()
     return {name: list(import_edges(name, path, modules)) for name, path in modules.items()}
+
+
+# ----------------------------------------------------------------------------- CUDA kernels
+def skip_unless_cuda_kernels_can_run() -> bool:
+    """Skip the calling test module (at import, ``allow_module_level``) unless its CUDA
+    kernels can run: under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) or where a GPU
+    answers. Returns True under the simulator. Call it before importing ``numba.cuda``: the
+    simulator is chosen by the environment at that first import, and the main run, which
+    skips these modules, never imports it."""
+    import pytest
+    simulator = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+    if not simulator and not gpu_available():
+        pytest.skip("CUDA kernels: set NUMBA_ENABLE_CUDASIM=1 (simulator) or run where a GPU "
+                    "answers", allow_module_level=True)
+    return simulator

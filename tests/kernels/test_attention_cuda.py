@@ -18,21 +18,16 @@ shuffles, so there the kernels' butterfly runs through shared memory (see the ke
 module's docstring), with the same additions in the same order.
 """
 import math
-import os
 
 import numpy as np
 import pytest
 
 from minibert import rng as mrng
-from minibert.backend import gpu_available
 from minibert.gradcheck import check_op
 from minibert.ops import attention, readable_ops
-from tests.helpers import assert_as_accurate_as_textbook, assert_close
+from tests.helpers import assert_as_accurate_as_textbook, assert_close, skip_unless_cuda_kernels_can_run
 
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
-if not SIMULATOR and not gpu_available():
-    pytest.skip("CUDA kernels: set NUMBA_ENABLE_CUDASIM=1 (simulator) or run where a GPU answers",
-                allow_module_level=True)
+skip_unless_cuda_kernels_can_run()
 
 from numba import cuda  # noqa: E402  (after the skip: the main run never imports numba.cuda)
 

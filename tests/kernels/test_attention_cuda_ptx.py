@@ -14,34 +14,12 @@ the CUDA compiler libraries are found (NVVM and NVRTC, e.g. the ``nvidia-cuda-nv
 wheel of the ``sim`` extra next to a CUDA toolkit) and, for the resource test, ``ptxas``;
 they skip elsewhere, and under the simulator, which replaces ``numba.cuda``.
 """
-import os
 import shutil
 
 import numpy as np
 import pytest
 
-if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
-    pytest.skip("the simulator replaces numba.cuda: compile checks run without it",
-                allow_module_level=True)
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def compiler():
-    """``(cuda, numba.types)``, or a skip where NVVM/NVRTC cannot be loaded. The kernels are
-    written for ``numba-cuda`` (the gpu and sim extras install it); Numba's older bundled
-    CUDA target, found where numba-cuda is not installed, wants a driver to compile them."""
-    pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (the gpu or sim extra)")
-    try:
-        from numba import cuda, types
-
-        def probe(x):
-            x[0] = 1.0
-        cuda.compile_ptx(probe, (types.float32[::1],), cc=(8, 0))
-    except Exception as exc:                   # no CUDA compiler libraries on this machine
-        pytest.skip(f"numba.cuda cannot compile here ({type(exc).__name__}: {exc})"[:300])
-    return cuda, types
 
 
 def _signatures(types, ft):
@@ -58,8 +36,9 @@ def _signatures(types, ft):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_production_kernels_compile(compiler, dtype):
-    cuda, types = compiler
+def test_production_kernels_compile(compile_ptx, dtype):
+    from numba import types
+
     from minibert.kernels import attention_cuda
     cfg = attention_cuda.launch_config(64, dtype)
     kernels = attention_cuda.build_kernels(np.dtype(dtype).str, 64, cfg.block_q, cfg.block_k,
@@ -67,13 +46,13 @@ def test_production_kernels_compile(compiler, dtype):
     sigs = attention_cuda.kernel_signatures(dtype)
     assert sigs["forward"] == _signatures(types, getattr(types, dtype))["forward"]
     for name in attention_cuda.KERNELS:
-        ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, sigs[name], cc=(8, 0))
+        ptx, _ = compile_ptx(getattr(kernels, name).py_func, sigs[name], cc=(8, 0))
         assert ".entry" in ptx, name
         if dtype == "float32":
             assert ".f64" not in ptx, f"{name}: float64 arithmetic in the float32 kernel"
 
 
-def test_float32_kernels_fit_registers_without_local_memory(compiler):
+def test_float32_kernels_fit_registers_without_local_memory(compile_ptx):
     """ptxas for sm_90 on the float32 kernels at D = 64 with the default tiles and lanes:
     0 bytes of stack frame and of spill stores and loads, registers <= 65536 / (4 x 128)."""
     if shutil.which("ptxas") is None:
@@ -91,8 +70,8 @@ def test_float32_kernels_fit_registers_without_local_memory(compiler):
         assert r.shared_bytes <= attention_cuda.STATIC_SHARED_LIMIT, name
 
 
-def test_ladder_rungs_compile(compiler, rung):
-    cuda, types = compiler
+def test_ladder_rungs_compile(compile_ptx, rung):
+    from numba import types
     attn_cuda_v1_naive, attn_cuda_v2_shared_tiles, attn_cuda_v3_online_softmax = map(
         rung, ("attn_cuda_v1_naive", "attn_cuda_v2_shared_tiles", "attn_cuda_v3_online_softmax"))
     sig = _signatures(types, types.float32)["rung"]
@@ -100,5 +79,5 @@ def test_ladder_rungs_compile(compiler, rung):
                "v2": attn_cuda_v2_shared_tiles.build_kernel("<f4", 64, 64, 64),
                "v3": attn_cuda_v3_online_softmax.build_kernel("<f4", 64, 64, 64)}
     for name, kernel in kernels.items():
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
+        ptx, _ = compile_ptx(kernel.py_func, sig, cc=(8, 0))
         assert ".entry" in ptx and ".f64" not in ptx, name

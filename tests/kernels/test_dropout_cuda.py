@@ -7,19 +7,14 @@ Run in its own process, the simulator on before ``numba.cuda`` is first imported
 
     NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/kernels/test_dropout_cuda.py
 """
-import os
-
 import numpy as np
 import pytest
 
 from minibert import rng as mrng
-from minibert.backend import gpu_available
 from minibert.ops import dropout, readable_ops
+from tests.helpers import skip_unless_cuda_kernels_can_run
 
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
-if not SIMULATOR and not gpu_available():
-    pytest.skip("CUDA kernels: set NUMBA_ENABLE_CUDASIM=1 (simulator) or run where a GPU answers",
-                allow_module_level=True)
+skip_unless_cuda_kernels_can_run()
 
 from numba import cuda  # noqa: E402  (after the skip: the main run never imports numba.cuda)
 

@@ -13,14 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from minibert.backend import gpu_available
 from minibert.ops import attention, readable_ops
-from tests.helpers import assert_close
+from tests.helpers import assert_close, skip_unless_cuda_kernels_can_run
 
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
-if not SIMULATOR and not gpu_available():
-    pytest.skip("CUDA kernels: set NUMBA_ENABLE_CUDASIM=1 (simulator) or run where a GPU answers",
-                allow_module_level=True)
+SIMULATOR = skip_unless_cuda_kernels_can_run()
 
 from numba import cuda  # noqa: E402
 

@@ -14,25 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
-    pytest.skip("the simulator replaces numba.cuda: compile checks run without it",
-                allow_module_level=True)
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (the gpu or sim extra)")
-    try:
-        from numba import cuda, types
-
-        def probe(x):
-            x[0] = 1.0
-        cuda.compile_ptx(probe, (types.float32[::1],), cc=(8, 0))
-    except Exception as exc:                   # no CUDA compiler libraries on this machine
-        pytest.skip(f"numba.cuda cannot compile here ({type(exc).__name__}: {exc})"[:300])
-    return cuda
 
 
 def _kernels(dtype):
@@ -44,9 +26,9 @@ def _kernels(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_kernels_compile_and_float32_stays_float32(cuda, dtype):
+def test_kernels_compile_and_float32_stays_float32(compile_ptx, dtype):
     for name, (kernel, sig) in _kernels(dtype).items():
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        ptx, _ = compile_ptx(kernel.py_func, sig, cc=(9, 0))
         assert ".entry" in ptx, name
         if dtype == "float32":
             f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
@@ -55,9 +37,9 @@ def test_kernels_compile_and_float32_stays_float32(cuda, dtype):
 
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas is not on the PATH")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_no_local_memory(cuda, dtype, tmp_path):
+def test_no_local_memory(compile_ptx, dtype, tmp_path):
     for name, (kernel, sig) in _kernels(dtype).items():
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        ptx, _ = compile_ptx(kernel.py_func, sig, cc=(9, 0))
         path = tmp_path / "k.ptx"
         path.write_text(ptx)
         run = subprocess.run(["ptxas", "-v", "--gpu-name", "sm_90", str(path), "-o", os.devnull],
