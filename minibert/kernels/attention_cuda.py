@@ -381,6 +381,17 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         return np.uint32(GROUP << ((t & 31) - (t & (L - 1))))
 
     @cuda.jit(device=True, inline=True)
+    def thread_place(A):
+        """Where this thread works, the same in the three kernels: ``bh`` = blockIdx.x, the
+        sequence ``b`` and head ``a`` of the block; thread ``t`` of the block is lane ``lane``
+        of the group of L lanes of block row ``row`` (the lane owns head elements lane + L u),
+        ``mask`` the group's warp lanes."""
+        bh = cuda.blockIdx.x
+        b = bh // A
+        t = cuda.threadIdx.x
+        return bh, b, bh - b * A, t, t // L, t & (L - 1), group_mask(t)
+
+    @cuda.jit(device=True, inline=True)
     def load_rows(dst, src, b, a, r0, n, t, nthreads):
         """dst[r, :] = src[b, a, r0 + r, :] for r < n (zeros beyond), by all threads of the
         block: thread t copies elements t, t + nthreads, ... (consecutive threads read
@@ -391,18 +402,21 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
             d = e - r * D
             dst[r, d // L, d & (L - 1)] = src[b, a, r0 + r, d] if r < n else ZERO
 
+    @cuda.jit(device=True, inline=True)
+    def load_key_tile(ks, vs, bias, k, v, key_bias, b, a, j0, nc, t):
+        """The key tile j0 .. j0 + nc - 1 of (b, a) into shared memory, by the NT_Q threads of
+        a query block: its K and V rows (``load_rows``) and its key mask M in ``bias``."""
+        load_rows(ks, k, b, a, j0, nc, t, NT_Q)
+        load_rows(vs, v, b, a, j0, nc, t, NT_Q)
+        for c in range(t, nc, NT_Q):
+            bias[c] = key_bias[b, j0 + c]
+
     @kernel(NT_Q)
     def forward_kernel(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
                        start, out, lse):
         """out (B, A, S, D), lse (B, A, S); grid (B A, ceil(S / BQ)), BQ L threads."""
         _, A, S, _ = q.shape
-        bh = cuda.blockIdx.x                        # sequence x head
-        b = bh // A
-        a = bh - b * A
-        t = cuda.threadIdx.x
-        row = t // L                                # the group's row in the block
-        lane = t & (L - 1)                          # owns head elements lane + L u
-        mask = group_mask(t)
+        bh, b, a, t, row, lane, mask = thread_place(A)
         i = cuda.blockIdx.y * BQ + row              # the group's query row
         live = i < S
         ks = cuda.shared.array((BK, DL, L), ftype)      # K tile
@@ -425,10 +439,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
                 continue
             j0 = kt * BK
             nc = min(BK, S - j0)
-            load_rows(ks, k, b, a, j0, nc, t, NT_Q)
-            load_rows(vs, v, b, a, j0, nc, t, NT_Q)
-            for c in range(t, nc, NT_Q):
-                bias[c] = key_bias[b, j0 + c]
+            load_key_tile(ks, vs, bias, k, v, key_bias, b, a, j0, nc, t)
             cuda.syncthreads()
             base = start + np.uint64((bh * S + i) * S + j0)     # Philox element of (i, j0)
             off = np.int64(base & THREE)            # key c is word (c + off) % 4 of its block
@@ -487,13 +498,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         """dq (B, A, S, D) and the row statistics inv_sum = 1 / sigma, delta = pi / sigma
         (B, A, S); grid (B A, ceil(S / BQ)), BQ L threads, a group per query row."""
         _, A, S, _ = q.shape
-        bh = cuda.blockIdx.x
-        b = bh // A
-        a = bh - b * A
-        t = cuda.threadIdx.x
-        row = t // L
-        lane = t & (L - 1)
-        mask = group_mask(t)
+        bh, b, a, t, row, lane, mask = thread_place(A)
         i = cuda.blockIdx.y * BQ + row
         live = i < S
         ks = cuda.shared.array((BK, DL, L), ftype)
@@ -524,10 +529,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
                     continue
                 j0 = kt * BK
                 nc = min(BK, S - j0)
-                load_rows(ks, k, b, a, j0, nc, t, NT_Q)
-                load_rows(vs, v, b, a, j0, nc, t, NT_Q)
-                for c in range(t, nc, NT_Q):
-                    bias[c] = key_bias[b, j0 + c]
+                load_key_tile(ks, vs, bias, k, v, key_bias, b, a, j0, nc, t)
                 cuda.syncthreads()
                 base = start + np.uint64((bh * S + i) * S + j0)
                 off = np.int64(base & THREE)
@@ -583,13 +585,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         """dk, dv (B, A, S, D); grid (B A, ceil(S / BK)), BK L threads, a group per key row;
         query tiles of BQ rows (Q, dO, lse, 1 / sigma, D_i) staged in shared memory."""
         _, A, S, _ = q.shape
-        bh = cuda.blockIdx.x
-        b = bh // A
-        a = bh - b * A
-        t = cuda.threadIdx.x
-        row = t // L
-        lane = t & (L - 1)
-        mask = group_mask(t)
+        bh, b, a, t, row, lane, mask = thread_place(A)
         kt = cuda.blockIdx.y
         j = kt * BK + row                           # the group's key row
         live = j < S
