@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from minibert import (
-    BertConfig,
     BertForMaskedLM,
     BertForMultipleChoice,
     BertForPreTraining,
@@ -17,24 +16,20 @@ from minibert import (
     gradcheck,
 )
 from tests.helpers import (
+    TINY,
     assert_close,
     batch,
     frozen_dropout,
     hf_twin,
     perturb,
     pretraining_arrays,
+    tiny_config,
     train_config,
 )
 
-# odd sizes on purpose; small enough for float64 checks of every head-mask entry
-TINY = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
-            intermediate_size=17, max_position_embeddings=16, type_vocab_size=2, num_labels=3,
-            pad_token_id=0)
-L, A, H = 2, 3, 12
-
-
-def tiny_config(**kw):
-    return BertConfig(**{**TINY, **kw})
+# tiny_config's layers, heads and hidden size (tests/helpers.py's TINY): small enough for
+# float64 checks of every head-mask entry
+L, A, H = TINY["num_hidden_layers"], TINY["num_attention_heads"], TINY["hidden_size"]
 
 
 def hf_config(transformers, config):
