@@ -304,7 +304,7 @@ def sweep(shapes, repeat, device_name, n_settings=None):
     kernel's median time and measured over expected. Returns the JSON entries."""
     import cupy as cp
 
-    from minibert.kernels import attention_cuda as ac
+    from minibert.kernels import attention_cuda_resources as acr
     from minibert.ops import attention, readable_ops
     kind = device_kind(device_name)
     entries = []
@@ -312,8 +312,8 @@ def sweep(shapes, repeat, device_name, n_settings=None):
         if isinstance(cfg, ValueError):
             print(f"  {setting}: refused: {cfg}")
             continue
-        report = ac.device_report("float32", 64, cfg.block_q, cfg.block_k, cfg.lanes)
-        print(ac.format_report(report, f"\nblock_q={cfg.block_q} block_k={cfg.block_k} "
+        report = acr.device_report("float32", 64, cfg.block_q, cfg.block_k, cfg.lanes)
+        print(acr.format_report(report, f"\nblock_q={cfg.block_q} block_k={cfg.block_k} "
                                        f"lanes={cfg.lanes}: Numba's counts on {device_name}"))
         if setting == SWEEP[0]:
             check_resources(report)

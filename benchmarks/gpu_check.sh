@@ -118,7 +118,7 @@ print("kernel probe:", report["probe"])
 if not ok:
     problems.append(f"the CUDA kernels cannot run: {cuda_kernels_problem()}")
 else:
-    from minibert.kernels import (attention_cuda, dropout_cuda, embedding_cuda,
+    from minibert.kernels import (attention_cuda_resources, dropout_cuda, embedding_cuda,
                                   fused_attention_backward, fused_attention_forward)
     simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     rows, resources, r = [], {}, np.random.default_rng(0)
@@ -139,19 +139,16 @@ else:
     for dt in ("float32", "float64"):
         if simulator:
             break
-        if hasattr(attention_cuda, "device_report"):
-            rep = timed(f"compile attention {dt} D=64 (forward, dq, dkdv)",
-                        lambda dt=dt: attention_cuda.device_report(dt, 64))
-            print(attention_cuda.format_report(rep, f"attention {dt} D=64, Numba's counts"))
-            for name, res in rep.items():
-                resources[f"attention {name} {dt}"] = {
-                    "registers": res.registers, "local_bytes": res.stack_bytes,
-                    "shared_bytes": res.shared_bytes}
-                if dt == "float32" and res.stack_bytes > 0:
-                    problems.append(f"attention {name} (float32, D=64) uses {res.stack_bytes} B "
-                                    "of local memory a thread (spills or a stack frame)")
-        else:
-            print("attention_cuda has no device_report: its resource counts are not read")
+        rep = timed(f"compile attention {dt} D=64 (forward, dq, dkdv)",
+                    lambda dt=dt: attention_cuda_resources.device_report(dt, 64))
+        print(attention_cuda_resources.format_report(rep, f"attention {dt} D=64, Numba's counts"))
+        for name, res in rep.items():
+            resources[f"attention {name} {dt}"] = {
+                "registers": res.registers, "local_bytes": res.stack_bytes,
+                "shared_bytes": res.shared_bytes}
+            if dt == "float32" and res.stack_bytes > 0:
+                problems.append(f"attention {name} (float32, D=64) uses {res.stack_bytes} B "
+                                "of local memory a thread (spills or a stack frame)")
         compiled = timed(f"compile dropout {dt}", lambda dt=dt: dropout_cuda.compile_eagerly(dt))
         resources[f"dropout {dt}"] = counts(compiled)
         chunk, span = timed(f"compile segment sum {dt}",

@@ -87,11 +87,13 @@ do 7, and FlashAttention-2's single kernel, which adds dQ with atomics, 5.
 Sizes and limits (``LaunchConfig``): threads per block ``rows * L`` at most 1024; static
 shared memory per block (named per kernel in ``LaunchConfig.shared_bytes``) at most 48 KiB,
 the most a kernel gets without opting in. The simulator enforces neither, so
-``launch_config`` checks both before any launch. Head sizes above ``MAX_HEAD_DIM``, or whose
+``launch_config`` (``attention_cuda_launch.py``, where every launch size is computed)
+checks both before any launch. Head sizes above ``MAX_HEAD_DIM``, or whose
 tiles would shrink below ``MIN_TILE`` rows to fit, are not covered: ``supports(D, dtype)``
 says so, and the attention op's "auto" choice (``minibert.ops.attention``) runs its textbook
-code for them. ``ptxas_report`` (no GPU: NVVM and ptxas) and ``device_report`` (Numba's
-counts on a GPU) give each kernel's registers, local memory and shared memory.
+code for them. ``attention_cuda_resources.py`` reports each kernel's registers, local
+memory and shared memory: ``ptxas_report`` (no GPU: NVVM and ptxas) and ``device_report``
+(Numba's counts on a GPU).
 
 Numerics: float32 inputs compute in float32 (scores, exp, sums, accumulators), float64 in
 float64, like the textbook op. ``math.exp`` of a float32 is CUDA's ``expf``; the results
@@ -113,17 +115,13 @@ arrive validated by ``minibert.kernels.fused_attention_forward`` / ``_backward``
 type the kernels are compiled for.
 
 This module imports ``numba.cuda``: ``minibert.kernels`` imports it only when a GPU array
-arrives, so ``import minibert`` never touches CUDA. ``supports`` and ``launch_config`` are
-plain arithmetic, for the op's dispatch.
+arrives, so ``import minibert`` never touches CUDA. ``supports`` and ``launch_config`` live
+in ``attention_cuda_launch.py``, plain arithmetic with no CUDA import, for the op's dispatch.
 """
 from __future__ import annotations
 
 import functools
 import math
-import re
-import shutil
-import subprocess
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -131,167 +129,19 @@ from numba import cuda
 
 from ..validation import AttentionMask
 from ._cuda_host import Launch
+from .attention_cuda_launch import (  # noqa: F401 (the launch limits, importable from here)
+    KERNELS,
+    MAX_HEAD_DIM,
+    MAX_THREADS,
+    MIN_BLOCKS,
+    MIN_TILE,
+    STATIC_SHARED_LIMIT,
+    LaunchConfig,
+    default_lanes,
+    launch_config,
+    supports,
+)
 from .philox_cpu import dropout_keep, keep_from_word, philox_block, select_word
-
-#: The most threads a block may have on every CUDA GPU.
-MAX_THREADS = 1024
-
-#: Static shared memory a block may use, in bytes: the 48 KiB a kernel gets without opting in.
-STATIC_SHARED_LIMIT = 48 * 1024
-
-#: The largest head size the kernels cover; larger ones run the textbook op.
-MAX_HEAD_DIM = 128
-
-#: Threads per block of the default tiles: rows per block (and per staged tile) are this
-#: over the lanes a row, before shrinking to fit the shared memory.
-DEFAULT_THREADS = 128
-
-#: Tiles below this many rows would leave most of a block idle: such head sizes are not covered.
-MIN_TILE = 8
-
-#: Head elements per lane the default lane count aims at (D / L): 16 keeps a thread's
-#: three or four register arrays at 48 to 64 numbers.
-HEAD_SLICE = 16
-
-#: Blocks an SM should hold at once: the kernels are compiled with launch bounds (threads,
-#: MIN_BLOCKS), so that ptxas keeps registers within 65536 / (MIN_BLOCKS threads).
-MIN_BLOCKS = 4
-
-#: The kernels' names, in launch order.
-KERNELS = ("forward", "dq", "dkdv")
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid, expected a positive integer")
-    return int(value)
-
-
-# --------------------------------------------------------------------------- launch sizes
-
-
-class LaunchConfig(NamedTuple):
-    """The compile-time sizes of one kernel build and the launch sizes they imply.
-
-    ``block_q`` query rows and ``block_k`` key rows: per block and per staged tile (the
-    forward and ``dq_kernel`` own ``block_q`` query rows and stage ``block_k`` keys;
-    ``dkdv_kernel`` owns ``block_k`` key rows and stages ``block_q`` queries). ``lanes``
-    threads per row, each holding ``head_slice = D / lanes`` elements of a row's vectors.
-    """
-    D: int
-    itemsize: int
-    block_q: int
-    block_k: int
-    lanes: int
-
-    @property
-    def head_slice(self):
-        return self.D // self.lanes
-
-    def threads(self, kernel):
-        """Threads per block: a group of ``lanes`` per owned row."""
-        return (self.block_k if kernel == "dkdv" else self.block_q) * self.lanes
-
-    def shared_bytes(self, kernel):
-        """Static shared memory per block, from the arrays each kernel declares (the score
-        rows are padded by one number against bank conflicts)."""
-        BQ, BK, D = self.block_q, self.block_k, self.D
-        if kernel == "forward":     # K, V tiles; P~ rows; key bias
-            words = 2 * BK * D + BQ * (BK + 1) + BK
-        elif kernel == "dq":        # K, V tiles; score and dP rows; key bias
-            words = 2 * BK * D + 2 * BQ * (BK + 1) + BK
-        elif kernel == "dkdv":      # Q, dO tiles; score and dP rows; lse, 1/sigma, D_i
-            words = 2 * BQ * D + 2 * BK * (BQ + 1) + 3 * BQ
-        else:
-            raise ValueError(f"kernel={kernel!r} is not known, expected one of {KERNELS}")
-        return words * self.itemsize
-
-    def grid(self, kernel, B, A, S):
-        """(sequence x head, row tile): one block per ``block_q`` queries or ``block_k`` keys."""
-        rows = self.block_k if kernel == "dkdv" else self.block_q
-        return (B * A, -(-S // rows))
-
-
-def default_lanes(D, itemsize=4):
-    """L = D / ``HEAD_SLICE`` in float32, twice that in float64 (a float64 takes two
-    registers), clamped to [2, 16] and lowered to divide D: 4 at D = 64 in float32, 8 in
-    float64."""
-    return _lanes_dividing(D, min(16, max(2, D * itemsize // (4 * HEAD_SLICE))))
-
-
-def _lanes_dividing(D, lanes):
-    while D % lanes:
-        lanes //= 2
-    return lanes
-
-
-def _fits(cfg):
-    return all(cfg.shared_bytes(k) <= STATIC_SHARED_LIMIT for k in KERNELS)
-
-
-def default_tiles(D, itemsize, lanes):
-    """(block_q, block_k): ``DEFAULT_THREADS / lanes`` each (at least ``MIN_TILE``), the
-    larger halved until every kernel's static shared memory fits in ``STATIC_SHARED_LIMIT``
-    (32 x 32 for float32 at D = 64, 16 x 16 for float64)."""
-    bq = bk = max(MIN_TILE, DEFAULT_THREADS // lanes)
-    while not _fits(LaunchConfig(D, itemsize, bq, bk, lanes)) and max(bq, bk) > 1:
-        if bk >= bq:
-            bk //= 2
-        else:
-            bq //= 2
-    return bq, bk
-
-
-def supports(head_dim, dtype) -> bool:
-    """True when the CUDA kernels cover head size ``head_dim`` in ``dtype``: float32 or
-    float64, 1 <= D <= ``MAX_HEAD_DIM``, and default tiles of at least ``MIN_TILE`` rows.
-    The attention op runs its textbook code where this is False."""
-    dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        return False
-    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)):
-        return False
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        return False
-    return min(default_tiles(int(head_dim), dtype.itemsize,
-                             default_lanes(int(head_dim), dtype.itemsize))) >= MIN_TILE
-
-
-def launch_config(D, dtype, block_q=None, block_k=None, lanes=None):
-    """The ``LaunchConfig`` for head size D and ``dtype``; None takes the defaults
-    (``default_lanes``, ``default_tiles``). Raises ValueError before any launch where the
-    GPU would refuse or the kernels do not cover the case: a head size beyond
-    ``supports``, more than ``MAX_THREADS`` threads a block, more than
-    ``STATIC_SHARED_LIMIT`` bytes of static shared memory."""
-    itemsize = np.dtype(dtype).itemsize
-    if not supports(D, dtype):
-        raise ValueError(f"head size D={D} with dtype {np.dtype(dtype)} is not covered by the "
-                         f"CUDA attention kernels (float32/float64, 1 <= D <= {MAX_HEAD_DIM}); "
-                         "the attention op runs its textbook code for it")
-    if lanes is None:
-        lanes = default_lanes(D, itemsize)
-    else:
-        lanes = _positive("lanes", lanes)
-        if lanes > 32 or lanes & (lanes - 1):
-            raise ValueError(f"lanes={lanes} is invalid, expected a power of two <= 32 "
-                             "(the lanes of one row share a warp)")
-        lanes = _lanes_dividing(D, lanes)
-    dq_, dk_ = default_tiles(D, itemsize, lanes)
-    block_q = dq_ if block_q is None else _positive("block_q", block_q)
-    block_k = dk_ if block_k is None else _positive("block_k", block_k)
-    cfg = LaunchConfig(int(D), itemsize, block_q, block_k, lanes)
-    for kernel in KERNELS:
-        if cfg.threads(kernel) > MAX_THREADS:
-            rows = "block_k" if kernel == "dkdv" else "block_q"
-            raise ValueError(f"{rows}={getattr(cfg, rows)} with lanes={lanes} gives "
-                             f"{cfg.threads(kernel)} threads a block in the {kernel} kernel, "
-                             f"expected at most {MAX_THREADS}")
-        if cfg.shared_bytes(kernel) > STATIC_SHARED_LIMIT:
-            raise ValueError(f"block_q={block_q}, block_k={block_k} at D={D} "
-                             f"({np.dtype(dtype)}) need {cfg.shared_bytes(kernel)} bytes of "
-                             f"shared memory in the {kernel} kernel, expected at most "
-                             f"{STATIC_SHARED_LIMIT} (smaller tiles)")
-    return cfg
-
 
 # --------------------------------------------------------------------------- the kernels
 
@@ -660,123 +510,6 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
                 dv[b, a, j, lane + L * u] = dva[u]
 
     return Kernels(forward_kernel, dq_kernel, dkdv_kernel)
-
-
-# --------------------------------------------------------------------------- resources
-
-
-def kernel_signatures(dtype):
-    """Numba signatures of the three kernels for C-contiguous arrays of ``dtype``, with the
-    scalar types the host code passes (``kernel_scalars``, then ``start``): for
-    ``compile_ptx`` and for compiling ahead of the first launch."""
-    from numba import types
-    ft = types.float32 if np.dtype(dtype) == np.float32 else types.float64
-    a4, a3, a2 = (types.Array(ft, n, "C") for n in (4, 3, 2))
-    tiles = types.Array(types.int32, 2, "C")
-    scalars = (ft, types.float32, ft, types.uint64, types.uint64, types.uint64)
-    return {
-        "forward": (a4, a4, a4, a2, tiles) + scalars + (a4, a3),
-        "dq": (a4, a4, a4, a4, a3, a2, tiles) + scalars + (a3, a3, a4),
-        "dkdv": (a4, a4, a4, a4, a3, a3, a3, a2, tiles) + scalars + (a4, a4),
-    }
-
-
-def precompile(dtype, D=64, block_q=None, block_k=None, lanes=None):
-    """Compiles the three kernels for ``dtype`` and head size D with explicit signatures
-    (``kernel_signatures``), ahead of their first launch, so that a timed or time-limited
-    run does not compile inside it; returns the ``Kernels``. Needs a GPU (Numba loads the
-    module into the current context)."""
-    cfg = launch_config(D, dtype, block_q, block_k, lanes)
-    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
-    sigs = kernel_signatures(dtype)
-    for name in KERNELS:
-        getattr(kernels, name).compile(sigs[name])
-    return kernels
-
-
-class Resources(NamedTuple):
-    """What the compiler gives one kernel: registers a thread, stack frame and spill bytes a
-    thread (local memory), static shared memory a block, and the blocks of
-    ``threads`` threads an SM can hold by registers alone (65536 a Hopper SM)."""
-    registers: int
-    stack_bytes: int
-    spill_stores: int
-    spill_loads: int
-    shared_bytes: int
-    threads: int
-
-    @property
-    def blocks_by_registers(self):
-        per_warp = -(-self.registers * 32 // 256) * 256     # allocated per warp in 256s
-        warps = -(-self.threads // 32)
-        return 65536 // (per_warp * warps) if self.registers else 0
-
-
-_PTXAS = re.compile(r"Used (\d+) registers")
-_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-_SMEM = re.compile(r"(\d+) bytes smem")
-
-
-def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_90"):
-    """``{kernel: Resources}`` from ``ptxas -v`` on the PTX Numba's CUDA compiler (NVVM)
-    makes for ``arch``: what the hardware would get, with no GPU. Needs numba-cuda, the
-    CUDA compiler libraries (NVVM, NVRTC) and ``ptxas`` on the PATH; raises RuntimeError
-    naming what is missing."""
-    ptxas = shutil.which("ptxas")
-    if ptxas is None:
-        raise RuntimeError("ptxas is not on the PATH (the CUDA toolkit)")
-    cfg = launch_config(D, dtype, block_q, block_k, lanes)
-    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
-    sigs = kernel_signatures(dtype)
-    cc = (int(arch[3]), int(arch[4:]))
-    report = {}
-    for name in KERNELS:
-        ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, sigs[name], cc=cc,
-                                  launch_bounds=(cfg.threads(name), MIN_BLOCKS))
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-            f.write(ptx)
-            f.flush()
-            run = subprocess.run([ptxas, "-v", "--gpu-name", arch, f.name, "-o", "/dev/null"],
-                                 capture_output=True, text=True, check=False)
-        text = run.stdout + run.stderr
-        regs, frame, smem = _PTXAS.search(text), _FRAME.search(text), _SMEM.search(text)
-        if run.returncode or regs is None or frame is None:
-            raise RuntimeError(f"ptxas failed on the {name} kernel: {text[-500:]}")
-        report[name] = Resources(int(regs.group(1)), *(int(x) for x in frame.groups()),
-                                 int(smem.group(1)) if smem else 0, cfg.threads(name))
-    return report
-
-
-def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None):
-    """``{kernel: Resources}`` from Numba's own counts on the current GPU: the compiled
-    kernel's ``regs_per_thread``, ``local_mem_per_thread`` and ``shared_mem_per_block``
-    (what the dispatcher's ``get_regs_per_thread`` etc. return), read off the module the
-    driver loaded. Local memory is the stack frame with the spills in it; the driver does
-    not split it, so ``spill_stores`` and ``spill_loads`` read -1. Compiles the three
-    kernels for ``dtype`` and D (ahead of their first launch) if they are not yet; needs a
-    GPU."""
-    cfg = launch_config(D, dtype, block_q, block_k, lanes)
-    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
-    sigs = kernel_signatures(dtype)
-    report = {}
-    for name in KERNELS:
-        compiled = getattr(kernels, name).compile(sigs[name])
-        report[name] = Resources(int(compiled.regs_per_thread),
-                                 int(compiled.local_mem_per_thread), -1, -1,
-                                 int(compiled.shared_mem_per_block), cfg.threads(name))
-    return report
-
-
-def format_report(report, title=""):
-    """A table of ``{kernel: Resources}`` for printing."""
-    lines = [title] if title else []
-    lines.append(f"  {'kernel':<8} {'regs':>5} {'stack B':>8} {'spill st/ld B':>14} "
-                 f"{'smem B':>7} {'threads':>7} {'blocks/SM by regs':>18}")
-    for name, r in report.items():
-        spills = "n/a" if r.spill_stores < 0 else f"{r.spill_stores}/{r.spill_loads}"
-        lines.append(f"  {name:<8} {r.registers:>5} {r.stack_bytes:>8} {spills:>14} "
-                     f"{r.shared_bytes:>7} {r.threads:>7} {r.blocks_by_registers:>18}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- host side

@@ -222,9 +222,9 @@ def _choose(implementation, return_probs, q, k, v) -> str:
 
 
 def _cuda_covers(q) -> bool:
-    """Whether the CUDA kernels cover q's head size and dtype (``attention_cuda.supports``:
+    """Whether the CUDA kernels cover q's head size and dtype (``attention_cuda_launch.supports``:
     D <= 128); the textbook code runs the others."""
-    from ..kernels.attention_cuda import supports  # lazy: imports numba.cuda
+    from ..kernels.attention_cuda_launch import supports  # lazy: ops import no kernel at load
     return supports(int(q.shape[-1]), q.dtype)
 
 

@@ -39,11 +39,11 @@ def _signatures(types, ft):
 def test_production_kernels_compile(compile_ptx, dtype):
     from numba import types
 
-    from minibert.kernels import attention_cuda
+    from minibert.kernels import attention_cuda, attention_cuda_resources
     cfg = attention_cuda.launch_config(64, dtype)
     kernels = attention_cuda.build_kernels(np.dtype(dtype).str, 64, cfg.block_q, cfg.block_k,
                                            cfg.lanes)
-    sigs = attention_cuda.kernel_signatures(dtype)
+    sigs = attention_cuda_resources.kernel_signatures(dtype)
     assert sigs["forward"] == _signatures(types, getattr(types, dtype))["forward"]
     for name in attention_cuda.KERNELS:
         ptx, _ = compile_ptx(getattr(kernels, name).py_func, sigs[name], cc=(8, 0))
@@ -57,9 +57,9 @@ def test_float32_kernels_fit_registers_without_local_memory(compile_ptx):
     0 bytes of stack frame and of spill stores and loads, registers <= 65536 / (4 x 128)."""
     if shutil.which("ptxas") is None:
         pytest.skip("ptxas is not on the PATH (the CUDA toolkit)")
-    from minibert.kernels import attention_cuda
-    report = attention_cuda.ptxas_report("float32", 64)
-    print(attention_cuda.format_report(report, "float32, D = 64, sm_90 (ptxas -v)"))
+    from minibert.kernels import attention_cuda, attention_cuda_resources
+    report = attention_cuda_resources.ptxas_report("float32", 64)
+    print(attention_cuda_resources.format_report(report, "float32, D = 64, sm_90 (ptxas -v)"))
     for name, r in report.items():
         assert r.threads == 128, f"{name}: {r.threads} threads a block, expected 128"
         assert r.stack_bytes == 0, f"{name}: {r.stack_bytes} bytes of stack frame"
