@@ -83,14 +83,16 @@ def _cuda(q, k, v, dout, mask, scale=None, p=0.0, seed=0, offset=0, start=0, **t
 # --------------------------------------------------------------------------- float64
 
 
-#: (S, D, dropout): every S with D = 16, S = 7 to 65 with D = 64, dropout on and off
-CASES = [(1, 16, 0.0), (1, 16, 0.3), (7, 16, 0.0), (7, 16, 0.3), (33, 16, 0.0), (65, 16, 0.3),
-         (7, 64, 0.0), (33, 64, 0.3), (65, 64, 0.0)]
+#: (S, D, dropout): every S with D = 16, S = 7 to 41 with D = 64, dropout on and off. The
+#: simulator's time grows as S squared (S = 65 took 80-90 s a case), so the longest rows
+#: are 41: more query and key tiles than one, the last of each partial, as at any S.
+CASES = [(1, 16, 0.0), (1, 16, 0.3), (7, 16, 0.0), (7, 16, 0.3), (33, 16, 0.0), (41, 16, 0.3),
+         (7, 64, 0.0), (33, 64, 0.3), (41, 64, 0.0)]
 
 
 @pytest.mark.parametrize("S,D,p", CASES, ids=[f"S{S}-D{D}-p{p}" for S, D, p in CASES])
 def test_float64_matches_textbook(S, D, p):
-    """Query tiles of 8 and key tiles of 16 (S = 65: nine and five of them, the last
+    """Query tiles of 8 and key tiles of 16 (S = 41: six and three of them, the last
     partial); a sequence with holes, one with padding at the end, one with no real key.
     Two lanes a row: the simulator's cost grows with the lanes (a barrier per exchange);
     the other lane counts run below."""
@@ -160,7 +162,7 @@ def test_lse_is_the_log_sum_exp_of_masked_scores():
 # --------------------------------------------------------------------------- float32
 
 
-@pytest.mark.parametrize("S,D,p", [(65, 16, 0.0), (33, 64, 0.2), (97, 16, 0.1)])
+@pytest.mark.parametrize("S,D,p", [(41, 16, 0.0), (33, 64, 0.2), (49, 16, 0.1)])
 def test_float32_as_accurate_as_textbook(S, D, p):
     """Both float32 results against the float64 textbook on the same rounded inputs: the
     kernel's RMS error at most 1.25 times the textbook float32's, tensor by tensor (the
