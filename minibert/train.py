@@ -278,7 +278,9 @@ class Trainer:
         train_data, eval_data: dicts of NumPy arrays with the task's keys, one row per example.
         out_dir: where checkpoints, ``latest`` and ``loss_curve.png`` go.
         config: TrainConfig.
-        task: "pretraining" or "classification".
+        task: "pretraining" or "classification", or a fine-tuning family
+            (``minibert.tasks.base.Family``: its ``keys``, ``metrics``, ``summarize`` and
+            ``shares``); a family's batches are padded to their longest row (``trim_batch``).
         save_extra: optional ``f(directory)`` called inside every checkpoint directory before
             it is renamed into place (the command line saves the tokenizer with it).
         batch_transform: optional ``f(batch, step) -> batch`` applied to every training batch
@@ -296,9 +298,11 @@ class Trainer:
     def __init__(self, model, train_data: dict, eval_data: dict | None, out_dir: str,
                  config: TrainConfig, task: str = "pretraining", save_extra=None,
                  batch_transform=None, monitor=None, comm=None):
-        if task not in TASKS:
-            raise ValueError(f"task={task!r} is unknown, expected one of {sorted(TASKS)}")
-        self.task = TASKS[task]
+        if isinstance(task, str):
+            if task not in TASKS:
+                raise ValueError(f"task={task!r} is unknown, expected one of {sorted(TASKS)}")
+            task = TASKS[task]
+        self.task = task                    # or a fine-tuning family (minibert.tasks.base.Family)
         self.config = config.validate()
         self.model = model
         self.train_data = self._check_data("train_data", train_data)
@@ -340,6 +344,9 @@ class Trainer:
     def _batch(self, data, rows, step=None):
         """The batch of ``rows`` (the transform applied when ``step`` is given), host arrays."""
         batch = {k: v[rows] for k, v in data.items()}
+        if getattr(self.task, "token_keys", None):        # fine-tuning: dynamic padding
+            from .tasks.base import trim_batch
+            batch = trim_batch(batch, self.task.token_keys)
         if step is not None and self.batch_transform is not None:
             batch = self.batch_transform(batch, step)
         return batch

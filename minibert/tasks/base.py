@@ -77,6 +77,24 @@ def trim_batch(batch: dict, token_keys=TOKEN_KEYS) -> dict:
     return {k: (v[..., :length] if k in token_keys else v) for k, v in batch.items()}
 
 
+def predict(model, encoded: Encoded, family, batch_size: int = 32) -> dict:
+    """Run ``model`` (inference: no dropout) over every row of ``encoded`` in order, each
+    batch padded to its longest row, and keep ``family.outputs`` of each batch:
+    ``{key: [one NumPy array per row]}``. Targets are not fed to the model."""
+    from ..backend import to_device
+    device = "cpu" if model.xp is np else "gpu"
+    inputs = [k for k in family.keys if k in family.input_keys]
+    kept: dict = {}
+    n = len(encoded)
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        batch = trim_batch({k: encoded.arrays[k][rows] for k in family.keys}, family.token_keys)
+        out = model(**{k: to_device(batch[k], device) for k in inputs})
+        for k, v in family.outputs(out, batch).items():
+            kept.setdefault(k, []).extend(list(np.asarray(v)))
+    return kept
+
+
 class Family:
     """The interface of a task family (see the module docstring for the order of calls).
 
@@ -87,6 +105,7 @@ class Family:
         default_seq_len: ``--seq-len`` when not given (384 for qa, as the paper's SQuAD runs).
         keys: the arrays ``Trainer`` feeds the model (inputs and targets).
         token_keys: those whose last axis is the sequence (cut by ``trim_batch``).
+        input_keys: those the model takes as inputs in inference (``predict``).
     """
     name = ""
     model_class = None
@@ -94,6 +113,7 @@ class Family:
     default_seq_len = 128
     keys = TOKEN_KEYS + ("labels",)
     token_keys = TOKEN_KEYS
+    input_keys = TOKEN_KEYS
 
     # -------------------------------------------------------------- data
     def read(self, path, options: TaskOptions):
