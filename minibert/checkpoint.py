@@ -287,8 +287,10 @@ def save_pretrained(model, path):
     # the attention kernel is a run-time choice, not part of the model; transformers refuses
     # names it does not know ("fused"), so the exported config says nothing about it
     cfg.pop("attn_implementation", None)
+    # "pt", as torch writes it: transformers 4.x refuses any other format tag (the bytes are
+    # the same little-endian tensors whichever library reads them)
     atomic_write(os.path.join(path, "model.safetensors"),
-                 lambda tmp: save_file(state, tmp, metadata={"format": "np"}))
+                 lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     atomic_write_text(os.path.join(path, "config.json"),
                       json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
