@@ -485,8 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .cli_finetune import join_list_values
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_list_values(sys.argv[1:] if argv is None else list(argv)))
     if args.command is None:
         parser.print_help()
         return 0

@@ -14,6 +14,24 @@ from .tasks import TASK_NAMES
 _SHOWN = {"acc": "accuracy"}
 
 
+# options whose value is a list that may start with "-" (-4,-3,-2,-1): argparse would read
+# such a value as an option, so "--layers -4,-3" is passed to it as "--layers=-4,-3"
+LIST_FLAGS = ("--feature-layers", "--layers", "--label-list")
+
+
+def join_list_values(argv: list) -> list:
+    """``argv`` with each ``FLAG VALUE`` of ``LIST_FLAGS`` written ``FLAG=VALUE``."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in LIST_FLAGS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def int_list(flag: str, text: str | None) -> list | None:
     """``"-4,-3,-2,-1"`` -> [-4, -3, -2, -1]; None stays None. A ValueError (one line, exit
     status 2) names the flag and the value."""

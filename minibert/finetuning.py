@@ -161,7 +161,7 @@ def _load_model(family, model_dir, config, device, seed, feature_based, layers, 
 
 def finetune(task="classification", train=None, eval=None, checkpoint="runs/pretrain",
              out_dir="runs/finetune", steps=300, batch_size=16, seq_len=None, lr=2e-4,
-             warmup_steps=None, seed=0, device="cpu", resume=False, options=None,
+             warmup_steps=None, seed=0, device="cpu", resume=False, stop_at=None, options=None,
              feature_based=False, feature_layers=None, feature_combine="concat",
              on_stage=_noop, on_step=None, on_eval=None) -> FinetuneResult:
     """Fine-tune a pretrained BERT on one task and score it on held-out data.
@@ -180,6 +180,8 @@ def finetune(task="classification", train=None, eval=None, checkpoint="runs/pret
         seq_len: tokens per row (default ``family.default_seq_len``: 128, 384 for qa); each
             batch is then padded only to its own longest row.
         resume: continue the run in ``out_dir`` from its latest checkpoint.
+        stop_at: stop after this step (a checkpoint is written, the held-out set scored),
+            to be continued with ``resume``.
         options: ``TaskOptions`` (column and field names, label list, QA decoding).
         feature_based: freeze the encoder and train only the head on the hidden states of
             ``feature_layers`` (None: the feature model's default) combined by
@@ -230,7 +232,7 @@ def finetune(task="classification", train=None, eval=None, checkpoint="runs/pret
     trainer = Trainer(model, {k: enc_train.arrays[k] for k in family.keys},
                       {k: enc_eval.arrays[k] for k in family.keys}, out_dir, tc, task=family,
                       save_extra=tokenizer.save_pretrained)
-    result = trainer.train(resume=resume, on_step=on_step, on_eval=on_eval)
+    result = trainer.train(resume=resume, stop_at=stop_at, on_step=on_step, on_eval=on_eval)
 
     on_stage("scoring the held-out examples")
     outputs = predict(model, enc_eval, family, batch_size)
