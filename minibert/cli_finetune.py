@@ -65,7 +65,7 @@ def _add_data_options(ft):
                     "for multiple-choice); --data is another name for it (default: the task's "
                     "built-in task)")
     ft.add_argument("--eval", default=None, metavar="FILE", help="held-out file in the same "
-                    "format (default: 20%% of --train is held out)")
+                    "format (default: none: 20%% is held out of --train)")
     ft.add_argument("--checkpoint", default="runs/pretrain",
                     help="a minibert run directory or any BERT directory with vocab.txt, with "
                     "or without a pooler (a missing one is initialized) (default: %(default)s)")
