@@ -104,13 +104,15 @@ class _Progress:
         post = {k: f"{rec[k]:.3f}" for k in self.keys if k in rec}
         post["tok/s"] = f"{rec['tokens_per_s']:,.0f}"
         self.bar.set_postfix(post, refresh=False)
+        if rec["step"] >= self.total:           # the last step: what follows prints plainly
+            self.bar.close()
 
     def eval(self, rec):
         text = ", ".join(f"{k} {rec[k]:.4f}" + (f" (baseline {rec['mlm_baseline']:.4f})"
                                                  if k == "mlm_acc" and "mlm_baseline" in rec else "")
                          for k in ("loss", *self.keys[1:]) if k in rec)
         line = f"step {rec['step']}: held-out {text}"
-        if self.bar is None:
+        if self.bar is None or self.bar.disable:
             print(line, flush=True)
         else:
             self.bar.write(line)
