@@ -124,7 +124,7 @@ def _add_feature_options(ft):
                    "only the task head on hidden-state features (default: fine-tune everything)")
     g.add_argument("--feature-layers", default=None, metavar="-4,-3,-2,-1",
                    help="hidden states to combine, 0 = the embeddings, -1 = the last layer "
-                   "(default: the feature-based model's, the last four hidden states)")
+                   "(default: the last four hidden states, all of them when the model has fewer)")
     g.add_argument("--feature-combine", default="concat", choices=("concat", "sum"),
                    help="how the chosen hidden states are combined (default: %(default)s)")
 
@@ -236,10 +236,11 @@ def cmd_encode(args) -> int:
     from .tasks.features import encode_features, write_features_npz
     result = encode_features(args.checkpoint, list(args.text), layers, args.combine)
     write_features_npz(args.out, result)
-    shapes = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in result.items()
-                       if hasattr(v, "shape"))
-    print(f"{len(args.text)} text(s), hidden states {layers} combined by {args.combine}: "
-          f"{shapes}")
+    dims = sorted({int(np.shape(f)[-1]) for f in result["features"]})
+    lengths = [int(np.shape(f)[0]) for f in result["features"]]
+    print(f"{len(lengths)} text(s) of {', '.join(map(str, lengths))} tokens: hidden states "
+          f"{list(result['layers'])} combined by {result['combine']}, "
+          f"{' / '.join(map(str, dims))} features a token")
     print(f"wrote {args.out}")
     return 0
 

@@ -204,6 +204,9 @@ def finetune(task="classification", train=None, eval=None, checkpoint="runs/pret
     seq_len = family.default_seq_len if seq_len is None else seq_len
     _check_common(None, seq_len, batch_size, device)
     _check_seq_len(seq_len, config, model_dir)
+    if not feature_based and feature_layers is not None:
+        raise ValueError(f"feature_layers={list(feature_layers)!r} is given without "
+                         "feature_based, expected feature_based=True (--feature-based) with it")
     layers = _check_features(feature_layers, feature_combine, config) if feature_based else None
     _check_out_dir(out_dir, resume)
     tokenizer = BertTokenizer.from_pretrained(model_dir)

@@ -187,6 +187,7 @@ def test_resume_continues_exactly(checkpoint, files, tmp_path):
     (dict(steps=0), "steps=0"),
     (dict(feature_based=True, feature_combine="mean"), "feature_combine='mean'"),
     (dict(feature_based=True, feature_layers=[-4]), "feature_layers=[-4]"),
+    (dict(feature_layers=[-1]), "without feature_based"),
 ])
 def test_bad_input_raises_before_anything_is_written(checkpoint, files, tmp_path, change, needle):
     out = tmp_path / "ft"
