@@ -44,11 +44,14 @@ _INT = re.compile(r"[+-]?\d+")
 
 @dataclass
 class ClassificationData:
-    """Texts (and optional second texts) with int64 class ids; see the module docstring."""
+    """Texts (and optional second texts) with int64 class ids; see the module docstring.
+    ``groups``: optional, one name per example of where it comes from (the built-in task:
+    its module), for splits that keep each group on one side (``group_split``)."""
     texts: list
     text_pairs: list | None
     labels: np.ndarray                      # (N,) int64
     label_names: list
+    groups: list | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels)
@@ -61,6 +64,9 @@ class ClassificationData:
                              "expected one per text")
         if self.text_pairs is not None and len(self.text_pairs) != n:
             raise ValueError(f"text_pairs has {len(self.text_pairs)} entries for {n} texts, "
+                             "expected one per text or None")
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"groups has {len(self.groups)} entries for {n} texts, "
                              "expected one per text or None")
         if n and (self.labels.min() < 0 or self.labels.max() >= len(self.label_names)):
             raise ValueError(f"labels has values in [{self.labels.min()}, {self.labels.max()}], "
@@ -78,7 +84,8 @@ class ClassificationData:
         idx = np.asarray(indices, dtype=np.int64)
         return ClassificationData([self.texts[i] for i in idx],
                                   None if self.text_pairs is None else [self.text_pairs[i] for i in idx],
-                                  self.labels[idx], list(self.label_names))
+                                  self.labels[idx], list(self.label_names),
+                                  None if self.groups is None else [self.groups[i] for i in idx])
 
 
 # ----------------------------------------------------------------------------- files
@@ -361,6 +368,8 @@ def read_classification_file(path, text_column: str = "text", text_pair_column: 
     wrong field count, empty text or label, invalid JSON, a line that is not an object,
     too few classes, a label outside ``label_list``.
     """
+    if label_list is not None:
+        _label_list_names(label_list)                   # a bad option fails before reading
     file, texts, pairs, raw, lines = _read_table(path, text_column, text_pair_column, label_column)
     labels, names = _labels_to_ids(raw, f"classification file {file!r}", label_list, lines,
                                    min_labels)
@@ -369,10 +378,12 @@ def read_classification_file(path, text_column: str = "text", text_pair_column: 
 
 @dataclass
 class RegressionData:
-    """Texts (and optional second texts) with one float score each (STS-B: 0 to 5)."""
+    """Texts (and optional second texts) with one float score each (STS-B: 0 to 5);
+    ``groups`` as ``ClassificationData``'s."""
     texts: list
     text_pairs: list | None
     labels: np.ndarray                      # (N,) float64
+    groups: list | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.float64)
@@ -381,6 +392,9 @@ class RegressionData:
             raise ValueError(f"labels has shape {self.labels.shape} for {n} texts, expected ({n},)")
         if self.text_pairs is not None and len(self.text_pairs) != n:
             raise ValueError(f"text_pairs has {len(self.text_pairs)} entries for {n} texts, "
+                             "expected one per text or None")
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"groups has {len(self.groups)} entries for {n} texts, "
                              "expected one per text or None")
         if not np.all(np.isfinite(self.labels)):
             raise ValueError("labels has a value that is not finite, expected finite scores")
@@ -393,7 +407,8 @@ class RegressionData:
         idx = np.asarray(indices, dtype=np.int64)
         return RegressionData([self.texts[i] for i in idx],
                               None if self.text_pairs is None else [self.text_pairs[i] for i in idx],
-                              self.labels[idx])
+                              self.labels[idx],
+                              None if self.groups is None else [self.groups[i] for i in idx])
 
 
 def read_regression_file(path, text_column: str = "text", text_pair_column: str | None = "text_pair",
@@ -435,7 +450,9 @@ def stdlib_classification(seed: int = 0, packages=STDLIB_CLASSIFICATION_PACKAGES
     class gets the same number of examples, ``min(max_per_class, smallest candidate count)``,
     drawn without replacement with ``np.random.default_rng(seed)`` from its candidates sorted
     by text, and the examples are returned shuffled with the same generator. Labels: the
-    kept package names in sorted order.
+    kept package names in sorted order. ``groups``: each example's module (``email.utils``;
+    a text found in several modules of its package: the first in source order), so that
+    ``group_split`` can hold out whole modules.
 
     Raises ValueError when fewer than two packages are left.
     """
@@ -448,17 +465,21 @@ def stdlib_classification(seed: int = 0, packages=STDLIB_CLASSIFICATION_PACKAGES
     root = root or stdlib_root()
     found: dict[str, set] = {}
     owner: dict[str, set] = {}
+    module_of: dict[str, str] = {}          # text -> the first module (source order) holding it
     for package in sorted(set(packages)):
         if not os.path.isdir(os.path.join(root, package)):
             continue
         texts = set()
         for f in stdlib_source_files(root, packages=[package]):
+            rel = os.path.relpath(f, root)[:-3].replace(os.sep, ".")
+            module = rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
             for kind, _, doc in file_docstrings(f):
                 if kind == "module":
                     continue
                 text = first_paragraph(doc)
                 if len(text.split()) >= min_words:
                     texts.add(text)
+                    module_of.setdefault(text, module)
         found[package] = texts
         for t in texts:
             owner.setdefault(t, set()).add(package)
@@ -477,7 +498,8 @@ def stdlib_classification(seed: int = 0, packages=STDLIB_CLASSIFICATION_PACKAGES
         labels += [k] * per_class
     order = rng.permutation(len(texts))
     return ClassificationData([texts[i] for i in order], None,
-                              np.asarray(labels, dtype=np.int64)[order], kept)
+                              np.asarray(labels, dtype=np.int64)[order], kept,
+                              [module_of[texts[i]] for i in order])
 
 
 def train_test_split(data: ClassificationData, test_fraction: float = 0.2, seed: int = 0):
@@ -503,4 +525,50 @@ def train_test_split(data: ClassificationData, test_fraction: float = 0.2, seed:
         test += rng.permutation(idx)[:n_test].tolist()
     is_test = np.zeros(len(data), dtype=bool)
     is_test[test] = True
+    return data.subset(np.flatnonzero(~is_test)), data.subset(np.flatnonzero(is_test))
+
+
+def group_split(data, test_fraction: float = 0.2, seed: int = 0):
+    """Split ``data`` (with ``groups``) into ``(train, test)`` so that no group (module) has
+    examples on both sides, stratified by class as far as whole groups allow.
+
+    Within each class, its groups are shuffled with ``np.random.default_rng(seed)`` and
+    taken for test in that order, a group being skipped when it would bring the class's
+    test count above ``1.5 x round(n_c x test_fraction)``, until the count reaches the
+    target; a class whose groups are all too large gives its smallest one. A group whose
+    examples span several classes goes to test only if all of them fit (so it is never on
+    both sides). Both parts keep the original order of the examples.
+    """
+    if getattr(data, "groups", None) is None:
+        raise ValueError("data has no groups, expected one group name per example")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction!r} is invalid, expected 0 < test_fraction < 1")
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(data.groups, dtype=object)
+    labels = np.asarray(data.labels)
+    test_groups: set = set()
+    for c in np.unique(labels):
+        in_c = labels == c
+        names = sorted(set(groups[in_c]))
+        if len(names) < 2:
+            continue                                    # one module: the class stays in train
+        size = {g: int(np.sum(in_c & (groups == g))) for g in names}
+        target = max(int(round(in_c.sum() * test_fraction)), 1)
+        n_test = sum(size[g] for g in names if g in test_groups)
+        chosen = []
+        for i in rng.permutation(len(names)):
+            g = names[i]
+            if n_test >= target:
+                break
+            if g in test_groups or n_test + size[g] > 1.5 * target:
+                continue
+            chosen.append(g)
+            n_test += size[g]
+        if not chosen and n_test == 0:
+            chosen = [min(names, key=lambda g: (size[g], g))]
+        if len(chosen) == len(names):
+            chosen = chosen[:-1]                        # keep one module for training
+        test_groups.update(chosen)
+    is_test = np.array([g in test_groups for g in groups], dtype=bool)
     return data.subset(np.flatnonzero(~is_test)), data.subset(np.flatnonzero(is_test))
