@@ -55,7 +55,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..heads.tasks import BertForTokenClassification
 from . import conlleval
-from .base import Encoded, Family, TaskOptions
+from .base import TOKEN_KEYS, Encoded, Family, TaskOptions
 
 JSON_EXTENSIONS = (".jsonl", ".json", ".ndjson")
 TOKENS_FIELDS = ("tokens", "words")
@@ -261,30 +261,49 @@ NOT_ENTITIES = frozenset("a an the and or not in on of to for by with as at is i
 def builtin_sentences(functions, max_doc_words: int = 40) -> list:
     """The built-in task's sentences, one per function with at least one parameter.
 
-    A sentence is the function's name and parameter list, then its docstring's words::
+    A sentence is the function's name and parameter list (each parameter with its default
+    value's source text), then its docstring's words::
 
-        read ( size ) Read up to size bytes ...
-        O    O O    O O    O  O  B-PARAM O
+        read ( size = - 1 ) Read up to size bytes ...
+        O    O B-PARAM O O O O  O  O  O  B-REF O
 
-    (words: runs of letters, digits and ``_``, or single punctuation marks; the docstring's
-    prose paragraphs in order, cut after ``max_doc_words`` words). A docstring word is an
-    entity ``B-PARAM`` exactly when it equals (case included) one of the function's
-    parameter names (``self``/``cls`` of methods are not parameters), unless that name is
-    one of the English function words of ``NOT_ENTITIES`` (``decimal``'s ``a`` would make
-    every article an entity); the signature part is all ``O``. So the model must find, in
-    the text, the words that the parameter list names. Each label can be checked against
+    Words are runs of letters, digits and ``_``, or single punctuation marks; the docstring
+    contributes its prose paragraphs in order, cut after ``max_doc_words`` words. Two entity
+    types, both single words (``B-`` tags only):
+
+    * ``PARAM``: a parameter's name where the signature declares it (``self``/``cls`` of
+      methods are left out of the signature);
+    * ``REF``: a docstring word that equals (case included) one of the function's parameter
+      names, unless that name is one of the English function words ``NOT_ENTITIES``
+      (``decimal``'s parameter ``a`` would make every article an entity).
+
+    ``PARAM`` is structure (the word after ``(`` or ``,``); ``REF`` asks the model to find,
+    in the text, the words that the parameter list names. Each label can be checked against
     the source: the word and the ``def`` line.
     """
     out = []
     for f in functions:
         if not f.params:
             continue
-        head = [f.name, "("] + [w for p in f.params for w in (p, ",")][:-1] + [")"]
+        default = f.default_of
+        words, tags = [f.name, "("], ["O", "O"]
+        for k, p in enumerate(f.params):
+            if k:
+                words.append(",")
+                tags.append("O")
+            words.append(p)
+            tags.append("B-PARAM")
+            if p in default:
+                rest = ["="] + _WORD.findall(default[p])
+                words += rest
+                tags += ["O"] * len(rest)
+        words.append(")")
+        tags.append("O")
         doc = _WORD.findall(" ".join(f.paragraphs))[:max_doc_words]
-        params = set(f.params) - NOT_ENTITIES
-        tags = ["O"] * len(head) + ["B-PARAM" if w in params else "O" for w in doc]
-        out.append(Sentence(head + doc, tags, [0] * (len(head) + len(doc)),
-                            f"builtin:{f.module}.{f.qualname}"))
+        refs = set(f.params) - NOT_ENTITIES
+        words += doc
+        tags += ["B-REF" if w in refs else "O" for w in doc]
+        out.append(Sentence(words, tags, [0] * len(words), f"builtin:{f.module}.{f.qualname}"))
     return out
 
 
@@ -304,6 +323,7 @@ class NerFamily(Family):
     model_class = BertForTokenClassification
     metric = "f1"
     default_seq_len = 128
+    token_keys = TOKEN_KEYS + ("labels",)         # labels are per token: trimmed with the batch
 
     def __init__(self):
         self.labels = []
