@@ -9,10 +9,22 @@ with minibert's on hand-made and randomized predictions; and hand-computed value
 """
 import json
 import os
+import random
 
 import pytest
 
-from minibert.tasks.squad import SquadDataset, parse_squad, read_squad
+from minibert.tasks.squad import (
+    SquadDataset,
+    SquadQuestion,
+    exact_match_score,
+    f1_score,
+    normalize_answer,
+    parse_squad,
+    question_scores,
+    read_squad,
+    squad_evaluate,
+    squad_scores,
+)
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 V1 = os.path.join(DATA, "squad_reader_v1.1.json")
@@ -160,3 +172,259 @@ def test_bad_paths(tmp_path):
     with pytest.raises(ValueError, match=r"l.jsonl line 3 answers\[0\]: question 'q2': "
                                          r"answer_start=1 points at 'da Lo'"):
         read_squad(p)
+
+
+# ============================================================================ metrics
+# ---------------------------------------------------------------- the second implementation
+# The official rules, written out by hand: ASCII punctuation listed character by character;
+# articles found by scanning maximal runs of word characters (what \b(a|an|the)\b matches:
+# Python's \w is str.isalnum() or "_"); whitespace collapsed by a character loop; the token
+# overlap by merging two sorted lists.
+_ASCII_PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_ARTICLE_WORDS = ("a", "an", "the")
+
+
+def _word_char(c):
+    return c.isalnum() or c == "_"
+
+
+def ref_normalize(s):
+    s = "".join(c for c in s.lower() if c not in _ASCII_PUNCTUATION)
+    pieces, i = [], 0
+    while i < len(s):
+        if not _word_char(s[i]):
+            pieces.append(s[i])
+            i += 1
+            continue
+        j = i
+        while j < len(s) and _word_char(s[j]):
+            j += 1
+        pieces.append(" " if s[i:j] in _ARTICLE_WORDS else s[i:j])
+        i = j
+    words, current = [], ""
+    for c in "".join(pieces) + " ":
+        if c.isspace():
+            if current:
+                words.append(current)
+            current = ""
+        else:
+            current += c
+    return " ".join(words)
+
+
+def ref_tokens(s):
+    return [w for w in ref_normalize(s).split(" ") if w]
+
+
+def ref_overlap(a, b):
+    a, b = sorted(a), sorted(b)
+    i = j = n = 0
+    while i < len(a) and j < len(b):
+        if a[i] == b[j]:
+            n, i, j = n + 1, i + 1, j + 1
+        elif a[i] < b[j]:
+            i += 1
+        else:
+            j += 1
+    return n
+
+
+def ref_f1(pred, gold):
+    p, g = ref_tokens(pred), ref_tokens(gold)
+    if not p or not g:
+        return 1.0 if len(p) == len(g) else 0.0
+    n = ref_overlap(p, g)
+    if n == 0:
+        return 0.0
+    precision, recall = n / len(p), n / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def ref_question(answers, pred):
+    golds = [t for t in answers if ref_normalize(t) != ""] or [""]
+    exact = max(1 if ref_normalize(pred) == ref_normalize(g) else 0 for g in golds)
+    return exact, max(ref_f1(pred, g) for g in golds)
+
+
+def ref_evaluate(questions, preds, v2):
+    rows = []
+    for q in questions:
+        if q.id in preds:
+            e, f = ref_question([t for t, _ in q.answers], preds[q.id])
+        else:
+            e, f = 0, 0.0
+        rows.append((bool(q.answers), e, f))
+    out = {}
+    groups = [("", rows)]
+    if v2:
+        groups += [("HasAns_", [r for r in rows if r[0]]), ("NoAns_", [r for r in rows if not r[0]])]
+    for prefix, group in groups:
+        if group:
+            out[prefix + "exact"] = 100.0 * sum(r[1] for r in group) / len(group)
+            out[prefix + "f1"] = 100.0 * sum(r[2] for r in group) / len(group)
+            out[prefix + "total"] = len(group)
+    return out
+
+
+# ---------------------------------------------------------------- hand-computed values
+@pytest.mark.parametrize("text, expected", [
+    ("The  Quick, brown-fox!", "quick brownfox"),
+    ("An apple a day", "apple day"),
+    ("theatre anthem atheist", "theatre anthem atheist"),      # articles only as whole words
+    ("a-the an", "athe"),                       # punctuation goes first: "athe an" -> "athe"
+    ("\u201cthe\u201d  end", "\u201c \u201d end"),              # curly quotes are not ASCII
+    ("\u00dcnder THE Br\u00fccke", "\u00fcnder br\u00fccke"),
+    ("snake_case the_end", "snakecase theend"),
+    ("\t\n  ", ""),
+    ("A", ""),
+    ("Caf\u00e9 \u00e0 la carte", "caf\u00e9 \u00e0 la carte"),
+    ("the\u00a0cat", "cat"),                                     # no-break space is whitespace
+    ("\u00bfQu\u00e9?", "\u00bfqu\u00e9"),
+])
+def test_normalization_by_hand(text, expected):
+    assert normalize_answer(text) == expected
+    assert ref_normalize(text) == expected
+
+
+def test_scores_by_hand():
+    # pred tokens [cat, sat, on, mat], gold [cat, on, mat]: P = 3/4, R = 1, F1 = 6/7
+    assert f1_score("the cat sat on the mat", "a cat on a mat") == pytest.approx(6 / 7, abs=1e-15)
+    assert exact_match_score("the cat sat on the mat", "a cat on a mat") == 0
+    # multiset overlap: [x, x, y] vs [x, y, y] share 2 tokens: P = R = 2/3
+    assert f1_score("x x y", "x y y") == pytest.approx(2 / 3, abs=1e-15)
+    assert exact_match_score("The Cat!", "cat") == 1
+    assert f1_score("", "") == 1.0 and f1_score("the", "") == 1.0 and f1_score("", "cat") == 0.0
+    assert f1_score("dog", "cat") == 0.0
+    q = SquadQuestion("q", "", "?", "The Volga is long.", (("The Volga", 0), ("Volga", 4)))
+    assert question_scores(q, "volga river") == (0, pytest.approx(2 / 3, abs=1e-15))
+    assert question_scores(q, "the Volga.") == (1, 1.0)
+
+
+def _hand_v2():
+    ctx = "The cat sat on the mat while the dog slept."
+    qs = [SquadQuestion("q1", "t", "Who sat?", ctx, (("The cat", 0),)),
+          SquadQuestion("q2", "t", "Where?", ctx, (("cat sat on the mat", 4),)),
+          SquadQuestion("q3", "t", "Who flew?", ctx, (), True),
+          SquadQuestion("q4", "t", "Who swam?", ctx, (), True),
+          SquadQuestion("q5", "t", "Who sang?", ctx, (), True)]
+    return SquadDataset(qs, True, "hand")
+
+
+def test_evaluate_by_hand():
+    d = _hand_v2()
+    # q1 exact; q2 [cat, sat, on, mat] vs pred [cat, sat, mat]: P = 1, R = 3/4, F1 = 6/7;
+    # q3 "" and q4 "The." (normalizes to "") are right; q5 answers where there is none
+    preds = {"q1": "the CAT", "q2": "cat sat mat", "q3": "", "q4": "The.", "q5": "the dog",
+             "unknown": "ignored"}
+    m = squad_evaluate(d, preds)
+    assert m == pytest.approx({
+        "exact": 60.0, "f1": 100 * (3 + 6 / 7) / 5, "total": 5,
+        "HasAns_exact": 50.0, "HasAns_f1": 100 * (1 + 6 / 7) / 2, "HasAns_total": 2,
+        "NoAns_exact": 200 / 3, "NoAns_f1": 200 / 3, "NoAns_total": 3}, abs=1e-12)
+    assert isinstance(m["total"], int)
+    # a missing prediction scores 0 and still counts
+    del preds["q1"]
+    m = squad_evaluate(d, preds)
+    assert m["exact"] == pytest.approx(40.0) and m["total"] == 5 and m["HasAns_total"] == 2
+    assert squad_scores(d, preds)["q1"] == (0, 0.0)
+    # v1.1: no breakdown
+    m = squad_evaluate(d[:2], {"q1": "cat", "q2": "mat"})
+    assert set(m) == {"exact", "f1", "total"} and m["exact"] == 50.0
+    assert m["f1"] == pytest.approx(100 * (1 + 2 * (1 * 0.25) / 1.25) / 2)
+    with pytest.raises(ValueError, match=r"predictions\['q1'\]=3 is a int"):
+        squad_evaluate(d, {"q1": 3})
+    with pytest.raises(ValueError, match="expected a dict"):
+        squad_evaluate(d, [("q1", "cat")])
+
+
+def test_evaluate_fixtures():
+    for path in (V1, V2, FLAT, FLAT_LINES):
+        d = read_squad(path)
+        gold = {q.id: (q.answers[-1][0] if q.answers else "") for q in d}
+        m = squad_evaluate(d, gold)
+        assert m["exact"] == m["f1"] == 100.0 and m["total"] == len(d)
+        empty = squad_evaluate(d, {q.id: "" for q in d})
+        n_no = sum(q.is_impossible for q in d)
+        assert empty["exact"] == empty["f1"] == pytest.approx(100 * n_no / len(d))
+        assert ("NoAns_total" in m) == d.version_2
+
+
+# ---------------------------------------------------------------- randomized comparison
+_NOISE = ["the", "The", "a", "an", "An", "THE", ",", ".", "!", "'s", "-", "_", "\u201c",
+          "\u201d", "\u2014", "\u00bf", "  ", "\t", "\u00a0", "\u00e9", "\u0130", "\u00df",
+          "(", ")", "[the]", "a.", "the-", "_a_", "anthe", "\u0391\u03a3", "\u4e2d\u6587", "\u2162", "\u00b2"]
+
+
+def _mutate(text, rng):
+    """A prediction near ``text``: words dropped, doubled, recased, noise inserted."""
+    words = text.split()
+    out = []
+    for w in words:
+        r = rng.random()
+        if r < 0.15:
+            continue
+        if r < 0.25:
+            w = w.upper()
+        elif r < 0.3:
+            w = w + w
+        out.append(w)
+        if rng.random() < 0.3:
+            out.append(rng.choice(_NOISE))
+    sep = rng.choice([" ", "  ", "", "\n"])
+    return sep.join(out)
+
+
+def _random_predictions(d, rng):
+    preds = {}
+    for q in d:
+        words = q.context.split()
+        r = rng.random()
+        if r < 0.08:
+            continue                                                # missing
+        if r < 0.2:
+            preds[q.id] = rng.choice(["", " ", "the", "A.", "\u201c\u201d", "an!"])
+        elif r < 0.5 and q.answers:
+            preds[q.id] = _mutate(rng.choice(q.answers)[0], rng)
+        else:
+            i = rng.randrange(len(words))
+            preds[q.id] = _mutate(" ".join(words[i:i + rng.randint(1, 8)]), rng)
+    return preds
+
+
+def test_against_the_second_implementation():
+    rng = random.Random(21)
+    datasets = [read_squad(p) for p in (V1, V2, FLAT, FLAT_LINES)] + [_hand_v2()]
+    compared = 0
+    for _ in range(150):
+        for d in datasets:
+            preds = _random_predictions(d, rng)
+            ours = squad_scores(d, preds)
+            for q in d:
+                if q.id in preds:
+                    assert ours[q.id] == ref_question([t for t, _ in q.answers], preds[q.id]), \
+                        (q.id, q.answers, preds[q.id])
+                    compared += 1
+            assert squad_evaluate(d, preds) == ref_evaluate(list(d), preds, d.version_2)
+    assert compared > 3000
+
+
+_ALPHABET = "aAnNtTeEhH _-.,'!\u201c\u00e9\u0301\u00df\u0130\u03a3\u00a0\t\u4e2d\u2162\u00b2x"
+
+
+def test_random_strings_against_the_second_implementation():
+    rng = random.Random(5)
+    for _ in range(3000):
+        a = "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 14)))
+        b = "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 14)))
+        assert normalize_answer(a) == ref_normalize(a), repr(a)
+        assert f1_score(a, b) == ref_f1(a, b), (a, b)
+        assert exact_match_score(a, b) == int(ref_normalize(a) == ref_normalize(b))
+
+
+def test_unicode_word_characters():
+    # every character Python calls alphanumeric sticks to an article as \\b sees it, and
+    # the two implementations agree on all of the Basic Multilingual Plane's characters
+    chars = [chr(c) for c in range(0x20, 0x10000) if not 0xD800 <= c < 0xE000]
+    for c in chars[::7]:
+        for text in (f"the{c}", f"{c}the a", f"an {c} the"):
+            assert normalize_answer(text) == ref_normalize(text), repr(text)
