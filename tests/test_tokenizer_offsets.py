@@ -228,13 +228,14 @@ def _module_tok():
 
 
 # ----------------------------------------------------------------------------- Hugging Face
-def _hf_fast(tmp_path_factory):
+def _hf_fast(tmp_path_factory, do_lower_case=True):
     transformers = pytest.importorskip("transformers")
     cls = transformers.BertTokenizer if hasattr(transformers, "BertTokenizerLegacy") \
         else transformers.BertTokenizerFast
     d = tmp_path_factory.mktemp("hf-offsets")
     shutil.copyfile(VOCAB, d / "vocab.txt")
-    hf = cls.from_pretrained(str(d), do_lower_case=True)
+    # from_pretrained: transformers 5's constructor ignores vocab_file= (the size check)
+    hf = cls.from_pretrained(str(d), do_lower_case=do_lower_case)
     assert len(hf) == 30522 and hf.is_fast
     return hf
 
@@ -252,8 +253,10 @@ def _tokens_known_to_differ(text: str) -> bool:
     return any(unicodedata.ucd_3_2_0.category(c) == "Cn" or c == "\u03a3" for c in text)
 
 
-def test_spans_equal_hugging_face(tok, docstrings, tmp_path_factory):
-    hf = _hf_fast(tmp_path_factory)
+@pytest.mark.parametrize("do_lower_case", [True, False])
+def test_spans_equal_hugging_face(do_lower_case, docstrings, tmp_path_factory):
+    tok = BertTokenizer(VOCAB, do_lower_case=do_lower_case)
+    hf = _hf_fast(tmp_path_factory, do_lower_case)
     texts = EDGE_CASES + corpus_lines() + docstrings[:400]
     compared = 0
     for text in texts:
