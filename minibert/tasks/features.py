@@ -36,6 +36,12 @@ trains. The features are already contextual (each is the output of self-attentio
 whole sequence), which is what the BiLSTM added on top of non-contextual inputs in ELMo.
 ``head="linear"`` is BERT's own fine-tuning classifier on frozen features.
 
+Feature cache (``cache_features=True``). Frozen and in inference mode, the encoder gives an
+example the same features at every epoch, so they can be computed once: each row's real
+tokens run through the encoder alone the first time the row is seen and are looked up after
+that (``FeatureBasedModel.cached_features``), at the cost of keeping every distinct row's
+(tokens, F) array in memory. Off by default.
+
 Families. Token classification (``BertForTokenClassification``: NER; labels (B, S), -100
 ignored, logits (B, S, K), mean cross-entropy over the counted tokens) and sequence
 classification or regression (``BertForSequenceClassification``: the task model reads the
@@ -205,11 +211,13 @@ class FeatureBasedModel:
         head: "mlp" or "linear".
         seed: the task model's initialization and its dropout streams.
         head_hidden_size: the MLP's width D (None: the encoder's H).
+        cache_features: keep each row's features after its first forward and look them up
+            afterwards (see ``cached_features``).
     """
 
     def __init__(self, encoder: BertModel, reads: str = "tokens", layers=None,
                  combine: str = "concat", head: str = "mlp", seed: int = 0,
-                 head_hidden_size: int | None = None):
+                 head_hidden_size: int | None = None, cache_features: bool = False):
         if not isinstance(encoder, BertModel):
             raise TypeError(f"encoder has type {type(encoder).__name__}, expected BertModel")
         if reads not in ("tokens", "cls"):
@@ -227,6 +235,8 @@ class FeatureBasedModel:
         self.store = FlatParams(self.head_specs(), self.dtype, self.xp)
         self.store.initialize(self.seed, cfg.initializer_range)
         self.grads = self.store.grads
+        self.cache_features = bool(cache_features)
+        self._feature_cache = {}
 
     def head_specs(self) -> list:
         F, K, D = self.feature_size, self.num_labels, self.head_hidden_size
@@ -297,6 +307,45 @@ class FeatureBasedModel:
                            token_type_ids=token_type_ids, output_hidden_states=True)
         return combine_hidden_states(out.hidden_states, self.layers, self.combine)
 
+    def cached_features(self, input_ids, attention_mask=None, token_type_ids=None):
+        """The features (B, S, F) of a batch with the per-example cache: each row's real
+        tokens (its first ``attention_mask.sum()`` positions; real tokens must come first,
+        as BERT lays rows out) are run through the encoder alone, once, and kept under the
+        bytes of their ids and segment ids; padding positions get zero features.
+
+        The encoder is frozen and in inference mode, so a row's features are the same at
+        every epoch: after the first epoch a step is the task model's alone. A row run
+        alone gives the same bits whatever batch it comes in, so a resumed run sees the
+        features the uninterrupted one saw; they may differ from the batched features of
+        ``features`` in the last bits (other padded lengths, other summation blocks). Memory:
+        every distinct training and evaluation row's (tokens, F) array stays until
+        ``clear_feature_cache``."""
+        from ..backend import to_numpy
+        ids = to_numpy(check_int_array("input_ids", input_ids)).astype(np.int64)
+        B, S = ids.shape
+        mask = np.ones((B, S), np.int64) if attention_mask is None else to_numpy(attention_mask)
+        tt = np.zeros((B, S), np.int64) if token_type_ids is None else to_numpy(token_type_ids)
+        tt = tt.astype(np.int64)
+        lengths = (mask != 0).sum(axis=1)
+        prefix = np.arange(S)[None, :] < lengths[:, None]
+        if tuple(mask.shape) != (B, S) or not np.array_equal(mask != 0, prefix):
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected {(B, S)} "
+                             "with each row's real tokens first (the feature cache keys a row "
+                             "by its real tokens)")
+        out = self.xp.zeros((B, S, self.feature_size), dtype=self.dtype)
+        for b, n in enumerate(lengths.tolist()):
+            key = (ids[b, :n].tobytes(), tt[b, :n].tobytes())
+            f = self._feature_cache.get(key)
+            if f is None:
+                f = self.features(self.xp.asarray(ids[b:b + 1, :n]),
+                                  token_type_ids=self.xp.asarray(tt[b:b + 1, :n]))[0]  # (n, F)
+                self._feature_cache[key] = f
+            out[b, :n] = f
+        return out
+
+    def clear_feature_cache(self):
+        self._feature_cache = {}
+
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 labels=None, training=False, keep_cache=True):
         """Returns ``(HeadOutput, cache)``: ``logits`` (B, S, K) for tokens or (B, K) for
@@ -305,8 +354,9 @@ class FeatureBasedModel:
         the encoder runs in inference either way."""
         reject_positional("FeatureBasedModel.forward", args)
         with deferred_checks():
-            f = self.features(input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids)                      # (B, S, F)
+            embed = self.cached_features if self.cache_features else self.features
+            f = embed(input_ids, attention_mask=attention_mask,
+                      token_type_ids=token_type_ids)                              # (B, S, F)
             if self.reads == "cls":
                 f = self.xp.ascontiguousarray(f[:, 0])                             # (B, F)
             call = self.dropout_calls
@@ -468,7 +518,8 @@ class FeatureBasedModel:
 
 
 def feature_based_model(model_dir, family, layers=None, combine="concat", dtype=np.float32,
-                        device="cpu", seed=0, *, head="mlp", head_hidden_size=None):
+                        device="cpu", seed=0, *, head="mlp", head_hidden_size=None,
+                        cache_features=False):
     """A ``FeatureBasedModel`` on the frozen encoder of the checkpoint ``model_dir`` (a model
     directory, or a training run: its latest checkpoint) for ``family``'s task: its
     ``model_class`` (BertForTokenClassification or BertForSequenceClassification) says which
@@ -495,7 +546,7 @@ def feature_based_model(model_dir, family, layers=None, combine="concat", dtype=
     resolve_layers(layers, config.num_hidden_layers)                     # before any reading
     encoder = load_frozen_encoder(model_dir, config, dtype, device)
     return FeatureBasedModel(encoder, READS[model_class], layers, combine, head, seed,
-                             head_hidden_size)
+                             head_hidden_size, cache_features)
 
 
 # ------------------------------------------------------------------------------ export

@@ -302,3 +302,33 @@ def test_bad_combine_family_and_npz_input(ckpt, vocab_ckpt, tmp_path):
     with pytest.raises(ValueError, match="expected \\(tokens, F\\)"):
         write_features_npz(tmp_path / "f.npz", bad)
     assert not os.path.exists(tmp_path / "f.npz") and os.listdir(tmp_path) == []
+
+
+def test_feature_cache_runs_each_row_once_and_alone(ckpt):
+    """With cache_features each row's real tokens run through the encoder alone, once:
+    the features equal that lone run bit for bit (whatever batch the row comes in), match
+    the batched features to float32 rounding, and padding gets zeros."""
+    model = feature_based_model(ckpt, Tagging(), cache_features=True)
+    plain = feature_based_model(ckpt, Tagging())
+    ids, mask, tt = batch(np.random.default_rng(6))
+    got = model.cached_features(ids, attention_mask=mask, token_type_ids=tt)
+    assert len(model._feature_cache) == 3
+    batched = plain.features(ids, attention_mask=mask, token_type_ids=tt)
+    for b, n in enumerate(mask.sum(1)):
+        alone = plain.features(ids[b:b + 1, :n], token_type_ids=tt[b:b + 1, :n])[0]
+        assert np.array_equal(got[b, :n], alone)
+        assert np.allclose(got[b, :n], batched[b, :n], rtol=0, atol=1e-5)
+        assert not got[b, n:].any()
+    # the rows again, in another order and batch: looked up, not recomputed
+    calls = []
+    model.features = lambda *a, **k: calls.append(1)
+    again = model.cached_features(ids[::-1], attention_mask=mask[::-1], token_type_ids=tt[::-1])
+    assert calls == [] and np.array_equal(again, got[::-1])
+    labels = np.where(mask == 1, ids % K, -100)
+    out, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, labels=labels,
+                               training=True)
+    assert np.isfinite(out.loss) and calls == []
+    bad = mask.copy()
+    bad[0, 0] = 0
+    with pytest.raises(ValueError, match="real tokens first"):
+        model.cached_features(ids, attention_mask=bad, token_type_ids=tt)
