@@ -143,9 +143,13 @@ def _load_model(family, model_dir, config, device, seed, feature_based, layers, 
         from .tasks.features import feature_based_model
         model = feature_based_model(model_dir, family, layers, combine, dtype=np.float32,
                                     device=device, seed=seed)
-        on_stage(f"model: feature-based {family.model_class.__name__} from {model_dir}: frozen "
-                 f"encoder, hidden states {'all default' if layers is None else layers} "
-                 f"combined by {combine}, only the head trained; device {device}")
+        shown = getattr(model, "layers", layers)
+        trained = model.num_parameters(only_trainable=True) \
+            if hasattr(model, "num_parameters") else None
+        on_stage(f"model: feature-based {family.model_class.__name__} task from {model_dir}: "
+                 f"frozen encoder, hidden states {shown} combined by {combine}, only the head "
+                 "trained" + (f" ({trained:,} parameters)" if trained is not None else "")
+                 + f"; device {device}")
         return model
     from .recipes import _loading_report
     model, info = family.model_class.from_pretrained(
