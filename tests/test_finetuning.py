@@ -326,3 +326,43 @@ def test_cli_every_finetune_option_says_its_default():
             if action.dest in ("help", "checkpoint", "text"):
                 continue
             assert action.help and "default" in action.help, (name, action.dest)
+
+
+# ------------------------------------------------------------------------------ every family
+DATA = os.path.join(os.path.dirname(__file__), "data")
+FAMILY_RUNS = {   # the published formats of tests/data, each family's predictions file
+    "classification": (["--train", "mrpc_train.tsv", "--eval", "mrpc_dev.tsv", "--text-column",
+                        "#1 String", "--text-pair-column", "#2 String", "--label-column",
+                        "Quality"], ["predictions.tsv", "confusion_matrix.png"],
+                       ["acc", "f1", "matthews", "baseline_acc"]),
+    "regression": (["--train", "stsb.tsv", "--text-column", "sentence1", "--text-pair-column",
+                    "sentence2", "--label-column", "score"], ["predictions.tsv"],
+                   ["pearson", "spearman", "mse", "baseline_pearson"]),
+    "ner": (["--train", "conll2003_sample.conll"], ["predictions.conll"],
+            ["precision", "recall", "f1", "token_acc", "baseline_f1"]),
+    "qa": (["--train", "squad_v2.0.json", "--eval", "squad_v2.0.json", "--seq-len", "64",
+            "--max-query-length", "16", "--doc-stride", "24"],
+           ["predictions.json", "nbest_predictions.json"], ["exact", "f1", "NoAns_exact"]),
+    "multiple-choice": (["--train", "swag.csv"], ["predictions.csv"], ["acc", "baseline_acc"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(FAMILY_RUNS))
+def test_every_family_runs_from_its_published_format(checkpoint, tmp_path, capsys, task):
+    """``minibert finetune --task X`` on tests/data's fixture files and the tiny checkpoint:
+    the run ends, metrics.json holds the family's metric keys, its predictions file exists."""
+    args, written, keys = FAMILY_RUNS[task]
+    args = [os.path.join(DATA, a) if a.endswith((".tsv", ".conll", ".json", ".csv")) else a
+            for a in args]
+    out = tmp_path / "ft"
+    argv = ["finetune", "--task", task, "--checkpoint", checkpoint, "--out", str(out),
+            "--steps", "2", "--batch-size", "4", "--seq-len", "48", *args]
+    assert main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == task and set(keys) <= set(metrics), sorted(metrics)
+    assert all(np.isfinite(v) for k, v in metrics.items() if isinstance(v, float))
+    for name in written:
+        assert (out / name).is_file(), name
+    text = capsys.readouterr().out
+    assert any(line.startswith("held-out ") for line in text.splitlines()), text
