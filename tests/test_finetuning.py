@@ -282,6 +282,12 @@ def test_cli_prints_the_metrics_and_the_files(checkpoint, files, tmp_path, capsy
                            "accuracy 0.5000)"), line
     for name in ("metrics.json", "predictions.tsv", "confusion_matrix.png"):
         assert f"wrote {out / name}" in text
+    # the finished run again: refused without --resume, scored again with it
+    _one_line_error(capsys, _argv(checkpoint, files, out), "pass --resume")
+    assert main(_argv(checkpoint, files, out, "--resume")) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == \
+        {k: v for k, v in metrics.items() if k != "seconds"}
 
 
 def test_cli_data_is_another_name_for_train(checkpoint, files, tmp_path, capsys, family):
