@@ -217,18 +217,20 @@ def finetune(task="classification", train=None, eval=None, checkpoint="runs/pret
 
     train_data, eval_data = _read_data(family, train, eval, options, seed, on_stage)
     family.prepare(train_data)
-    n_train, n_eval = _count(train_data), _count(eval_data)
     names = _label_names(family)
-    on_stage(f"  {n_train:,} training and {n_eval:,} held-out examples"
-             + (f", {len(names)} labels: {', '.join(map(str, names))}" if names else ""))
     on_stage(f"encoding at seq_len {seq_len} (each batch padded to its longest row)")
     enc_train = family.encode(train_data, tokenizer, seq_len, options)
     enc_eval = family.encode(eval_data, tokenizer, seq_len, options)
     if len(enc_train) == 0 or len(enc_eval) == 0:
         raise ValueError(f"the data give {len(enc_train)} training and {len(enc_eval)} held-out "
                          "rows, expected at least one of each")
-    if len(enc_train) != n_train or len(enc_eval) != n_eval:
-        on_stage(f"  {len(enc_train):,} training and {len(enc_eval):,} held-out rows")
+    n_train, n_eval = _count(train_data), _count(eval_data)
+    n_train = len(enc_train) if n_train is None else n_train    # a data set without len
+    n_eval = len(enc_eval) if n_eval is None else n_eval
+    rows = "" if (len(enc_train), len(enc_eval)) == (n_train, n_eval) else \
+        f" ({len(enc_train):,} and {len(enc_eval):,} model rows)"
+    on_stage(f"  {n_train:,} training and {n_eval:,} held-out examples{rows}"
+             + (f", {len(names)} labels: {', '.join(map(str, names))}" if names else ""))
     model = _load_model(family, model_dir, config, device, seed, feature_based, layers,
                         feature_combine, on_stage)
 
