@@ -126,6 +126,7 @@ SMALL = dict(steps=4, batch_size=4, seq_len=32)
 
 
 # ------------------------------------------------------------------------------ the run
+@pytest.mark.slow
 def test_run_writes_metrics_predictions_and_confusion_matrix(checkpoint, files, tmp_path):
     out = tmp_path / "ft"
     stages = []
