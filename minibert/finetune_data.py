@@ -1,4 +1,4 @@
-"""Fine-tuning data: labeled text (pairs) for sequence classification.
+"""Fine-tuning data: labeled text (pairs) for sequence classification and regression.
 
 A classification data set is N examples, each a text (or a text pair, for tasks such as
 entailment or paraphrase) and one class label:
@@ -8,11 +8,14 @@ entailment or paraphrase) and one class label:
     labels       (N,) int64 class ids in [0, C)
     label_names  C strings: label_names[k] is the name of class k
 
-``read_classification_file`` reads such a set from CSV/TSV (with a header) or JSON lines.
+``read_classification_file`` reads such a set from CSV, TSV (as GLUE publishes its tasks:
+no quote processing; a header line, or column indexes for a file without one) or JSON
+lines; ``read_regression_file`` reads float scores instead (``RegressionData``, STS-B).
 ``stdlib_classification`` builds a real one with no download: "which standard-library
 package does this docstring belong to?", from the first paragraphs of the docstrings of
-a fixed list of packages. ``train_test_split`` splits a set deterministically, class by
-class (stratified), so both parts keep the class proportions.
+a fixed list of packages, each example's module in ``groups``. ``train_test_split`` splits
+a set deterministically, class by class (stratified), so both parts keep the class
+proportions; ``group_split`` also keeps every module on one side.
 
 Labels in a file are mapped to ids by one rule:
 
@@ -24,6 +27,8 @@ Labels in a file are mapped to ids by one rule:
   ids follow the sorted order of the names: ``["neg", "pos"]`` -> 0, 1.
 
 Either way at least two distinct labels must occur: a one-class set cannot be learnt.
+A ``label_list`` (``read_classification_file``) replaces this rule with names in a fixed
+order (MNLI's three labels, say).
 """
 from __future__ import annotations
 

@@ -258,20 +258,24 @@ def stdlib_overlap_pairs(seed: int = 0, n_train: int = 2400, n_test: int = 600,
     def side(side_items, n):
         by_module: dict = {}
         for module, text in side_items:
-            by_module.setdefault(module, []).append(text)
-        cand = [(m, a, b) for m in sorted(by_module)
-                for a, b in itertools.combinations(by_module[m], 2)]
+            by_module.setdefault(module, []).append((text, word_set(text)))
+        cand, score = [], []
+        for m in sorted(by_module):
+            for (a, A), (b, B) in itertools.combinations(by_module[m], 2):
+                cand.append((m, a, b))
+                score.append(len(A & B) / len(A | B) if A | B else 0.0)    # jaccard(a, b)
         if not cand:
             raise ValueError("no module has two documented functions, expected pairs to draw")
-        score = np.array([jaccard(a, b) for _, a, b in cand])
+        score = np.asarray(score)
         which = np.minimum((score * bins).astype(np.int64), bins - 1)
-        module = np.array([m for m, _, _ in cand], dtype=object)
+        pools_of: dict = {}                 # (bin, module) -> candidate indexes, in order
+        for i, (m, _, _) in enumerate(cand):
+            pools_of.setdefault((int(which[i]), m), []).append(i)
         picked = []
         for k in range(bins):
             # round robin over the modules (in a random order each round), each giving a
             # random candidate of this bin, so that no large module fills the bin alone
-            pools = {m: list(rng.permutation(np.flatnonzero((which == k) & (module == m))))
-                     for m in sorted(set(module[which == k]))}
+            pools = {m: list(rng.permutation(v)) for (kk, m), v in sorted(pools_of.items()) if kk == k}
             taken = 0
             while taken < n // bins and pools:
                 for m in [sorted(pools)[i] for i in rng.permutation(len(pools))]:
