@@ -31,14 +31,15 @@ padding carry -100 (no loss, no score). A word that tokenizes to nothing (contro
 zero-width characters only) stands as one ``[UNK]`` piece, so that every word gets a
 prediction. A word's prediction is the arg max of the logits at its first piece.
 
-Sentences longer than ``seq_len`` are truncated at a word boundary: the words whose pieces
-do not all fit (and every word after them) are not seen by the model; they are predicted
+Sentences longer than ``seq_len`` are truncated: the words whose first piece does not fit
+(the last word kept may lose its later pieces) are not seen by the model; they are predicted
 ``O`` in ``predictions.conll`` and counted as such in the metrics (so truncation costs
-recall, as it would in a submission).
+recall, as it would in a submission). Every sentence keeps at least its first word.
 
 Metrics (fractions 0..1, as every family reports them): entity-level ``precision``,
-``recall``, ``f1`` and ``token_acc`` (``conlleval``), and the all-``O`` tagging's
-``baseline_f1`` (always 0) and ``baseline_token_acc``. During training the progress bar
+``recall``, ``f1`` and ``token_acc`` (``conlleval``), each entity type's ``f1_<type>`` (gold
+or guessed types), and the all-``O`` tagging's ``baseline_f1`` (always 0) and
+``baseline_token_acc``. During training the progress bar
 shows the entity F1 of the evaluation batches.
 
 Built-in task (no download): see ``builtin_sentences``.
@@ -397,12 +398,12 @@ class NerFamily(Family):
                 if word not in cache:
                     cache[word] = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
                                    or [tokenizer.unk_token_id])       # never zero pieces
-                wp = cache[word]
-                if len(pieces) + len(wp) > seq_len - 1:               # room for [SEP]
+                room = seq_len - 1 - len(pieces)                      # [SEP] still to come
+                if room < 1:                                          # not even its first piece
                     break
                 labels[r, len(pieces)] = l2i[tag]
                 row_starts.append(len(pieces))
-                pieces.extend(wp)
+                pieces.extend(cache[word][:room])
             pieces.append(tokenizer.sep_token_id)
             ids[r, :len(pieces)] = pieces
             mask[r, :len(pieces)] = 1
@@ -454,11 +455,13 @@ class NerFamily(Family):
 
     def evaluate(self, data: NerData, encoded: Encoded, outputs: dict, options: TaskOptions):
         """``(metrics, predictions)``: conlleval's scores over every word of every sentence
-        (truncated words predicted ``O``) and the all-``O`` baseline; predictions are the
-        tag lists."""
+        (truncated words predicted ``O``), per type, and the all-``O`` baseline; predictions
+        are the tag lists."""
         pred = self.predicted_tags(data, encoded, outputs)
         gold = [s.tags for s in data.sentences]
-        m = conlleval.evaluate(gold, pred).as_dict()
+        res = conlleval.evaluate(gold, pred)
+        m = res.as_dict()
+        m.update({f"f1_{t}": c.f1 for t, c in res.per_type.items()})
         base = conlleval.evaluate(gold, [["O"] * len(g) for g in gold])
         m.update(baseline_f1=base.f1, baseline_token_acc=base.accuracy)
         return m, pred

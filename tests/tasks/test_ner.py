@@ -201,8 +201,16 @@ def test_truncated_words_are_predicted_o_and_counted(tokenizer, tmp_path):
     metrics, pred = fam.evaluate(data, enc, out, TaskOptions())
     assert pred == [["B-LOC", "O", "B-LOC", "O", "O"]]
     assert metrics["precision"] == 1.0 and metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["f1_LOC"] == metrics["f1"]
     assert metrics["token_acc"] == pytest.approx(4 / 5)
     assert metrics["baseline_f1"] == 0.0 and metrics["baseline_token_acc"] == pytest.approx(2 / 5)
+    # a word longer than the room left keeps its first pieces: every sentence keeps a word
+    long = NerData([Sentence(["Tokenization", "x"], ["B-LOC", "O"], [1, 2], "mem")])
+    enc = fam.encode(long, tokenizer, 3, TaskOptions())
+    assert tokenizer.convert_ids_to_tokens(enc.arrays["input_ids"][0].tolist()) == [
+        "[CLS]", "token", "[SEP]"]
+    assert enc.arrays["labels"][0].tolist() == [-100, fam.label2id["B-LOC"], -100]
+    assert fam.predicted_tags(long, enc, outputs_from(fam, enc, [["B-LOC"]])) == [["B-LOC", "O"]]
     with pytest.raises(ValueError, match="seq_len=2 is invalid"):
         fam.encode(data, tokenizer, 2, TaskOptions())
 
@@ -217,7 +225,9 @@ def test_evaluate_and_predictions_file_agree_with_conlleval(tokenizer, tmp_path)
     metrics, pred = fam.evaluate(data, enc, outputs_from(fam, enc, guess), TaskOptions())
     assert pred == guess
     want = conlleval.evaluate([s.tags for s in data.sentences], guess)
-    assert metrics == pytest.approx(dict(want.as_dict(), baseline_f1=0.0,
+    per_type = {f"f1_{t}": c.f1 for t, c in want.per_type.items()}
+    assert sorted(per_type) == ["f1_LOC", "f1_MISC", "f1_ORG", "f1_PER"]
+    assert metrics == pytest.approx(dict(want.as_dict(), baseline_f1=0.0, **per_type,
                                          baseline_token_acc=metrics["baseline_token_acc"]))
     assert 0 < metrics["f1"] < 1
     files = fam.write_predictions(str(tmp_path / "out"), data, enc, pred, TaskOptions())
