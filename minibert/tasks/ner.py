@@ -31,10 +31,11 @@ padding carry -100 (no loss, no score). A word that tokenizes to nothing (contro
 zero-width characters only) stands as one ``[UNK]`` piece, so that every word gets a
 prediction. A word's prediction is the arg max of the logits at its first piece.
 
-Sentences longer than ``seq_len`` are truncated: the words whose first piece does not fit
-(the last word kept may lose its later pieces) are not seen by the model; they are predicted
-``O`` in ``predictions.conll`` and counted as such in the metrics (so truncation costs
-recall, as it would in a submission). Every sentence keeps at least its first word.
+A sentence longer than ``seq_len`` is not truncated: it continues in further rows
+(windows), each ``[CLS] pieces [SEP]`` starting at a word boundary, so every word is seen
+and predicted once, in the row that holds it (with the context of that row only). A single
+word longer than a whole row keeps its first ``seq_len - 2`` pieces. Training uses every
+row.
 
 Metrics (fractions 0..1, as every family reports them): entity-level ``precision``,
 ``recall``, ``f1`` and ``token_acc`` (``conlleval``), each entity type's ``f1_<type>`` (gold
@@ -373,9 +374,13 @@ class NerFamily(Family):
             raise RuntimeError("NerFamily.prepare(train) must come first: it sets the label list")
 
     def encode(self, data: NerData, tokenizer, seq_len: int, options: TaskOptions) -> Encoded:
-        """Rows ``[CLS] word pieces [SEP]`` with the first piece of each word labelled (module
-        docstring). meta: ``word_starts`` (each row's first-piece positions, one per kept
-        word) and ``kept`` (the number of words of each sentence that fit)."""
+        """Rows ``[CLS] word pieces [SEP]`` with the first piece of each word labelled; a
+        sentence too long for one row continues in the next ones (module docstring).
+
+        ``example_index``: each row's sentence. meta: ``word_starts`` (each row's
+        first-piece positions), ``first_word`` (the sentence's index of each row's first
+        word), ``windows`` (rows beyond one per sentence) and ``cut_words`` (words that lost
+        later pieces)."""
         self._need_labels()
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 3:
             raise ValueError(f"seq_len={seq_len!r} is invalid, expected an integer >= 3")
@@ -386,34 +391,37 @@ class NerFamily(Family):
                     where = f"{s.source} line {line}" if line else s.source
                     raise ValueError(f"{where}: tag {tag!r} is not in the label list {self.labels} "
                                      "(the training data's tags)")
-        n = len(data)
-        ids = np.full((n, seq_len), tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, seq_len), dtype=np.int64)
-        labels = np.full((n, seq_len), IGNORE, dtype=np.int64)
-        starts, kept = [], np.zeros(n, dtype=np.int64)
-        cache = {}
+        room = seq_len - 2                          # pieces a row holds between [CLS] and [SEP]
+        cache, rows, cut = {}, [], 0                # rows: (sentence, first word, pieces, labels)
         for r, s in enumerate(data.sentences):
-            pieces, row_starts = [tokenizer.cls_token_id], []
-            for word, tag in zip(s.tokens, s.tags):
+            first, pieces, labs = 0, [], []
+            for k, (word, tag) in enumerate(zip(s.tokens, s.tags)):
                 if word not in cache:
                     cache[word] = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
                                    or [tokenizer.unk_token_id])       # never zero pieces
-                room = seq_len - 1 - len(pieces)                      # [SEP] still to come
-                if room < 1:                                          # not even its first piece
-                    break
-                labels[r, len(pieces)] = l2i[tag]
-                row_starts.append(len(pieces))
-                pieces.extend(cache[word][:room])
-            pieces.append(tokenizer.sep_token_id)
-            ids[r, :len(pieces)] = pieces
-            mask[r, :len(pieces)] = 1
-            starts.append(np.asarray(row_starts, dtype=np.int64))
-            kept[r] = len(row_starts)
+                wp = cache[word]
+                if pieces and len(pieces) + len(wp) > room:           # the next window
+                    rows.append((r, first, pieces, labs))
+                    first, pieces, labs = k, [], []
+                if len(wp) > room:                  # longer than a whole row: its first pieces
+                    wp, cut = wp[:room], cut + 1
+                labs += [l2i[tag]] + [IGNORE] * (len(wp) - 1)
+                pieces += wp
+            rows.append((r, first, pieces, labs))
+        n = len(rows)
+        ids = np.full((n, seq_len), tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, seq_len), dtype=np.int64)
+        labels = np.full((n, seq_len), IGNORE, dtype=np.int64)
+        for i, (_, _, pieces, labs) in enumerate(rows):
+            ids[i, :len(pieces) + 2] = [tokenizer.cls_token_id] + pieces + [tokenizer.sep_token_id]
+            mask[i, :len(pieces) + 2] = 1
+            labels[i, 1:len(labs) + 1] = labs
         arrays = dict(input_ids=ids, token_type_ids=np.zeros_like(ids), attention_mask=mask,
                       labels=labels)
-        lengths = np.array([len(s.tokens) for s in data.sentences], dtype=np.int64)
-        return Encoded(arrays, np.arange(n, dtype=np.int64),
-                       dict(word_starts=starts, kept=kept, truncated=int((kept < lengths).sum())))
+        return Encoded(arrays, np.array([r for r, *_ in rows], dtype=np.int64),
+                       dict(word_starts=[np.flatnonzero(row != IGNORE) for row in labels],
+                            first_word=np.array([f for _, f, *_ in rows], dtype=np.int64),
+                            windows=n - len(data), cut_words=cut))
 
     # -------------------------------------------------------------- Trainer protocol
     def metrics(self, out, batch) -> dict:
@@ -441,22 +449,25 @@ class NerFamily(Family):
         return dict(pred=to_numpy(out.logits.argmax(axis=-1)))
 
     def predicted_tags(self, data: NerData, encoded: Encoded, outputs: dict) -> list:
-        """Each sentence's predicted tags: the arg max at each kept word's first piece, ``O``
-        for the words truncation cut."""
+        """Each sentence's predicted tags: the arg max at each word's first piece, in the row
+        (window) that holds the word."""
         self._need_labels()
         rows = outputs["pred"]
-        if len(rows) != len(data):
-            raise ValueError(f"outputs hold {len(rows)} rows, expected {len(data)} (one per sentence)")
-        out = []
-        for s, row, st in zip(data.sentences, rows, encoded.meta["word_starts"]):
-            tags = [self.labels[int(i)] for i in np.asarray(row)[st]]
-            out.append(tags + ["O"] * (len(s.tokens) - len(tags)))
+        if len(rows) != len(encoded):
+            raise ValueError(f"outputs hold {len(rows)} rows, expected {len(encoded)} (the encoded rows)")
+        out = [[None] * len(s.tokens) for s in data.sentences]
+        for r, first, row, st in zip(encoded.example_index, encoded.meta["first_word"], rows,
+                                     encoded.meta["word_starts"]):
+            out[r][first:first + len(st)] = [self.labels[int(i)] for i in np.asarray(row)[st]]
+        missing = [r for r, tags in enumerate(out) if None in tags]
+        if missing:
+            raise ValueError(f"sentence {missing[0]} has words in no encoded row: the encoding "
+                             "is not this data set's")
         return out
 
     def evaluate(self, data: NerData, encoded: Encoded, outputs: dict, options: TaskOptions):
-        """``(metrics, predictions)``: conlleval's scores over every word of every sentence
-        (truncated words predicted ``O``), per type, and the all-``O`` baseline; predictions
-        are the tag lists."""
+        """``(metrics, predictions)``: conlleval's scores over every word of every sentence,
+        per type, and the all-``O`` baseline; predictions are the tag lists."""
         pred = self.predicted_tags(data, encoded, outputs)
         gold = [s.tags for s in data.sentences]
         res = conlleval.evaluate(gold, pred)

@@ -32,12 +32,13 @@ def family_for(train):
     return fam
 
 
-def outputs_from(fam, enc, tags_per_row):
-    """Fake model outputs: each row predicts the given tags at its words' first pieces."""
+def outputs_from(fam, enc, tags_per_sentence):
+    """Fake model outputs: each row predicts its sentence's given tags at its words' first
+    pieces."""
     rows = []
-    for st, tags in zip(enc.meta["word_starts"], tags_per_row):
+    for r, first, st in zip(enc.example_index, enc.meta["first_word"], enc.meta["word_starts"]):
         row = np.zeros(enc.arrays["input_ids"].shape[1], dtype=np.int64)
-        row[st] = [fam.label2id[t] for t in tags[:len(st)]]
+        row[st] = [fam.label2id[t] for t in tags_per_sentence[r][first:first + len(st)]]
         rows.append(row)
     return dict(pred=rows)
 
@@ -189,28 +190,41 @@ def test_first_piece_labels_and_unknown_words(tokenizer):
     assert fam.predicted_tags(NerData([s]), enc, out) == [s.tags]
 
 
-def test_truncated_words_are_predicted_o_and_counted(tokenizer, tmp_path):
-    s = Sentence(["Paris", "and", "Rome", "and", "Oslo"], ["B-LOC", "O", "B-LOC", "O", "B-LOC"],
-                 [1, 2, 3, 4, 5], "mem")
-    data = NerData([s])
+def test_long_sentences_continue_in_windows(tokenizer):
+    s = Sentence(["Paris", "and", "Rome", "and", "Tokenization", "x"],
+                 ["B-LOC", "O", "B-LOC", "O", "B-MISC", "O"], [1, 2, 3, 4, 5, 6], "mem")
+    short = Sentence(["Oslo"], ["B-LOC"], [9], "mem")
+    data = NerData([s, short])
     fam = family_for(data)
-    enc = fam.encode(data, tokenizer, 5, TaskOptions())     # [CLS] paris and rome [SEP]
-    assert enc.meta["kept"].tolist() == [3] and enc.meta["truncated"] == 1
-    assert tokenizer.convert_ids_to_tokens(enc.arrays["input_ids"][0].tolist())[-1] == "[SEP]"
-    out = outputs_from(fam, enc, [s.tags])                  # perfect on what the model saw
-    metrics, pred = fam.evaluate(data, enc, out, TaskOptions())
-    assert pred == [["B-LOC", "O", "B-LOC", "O", "O"]]
-    assert metrics["precision"] == 1.0 and metrics["recall"] == pytest.approx(2 / 3)
-    assert metrics["f1_LOC"] == metrics["f1"]
-    assert metrics["token_acc"] == pytest.approx(4 / 5)
-    assert metrics["baseline_f1"] == 0.0 and metrics["baseline_token_acc"] == pytest.approx(2 / 5)
-    # a word longer than the room left keeps its first pieces: every sentence keeps a word
+    enc = fam.encode(data, tokenizer, 5, TaskOptions())      # 3 pieces a row
+    pieces = [tokenizer.convert_ids_to_tokens(r.tolist()) for r in enc.arrays["input_ids"]]
+    assert pieces == [["[CLS]", "paris", "and", "rome", "[SEP]"],
+                      ["[CLS]", "and", "token", "##ization", "[SEP]"],   # a window per word break
+                      ["[CLS]", "x", "[SEP]", "[PAD]", "[PAD]"],
+                      ["[CLS]", "oslo", "[SEP]", "[PAD]", "[PAD]"]]
+    assert enc.example_index.tolist() == [0, 0, 0, 1]
+    assert enc.meta["first_word"].tolist() == [0, 3, 5, 0]
+    assert enc.meta["windows"] == 2 and enc.meta["cut_words"] == 0
+    ids = fam.label2id
+    assert enc.arrays["labels"][1].tolist() == [-100, ids["O"], ids["B-MISC"], -100, -100]
+    guess = [["B-LOC", "O", "O", "O", "B-MISC", "B-LOC"], ["B-LOC"]]
+    metrics, pred = fam.evaluate(data, enc, outputs_from(fam, enc, guess), TaskOptions())
+    assert pred == guess                                      # every word predicted once
+    # gold LOC, LOC, MISC, LOC; guessed LOC, MISC, LOC(x), LOC: 3 correct of 4 and 4
+    assert metrics["precision"] == metrics["recall"] == 0.75
+    assert metrics["f1_LOC"] == pytest.approx(2 / 3) and metrics["f1_MISC"] == 1.0
+    assert metrics["token_acc"] == pytest.approx(5 / 7)
+    assert metrics["baseline_f1"] == 0.0 and metrics["baseline_token_acc"] == pytest.approx(3 / 7)
+    # a word longer than a whole row keeps its first pieces
     long = NerData([Sentence(["Tokenization", "x"], ["B-LOC", "O"], [1, 2], "mem")])
     enc = fam.encode(long, tokenizer, 3, TaskOptions())
-    assert tokenizer.convert_ids_to_tokens(enc.arrays["input_ids"][0].tolist()) == [
-        "[CLS]", "token", "[SEP]"]
-    assert enc.arrays["labels"][0].tolist() == [-100, fam.label2id["B-LOC"], -100]
-    assert fam.predicted_tags(long, enc, outputs_from(fam, enc, [["B-LOC"]])) == [["B-LOC", "O"]]
+    assert [tokenizer.convert_ids_to_tokens(r.tolist()) for r in enc.arrays["input_ids"]] == [
+        ["[CLS]", "token", "[SEP]"], ["[CLS]", "x", "[SEP]"]]
+    assert enc.meta["cut_words"] == 1
+    assert enc.arrays["labels"][0].tolist() == [-100, ids["B-LOC"], -100]
+    assert fam.predicted_tags(long, enc, outputs_from(fam, enc, [["B-LOC", "O"]])) == [["B-LOC", "O"]]
+    with pytest.raises(ValueError, match="outputs hold 1 rows, expected 2"):
+        fam.predicted_tags(long, enc, dict(pred=[np.zeros(3, dtype=np.int64)]))
     with pytest.raises(ValueError, match="seq_len=2 is invalid"):
         fam.encode(data, tokenizer, 2, TaskOptions())
 
@@ -219,7 +233,7 @@ def test_evaluate_and_predictions_file_agree_with_conlleval(tokenizer, tmp_path)
     data = read(CONLL)
     fam = family_for(data)
     enc = fam.encode(data, tokenizer, 64, TaskOptions())
-    assert enc.meta["truncated"] == 0
+    assert enc.meta["windows"] == 0 and len(enc) == len(data)
     guess = [["O"] * len(s.tags) if k % 3 == 0 else
              [("B-PER" if t == "B-LOC" else t) for t in s.tags] for k, s in enumerate(data.sentences)]
     metrics, pred = fam.evaluate(data, enc, outputs_from(fam, enc, guess), TaskOptions())
