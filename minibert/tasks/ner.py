@@ -106,13 +106,13 @@ def _tag_from(value, label_list, where: str) -> str:
     """A tag string from a file's value: a string tag, or an integer index (or a string of
     digits, in a CoNLL file) into ``label_list``."""
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(value, str) and label_list is not None and value not in label_list \
-            and re.fullmatch(r"-?\d+", value):
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value) \
+            and (label_list is None or value not in label_list):
         value, is_int = int(value), True
     if is_int:
         if label_list is None:
             raise ValueError(f"{where}: tag {value!r} is an integer, expected a label list to map "
-                             "it to a tag (TaskOptions.label_list / --label-list)")
+                             "it to a tag (the label_list option)")
         if not 0 <= value < len(label_list):
             raise ValueError(f"{where}: tag {value} is out of range, expected 0..{len(label_list) - 1} "
                              f"(an index into the label list {list(label_list)})")
@@ -231,7 +231,8 @@ def detect_format(path) -> str:
     (a JSON object -> JSON lines; whitespace-separated columns -> CoNLL)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"file {path!r} does not exist, expected a CoNLL or JSON-lines file")
+        raise ValueError(f"file {path!r} does not exist or is not a file, expected a CoNLL or "
+                         "JSON-lines file")
     if path.lower().endswith(JSON_EXTENSIONS):
         return "jsonl"
     try:
