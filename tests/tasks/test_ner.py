@@ -11,7 +11,15 @@ import pytest
 
 from minibert.tasks import conlleval, get_family
 from minibert.tasks.base import TaskOptions, predict
-from minibert.tasks.ner import NerData, NerFamily, Sentence, detect_format, read, sort_labels
+from minibert.tasks.ner import (
+    NOT_ENTITIES,
+    NerData,
+    NerFamily,
+    Sentence,
+    detect_format,
+    read,
+    sort_labels,
+)
 from minibert.tokenization import BertTokenizer
 from tests.helpers import DATA, tiny_config
 
@@ -292,6 +300,8 @@ def test_builtin_task_is_mechanical_and_split_by_module():
     again = fam.builtin(seed=0)                  # the same sentences and tags for a seed
     assert [(s.tokens, s.tags) for s in again[1].sentences] == [(s.tokens, s.tags) for s in test.sentences]
     assert len(train) > 1000 and len(test) > 200
+    assert all("B-REF" in s.tags for s in train.sentences + test.sentences)
+    assert {"a", "the", "in"} <= NOT_ENTITIES
     module = lambda s: s.source.split(":")[1].rsplit(".", 1)[0]          # noqa: E731
     assert not {module(s) for s in train.sentences} & {module(s) for s in test.sentences}
     funcs = {f"builtin:{f.module}.{f.qualname}": f for f in stdlib_functions()}
@@ -304,7 +314,7 @@ def test_builtin_task_is_mechanical_and_split_by_module():
         assert s.tokens[:2] == [f.name, "("] and s.tokens[close] == ")"
         assert [w for w, t in zip(s.tokens[:close], s.tags) if t == "B-PARAM"] == list(f.params)
         for w, t in zip(doc, s.tags[close + 1:]):
-            assert (t == "B-REF") == (w in f.params and w not in ("a", "the", "in")), (w, t)
+            assert (t == "B-REF") == (w in f.params and w not in NOT_ENTITIES), (w, t)
             refs += t == "B-REF"
     assert refs > 50
     fam.prepare(train)
