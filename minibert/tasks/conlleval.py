@@ -83,7 +83,7 @@ def chunks(tags) -> list:
             out.append((prev_type, start, i - 1))
             start = None
         if i < len(tags) and start_of_chunk(prev_prefix, prefix, prev_type, type_):
-            if start is not None:                           # cannot happen with the rules above
+            if start is not None:       # a start closes the open chunk (the end rules say so too)
                 out.append((prev_type, start, i - 1))
             start = i
         prev_prefix, prev_type = prefix, type_

@@ -31,14 +31,16 @@ padding carry -100 (no loss, no score). A word that tokenizes to nothing (contro
 zero-width characters only) stands as one ``[UNK]`` piece, so that every word gets a
 prediction. A word's prediction is the arg max of the logits at its first piece.
 
-Sentences longer than ``seq_len`` are truncated at a word boundary: the words whose pieces
-do not all fit (and every word after them) are not seen by the model; they are predicted
-``O`` in ``predictions.conll`` and counted as such in the metrics (so truncation costs
-recall, as it would in a submission).
+A sentence longer than ``seq_len`` is not truncated: it continues in further rows
+(windows), each ``[CLS] pieces [SEP]`` starting at a word boundary, so every word is seen
+and predicted once, in the row that holds it (with the context of that row only). A single
+word longer than a whole row keeps its first ``seq_len - 2`` pieces. Training uses every
+row.
 
 Metrics (fractions 0..1, as every family reports them): entity-level ``precision``,
-``recall``, ``f1`` and ``token_acc`` (``conlleval``), and the all-``O`` tagging's
-``baseline_f1`` (always 0) and ``baseline_token_acc``. During training the progress bar
+``recall``, ``f1`` and ``token_acc`` (``conlleval``), each entity type's ``f1_<type>`` (gold
+or guessed types), and the all-``O`` tagging's ``baseline_f1`` (always 0) and
+``baseline_token_acc``. During training the progress bar
 shows the entity F1 of the evaluation batches.
 
 Built-in task (no download): see ``builtin_sentences``.
@@ -104,13 +106,13 @@ def _tag_from(value, label_list, where: str) -> str:
     """A tag string from a file's value: a string tag, or an integer index (or a string of
     digits, in a CoNLL file) into ``label_list``."""
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(value, str) and label_list is not None and value not in label_list \
-            and re.fullmatch(r"-?\d+", value):
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value) \
+            and (label_list is None or value not in label_list):
         value, is_int = int(value), True
     if is_int:
         if label_list is None:
             raise ValueError(f"{where}: tag {value!r} is an integer, expected a label list to map "
-                             "it to a tag (TaskOptions.label_list / --label-list)")
+                             "it to a tag (the label_list option)")
         if not 0 <= value < len(label_list):
             raise ValueError(f"{where}: tag {value} is out of range, expected 0..{len(label_list) - 1} "
                              f"(an index into the label list {list(label_list)})")
@@ -229,7 +231,8 @@ def detect_format(path) -> str:
     (a JSON object -> JSON lines; whitespace-separated columns -> CoNLL)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"file {path!r} does not exist, expected a CoNLL or JSON-lines file")
+        raise ValueError(f"file {path!r} does not exist or is not a file, expected a CoNLL or "
+                         "JSON-lines file")
     if path.lower().endswith(JSON_EXTENSIONS):
         return "jsonl"
     try:
@@ -259,7 +262,8 @@ NOT_ENTITIES = frozenset("a an the and or not in on of to for by with as at is i
 
 
 def builtin_sentences(functions, max_doc_words: int = 40) -> list:
-    """The built-in task's sentences, one per function with at least one parameter.
+    """The built-in task's sentences, one per function whose docstring names at least one
+    of its parameters (a ``REF`` below).
 
     A sentence is the function's name and parameter list (each parameter with its default
     value's source text), then its docstring's words::
@@ -279,7 +283,9 @@ def builtin_sentences(functions, max_doc_words: int = 40) -> list:
 
     ``PARAM`` is structure (the word after ``(`` or ``,``); ``REF`` asks the model to find,
     in the text, the words that the parameter list names. Each label can be checked against
-    the source: the word and the ``def`` line.
+    the source: the word and the ``def`` line. Functions whose docstring names no parameter
+    are left out: with them ``REF`` is rarer and a default fine-tuning run learns it far
+    less.
     """
     out = []
     for f in functions:
@@ -303,6 +309,8 @@ def builtin_sentences(functions, max_doc_words: int = 40) -> list:
         refs = set(f.params) - NOT_ENTITIES
         words += doc
         tags += ["B-REF" if w in refs else "O" for w in doc]
+        if "B-REF" not in tags:
+            continue
         out.append(Sentence(words, tags, [0] * len(words), f"builtin:{f.module}.{f.qualname}"))
     return out
 
@@ -372,9 +380,13 @@ class NerFamily(Family):
             raise RuntimeError("NerFamily.prepare(train) must come first: it sets the label list")
 
     def encode(self, data: NerData, tokenizer, seq_len: int, options: TaskOptions) -> Encoded:
-        """Rows ``[CLS] word pieces [SEP]`` with the first piece of each word labelled (module
-        docstring). meta: ``word_starts`` (each row's first-piece positions, one per kept
-        word) and ``kept`` (the number of words of each sentence that fit)."""
+        """Rows ``[CLS] word pieces [SEP]`` with the first piece of each word labelled; a
+        sentence too long for one row continues in the next ones (module docstring).
+
+        ``example_index``: each row's sentence. meta: ``word_starts`` (each row's
+        first-piece positions), ``first_word`` (the sentence's index of each row's first
+        word), ``windows`` (rows beyond one per sentence) and ``cut_words`` (words that lost
+        later pieces)."""
         self._need_labels()
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 3:
             raise ValueError(f"seq_len={seq_len!r} is invalid, expected an integer >= 3")
@@ -385,34 +397,37 @@ class NerFamily(Family):
                     where = f"{s.source} line {line}" if line else s.source
                     raise ValueError(f"{where}: tag {tag!r} is not in the label list {self.labels} "
                                      "(the training data's tags)")
-        n = len(data)
-        ids = np.full((n, seq_len), tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, seq_len), dtype=np.int64)
-        labels = np.full((n, seq_len), IGNORE, dtype=np.int64)
-        starts, kept = [], np.zeros(n, dtype=np.int64)
-        cache = {}
+        room = seq_len - 2                          # pieces a row holds between [CLS] and [SEP]
+        cache, rows, cut = {}, [], 0                # rows: (sentence, first word, pieces, labels)
         for r, s in enumerate(data.sentences):
-            pieces, row_starts = [tokenizer.cls_token_id], []
-            for word, tag in zip(s.tokens, s.tags):
+            first, pieces, labs = 0, [], []
+            for k, (word, tag) in enumerate(zip(s.tokens, s.tags)):
                 if word not in cache:
                     cache[word] = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
                                    or [tokenizer.unk_token_id])       # never zero pieces
                 wp = cache[word]
-                if len(pieces) + len(wp) > seq_len - 1:               # room for [SEP]
-                    break
-                labels[r, len(pieces)] = l2i[tag]
-                row_starts.append(len(pieces))
-                pieces.extend(wp)
-            pieces.append(tokenizer.sep_token_id)
-            ids[r, :len(pieces)] = pieces
-            mask[r, :len(pieces)] = 1
-            starts.append(np.asarray(row_starts, dtype=np.int64))
-            kept[r] = len(row_starts)
+                if pieces and len(pieces) + len(wp) > room:           # the next window
+                    rows.append((r, first, pieces, labs))
+                    first, pieces, labs = k, [], []
+                if len(wp) > room:                  # longer than a whole row: its first pieces
+                    wp, cut = wp[:room], cut + 1
+                labs += [l2i[tag]] + [IGNORE] * (len(wp) - 1)
+                pieces += wp
+            rows.append((r, first, pieces, labs))
+        n = len(rows)
+        ids = np.full((n, seq_len), tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, seq_len), dtype=np.int64)
+        labels = np.full((n, seq_len), IGNORE, dtype=np.int64)
+        for i, (_, _, pieces, labs) in enumerate(rows):
+            ids[i, :len(pieces) + 2] = [tokenizer.cls_token_id] + pieces + [tokenizer.sep_token_id]
+            mask[i, :len(pieces) + 2] = 1
+            labels[i, 1:len(labs) + 1] = labs
         arrays = dict(input_ids=ids, token_type_ids=np.zeros_like(ids), attention_mask=mask,
                       labels=labels)
-        lengths = np.array([len(s.tokens) for s in data.sentences], dtype=np.int64)
-        return Encoded(arrays, np.arange(n, dtype=np.int64),
-                       dict(word_starts=starts, kept=kept, truncated=int((kept < lengths).sum())))
+        return Encoded(arrays, np.array([r for r, *_ in rows], dtype=np.int64),
+                       dict(word_starts=[np.flatnonzero(row != IGNORE) for row in labels],
+                            first_word=np.array([f for _, f, *_ in rows], dtype=np.int64),
+                            windows=n - len(data), cut_words=cut))
 
     # -------------------------------------------------------------- Trainer protocol
     def metrics(self, out, batch) -> dict:
@@ -440,25 +455,30 @@ class NerFamily(Family):
         return dict(pred=to_numpy(out.logits.argmax(axis=-1)))
 
     def predicted_tags(self, data: NerData, encoded: Encoded, outputs: dict) -> list:
-        """Each sentence's predicted tags: the arg max at each kept word's first piece, ``O``
-        for the words truncation cut."""
+        """Each sentence's predicted tags: the arg max at each word's first piece, in the row
+        (window) that holds the word."""
         self._need_labels()
         rows = outputs["pred"]
-        if len(rows) != len(data):
-            raise ValueError(f"outputs hold {len(rows)} rows, expected {len(data)} (one per sentence)")
-        out = []
-        for s, row, st in zip(data.sentences, rows, encoded.meta["word_starts"]):
-            tags = [self.labels[int(i)] for i in np.asarray(row)[st]]
-            out.append(tags + ["O"] * (len(s.tokens) - len(tags)))
+        if len(rows) != len(encoded):
+            raise ValueError(f"outputs hold {len(rows)} rows, expected {len(encoded)} (the encoded rows)")
+        out = [[None] * len(s.tokens) for s in data.sentences]
+        for r, first, row, st in zip(encoded.example_index, encoded.meta["first_word"], rows,
+                                     encoded.meta["word_starts"]):
+            out[r][first:first + len(st)] = [self.labels[int(i)] for i in np.asarray(row)[st]]
+        missing = [r for r, tags in enumerate(out) if None in tags]
+        if missing:
+            raise ValueError(f"sentence {missing[0]} has words in no encoded row: the encoding "
+                             "is not this data set's")
         return out
 
     def evaluate(self, data: NerData, encoded: Encoded, outputs: dict, options: TaskOptions):
-        """``(metrics, predictions)``: conlleval's scores over every word of every sentence
-        (truncated words predicted ``O``) and the all-``O`` baseline; predictions are the
-        tag lists."""
+        """``(metrics, predictions)``: conlleval's scores over every word of every sentence,
+        per type, and the all-``O`` baseline; predictions are the tag lists."""
         pred = self.predicted_tags(data, encoded, outputs)
         gold = [s.tags for s in data.sentences]
-        m = conlleval.evaluate(gold, pred).as_dict()
+        res = conlleval.evaluate(gold, pred)
+        m = res.as_dict()
+        m.update({f"f1_{t}": c.f1 for t, c in res.per_type.items()})
         base = conlleval.evaluate(gold, [["O"] * len(g) for g in gold])
         m.update(baseline_f1=base.f1, baseline_token_acc=base.accuracy)
         return m, pred
