@@ -123,7 +123,8 @@ def _softmax(x) -> np.ndarray:
 
 
 def _examples(data) -> list:
-    return list(getattr(data, "examples", data))
+    """The questions of a data set (``squad.SquadDataset`` or any iterable of questions)."""
+    return list(data)
 
 
 def _version_2(data) -> bool:
@@ -242,7 +243,9 @@ class QuestionAnsweringFamily(Family):
         examples = _examples(data)
         train, test = split_by_group(examples, lambda ex: ex.context, 0.2, seed)
         v2 = _version_2(data)
-        return SquadDataset(train, version_2=v2), SquadDataset(test, version_2=v2)
+        source = getattr(data, "source", "")
+        return (SquadDataset(train, version_2=v2, source=source),
+                SquadDataset(test, version_2=v2, source=source))
 
     # -------------------------------------------------------------- encoding
     def encode(self, data, tokenizer, seq_len: int, options: TaskOptions) -> Encoded:
@@ -411,13 +414,13 @@ def _public_module(module: str) -> bool:
     return not any(p.startswith("_") or p in ("test", "tests") or p.startswith("test_") for p in parts)
 
 
-def builtin_questions(functions, rng) -> list:
+def builtin_questions(functions, rng, version_2: bool = True) -> list:
     """The built-in questions about ``functions`` (``FunctionDoc``): for each documented
     function with at least one default, every parameter with a default (answer: its
     default's text in the signature) and every parameter without one (unanswerable), but of
     the parameters whose default is ``None`` one (drawn with ``rng``) at most. Private and
-    test modules are left out. Returns SquadExample objects."""
-    from .squad import SquadExample
+    test modules are left out. Returns ``squad.SquadQuestion`` objects."""
+    from .squad import SquadQuestion
     out = []
     for f in functions:
         if not f.defaults or not _public_module(f.module):
@@ -434,23 +437,25 @@ def builtin_questions(functions, rng) -> list:
         for p in f.params:
             if p in skip:
                 continue
-            qid = f"{f.module}.{f.qualname}:{p}"
+            qid = f"{f.module}:{f.qualname}:{p}"
             question = QUESTION_TEMPLATE.format(param=p)
             if p in defaults:
                 pos = _default_position(f.signature, p, defaults[p])
-                if pos is None:
+                # an answer of punctuation alone ('', (), {}) is empty after the official
+                # normalization: it would score as "no answer"
+                if pos is None or not any(ch.isalnum() for ch in defaults[p]):
                     continue
                 assert context[pos:pos + len(defaults[p])] == defaults[p]
-                out.append(SquadExample(id=qid, title=f"{f.module}.{f.qualname}", question=question,
-                                        context=context, answers=[(defaults[p], pos)],
-                                        is_impossible=False))
-            else:
-                out.append(SquadExample(id=qid, title=f"{f.module}.{f.qualname}", question=question,
-                                        context=context, answers=[], is_impossible=True))
+                out.append(SquadQuestion(id=qid, title=f"{f.module}.{f.qualname}", question=question,
+                                         context=context, answers=((defaults[p], pos),),
+                                         is_impossible=False))
+            elif version_2:
+                out.append(SquadQuestion(id=qid, title=f"{f.module}.{f.qualname}", question=question,
+                                         context=context, answers=(), is_impossible=True))
     return out
 
 
-def builtin_qa(seed: int = 0):
+def builtin_qa(seed: int = 0, version_2: bool = True):
     """``(train, test)`` SquadDatasets (v2.0) of the built-in task: functions split by module
     (``split_by_group``), questions made by ``builtin_questions``; each side capped
     (``BUILTIN_MAX_TRAIN``/``BUILTIN_MAX_TEST``) by a seeded sample that keeps source order."""
@@ -461,9 +466,9 @@ def builtin_qa(seed: int = 0):
     rng = np.random.default_rng(seed)
     sides = []
     for fs, cap in ((train_f, BUILTIN_MAX_TRAIN), (test_f, BUILTIN_MAX_TEST)):
-        qs = builtin_questions(fs, rng)
+        qs = builtin_questions(fs, rng, version_2)
         if len(qs) > cap:
             keep = np.sort(rng.choice(len(qs), size=cap, replace=False))
             qs = [qs[i] for i in keep]
-        sides.append(SquadDataset(qs, version_2=True))
+        sides.append(SquadDataset(qs, version_2=version_2, source="built-in qa task"))
     return sides[0], sides[1]
