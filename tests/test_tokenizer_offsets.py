@@ -194,8 +194,12 @@ def test_never_split_words(tok):
 def test_canonical_reordering_fallback(tok):
     # Two spacing combining marks (Mc) with combining classes 226 then 216: NFD of the word
     # reorders them, per-character NFD does not; the tokens must still agree.
-    for text in ["xa\U0001D16D\U0001D165b q", "é\U0001D16D\U0001D165 ok"]:
+    for text in ["xa\U0001D16D\U0001D165b q", "é\U0001D16D\U0001D165 ok",
+                 "Hello\U0001D16D\U0001D165, world", "ab\U0001D16D\U0001D165\u0301,cd ef"]:
         check_offsets(tok, text)
+    # the word's other characters keep their own origins
+    assert tok.tokenize_with_offsets("Hello\U0001D16D\U0001D165, world") == [
+        ("[UNK]", 0, 7), (",", 7, 8), ("world", 9, 14)]
 
 
 def test_unchanged_tokenize_path(tok):
