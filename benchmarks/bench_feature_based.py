@@ -28,7 +28,7 @@ Timed interleaved, round after round (``common.time_rounds``: a 0.25 s pause and
 untimed calls per turn); the median is reported with the spread. Also, for each: the
 trained parameters, the bytes of the gradient buffer and of AdamW's two moments, and the
 peak resident memory of building the model and running three steps (above the memory once
-the batch is made), each in a fresh process (``memory.py``). JSON:
+the batch is made and the kernels compiled), each in a fresh process (``memory.py``). JSON:
 ``results/bench_feature_based_cpu.json``.
 """
 from __future__ import annotations
@@ -147,9 +147,16 @@ def sizes(name, model, opt):
 
 
 def probe(name, model_dir):
-    """Child side of the memory probe: the batch made first (the docstrings read), then
-    the peak of building ``name`` and running three of its steps."""
+    """Child side of the memory probe: the batch made first (the docstrings read) and the
+    kernels compiled (``name``'s step on two of its rows, in a model then dropped), then the
+    peak of building ``name`` and running three of its steps on the whole batch."""
+    import gc
     batch = make_batch(model_dir)
+    small = {k: v[:2] for k, v in batch.items()}
+    warm = build(name, model_dir)
+    step_fn(name, *warm, small)()
+    del warm
+    gc.collect()
 
     def work():
         model, opt = build(name, model_dir)
