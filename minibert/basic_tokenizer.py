@@ -166,6 +166,133 @@ class BasicTokenizer:
             words.append(word)
         return words
 
+    # ------------------------------------------------------------------ character offsets
+    def _word_char_origins(self, text: str, start: int = 0, stop: int | None = None):
+        """The words of ``text[start:stop]`` as ``tokenize`` makes them, each with where its
+        characters came from: ``(word, origins)``, ``origins[k]`` the index in ``text`` of
+        the character that ``word[k]`` came from.
+
+        This is ``tokenize``'s pipeline one original character at a time:
+
+        * cleanup and CJK spacing are per character (a character is dropped, becomes a
+          space, or stays, with spaces around it for a CJK ideograph); words are then the
+          runs of non-whitespace (``str.isspace``, as ``str.split``);
+        * lowercasing is per word: ``word.lower()`` cut into each character's share,
+          ``len(ch.lower())`` characters ("İ" -> "i" + U+0307: two characters from one).
+          Cutting the word's own lowercase rather than joining per-character ones keeps
+          the final sigma ("ς") that ``str.lower`` gives from context;
+        * accent stripping: each character's share goes through NFD and loses its
+          combining marks (Mn) on its own ("é" -> "e", "한" -> three jamo). NFD of a whole
+          word also reorders runs of combining characters into canonical order; when that
+          changes the result (marks of other categories than Mn, out of order: not seen in
+          real text), the word is normalized by clusters of a base character and its marks
+          instead (``_cluster_origins``), so the tokens still equal ``tokenize``'s;
+        * punctuation splitting is per normalized character.
+
+        So every output character has one origin, origins never decrease, and several
+        output characters share an origin exactly when one character expanded into several.
+        """
+        table = _CLEAN_CJK if self.tokenize_chinese_chars else _CLEAN
+        stop = len(text) if stop is None else stop
+        words = []
+        chars: list[str] = []
+        origins: list[int] = []
+        for i in range(start, stop):
+            rep = table[ord(text[i])]
+            if rep is None:
+                continue
+            for c in rep:
+                if c.isspace():
+                    if chars:
+                        words.append(("".join(chars), origins))
+                        chars, origins = [], []
+                else:
+                    chars.append(c)
+                    origins.append(i)
+        if chars:
+            words.append(("".join(chars), origins))
+
+        out = []
+        for word, origins in words:
+            if word in self.never_split:
+                out.append((word, origins))
+                continue
+            norm, origins = self._normalize_with_origins(word, origins)
+            if norm in self.never_split:
+                out.append((norm, origins))
+                continue
+            # punctuation split: each punctuation character is a word of its own
+            piece_start = None
+            for k, c in enumerate(norm):
+                if c.isspace() or _SPACE_PUNCT[ord(c)] != c:
+                    if piece_start is not None:
+                        out.append((norm[piece_start:k], origins[piece_start:k]))
+                        piece_start = None
+                    if not c.isspace():
+                        out.append((c, origins[k:k + 1]))
+                elif piece_start is None:
+                    piece_start = k
+            if piece_start is not None:
+                out.append((norm[piece_start:], origins[piece_start:]))
+        return out
+
+    def _normalize_with_origins(self, word: str, origins: list[int]):
+        """``self._normalize(word)`` and the origin of each of its characters (see
+        ``_word_char_origins``)."""
+        if word.isascii():
+            return (word.lower() if self.do_lower_case else word), origins
+        shares = list(word)
+        if self.do_lower_case:
+            lowered = word.lower()
+            cut, pos = [], 0
+            for ch in word:
+                n = len(ch.lower())
+                cut.append(lowered[pos:pos + n])
+                pos += n
+            shares = cut
+        if self._strip:
+            shares = [unicodedata.normalize("NFD", s).translate(_DROP_MARKS) for s in shares]
+        norm = "".join(shares)
+        expected = self._normalize(word)
+        if norm != expected:          # canonical reordering across characters (docstring)
+            return self._cluster_origins(shares, origins, expected)
+        new_origins = []
+        for s, o in zip(shares, origins):
+            new_origins.extend([o] * len(s))
+        return norm, new_origins
+
+    @staticmethod
+    def _cluster_origins(lowered: list[str], origins: list[int], expected: str):
+        """Accent stripping by clusters: a character whose decomposition starts with a
+        starter (combining class 0) opens a cluster, the others join the one before. NFD
+        reorders only inside a cluster (a starter blocks it), so the clusters' normalized
+        texts join into ``expected``; the k-th character of a cluster's text gets the
+        cluster's k-th origin (its last when the text is longer)."""
+        clusters: list[tuple[list[str], list[int]]] = []
+        for s, o in zip(lowered, origins):
+            d = unicodedata.normalize("NFD", s)
+            if clusters and d and unicodedata.combining(d[0]):
+                clusters[-1][0].append(s)
+                clusters[-1][1].append(o)
+            else:
+                clusters.append(([s], [o]))
+        parts, new_origins = [], []
+        for texts, cluster_origins in clusters:
+            out = unicodedata.normalize("NFD", "".join(texts)).translate(_DROP_MARKS)
+            parts.append(out)
+            last = len(cluster_origins) - 1
+            new_origins.extend(cluster_origins[min(k, last)] for k in range(len(out)))
+        if "".join(parts) != expected:    # cannot happen by the argument above; be safe
+            return expected, [origins[0]] * len(expected)
+        return expected, new_origins
+
+    def tokenize_with_offsets(self, text: str) -> list[tuple[str, int, int]]:
+        """``tokenize(text)``'s words, each as ``(word, start, end)``: ``text[start:end]``
+        is the stretch of the original text the word came from (lowercasing, accent
+        stripping and cleanup undone; a CJK ideograph is its own character)."""
+        _check_text(text, "text")
+        return [(w, o[0], o[-1] + 1) for w, o in self._word_char_origins(text)]
+
     def __repr__(self):
         return (f"BasicTokenizer(do_lower_case={self.do_lower_case}, never_split="
                 f"{sorted(self.never_split)}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "

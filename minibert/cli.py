@@ -1,9 +1,11 @@
 """The ``minibert`` command. The only module that prints.
 
     minibert pretrain    WordPiece vocab + MLM/NSP data + BERT pretraining (the main job)
-    minibert finetune    sequence classification from a checkpoint, held-out accuracy
+    minibert finetune    classification, regression, ner, qa or multiple-choice from a
+                         checkpoint; held-out metrics and predictions (cli_finetune.py)
     minibert fill-mask   top-k predictions for each [MASK] of a text
-    minibert encode      tokens, ids and the [CLS] / pooled vectors of a text
+    minibert encode      tokens, ids and the [CLS] / pooled vectors of a text, or
+                         hidden-state features as .npz (cli_finetune.py)
     minibert demo        forward + backward of a small BERT, then the gradient-check table
     minibert gradcheck   the gradient-check table of every op and a tiny model
     minibert params      the parameter breakdown of a preset, formula next to each count
@@ -22,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+
+from .cli_finetune import add_encode, add_finetune, cmd_encode, cmd_finetune  # noqa: F401
 
 
 def _print_gradcheck_table(rows) -> bool:
@@ -100,13 +104,15 @@ class _Progress:
         post = {k: f"{rec[k]:.3f}" for k in self.keys if k in rec}
         post["tok/s"] = f"{rec['tokens_per_s']:,.0f}"
         self.bar.set_postfix(post, refresh=False)
+        if rec["step"] >= self.total:           # the last step: what follows prints plainly
+            self.bar.close()
 
     def eval(self, rec):
         text = ", ".join(f"{k} {rec[k]:.4f}" + (f" (baseline {rec['mlm_baseline']:.4f})"
                                                  if k == "mlm_acc" and "mlm_baseline" in rec else "")
                          for k in ("loss", *self.keys[1:]) if k in rec)
         line = f"step {rec['step']}: held-out {text}"
-        if self.bar is None:
+        if self.bar is None or self.bar.disable:
             print(line, flush=True)
         else:
             self.bar.write(line)
@@ -176,45 +182,12 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def cmd_finetune(args) -> int:
-    from functools import partial
-
-    from .recipes import finetune
-    run = partial(finetune, checkpoint=args.checkpoint, data=args.data, out_dir=args.out,
-                  steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                  lr=args.lr, seed=args.seed, device=args.device, resume=args.resume,
-                  text_column=args.text_column, text_pair_column=args.text_pair_column,
-                  label_column=args.label_column, on_stage=_stage)
-    result, final, labels = _run_training(run, args.steps, "finetune", ("loss", "acc"))
-    chance = 1.0 / len(labels)
-    print(f"held-out accuracy {final['acc']:.3f} (loss {final['loss']:.3f}; chance {chance:.3f}) "
-          f"after {result.step} steps")
-    print(f"checkpoint: {result.checkpoint}")
-    return 0
-
-
 def cmd_fill_mask(args) -> int:
     from .recipes import fill_mask
     for i, preds in enumerate(fill_mask(args.checkpoint, args.text, args.top_k)):
         print(f"[MASK] #{i + 1}:")
         for token, prob in preds:
             print(f"  {token:<20} {prob:.4f}")
-    return 0
-
-
-def cmd_encode(args) -> int:
-    from .recipes import encode
-    r = encode(args.checkpoint, args.text)
-    print(f"tokens ({len(r['tokens'])}): {' '.join(r['tokens'])}")
-    print(f"ids: {r['ids']}")
-    for name in ("cls", "pooled"):
-        v = r[name]
-        if v is None:
-            print("pooled output: none (the checkpoint has no pooler)")
-            continue
-        label = "[CLS] hidden state" if name == "cls" else "pooled output"
-        print(f"{label}: dim {v.size}, norm {np.linalg.norm(v):.4f}, mean {v.mean():.4f}, "
-              f"std {v.std():.4f}, first 6 {np.array2string(v[:6], precision=4)}")
     return 0
 
 
@@ -445,33 +418,6 @@ def _add_pretrain(sub):
     pr.set_defaults(func=cmd_pretrain)
 
 
-def _add_finetune(sub):
-    ft = sub.add_parser("finetune", help="fine-tune for sequence classification",
-                        description="Fine-tune a minibert or Hugging Face BERT checkpoint on a "
-                        "CSV/JSONL of text (and optional text_pair) plus label; 20% is held out. "
-                        "Default task: which standard-library package a docstring belongs to.")
-    ft.add_argument("--checkpoint", default="runs/pretrain",
-                    help="a minibert run directory or any BERT directory with vocab.txt, with "
-                    "or without a pooler (a missing one is initialized) (default: %(default)s)")
-    ft.add_argument("--data", default=None, help="CSV or JSONL file (default: the built-in task)")
-    ft.add_argument("--text-column", default="text", help="column of the text (default: %(default)s)")
-    ft.add_argument("--text-pair-column", default="text_pair", help="column of the second "
-                    "segment, used when the file has it (default: %(default)s)")
-    ft.add_argument("--label-column", default="label", help="column of the label (default: %(default)s)")
-    ft.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
-    ft.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: "
-                    "%(default)s)")
-    ft.add_argument("--seq-len", type=int, default=128, help="tokens per sequence, longer texts "
-                    "truncated (default: %(default)s)")
-    ft.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
-    ft.add_argument("--out", default="runs/finetune", help="run directory (default: %(default)s)")
-    ft.add_argument("--resume", action="store_true", help="continue the run in --out "
-                    "(default: start a new run)")
-    ft.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    ft.add_argument("--seed", type=int, default=0, help=SEED_HELP)
-    ft.set_defaults(func=cmd_finetune)
-
-
 def _add_fill_mask(sub):
     fm = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] of a text",
                         description="The most probable tokens, with their probabilities, for "
@@ -482,15 +428,6 @@ def _add_fill_mask(sub):
     fm.add_argument("--top-k", type=int, default=5, help="predictions per [MASK] (default: "
                     "%(default)s)")
     fm.set_defaults(func=cmd_fill_mask)
-
-
-def _add_encode(sub):
-    en = sub.add_parser("encode", help="tokens, ids and the [CLS] / pooled vectors of a text",
-                        description="The tokens and ids of a text and a summary of its [CLS] "
-                        "hidden state and pooled vector.")
-    en.add_argument("checkpoint", help="a minibert run directory or a BERT directory")
-    en.add_argument("text", help="the text to encode")
-    en.set_defaults(func=cmd_encode)
 
 
 def _add_inspect(sub):
@@ -536,8 +473,8 @@ def _add_info(sub):
     i.set_defaults(func=cmd_info)
 
 
-COMMANDS = (_add_demo, _add_gradcheck, _add_params, _add_pretrain, _add_finetune,
-            _add_fill_mask, _add_encode, _add_inspect, _add_trace, _add_info)
+COMMANDS = (_add_demo, _add_gradcheck, _add_params, _add_pretrain, add_finetune,
+            _add_fill_mask, add_encode, _add_inspect, _add_trace, _add_info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -550,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .cli_finetune import join_list_values
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_list_values(sys.argv[1:] if argv is None else list(argv)))
     if args.command is None:
         parser.print_help()
         return 0

@@ -2,6 +2,7 @@
 
     pretrain   corpus -> WordPiece vocab -> NSP/MLM instances -> BertForPreTraining -> checkpoints
     finetune   checkpoint + labeled text -> BertForSequenceClassification -> held-out accuracy
+               (``minibert.finetuning.finetune`` runs every task family)
     fill_mask  checkpoint with a masked-LM head + "text with [MASK]" -> top-k tokens with
                probabilities (BertForMaskedLM: loads BertForPreTraining checkpoints too)
     encode     checkpoint + text -> tokens, ids, [CLS] and pooled vectors
@@ -26,7 +27,7 @@ from .checkpoint import (
     tensor_names,
 )
 from .config import PRESETS, BertConfig
-from .heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+from .heads import BertForMaskedLM, BertForPreTraining
 from .internals.monitor import InternalsMonitor
 from .model import BertModel
 from .tokenization import BertTokenizer, write_vocab
@@ -354,66 +355,27 @@ def finetune(checkpoint="runs/pretrain", data=None, out_dir="runs/finetune", ste
              batch_size=16, seq_len=128, lr=2e-4, warmup_steps=None, seed=0, device="cpu",
              resume=False, text_column="text", text_pair_column="text_pair",
              label_column="label", on_stage=_noop, on_step=None, on_eval=None):
-    """Fine-tune a pretrained BERT for sequence classification and report held-out accuracy.
+    """Fine-tune a pretrained BERT for sequence classification and report held-out accuracy:
+    ``minibert.finetuning.finetune(task="classification", train=data, ...)`` with the
+    column options, its result as a tuple.
 
     Args:
         checkpoint: a minibert training directory (its latest checkpoint) or any BERT
             directory with config.json, model.safetensors and vocab.txt (Hugging Face's too).
-        data: a CSV or JSONL file with text (optional text_pair) and label columns, split
-            80/20 into training and held-out examples; None uses the built-in task (which
-            standard-library package a docstring comes from).
+        data: a CSV, TSV or JSONL file with text (optional text_pair) and label columns,
+            split 80/20 into training and held-out examples; None uses the built-in task.
     Returns:
         (TrainResult, final held-out metrics dict, label names).
     """
-    from . import finetune_data as fdata
-    _check_common(None, seq_len, batch_size, device)
-    out_dir = os.fspath(out_dir)
-    if not resume and list_checkpoints(out_dir):
-        raise ValueError(f"--out {out_dir!r} already holds a training run; pass --resume to "
-                         "continue it or choose another --out")
-    model_dir = resolve_checkpoint(checkpoint)
-    if not os.path.isfile(os.path.join(model_dir, "vocab.txt")):
-        raise ValueError(f"checkpoint {model_dir!r} has no vocab.txt, expected the tokenizer "
-                         "next to the model")
-    config = BertConfig.from_json_file(os.path.join(model_dir, "config.json"))
-    _check_seq_len(seq_len, config, model_dir)
-
-    on_stage("reading " + (repr(data) if data else "the built-in task: which standard-library "
-                           "package does a docstring belong to"))
-    ds = fdata.read_classification_file(data, text_column, text_pair_column, label_column) \
-        if data else fdata.stdlib_classification(seed=seed)
-    train_ds, test_ds = fdata.train_test_split(ds, test_fraction=0.2, seed=seed)
-    K = len(ds.label_names)
-    on_stage(f"  {len(train_ds.labels):,} training and {len(test_ds.labels):,} held-out "
-             f"examples, {K} labels: {', '.join(map(str, ds.label_names))}")
-
-    tokenizer = BertTokenizer.from_pretrained(model_dir)
-
-    def arrays(d):
-        enc = tokenizer(list(d.texts), None if d.text_pairs is None else list(d.text_pairs),
-                        padding="max_length", truncation=True, max_length=seq_len)
-        return dict(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"],
-                    attention_mask=enc["attention_mask"], labels=np.asarray(d.labels, np.int64))
-
-    train_data, eval_data = arrays(train_ds), arrays(test_ds)
-    model, info = BertForSequenceClassification.from_pretrained(
-        model_dir, dtype=np.float32, device=device, new_head=True, num_labels=K,
-        output_loading_info=True)
-    model.set_rng_state({"seed": seed, "dropout_calls": 0})
-    on_stage(f"model: BertForSequenceClassification from {model_dir} "
-             f"({model.num_parameters():,} parameters), device {device}")
-    for line in _loading_report(info):
-        on_stage("  " + line)
-    n_eval_batches = math.ceil(len(test_ds.labels) / batch_size)
-    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                     seed=seed, eval_every=max(steps // 4, 1), eval_batches=n_eval_batches,
-                     save_every=steps, optimizer="torch").validate()
-    trainer = Trainer(model, train_data, eval_data, out_dir, tc, "classification",
-                      save_extra=tokenizer.save_pretrained)
-    result = trainer.train(resume=resume, on_step=on_step, on_eval=on_eval)
-    final = result.evals[-1] if result.evals and result.evals[-1]["step"] == result.step \
-        else trainer.evaluate()
-    return result, final, list(ds.label_names)
+    from .finetuning import finetune as run
+    from .tasks.base import TaskOptions
+    options = TaskOptions(text_column=text_column, text_pair_column=text_pair_column,
+                          label_column=label_column)
+    r = run(task="classification", train=data, checkpoint=checkpoint, out_dir=out_dir,
+            steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+            warmup_steps=warmup_steps, seed=seed, device=device, resume=resume,
+            options=options, on_stage=on_stage, on_step=on_step, on_eval=on_eval)
+    return r.train, r.metrics, r.label_names
 
 
 def _loading_report(info):

@@ -405,8 +405,9 @@ class Trainer:
         if self.comm.size > 1:                      # ... and its loss, each part exactly
             summary.update(zip(shares, (float(v) for v in reduced[:-1])))
             summary["loss"] = float(sum(reduced[:-1]))
+        tokens = m["tokens"] if "tokens" in m else float(np.asarray(whole["attention_mask"]).sum())
         rec = dict(step=self.step, lr=lr, grad_norm=norm, seconds=seconds,
-                   tokens_per_s=m["tokens"] / max(seconds, 1e-9), **summary)
+                   tokens_per_s=tokens / max(seconds, 1e-9), **summary)
         self.history.append(rec)
         return rec
 
@@ -510,7 +511,7 @@ class Trainer:
         # matplotlib is loaded at the first save, not when training starts
         from .internals.plots import plot_history
         plot_history(self.history, self.evals, os.path.join(self.out_dir, "loss_curve.png"),
-                     self.task.name)
+                     self.task.name, getattr(self.task, "metric", "acc"))
 
     def load_checkpoint(self, path: str):
         """Restore parameters, optimizer, step, RNG state and history from ``path``."""

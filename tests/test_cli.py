@@ -79,7 +79,7 @@ def test_every_command_and_option_has_help_with_its_default():
 
 
 def test_finetune_help_prints_percent_once():
-    text = _subparsers()["finetune"].format_help()
+    text = " ".join(_subparsers()["finetune"].format_help().split())
     assert "20% is held out" in text and "%%" not in text
     assert "(default: runs/pretrain)" in text and "(default: 0.0002)" in text
 

@@ -102,8 +102,9 @@ def test_finetune_from_the_run(run_dir, tmp_path, capsys):
     assert main(["finetune", "--checkpoint", run_dir, "--data", str(data), "--out", out,
                  "--steps", "4", "--batch-size", "4", "--seq-len", "16"]) == 0
     text = capsys.readouterr().out
-    assert "held-out accuracy" in text and "chance 0.500" in text
-    assert "checkpoint-0000004" in os.listdir(out)
+    assert "held-out accuracy" in text and "(trivial baseline: accuracy 0.5000" in text
+    assert {"checkpoint-0000004", "metrics.json", "predictions.tsv",
+            "confusion_matrix.png"} <= set(os.listdir(out))
 
 
 # ------------------------------------------------------------------------------ bad input

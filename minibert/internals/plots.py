@@ -7,6 +7,7 @@ atomically as PNG. matplotlib is imported on first use, never at import time.
     plot_attributions     token attributions as bars, one panel per target
     plot_internals_log    the ``--log-internals`` records over the steps
     plot_history          the loss and accuracy curves of a training run
+    plot_confusion_matrix gold classes (rows) against predicted ones (columns), with counts
 
 An attention map is drawn as a matrix: row i is query token i, column j is key token j,
 so a row shows where that token looks (it sums to one).
@@ -206,8 +207,9 @@ def plot_internals_log(records, path):
     _save(fig, path)
 
 
-def plot_history(history, evals, path, task="pretraining"):
-    """Loss (train, per step, and held-out) and accuracy curves as a PNG, written atomically."""
+def plot_history(history, evals, path, task="pretraining", metric="acc"):
+    """Loss (train, per step, and held-out) and metric curves as a PNG, written atomically:
+    masked-LM and NSP accuracy for pretraining, else ``metric`` (a fine-tuning family's)."""
     if not history:
         return
     plt = _pyplot()
@@ -219,7 +221,7 @@ def plot_history(history, evals, path, task="pretraining"):
     ax1.set_xlabel("step")
     ax1.set_ylabel("loss")
     ax1.legend()
-    acc_keys = ("mlm_acc", "nsp_acc") if task == "pretraining" else ("acc",)
+    acc_keys = ("mlm_acc", "nsp_acc") if task == "pretraining" else (metric,)
     for k in acc_keys:
         if k not in history[-1]:
             continue                                    # e.g. nsp_acc in a run without NSP
@@ -232,6 +234,49 @@ def plot_history(history, evals, path, task="pretraining"):
         ax2.axhline(base[-1], color="gray", ls="--", lw=1,
                     label=f"held-out most-frequent-token baseline ({base[-1]:.3f})")
     ax2.set_xlabel("step")
-    ax2.set_ylabel("accuracy")
+    ax2.set_ylabel("accuracy" if task == "pretraining" or metric == "acc" else metric)
     ax2.legend()
     _save(fig, path)
+
+
+def plot_confusion_matrix(labels, preds, names, path):
+    """The confusion matrix of a classifier as a PNG, written atomically.
+
+    Cell (i, j) counts the examples of gold class i (row) predicted as class j (column);
+    ``labels`` and ``preds`` are class ids in ``[0, len(names))``. The diagonal holds the
+    correct predictions; each cell shows its count, its colour the count's share of the row
+    (so classes of different sizes compare).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    K = len(names)
+    if labels.shape != preds.shape or labels.ndim != 1:
+        raise ValueError(f"labels has shape {labels.shape} and preds {preds.shape}, expected "
+                         "two 1-D arrays of the same length")
+    for what, a in (("labels", labels), ("preds", preds)):
+        if a.size and (a.min() < 0 or a.max() >= K):
+            raise ValueError(f"{what} has values in [{a.min()}, {a.max()}], expected class ids "
+                             f"in [0, {K}) (len(names))")
+    counts = np.zeros((K, K), dtype=np.int64)
+    np.add.at(counts, (labels, preds), 1)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    plt = _pyplot()
+    side = min(2.0 + 0.6 * K, 14.0)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), layout="constrained")
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fontsize = 9 if K <= 8 else 7 if K <= 16 else 5
+    for i in range(K):
+        for j in range(K):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=fontsize,
+                    color="white" if share[i, j] > 0.5 else "black")
+    shown = [str(n) if len(str(n)) <= 20 else str(n)[:19] + "…" for n in names]
+    ax.set_xticks(range(K), shown, rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(K), shown, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    acc = float(np.trace(counts)) / max(int(counts.sum()), 1)
+    ax.set_title(f"confusion matrix: {int(counts.sum())} examples, accuracy {acc:.3f}",
+                 fontsize=10)
+    fig.colorbar(im, ax=ax, label="share of the gold class")
+    _save(fig, path)
+    return counts
