@@ -155,6 +155,8 @@ def read_conll(path, options: TaskOptions | None = None) -> NerData:
                 flush()
                 continue
             parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
+            while len(parts) > 1 and not parts[-1]:       # a trailing tab: no empty last column
+                parts.pop()
             if parts[0] == "-DOCSTART-":
                 flush()
                 continue

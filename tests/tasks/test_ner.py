@@ -125,6 +125,7 @@ def test_format_detected_by_content(tmp_path):
     ("EU B-ORG\nrejects\n", r"line 2: 'rejects' is not a token and its tag"),
     ("EU B-ORG\nrejects Q-ORG\n", r"line 2: tag 'Q-ORG' is invalid, expected 'O' or one of"),
     ("EU B-ORG\n\n", None),
+    ("EU\tNNP\tB-ORG\t\r\n", None),
     ("EU 3\n", r"line 1: tag 3 is an integer, expected a label list"),
     ("-DOCSTART- -X- O\n\n", r"holds no sentence"),
 ])
