@@ -65,6 +65,9 @@ QUESTION_TEMPLATE = "What is the default value of {param}?"
 BUILTIN_MAX_CONTEXT_CHARS = 600
 BUILTIN_MAX_TRAIN = 4000
 BUILTIN_MAX_TEST = 800
+# Only functions with at least this many defaults (of letters or digits) are asked about, so
+# that the answer depends on the question: "the first default" is not the answer.
+BUILTIN_MIN_DEFAULTS = 1
 
 
 # ----------------------------------------------------------------------------- windows
@@ -414,7 +417,8 @@ def _public_module(module: str) -> bool:
     return not any(p.startswith("_") or p in ("test", "tests") or p.startswith("test_") for p in parts)
 
 
-def builtin_questions(functions, rng, version_2: bool = True) -> list:
+def builtin_questions(functions, rng, version_2: bool = True,
+                      min_defaults: int = BUILTIN_MIN_DEFAULTS) -> list:
     """The built-in questions about ``functions`` (``FunctionDoc``): for each documented
     function with at least one default, every parameter with a default (answer: its
     default's text in the signature) and every parameter without one (unanswerable), but of
@@ -429,7 +433,10 @@ def builtin_questions(functions, rng, version_2: bool = True) -> list:
         context = f"{f.signature}\n{para}".strip()
         if len(context) > BUILTIN_MAX_CONTEXT_CHARS:
             continue
-        defaults = f.default_of
+        defaults = {p: d for p, d in f.defaults if any(ch.isalnum() for ch in d)
+                    and _default_position(f.signature, p, d) is not None}
+        if len(defaults) < min_defaults:
+            continue
         # "None" is half of all defaults: one None question per function at most, so that
         # answering "None" everywhere is no way around reading the question
         nones = [p for p in f.params if defaults.get(p) == "None"]
@@ -441,15 +448,11 @@ def builtin_questions(functions, rng, version_2: bool = True) -> list:
             question = QUESTION_TEMPLATE.format(param=p)
             if p in defaults:
                 pos = _default_position(f.signature, p, defaults[p])
-                # an answer of punctuation alone ('', (), {}) is empty after the official
-                # normalization: it would score as "no answer"
-                if pos is None or not any(ch.isalnum() for ch in defaults[p]):
-                    continue
                 assert context[pos:pos + len(defaults[p])] == defaults[p]
                 out.append(SquadQuestion(id=qid, title=f"{f.module}.{f.qualname}", question=question,
                                          context=context, answers=((defaults[p], pos),),
                                          is_impossible=False))
-            elif version_2:
+            elif version_2 and p not in f.default_of:
                 out.append(SquadQuestion(id=qid, title=f"{f.module}.{f.qualname}", question=question,
                                          context=context, answers=(), is_impossible=True))
     return out
