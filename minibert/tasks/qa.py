@@ -65,8 +65,7 @@ QUESTION_TEMPLATE = "What is the default value of {param}?"
 BUILTIN_MAX_CONTEXT_CHARS = 600
 BUILTIN_MAX_TRAIN = 4000
 BUILTIN_MAX_TEST = 800
-# Only functions with at least this many defaults (of letters or digits) are asked about, so
-# that the answer depends on the question: "the first default" is not the answer.
+# Only functions with at least this many defaults (of letters or digits) are asked about.
 BUILTIN_MIN_DEFAULTS = 1
 
 
@@ -419,11 +418,18 @@ def _public_module(module: str) -> bool:
 
 def builtin_questions(functions, rng, version_2: bool = True,
                       min_defaults: int = BUILTIN_MIN_DEFAULTS) -> list:
-    """The built-in questions about ``functions`` (``FunctionDoc``): for each documented
-    function with at least one default, every parameter with a default (answer: its
-    default's text in the signature) and every parameter without one (unanswerable), but of
-    the parameters whose default is ``None`` one (drawn with ``rng``) at most. Private and
-    test modules are left out. Returns ``squad.SquadQuestion`` objects."""
+    """The built-in questions about ``functions`` (``FunctionDoc``).
+
+    A function is asked about when its module is public (no part with a leading underscore,
+    no test package), its context (signature, newline, first docstring paragraph) has at
+    most ``BUILTIN_MAX_CONTEXT_CHARS`` characters and at least ``min_defaults`` of its
+    defaults have a letter or digit (an answer of punctuation alone, ``''`` or ``()``, is
+    empty after the official normalization) and are found in the signature. Questions: every
+    such parameter (answer: the default's text at its place in the signature, checked), but
+    of those whose default is ``None`` one (drawn with ``rng``) at most, since ``None`` is
+    half of all defaults; with ``version_2``, every parameter without a default
+    (unanswerable). Returns ``squad.SquadQuestion`` objects with ids
+    ``module:qualname:parameter``."""
     from .squad import SquadQuestion
     out = []
     for f in functions:

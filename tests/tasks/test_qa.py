@@ -418,3 +418,34 @@ def test_answers_equal_hugging_face_question_answering_pipeline(tmp_path):
         assert v2.answers[ex.id] == best["answer"], ex.id
         empty += best["answer"] == ""
     assert 0 < empty < len(data.questions), "the comparison should see null and span answers"
+
+
+# ----------------------------------------------------------------------------- a real model
+@pytest.mark.slow
+def test_trainer_predict_evaluate_on_the_v2_fixture(tok, tmp_path):
+    """A tiny model through the whole run: Trainer (span_acc), predict, evaluate, write."""
+    from minibert import BertConfig, BertForQuestionAnswering
+    from minibert.train import TrainConfig, Trainer
+    fam = get_family("qa")
+    opts = TaskOptions(doc_stride=16)
+    data = fam.read(FIXTURES["squad_v2.0.json"], opts)
+    enc = fam.encode(data, tok, 48, opts)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=24, max_position_embeddings=64)
+    BertForQuestionAnswering(cfg, seed=1).save_pretrained(str(tmp_path / "ckpt"))
+    model = BertForQuestionAnswering.from_pretrained(str(tmp_path / "ckpt"), new_head=True)
+    trainer = Trainer(model, enc.arrays, enc.arrays, str(tmp_path / "run"),
+                      TrainConfig(steps=4, batch_size=8, lr=1e-3, eval_every=2, eval_batches=8,
+                                  save_every=4), task=fam)
+    trainer.train()
+    assert trainer.history[-1]["loss"] > 0 and 0 <= trainer.evals[-1]["span_acc"] <= 1
+    outputs = predict(model, enc, fam, batch_size=5)
+    assert len(outputs["start_logits"]) == len(enc)
+    metrics, preds = fam.evaluate(data, enc, outputs, opts)
+    assert {"exact", "f1", "HasAns_exact", "NoAns_exact", "baseline_exact", "baseline_f1"} <= set(metrics)
+    assert set(preds.answers) == {q.id for q in data}
+    for q in data:                                        # answers are pieces of the context
+        assert preds.answers[q.id] in q.context
+    fam.write_predictions(str(tmp_path / "out"), data, enc, preds, opts)
+    assert sorted(os.listdir(tmp_path / "out")) == ["nbest_predictions.json", "null_odds.json",
+                                                    "predictions.json"]
