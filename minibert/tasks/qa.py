@@ -24,7 +24,8 @@ candidate pairs ``(i, j)`` with ``i <= j``, ``j - i + 1 <= max_answer_length`` (
 ``i`` in its max-context window. A pair's score is ``start_logit[i] + end_logit[j]``; its text is
 the ORIGINAL context from token ``i``'s first character to token ``j``'s last (case, accents
 and spacing as written). Candidates are ranked by score; the first ``n_best`` distinct texts
-form the n-best list, each with ``probability = softmax(scores)`` over the list.
+form the n-best list, each with ``probability = softmax(scores)`` over the list. A question
+with no candidate at all (no context token) is answered ``""``.
 
 v2.0: the null score of a question is ``start_logit[CLS] + end_logit[CLS]``, the smallest over
 its windows (as the reference implementation); the null answer ``""`` joins the n-best list
