@@ -185,8 +185,8 @@ class BasicTokenizer:
           combining marks (Mn) on its own ("é" -> "e", "한" -> three jamo). NFD of a whole
           word also reorders runs of combining characters into canonical order; when that
           changes the result (marks of other categories than Mn, out of order: not seen in
-          real text), the word's characters are all given the word's first and last
-          origins alike, so the tokens still equal ``tokenize``'s;
+          real text), the word is normalized by clusters of a base character and its marks
+          instead (``_cluster_origins``), so the tokens still equal ``tokenize``'s;
         * punctuation splitting is per normalized character.
 
         So every output character has one origin, origins never decrease, and several
@@ -255,12 +255,36 @@ class BasicTokenizer:
         norm = "".join(shares)
         expected = self._normalize(word)
         if norm != expected:          # canonical reordering across characters (docstring)
-            first, last = origins[0], origins[-1]
-            return expected, [first] + [last] * (len(expected) - 1) if expected else []
+            return self._cluster_origins(shares, origins, expected)
         new_origins = []
         for s, o in zip(shares, origins):
             new_origins.extend([o] * len(s))
         return norm, new_origins
+
+    @staticmethod
+    def _cluster_origins(lowered: list[str], origins: list[int], expected: str):
+        """Accent stripping by clusters: a character whose decomposition starts with a
+        starter (combining class 0) opens a cluster, the others join the one before. NFD
+        reorders only inside a cluster (a starter blocks it), so the clusters' normalized
+        texts join into ``expected``; the k-th character of a cluster's text gets the
+        cluster's k-th origin (its last when the text is longer)."""
+        clusters: list[tuple[list[str], list[int]]] = []
+        for s, o in zip(lowered, origins):
+            d = unicodedata.normalize("NFD", s)
+            if clusters and d and unicodedata.combining(d[0]):
+                clusters[-1][0].append(s)
+                clusters[-1][1].append(o)
+            else:
+                clusters.append(([s], [o]))
+        parts, new_origins = [], []
+        for texts, cluster_origins in clusters:
+            out = unicodedata.normalize("NFD", "".join(texts)).translate(_DROP_MARKS)
+            parts.append(out)
+            last = len(cluster_origins) - 1
+            new_origins.extend(cluster_origins[min(k, last)] for k in range(len(out)))
+        if "".join(parts) != expected:    # cannot happen by the argument above; be safe
+            return expected, [origins[0]] * len(expected)
+        return expected, new_origins
 
     def tokenize_with_offsets(self, text: str) -> list[tuple[str, int, int]]:
         """``tokenize(text)``'s words, each as ``(word, start, end)``: ``text[start:end]``

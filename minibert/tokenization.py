@@ -33,6 +33,12 @@ with the originally longer one. In closed form, with a budget of ``n`` tokens: t
 sequence keeps all its ``s`` tokens if ``2 s <= n`` (the longer gets ``n - s``), otherwise
 they get ``n // 2`` and ``n - n // 2``. This is what ``transformers.BertTokenizer`` does.
 
+**Character offsets** (``BertTokenizer.tokenize_with_offsets``): the same tokens, each with
+the ``[start, end)`` span of the original text it came from, as extractive question
+answering needs to map predicted tokens back to characters. A separate path that follows
+each character through the two stages (``BasicTokenizer._word_char_origins``), so that
+``tokenize`` keeps its speed; its spans equal Hugging Face's ``offset_mapping``.
+
 **Relation to Hugging Face.** The algorithm above is the one of BERT's original
 ``tokenization.py``. ``transformers.BertTokenizer`` (5.x: the Rust ``tokenizers`` library)
 gives the same ids on ordinary text but differs on four kinds of character, where minibert

@@ -194,8 +194,12 @@ def test_never_split_words(tok):
 def test_canonical_reordering_fallback(tok):
     # Two spacing combining marks (Mc) with combining classes 226 then 216: NFD of the word
     # reorders them, per-character NFD does not; the tokens must still agree.
-    for text in ["xa\U0001D16D\U0001D165b q", "é\U0001D16D\U0001D165 ok"]:
+    for text in ["xa\U0001D16D\U0001D165b q", "é\U0001D16D\U0001D165 ok",
+                 "Hello\U0001D16D\U0001D165, world", "ab\U0001D16D\U0001D165\u0301,cd ef"]:
         check_offsets(tok, text)
+    # the word's other characters keep their own origins
+    assert tok.tokenize_with_offsets("Hello\U0001D16D\U0001D165, world") == [
+        ("[UNK]", 0, 7), (",", 7, 8), ("world", 9, 14)]
 
 
 def test_unchanged_tokenize_path(tok):
@@ -228,13 +232,14 @@ def _module_tok():
 
 
 # ----------------------------------------------------------------------------- Hugging Face
-def _hf_fast(tmp_path_factory):
+def _hf_fast(tmp_path_factory, do_lower_case=True):
     transformers = pytest.importorskip("transformers")
     cls = transformers.BertTokenizer if hasattr(transformers, "BertTokenizerLegacy") \
         else transformers.BertTokenizerFast
     d = tmp_path_factory.mktemp("hf-offsets")
     shutil.copyfile(VOCAB, d / "vocab.txt")
-    hf = cls.from_pretrained(str(d), do_lower_case=True)
+    # from_pretrained: transformers 5's constructor ignores vocab_file= (the size check)
+    hf = cls.from_pretrained(str(d), do_lower_case=do_lower_case)
     assert len(hf) == 30522 and hf.is_fast
     return hf
 
@@ -252,8 +257,10 @@ def _tokens_known_to_differ(text: str) -> bool:
     return any(unicodedata.ucd_3_2_0.category(c) == "Cn" or c == "\u03a3" for c in text)
 
 
-def test_spans_equal_hugging_face(tok, docstrings, tmp_path_factory):
-    hf = _hf_fast(tmp_path_factory)
+@pytest.mark.parametrize("do_lower_case", [True, False])
+def test_spans_equal_hugging_face(do_lower_case, docstrings, tmp_path_factory):
+    tok = BertTokenizer(VOCAB, do_lower_case=do_lower_case)
+    hf = _hf_fast(tmp_path_factory, do_lower_case)
     texts = EDGE_CASES + corpus_lines() + docstrings[:400]
     compared = 0
     for text in texts:

@@ -428,3 +428,18 @@ def test_unicode_word_characters():
     for c in chars[::7]:
         for text in (f"the{c}", f"{c}the a", f"an {c} the"):
             assert normalize_answer(text) == ref_normalize(text), repr(text)
+
+
+def test_needs_no_tokenizer():
+    # the readers and metrics are plain Python: the module imports the standard library only
+    import ast
+    import sys
+
+    import minibert.tasks.squad as squad
+    tree = ast.parse(open(squad.__file__, encoding="utf-8").read())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.level == 0}
+    assert not any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
