@@ -449,3 +449,15 @@ def test_trainer_predict_evaluate_on_the_v2_fixture(tok, tmp_path):
     fam.write_predictions(str(tmp_path / "out"), data, enc, preds, opts)
     assert sorted(os.listdir(tmp_path / "out")) == ["nbest_predictions.json", "null_odds.json",
                                                     "predictions.json"]
+
+
+def test_split_keeps_each_context_on_one_side():
+    fam = get_family("qa")
+    data = fam.read(FIXTURES["squad_v2.0.json"], TaskOptions())
+    more = fam.read(FIXTURES["squad_v1.1.json"], TaskOptions())
+    both = SquadDataset(list(data) + list(more), version_2=True)
+    train, test = fam.split(both, seed=0)
+    assert train.version_2 and test.version_2
+    assert len(train) + len(test) == len(both) and len(test) > 0
+    assert not {q.context for q in train} & {q.context for q in test}
+    assert [q.id for q in fam.split(both, seed=0)[1]] == [q.id for q in test]
