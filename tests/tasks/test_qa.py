@@ -362,6 +362,21 @@ HF_QUESTIONS = [
 
 @pytest.mark.slow
 def test_answers_equal_hugging_face_question_answering_pipeline(tmp_path):
+    """minibert's n-best texts and answers (v1.1 and v2.0) equal the question-answering
+    pipeline's (transformers 4.x; version 5 removed it) on one checkpoint and one window per
+    question, with the same top_k / n-best, max_answer_len, max_seq_len and question length.
+
+    Where the two rules meet: the pipeline ranks a window's spans by ``p_start * p_end``, each a
+    softmax over the window's context tokens and [CLS]; within one window that is the order of
+    ``start_logit + end_logit`` (the reference implementation's score), and its null answer
+    (``p_start[CLS] * p_end[CLS]`` against the best span) is the null score rule at threshold 0.
+    Where they part, so that several windows are not compared: each window is normalized on
+    its own (scores of different windows are not comparable to logit sums), no max-context
+    rule (a span in two windows counts twice, and equal texts have their scores added), its
+    ``doc_stride`` is the overlap of windows, not the step between their starts, and it pairs
+    all starts and ends, not the n_best best of each (the same here: contexts shorter than
+    n_best). ``align_to_words=False`` keeps its answers to the tokens' own characters.
+    """
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     try:
