@@ -275,6 +275,12 @@ def name_words(name: str) -> str:
     return " ".join(parts.split())
 
 
+def first_sentence(paragraph: str) -> str:
+    """The paragraph up to its first sentence end: ``.``, ``!`` or ``?`` followed by
+    whitespace and a capital letter (so ``e.g. the`` does not end it); all of it if none."""
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph.strip(), maxsplit=1)[0]
+
+
 def _public_module(module: str) -> bool:
     """No private part (leading underscore) and no test module."""
     return not any(p.startswith("_") or p.startswith("test") or p.endswith("_test") or
@@ -289,8 +295,10 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
     One record per documented public function or method (``stdlib_functions``) of a public,
     non-test module that has at least ``num_choices`` distinct names:
 
-    * sent1: the first prose paragraph of the function's docstring;
-    * sent2: ``lead_in`` (by default empty, so the second segment is the name alone);
+    * sent1: the first sentence of the docstring's first prose paragraph (its summary:
+      the rest of the paragraph adds length more than clues);
+    * sent2: ``lead_in``, by default empty, so the second segment is the name alone (a
+      fixed lead-in such as ``def`` tells every choice apart no better and learns slower);
     * endings: the function's name and ``num_choices - 1`` other names of the same module,
       each written as words (``name_words``: ``get_all`` -> ``get all``), all distinct;
     * label: the position of the function's own name.
@@ -318,7 +326,7 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
             picked = [others[i] for i in rng.choice(len(others), num_choices - 1, replace=False)]
             label = int(rng.integers(num_choices))
             picked.insert(label, true)
-            contexts.append(f.paragraphs[0])
+            contexts.append(first_sentence(f.paragraphs[0]))
             starts.append(lead_in)
             endings.append(tuple(picked))
             labels.append(label)

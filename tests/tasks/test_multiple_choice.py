@@ -16,6 +16,7 @@ from minibert.tasks.base import Encoded, TaskOptions, predict, trim_batch
 from minibert.tasks.multiple_choice import (
     MultipleChoiceData,
     MultipleChoiceFamily,
+    first_sentence,
     name_words,
     read_multiple_choice_file,
     stdlib_multiple_choice,
@@ -239,6 +240,13 @@ def test_split_is_deterministic_and_keeps_ids():
 
 
 # ----------------------------------------------------------------------------- built-in task
+def test_first_sentence():
+    assert first_sentence("Return the sum. Raise ValueError if empty.") == "Return the sum."
+    assert first_sentence("Split it, e.g. at spaces. Then join.") == "Split it, e.g. at spaces."
+    assert first_sentence("Is it ready? Maybe!") == "Is it ready?"
+    assert first_sentence("  No end here ") == "No end here"
+
+
 def test_name_words():
     assert name_words("get_all") == "get all"
     assert name_words("getOptionalRelease") == "get Optional Release"
@@ -272,7 +280,7 @@ def test_builtin_task_is_deterministic_checkable_and_module_disjoint():
         for i in range(0, len(d), 7):
             f = by_key[d.ids[i]]
             assert d.endings[i][d.labels[i]] == name_words(f.name)
-            assert d.contexts[i] == f.paragraphs[0] and d.starts[i] == ""
+            assert d.contexts[i] == first_sentence(f.paragraphs[0]) and d.starts[i] == ""
             assert len(set(d.endings[i])) == 4 and set(d.endings[i]) <= names_of[f.module]
     other = fam.builtin(seed=1)[0]
     assert other.ids != train.ids or other.labels.tolist() != train.labels.tolist()
