@@ -430,8 +430,7 @@ class MultipleChoiceFamily(Family):
         counts = np.bincount(labels, minlength=C)
         metrics = dict(acc=float((pred == labels).mean()) if N else 0.0,
                        baseline_acc=1.0 / C,
-                       majority_acc=float(counts.max() / N) if N else 0.0,
-                       examples=float(N))
+                       majority_acc=float(counts.max() / N) if N else 0.0)
         return metrics, pred
 
     def write_predictions(self, out_dir: str, data: MultipleChoiceData, encoded: Encoded,
