@@ -38,6 +38,7 @@ import json
 import os
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -300,7 +301,10 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
     * sent2: ``lead_in``, by default empty, so the second segment is the name alone (a
       fixed lead-in such as ``def`` tells every choice apart no better and learns slower);
     * endings: the function's name and ``num_choices - 1`` other names of the same module,
-      each written as words (``name_words``: ``get_all`` -> ``get all``), all distinct;
+      each written as words (``name_words``: ``get_all`` -> ``get all``), all distinct; a
+      name shared by several functions (methods of several classes) is drawn as a
+      distractor with a weight of its number of functions, as often as it is an answer,
+      so that no choice can be told right from its name alone;
     * label: the position of the function's own name.
 
     The distractors and the position are drawn by ``np.random.default_rng([seed,
@@ -315,7 +319,8 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
     contexts, starts, endings, labels, ids = [], [], [], [], []
     for module in sorted(by_module):
         funcs = by_module[module]
-        names = sorted({name_words(f.name) for f in funcs})
+        count = Counter(name_words(f.name) for f in funcs)       # several classes' "close"
+        names = sorted(count)
         if len(names) < num_choices:
             continue
         for f in funcs:
@@ -323,7 +328,11 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
             rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
             true = name_words(f.name)
             others = [n for n in names if n != true]
-            picked = [others[i] for i in rng.choice(len(others), num_choices - 1, replace=False)]
+            # a name is drawn as often as it is the answer (its count of functions), so
+            # that how common a name is tells nothing about whether it is the right one
+            weight = np.array([count[n] for n in others], dtype=np.float64)
+            draw = rng.choice(len(others), num_choices - 1, replace=False, p=weight / weight.sum())
+            picked = [others[i] for i in draw]
             label = int(rng.integers(num_choices))
             picked.insert(label, true)
             contexts.append(first_sentence(f.paragraphs[0]))
