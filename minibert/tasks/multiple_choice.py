@@ -19,7 +19,8 @@ Files, as published:
   sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label``. The first column, without
   a name, is the record's index; a file without it (or without the other metadata columns)
   loads too. Only ``sent1``, ``sent2``, the endings and ``label`` are required.
-* JSON lines with the same keys (the Hugging Face ``swag`` layout), one record a line.
+* JSON lines with the same keys (the Hugging Face ``swag`` layout), one record a line, or
+  one JSON document holding a list of such records.
 
 The number of endings C is read from the columns (keys) ``ending0, ending1, ...``, which
 must be numbered from 0 without a gap, and it must be the same for every record (JSON
@@ -209,21 +210,37 @@ def read_swag_csv(path) -> MultipleChoiceData:
     return MultipleChoiceData(contexts, starts, ends, labels, ids, path)
 
 
+def _json_records(path: str, text: str):
+    """``(where, record)`` pairs: one JSON document holding a list of records (its first
+    character ``[``), else JSON lines (blank lines skipped)."""
+    if text.lstrip()[:1] == "[":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {e.lineno} is not JSON ({e.msg}), expected a JSON list "
+                             "of records or one JSON object a line") from None
+        for i, rec in enumerate(records):
+            yield f"{path} record {i}", rec
+        return
+    for i, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {i} is not JSON ({e.msg}), expected one JSON object "
+                             "a line") from None
+        yield f"{path} line {i}", rec
+
+
 def read_swag_jsonl(path) -> MultipleChoiceData:
-    """JSON lines with SWAG's keys (module docstring); blank lines are skipped. The first
-    record's ``ending*`` keys set C."""
+    """JSON lines with SWAG's keys (module docstring), or one JSON list of such records.
+    The first record's ``ending*`` keys set C."""
     path = os.fspath(path)
     text = _read_text(path)
     contexts, starts, ends, labels = [], [], [], []
     endings = first = None
-    for i, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = f"{path} line {i}"
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where} is not JSON ({e.msg}), expected one JSON object a line") from None
+    for where, rec in _json_records(path, text):
         if not isinstance(rec, dict):
             raise ValueError(f"{where} is a JSON {type(rec).__name__}, expected an object with "
                              "sent1, sent2, ending0.. and label")
@@ -235,10 +252,10 @@ def read_swag_jsonl(path) -> MultipleChoiceData:
                              f"{', '.join(map(repr, rec))}), expected sent1, sent2, ending0.. and label")
         names = [k for k in rec if _ENDING.fullmatch(k)]
         if endings is None:
-            endings, first = _ending_columns(names, where), i
+            endings, first = _ending_columns(names, where), where[len(path) + 1:]
         elif set(names) != set(endings):
             raise ValueError(f"{where} has the endings {sorted(names)}, expected {len(endings)} "
-                             f"endings ({', '.join(endings)}) as the first record (line {first})")
+                             f"endings ({', '.join(endings)}) as the first record ({first})")
         C = len(endings)
         for name in endings:
             _text(rec[name], name, where, allow_empty=False)
@@ -252,17 +269,18 @@ def read_swag_jsonl(path) -> MultipleChoiceData:
 
 
 def read_multiple_choice_file(path) -> MultipleChoiceData:
-    """A SWAG file, CSV or JSON lines: ``.csv`` and ``.jsonl``/``.json`` by extension,
-    any other name by content (a first character ``{`` means JSON lines)."""
+    """A SWAG file, CSV or JSON (lines): ``.csv`` and ``.jsonl``/``.json`` by extension,
+    any other name by content (a first character ``{`` means JSON lines, ``[`` a JSON
+    list of records)."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext == ".csv":
         return read_swag_csv(path)
     if ext in (".jsonl", ".json", ".ndjson"):
         return read_swag_jsonl(path)
     head = _read_text(os.fspath(path)).lstrip()[:1]
-    if head == "{":
+    if head in ("{", "["):
         return read_swag_jsonl(path)
-    if head in ("[", ""):
+    if head == "":
         raise ValueError(f"{os.fspath(path)} is in no known multiple-choice format, expected SWAG's "
                          "CSV (a header with sent1, sent2, ending0.., label) or JSON lines")
     return read_swag_csv(path)

@@ -151,9 +151,24 @@ def test_csv_errors_name_the_line_and_the_expectation(tmp_path, text, words):
         assert w in str(e.value), (w, str(e.value))
 
 
+def test_one_json_list_of_records(tmp_path):
+    with open(JSONL, encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh]
+    ref = read_multiple_choice_file(JSONL)
+    for name in ("swag.json", "swag.data"):                 # by extension, by content
+        d = read_multiple_choice_file(write(tmp_path, name, json.dumps(records, indent=1)))
+        assert (d.contexts, d.starts, d.endings) == (ref.contexts, ref.starts, ref.endings)
+        assert d.labels.tolist() == ref.labels.tolist()
+    del records[3]["ending3"]
+    with pytest.raises(ValueError, match=r"swag.json record 3 has the endings .*expected 4 endings "
+                                         r"\(ending0, ending1, ending2, ending3\) as the first record "
+                                         r"\(record 0\)"):
+        read_multiple_choice_file(write(tmp_path, "swag.json", json.dumps(records)))
+
+
 def test_unknown_format_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="no known multiple-choice format"):
-        read_multiple_choice_file(write(tmp_path, "x.dat", '[{"sent1": "a"}]'))
+        read_multiple_choice_file(write(tmp_path, "x.dat", "   \n"))
     with pytest.raises(ValueError, match="is not a file"):
         read_multiple_choice_file(str(tmp_path / "absent.csv"))
 
