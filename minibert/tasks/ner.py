@@ -38,10 +38,10 @@ word longer than a whole row keeps its first ``seq_len - 2`` pieces. Training us
 row.
 
 Metrics (fractions 0..1, as every family reports them): entity-level ``precision``,
-``recall``, ``f1`` and ``token_acc`` (``conlleval``), each entity type's ``f1_<type>`` (gold
-or guessed types), and the all-``O`` tagging's ``baseline_f1`` (always 0) and
-``baseline_token_acc``. During training the progress bar
-shows the entity F1 of the evaluation batches.
+``recall``, ``f1`` and ``token_acc`` (``conlleval``: every word counts, ``O`` ones included),
+each entity type's ``f1_<type>`` (gold or guessed types), and the all-``O`` tagging's
+``baseline_f1`` (always 0) and ``baseline_token_acc``. During training the progress bar
+shows the entity F1 of the evaluation batches (their rows' words).
 
 Built-in task (no download): see ``builtin_sentences``.
 """
@@ -155,6 +155,8 @@ def read_conll(path, options: TaskOptions | None = None) -> NerData:
                 flush()
                 continue
             parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
+            while len(parts) > 1 and not parts[-1]:       # a trailing tab: no empty last column
+                parts.pop()
             if parts[0] == "-DOCSTART-":
                 flush()
                 continue

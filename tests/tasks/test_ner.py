@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from minibert import BertModel
 from minibert.tasks import conlleval, get_family
 from minibert.tasks.base import TaskOptions, predict
 from minibert.tasks.ner import (
@@ -124,6 +125,7 @@ def test_format_detected_by_content(tmp_path):
     ("EU B-ORG\nrejects\n", r"line 2: 'rejects' is not a token and its tag"),
     ("EU B-ORG\nrejects Q-ORG\n", r"line 2: tag 'Q-ORG' is invalid, expected 'O' or one of"),
     ("EU B-ORG\n\n", None),
+    ("EU\tNNP\tB-ORG\t\r\n", None),
     ("EU 3\n", r"line 1: tag 3 is an integer, expected a label list"),
     ("-DOCSTART- -X- O\n\n", r"holds no sentence"),
 ])
@@ -329,8 +331,12 @@ def test_fine_tunes_end_to_end_on_the_conll_fixture(tmp_path, tokenizer):
     fam = family_for(data)
     opts = TaskOptions()
     enc = fam.encode(data, tokenizer, 32, opts)
-    model = fam.model_class(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=32,
-                                        **fam.model_kwargs()), seed=0)
+    # from a checkpoint in the Hugging Face layout, as a run starts: an encoder, a new head
+    ckpt = str(tmp_path / "pretrained")
+    encoder = BertModel(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=32), seed=0)
+    encoder.save_pretrained(ckpt)
+    model = fam.model_class.from_pretrained(ckpt, new_head=True, **fam.model_kwargs())
+    assert model.config.num_labels == len(fam.labels) == 8
     cfg = TrainConfig(steps=40, batch_size=4, lr=1e-2, eval_every=40, eval_batches=2,
                       save_every=40, optimizer="torch", warmup_steps=0)
     result = Trainer(model, enc.arrays, enc.arrays, str(tmp_path / "run"), cfg, task=fam).train()
