@@ -24,7 +24,8 @@ candidate pairs ``(i, j)`` with ``i <= j``, ``j - i + 1 <= max_answer_length`` (
 ``i`` in its max-context window. A pair's score is ``start_logit[i] + end_logit[j]``; its text is
 the ORIGINAL context from token ``i``'s first character to token ``j``'s last (case, accents
 and spacing as written). Candidates are ranked by score; the first ``n_best`` distinct texts
-form the n-best list, each with ``probability = softmax(scores)`` over the list.
+form the n-best list, each with ``probability = softmax(scores)`` over the list. A question
+with no candidate at all (no context token) is answered ``""``.
 
 v2.0: the null score of a question is ``start_logit[CLS] + end_logit[CLS]``, the smallest over
 its windows (as the reference implementation); the null answer ``""`` joins the n-best list
@@ -65,6 +66,8 @@ QUESTION_TEMPLATE = "What is the default value of {param}?"
 BUILTIN_MAX_CONTEXT_CHARS = 600
 BUILTIN_MAX_TRAIN = 4000
 BUILTIN_MAX_TEST = 800
+# Only functions with at least this many defaults (of letters or digits) are asked about.
+BUILTIN_MIN_DEFAULTS = 1
 
 
 # ----------------------------------------------------------------------------- windows
@@ -414,12 +417,20 @@ def _public_module(module: str) -> bool:
     return not any(p.startswith("_") or p in ("test", "tests") or p.startswith("test_") for p in parts)
 
 
-def builtin_questions(functions, rng, version_2: bool = True) -> list:
-    """The built-in questions about ``functions`` (``FunctionDoc``): for each documented
-    function with at least one default, every parameter with a default (answer: its
-    default's text in the signature) and every parameter without one (unanswerable), but of
-    the parameters whose default is ``None`` one (drawn with ``rng``) at most. Private and
-    test modules are left out. Returns ``squad.SquadQuestion`` objects."""
+def builtin_questions(functions, rng, version_2: bool = True,
+                      min_defaults: int = BUILTIN_MIN_DEFAULTS) -> list:
+    """The built-in questions about ``functions`` (``FunctionDoc``).
+
+    A function is asked about when its module is public (no part with a leading underscore,
+    no test package), its context (signature, newline, first docstring paragraph) has at
+    most ``BUILTIN_MAX_CONTEXT_CHARS`` characters and at least ``min_defaults`` of its
+    defaults have a letter or digit (an answer of punctuation alone, ``''`` or ``()``, is
+    empty after the official normalization) and are found in the signature. Questions: every
+    such parameter (answer: the default's text at its place in the signature, checked), but
+    of those whose default is ``None`` one (drawn with ``rng``) at most, since ``None`` is
+    half of all defaults; with ``version_2``, every parameter without a default
+    (unanswerable). Returns ``squad.SquadQuestion`` objects with ids
+    ``module:qualname:parameter``."""
     from .squad import SquadQuestion
     out = []
     for f in functions:
@@ -429,7 +440,10 @@ def builtin_questions(functions, rng, version_2: bool = True) -> list:
         context = f"{f.signature}\n{para}".strip()
         if len(context) > BUILTIN_MAX_CONTEXT_CHARS:
             continue
-        defaults = f.default_of
+        defaults = {p: d for p, d in f.defaults if any(ch.isalnum() for ch in d)
+                    and _default_position(f.signature, p, d) is not None}
+        if len(defaults) < min_defaults:
+            continue
         # "None" is half of all defaults: one None question per function at most, so that
         # answering "None" everywhere is no way around reading the question
         nones = [p for p in f.params if defaults.get(p) == "None"]
@@ -441,15 +455,11 @@ def builtin_questions(functions, rng, version_2: bool = True) -> list:
             question = QUESTION_TEMPLATE.format(param=p)
             if p in defaults:
                 pos = _default_position(f.signature, p, defaults[p])
-                # an answer of punctuation alone ('', (), {}) is empty after the official
-                # normalization: it would score as "no answer"
-                if pos is None or not any(ch.isalnum() for ch in defaults[p]):
-                    continue
                 assert context[pos:pos + len(defaults[p])] == defaults[p]
                 out.append(SquadQuestion(id=qid, title=f"{f.module}.{f.qualname}", question=question,
                                          context=context, answers=((defaults[p], pos),),
                                          is_impossible=False))
-            elif version_2:
+            elif version_2 and p not in f.default_of:
                 out.append(SquadQuestion(id=qid, title=f"{f.module}.{f.qualname}", question=question,
                                          context=context, answers=(), is_impossible=True))
     return out
