@@ -19,7 +19,8 @@ Files, as published:
   sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label``. The first column, without
   a name, is the record's index; a file without it (or without the other metadata columns)
   loads too. Only ``sent1``, ``sent2``, the endings and ``label`` are required.
-* JSON lines with the same keys (the Hugging Face ``swag`` layout), one record a line.
+* JSON lines with the same keys (the Hugging Face ``swag`` layout), one record a line, or
+  one JSON document holding a list of such records.
 
 The number of endings C is read from the columns (keys) ``ending0, ending1, ...``, which
 must be numbered from 0 without a gap, and it must be the same for every record (JSON
@@ -38,6 +39,7 @@ import json
 import os
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,21 +210,37 @@ def read_swag_csv(path) -> MultipleChoiceData:
     return MultipleChoiceData(contexts, starts, ends, labels, ids, path)
 
 
+def _json_records(path: str, text: str):
+    """``(where, record)`` pairs: one JSON document holding a list of records (its first
+    character ``[``), else JSON lines (blank lines skipped)."""
+    if text.lstrip()[:1] == "[":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {e.lineno} is not JSON ({e.msg}), expected a JSON list "
+                             "of records or one JSON object a line") from None
+        for i, rec in enumerate(records):
+            yield f"{path} record {i}", rec
+        return
+    for i, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {i} is not JSON ({e.msg}), expected one JSON object "
+                             "a line") from None
+        yield f"{path} line {i}", rec
+
+
 def read_swag_jsonl(path) -> MultipleChoiceData:
-    """JSON lines with SWAG's keys (module docstring); blank lines are skipped. The first
-    record's ``ending*`` keys set C."""
+    """JSON lines with SWAG's keys (module docstring), or one JSON list of such records.
+    The first record's ``ending*`` keys set C."""
     path = os.fspath(path)
     text = _read_text(path)
     contexts, starts, ends, labels = [], [], [], []
     endings = first = None
-    for i, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = f"{path} line {i}"
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where} is not JSON ({e.msg}), expected one JSON object a line") from None
+    for where, rec in _json_records(path, text):
         if not isinstance(rec, dict):
             raise ValueError(f"{where} is a JSON {type(rec).__name__}, expected an object with "
                              "sent1, sent2, ending0.. and label")
@@ -234,10 +252,10 @@ def read_swag_jsonl(path) -> MultipleChoiceData:
                              f"{', '.join(map(repr, rec))}), expected sent1, sent2, ending0.. and label")
         names = [k for k in rec if _ENDING.fullmatch(k)]
         if endings is None:
-            endings, first = _ending_columns(names, where), i
+            endings, first = _ending_columns(names, where), where[len(path) + 1:]
         elif set(names) != set(endings):
             raise ValueError(f"{where} has the endings {sorted(names)}, expected {len(endings)} "
-                             f"endings ({', '.join(endings)}) as the first record (line {first})")
+                             f"endings ({', '.join(endings)}) as the first record ({first})")
         C = len(endings)
         for name in endings:
             _text(rec[name], name, where, allow_empty=False)
@@ -251,17 +269,18 @@ def read_swag_jsonl(path) -> MultipleChoiceData:
 
 
 def read_multiple_choice_file(path) -> MultipleChoiceData:
-    """A SWAG file, CSV or JSON lines: ``.csv`` and ``.jsonl``/``.json`` by extension,
-    any other name by content (a first character ``{`` means JSON lines)."""
+    """A SWAG file, CSV or JSON (lines): ``.csv`` and ``.jsonl``/``.json`` by extension,
+    any other name by content (a first character ``{`` means JSON lines, ``[`` a JSON
+    list of records)."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext == ".csv":
         return read_swag_csv(path)
     if ext in (".jsonl", ".json", ".ndjson"):
         return read_swag_jsonl(path)
     head = _read_text(os.fspath(path)).lstrip()[:1]
-    if head == "{":
+    if head in ("{", "["):
         return read_swag_jsonl(path)
-    if head in ("[", ""):
+    if head == "":
         raise ValueError(f"{os.fspath(path)} is in no known multiple-choice format, expected SWAG's "
                          "CSV (a header with sent1, sent2, ending0.., label) or JSON lines")
     return read_swag_csv(path)
@@ -273,6 +292,12 @@ def name_words(name: str) -> str:
     (``getOptionalRelease`` -> ``get Optional Release``, ``http2time`` -> ``http2time``)."""
     parts = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name).replace("_", " ")
     return " ".join(parts.split())
+
+
+def first_sentence(paragraph: str) -> str:
+    """The paragraph up to its first sentence end: ``.``, ``!`` or ``?`` followed by
+    whitespace and a capital letter (so ``e.g. the`` does not end it); all of it if none."""
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph.strip(), maxsplit=1)[0]
 
 
 def _public_module(module: str) -> bool:
@@ -289,10 +314,15 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
     One record per documented public function or method (``stdlib_functions``) of a public,
     non-test module that has at least ``num_choices`` distinct names:
 
-    * sent1: the first prose paragraph of the function's docstring;
-    * sent2: ``lead_in`` (by default empty, so the second segment is the name alone);
+    * sent1: the first sentence of the docstring's first prose paragraph (its summary:
+      the rest of the paragraph adds length more than clues);
+    * sent2: ``lead_in``, by default empty, so the second segment is the name alone (a
+      fixed lead-in such as ``def`` tells every choice apart no better and learns slower);
     * endings: the function's name and ``num_choices - 1`` other names of the same module,
-      each written as words (``name_words``: ``get_all`` -> ``get all``), all distinct;
+      each written as words (``name_words``: ``get_all`` -> ``get all``), all distinct; a
+      name shared by several functions (methods of several classes) is drawn as a
+      distractor with a weight of its number of functions, as often as it is an answer,
+      so that no choice can be told right from its name alone;
     * label: the position of the function's own name.
 
     The distractors and the position are drawn by ``np.random.default_rng([seed,
@@ -307,7 +337,8 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
     contexts, starts, endings, labels, ids = [], [], [], [], []
     for module in sorted(by_module):
         funcs = by_module[module]
-        names = sorted({name_words(f.name) for f in funcs})
+        count = Counter(name_words(f.name) for f in funcs)       # several classes' "close"
+        names = sorted(count)
         if len(names) < num_choices:
             continue
         for f in funcs:
@@ -315,10 +346,14 @@ def stdlib_multiple_choice(seed: int = 0, num_choices: int = 4, lead_in: str = "
             rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
             true = name_words(f.name)
             others = [n for n in names if n != true]
-            picked = [others[i] for i in rng.choice(len(others), num_choices - 1, replace=False)]
+            # a name is drawn as often as it is the answer (its count of functions), so
+            # that how common a name is tells nothing about whether it is the right one
+            weight = np.array([count[n] for n in others], dtype=np.float64)
+            draw = rng.choice(len(others), num_choices - 1, replace=False, p=weight / weight.sum())
+            picked = [others[i] for i in draw]
             label = int(rng.integers(num_choices))
             picked.insert(label, true)
-            contexts.append(f.paragraphs[0])
+            contexts.append(first_sentence(f.paragraphs[0]))
             starts.append(lead_in)
             endings.append(tuple(picked))
             labels.append(label)
@@ -422,8 +457,7 @@ class MultipleChoiceFamily(Family):
         counts = np.bincount(labels, minlength=C)
         metrics = dict(acc=float((pred == labels).mean()) if N else 0.0,
                        baseline_acc=1.0 / C,
-                       majority_acc=float(counts.max() / N) if N else 0.0,
-                       examples=float(N))
+                       majority_acc=float(counts.max() / N) if N else 0.0)
         return metrics, pred
 
     def write_predictions(self, out_dir: str, data: MultipleChoiceData, encoded: Encoded,
