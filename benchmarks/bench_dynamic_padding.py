@@ -7,7 +7,7 @@ classification task, each batch padded to its own longest row against padded to 
 The task and the model are ``minibert finetune``'s defaults: the built-in classification
 task (``get_family("classification").builtin(0)``), encoded at ``--seq-len`` 128, and a
 ``BertForSequenceClassification`` with a new head on the default pretraining run
-(/work/runs/pretrain, or the CHECKPOINT given), float32, on the CPU.
+(runs/pretrain, what `minibert pretrain` writes, or the CHECKPOINT given), float32, on the CPU.
 
 * **train**: the first ``--batches`` batches of a fine-tuning run (``train.batch_indices``,
   seed 0, ``--batch-size`` 16), each a full training step (forward with dropout and the loss,
@@ -29,7 +29,7 @@ import statistics
 
 import common
 
-DEFAULT_CHECKPOINT = "/work/runs/pretrain"
+DEFAULT_CHECKPOINT = "runs/pretrain"
 
 
 def _padding(masks, trim):
