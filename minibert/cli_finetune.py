@@ -80,7 +80,8 @@ def _add_run_options(ft):
     ft.add_argument("--seq-len", type=int, default=None, help="tokens per row, longer inputs "
                     "truncated (qa: windows); each batch is padded only to its longest row "
                     "(default: the task's: 384 for qa, 128 otherwise)")
-    ft.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
+    ft.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (default: 2e-4; 1e-3 with --feature-based)")
     ft.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     ft.add_argument("--device", default="cpu", help="cpu or gpu (default: %(default)s)")
     ft.add_argument("--resume", action="store_true", help="continue the run in --out "
@@ -233,7 +234,7 @@ def cmd_encode(args) -> int:
     parent = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(parent):
         raise ValueError(f"--out {args.out!r}: its directory {parent!r} does not exist")
-    from .tasks.features import encode_features, write_features_npz
+    from .tasks.feature_export import encode_features, write_features_npz
     result = encode_features(args.checkpoint, list(args.text), layers, args.combine)
     write_features_npz(args.out, result)
     dims = sorted({int(np.shape(f)[-1]) for f in result["features"]})

@@ -163,8 +163,12 @@ def _load_model(family, model_dir, config, device, seed, feature_based, layers, 
     return model
 
 
+FINETUNE_LR = 2e-4
+FEATURE_BASED_LR = 1e-3
+
+
 def finetune(task="classification", train=None, eval=None, checkpoint="runs/pretrain",
-             out_dir="runs/finetune", steps=300, batch_size=16, seq_len=None, lr=2e-4,
+             out_dir="runs/finetune", steps=300, batch_size=16, seq_len=None, lr=None,
              warmup_steps=None, seed=0, device="cpu", resume=False, stop_at=None, options=None,
              feature_based=False, feature_layers=None, feature_combine="concat",
              on_stage=_noop, on_step=None, on_eval=None) -> FinetuneResult:
@@ -180,7 +184,10 @@ def finetune(task="classification", train=None, eval=None, checkpoint="runs/pret
             with config.json, model.safetensors and vocab.txt (Hugging Face's too).
         out_dir: checkpoints, loss_curve.png, metrics.json and the predictions go here.
         steps, batch_size, lr, warmup_steps, seed: the run (``TrainConfig``, AdamW "torch",
-            linear warmup then decay; warmup default 10% of steps).
+            linear warmup then decay; warmup default 10% of steps). ``lr`` None: 2e-4
+            (``FINETUNE_LR``), or 1e-3 with ``feature_based`` (``FEATURE_BASED_LR``: a task
+            model trained from scratch on frozen features takes larger steps than a
+            pretrained encoder can).
         seq_len: tokens per row (default ``family.default_seq_len``: 128, 384 for qa); each
             batch is then padded only to its own longest row.
         resume: continue the run in ``out_dir`` from its latest checkpoint.
@@ -234,6 +241,8 @@ def finetune(task="classification", train=None, eval=None, checkpoint="runs/pret
     model = _load_model(family, model_dir, config, device, seed, feature_based, layers,
                         feature_combine, on_stage)
 
+    if lr is None:
+        lr = FEATURE_BASED_LR if feature_based else FINETUNE_LR
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                      seed=seed, eval_every=max(steps // 4, 1),
                      eval_batches=math.ceil(len(enc_eval) / batch_size),

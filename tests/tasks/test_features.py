@@ -18,14 +18,8 @@ from minibert.heads import (
 )
 from minibert.model import BertModel
 from minibert.tasks.base import TOKEN_KEYS, Family
-from minibert.tasks.features import (
-    FeatureBasedModel,
-    encode_features,
-    feature_based_model,
-    read_features_npz,
-    resolve_layers,
-    write_features_npz,
-)
+from minibert.tasks.feature_export import encode_features, read_features_npz, write_features_npz
+from minibert.tasks.features import FeatureBasedModel, feature_based_model, resolve_layers
 from minibert.train import TrainConfig, Trainer
 from tests.helpers import DATA, batch, frozen_dropout, perturb, tiny_config
 
