@@ -176,7 +176,7 @@ def metrics_line(metrics: dict) -> str:
 def cmd_finetune(args) -> int:
     from functools import partial
 
-    from .cli import _run_training, _stage
+    from .cli_progress import _run_training, _stage
     from .finetuning import finetune
     from .tasks import get_family
     family = get_family(args.task)

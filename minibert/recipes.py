@@ -1,8 +1,7 @@
 """End-to-end recipes behind the ``minibert`` command: text in, trained model out.
 
     pretrain   corpus -> WordPiece vocab -> NSP/MLM instances -> BertForPreTraining -> checkpoints
-    finetune   checkpoint + labeled text -> BertForSequenceClassification -> held-out accuracy
-               (``minibert.finetuning.finetune`` runs every task family)
+    (fine-tuning on every task family is ``minibert.finetuning.finetune``)
     fill_mask  checkpoint with a masked-LM head + "text with [MASK]" -> top-k tokens with
                probabilities (BertForMaskedLM: loads BertForPreTraining checkpoints too)
     encode     checkpoint + text -> tokens, ids, [CLS] and pooled vectors
@@ -351,33 +350,6 @@ def _dynamic_masks(batch, step, *, seed, **kw):
 
 
 # --------------------------------------------------------------------------- fine-tuning
-def finetune(checkpoint="runs/pretrain", data=None, out_dir="runs/finetune", steps=300,
-             batch_size=16, seq_len=128, lr=2e-4, warmup_steps=None, seed=0, device="cpu",
-             resume=False, text_column="text", text_pair_column="text_pair",
-             label_column="label", on_stage=_noop, on_step=None, on_eval=None):
-    """Fine-tune a pretrained BERT for sequence classification and report held-out accuracy:
-    ``minibert.finetuning.finetune(task="classification", train=data, ...)`` with the
-    column options, its result as a tuple.
-
-    Args:
-        checkpoint: a minibert training directory (its latest checkpoint) or any BERT
-            directory with config.json, model.safetensors and vocab.txt (Hugging Face's too).
-        data: a CSV, TSV or JSONL file with text (optional text_pair) and label columns,
-            split 80/20 into training and held-out examples; None uses the built-in task.
-    Returns:
-        (TrainResult, final held-out metrics dict, label names).
-    """
-    from .finetuning import finetune as run
-    from .tasks.base import TaskOptions
-    options = TaskOptions(text_column=text_column, text_pair_column=text_pair_column,
-                          label_column=label_column)
-    r = run(task="classification", train=data, checkpoint=checkpoint, out_dir=out_dir,
-            steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
-            warmup_steps=warmup_steps, seed=seed, device=device, resume=resume,
-            options=options, on_stage=on_stage, on_step=on_step, on_eval=on_eval)
-    return r.train, r.metrics, r.label_names
-
-
 def _loading_report(info):
     """One line per group of tensors that loading initialized or left unused (by module,
     ``bert.pooler.dense.*``), for the messages of a fine-tuning start."""

@@ -374,12 +374,3 @@ def test_every_family_runs_from_its_published_format(checkpoint, tmp_path, capsy
         assert (out / name).is_file(), name
     text = capsys.readouterr().out
     assert any(line.startswith("held-out ") for line in text.splitlines()), text
-
-
-def test_recipes_finetune_is_the_classification_run(checkpoint, files, tmp_path):
-    from minibert.recipes import finetune as recipe
-    result, metrics, names = recipe(checkpoint, files[0], tmp_path / "ft", steps=2, batch_size=4,
-                                    seq_len=32)
-    assert result.step == 2 and names == ["file", "list"]
-    assert metrics["task"] == "classification" and {"acc", "baseline_acc", "f1"} <= set(metrics)
-    assert (tmp_path / "ft" / "metrics.json").is_file()
