@@ -81,7 +81,7 @@ def test_every_command_and_option_has_help_with_its_default():
 def test_finetune_help_prints_percent_once():
     text = " ".join(_subparsers()["finetune"].format_help().split())
     assert "20% is held out" in text and "%%" not in text
-    assert "(default: runs/pretrain)" in text and "(default: 0.0002)" in text
+    assert "(default: runs/pretrain)" in text and "(default: 2e-4; 1e-3 with --feature-based)" in text
 
 
 def test_pretrain_help_names_each_recipes_value():

@@ -374,3 +374,25 @@ def test_every_family_runs_from_its_published_format(checkpoint, tmp_path, capsy
         assert (out / name).is_file(), name
     text = capsys.readouterr().out
     assert any(line.startswith("held-out ") for line in text.splitlines()), text
+
+
+@pytest.mark.slow
+def test_feature_based_run_leaves_the_encoder_as_it_was(checkpoint, tmp_path, capsys):
+    """``minibert finetune --task ner --feature-based`` on the CoNLL fixture: the run ends
+    with the ner metrics, trains at the feature-based default learning rate (1e-3), and the
+    encoder in its checkpoint is bit for bit the pretrained one (only the task model moved)."""
+    from minibert.checkpoint import read_state_dict
+    out = tmp_path / "fb"
+    argv = ["finetune", "--task", "ner", "--feature-based", "--checkpoint", checkpoint,
+            "--out", str(out), "--steps", "3", "--batch-size", "4", "--seq-len", "48",
+            "--train", os.path.join(DATA, "conll2003_sample.conll")]
+    assert main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["feature_based"] is True and {"f1", "token_acc"} <= set(metrics)
+    last = sorted(p for p in out.iterdir() if p.name.startswith("checkpoint-"))[-1]
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["train_config"]["lr"] == 1e-3
+    before, after = read_state_dict(checkpoint), read_state_dict(str(last))
+    encoder = [k for k in after if k.startswith("bert.") and ".pooler." not in k]
+    assert encoder and all(np.array_equal(after[k], before[k]) for k in encoder)
+    assert any(not np.array_equal(after[k], before.get(k)) for k in after if k.startswith("classifier."))
