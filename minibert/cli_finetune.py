@@ -155,8 +155,9 @@ def _options(args):
                        null_score_threshold=args.null_score_threshold)
 
 
-def _number(v) -> str:
-    return str(int(v)) if float(v).is_integer() and abs(v) >= 2 else f"{v:.4f}"
+def _number(key, v) -> str:
+    """Counts (SQuAD's ``total``, ``HasAns_total``, ...) as integers, scores to 4 decimals."""
+    return str(int(v)) if key.endswith("total") else f"{v:.4f}"
 
 
 def metrics_line(metrics: dict) -> str:
@@ -164,13 +165,14 @@ def metrics_line(metrics: dict) -> str:
     from .finetuning import FACTS
     own = [k for k in metrics if k not in FACTS and not k.startswith("baseline_")]
     base = [k for k in metrics if k.startswith("baseline_")]
-    line = "held-out " + ", ".join(f"{_SHOWN.get(k, k)} {_number(metrics[k])}" for k in own)
+    line = "held-out " + ", ".join(f"{_SHOWN.get(k, k)} {_number(k, metrics[k])}" for k in own)
     if base:
         line += " (trivial baseline: " + ", ".join(
-            f"{_SHOWN.get(k[9:], k[9:])} {_number(metrics[k])}" for k in base) + ")"
+            f"{_SHOWN.get(k[9:], k[9:])} {_number(k, metrics[k])}" for k in base) + ")"
     if "loss" in metrics:
         line += f"; loss {metrics['loss']:.4f}"
-    return line + f"; {metrics['eval_examples']} examples after {metrics['steps']} steps"
+    n = metrics["eval_examples"]
+    return line + f"; {n} example{'' if n == 1 else 's'} after {metrics['steps']} steps"
 
 
 def cmd_finetune(args) -> int:
