@@ -29,6 +29,20 @@ from collections.abc import Callable, Iterator
 TEMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _permissions_of_a_new(kind: str) -> int:
+    """The mode ``open``/``mkdir`` would give a new file or directory: 0o666 or 0o777 less the
+    process's umask. ``mkstemp``/``mkdtemp`` make their temporaries private (0o600, 0o700);
+    what is renamed into place gets the ordinary mode back, so a run's files can be read by
+    whoever could read a file the user wrote by hand."""
+    return (0o666 if kind == "file" else 0o777) & ~_umask()
+
+
 def atomic_write(path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` to write a temporary file in ``path``'s directory, then rename it
     over ``path``.
@@ -42,6 +56,7 @@ def atomic_write(path, write: Callable[[str], object]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _permissions_of_a_new("file"))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -93,6 +108,7 @@ def atomic_directory(path) -> Iterator[str]:
     tmp = tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{name}-")
     try:
         yield tmp
+        os.chmod(tmp, _permissions_of_a_new("directory"))
         if os.path.exists(path):
             _replace_directory(tmp, path)
         else:

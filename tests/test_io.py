@@ -137,3 +137,20 @@ def test_atomic_directory_failed_move_aside_leaves_nothing(tmp_path, monkeypatch
     target = _write_with_failing_rename(tmp_path, monkeypatch, "cannot move aside",
                                         fails=lambda src, dst, target: src == target)
     assert os.listdir(tmp_path) == ["ckpt"] and os.listdir(target) == ["old.txt"]
+
+
+def test_written_files_and_directories_get_the_ordinary_permissions(tmp_path):
+    """Renamed into place, a file has the mode ``open`` would give it (0o666 less the umask),
+    a directory the mode of ``mkdir`` (0o777 less the umask), not the private modes of their
+    temporaries."""
+    import stat
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        with atomic_directory(tmp_path / "d") as tmp:
+            atomic_write_text(os.path.join(tmp, "g.txt"), "y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "f.txt").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "d" / "g.txt").st_mode) == 0o644
