@@ -15,6 +15,26 @@ from ..params import FlatParams
 from ..validation import require
 
 
+def check_class_labels(xp, name, labels, shape, num_classes, ignore_index=None):
+    """``labels`` as an ``xp`` integer array of ``shape`` whose values are class ids in
+    ``[0, num_classes)`` (or ``ignore_index``); a value out of range raises ValueError naming
+    ``name`` (on the GPU the check is read once, with the model's other checks)."""
+    labels = check_int_array(name, labels, len(shape))
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(labels.shape)}, expected {tuple(shape)}")
+    labels = xp.asarray(labels)
+    ok = (labels >= 0) & (labels < num_classes)
+    if ignore_index is not None:
+        ok |= labels == ignore_index
+
+    def error():
+        bad = labels[~ok].ravel()[0]
+        return ValueError(f"{name} has value {int(bad)}, expected 0 <= {name} < {num_classes}"
+                          + (f" or {ignore_index} (ignored)" if ignore_index is not None else ""))
+    require(ok, error)
+    return labels
+
+
 @dataclass
 class HeadOutput:
     loss: object = None
@@ -138,19 +158,5 @@ class _BertWithHead(PretrainedMixin):
         return p if training else 0.0
 
     def _labels(self, name, labels, shape, num_classes, ignore_index=None):
-        labels = check_int_array(name, labels, len(shape))
-        if tuple(labels.shape) != tuple(shape):
-            raise ValueError(f"{name} has shape {tuple(labels.shape)}, expected {tuple(shape)}")
-        labels = self.xp.asarray(labels)
-        ok = (labels >= 0) & (labels < num_classes)
-        if ignore_index is not None:
-            ok |= labels == ignore_index
-
-        def error():
-            bad = labels[~ok].ravel()[0]
-            return ValueError(f"{name} has value {int(bad)}, expected 0 <= {name} < {num_classes}"
-                              + (f" or {ignore_index} (ignored)" if ignore_index is not None
-                                 else ""))
-        require(ok, error)      # on the GPU: read once, with the model's other checks
-        return labels
+        return check_class_labels(self.xp, name, labels, shape, num_classes, ignore_index)
 

@@ -9,7 +9,41 @@ from ..model import SITE_HEAD, accumulate, check_int_array
 from ..ops import cross_entropy, dropout, linear
 from ..params import ParamSpec
 from ..validation import checks_deferred
-from .base import HeadOutput, _BertWithHead
+from .base import HeadOutput, _BertWithHead, check_class_labels
+
+
+def class_loss_forward(xp, dtype, logits, labels):
+    """``(loss, cache)`` of class logits (B, C) against ``labels`` (B,): cross-entropy, or
+    with one output (C = 1, regression) the mean squared error against float targets, as
+    Hugging Face."""
+    B, C = logits.shape
+    if C == 1:                                                   # regression
+        y = xp.asarray(labels, dtype=dtype).reshape(B, 1)
+        diff = logits - y
+        return (diff * diff).mean(), ("mse", diff)
+    loss, c = cross_entropy.forward(logits, check_class_labels(xp, "labels", labels, (B,), C))
+    return loss, ("ce", c)
+
+
+def class_loss_backward(d_loss, cache):
+    """dL/dlogits (B, C) of ``class_loss_forward``'s loss scaled by ``d_loss``."""
+    kind, c = cache
+    if kind == "mse":
+        return d_loss * 2.0 * c / c.size                             # loss = mean(diff^2)
+    return cross_entropy.backward(d_loss, c)
+
+
+def token_loss_forward(xp, logits, labels):
+    """``(loss, cache)`` of per-token logits (B, S, C) against ``labels`` (B, S): the mean
+    cross-entropy over the tokens whose label is not -100."""
+    B, S, C = logits.shape
+    lab = check_class_labels(xp, "labels", labels, (B, S), C, ignore_index=-100)
+    return cross_entropy.forward(logits.reshape(B * S, C), lab.reshape(-1), ignore_index=-100)
+
+
+def token_loss_backward(d_loss, cache, logits_shape):
+    """dL/dlogits (B, S, C) of ``token_loss_forward``'s loss scaled by ``d_loss``."""
+    return cross_entropy.backward(d_loss, cache).reshape(logits_shape)
 
 
 class _ClassifierHead(_BertWithHead):
@@ -107,19 +141,10 @@ class BertForSequenceClassification(_ClassifierHead):
     squared error when ``num_labels == 1`` (regression), as Hugging Face."""
 
     def _loss_forward(self, logits, labels):
-        B, C = logits.shape
-        if C == 1:                                                   # regression
-            y = self.xp.asarray(labels, dtype=self.dtype).reshape(B, 1)
-            diff = logits - y
-            return (diff * diff).mean(), ("mse", diff)
-        loss, c = cross_entropy.forward(logits, self._labels("labels", labels, (B,), C))
-        return loss, ("ce", c)
+        return class_loss_forward(self.xp, self.dtype, logits, labels)
 
     def _loss_backward(self, d_loss, cache):
-        kind, c = cache["loss"]
-        if kind == "mse":
-            return d_loss * 2.0 * c / c.size                                 # loss = mean(diff^2)
-        return cross_entropy.backward(d_loss, c)
+        return class_loss_backward(d_loss, cache["loss"])
 
 
 class BertForTokenClassification(_ClassifierHead):
@@ -129,12 +154,10 @@ class BertForTokenClassification(_ClassifierHead):
     needs_pooler = False
 
     def _loss_forward(self, logits, labels):
-        B, S, C = logits.shape
-        lab = self._labels("labels", labels, (B, S), C, ignore_index=-100)
-        return cross_entropy.forward(logits.reshape(B * S, C), lab.reshape(-1), ignore_index=-100)
+        return token_loss_forward(self.xp, logits, labels)
 
     def _loss_backward(self, d_loss, cache):
-        return cross_entropy.backward(d_loss, cache["loss"]).reshape(cache["logits_shape"])
+        return token_loss_backward(d_loss, cache["loss"], cache["logits_shape"])
 
 
 class BertForQuestionAnswering(_ClassifierHead):

@@ -76,10 +76,16 @@ from ..checkpoint import map_state_dict, read_state_dict, resolve_checkpoint
 from ..checkpoint import save_pretrained as _save_checkpoint
 from ..config import BertConfig
 from ..heads import BertForSequenceClassification, BertForTokenClassification, HeadOutput
+from ..heads.tasks import (
+    class_loss_backward,
+    class_loss_forward,
+    token_loss_backward,
+    token_loss_forward,
+)
 from ..model import SITE_HEAD, BertModel, accumulate, bert_param_specs, check_int_array, reject_positional
-from ..ops import cross_entropy, dropout, gelu, linear
+from ..ops import dropout, gelu, linear
 from ..params import FlatParams, ParamSpec
-from ..validation import deferred_checks, require
+from ..validation import deferred_checks
 
 COMBINES = ("concat", "sum")
 HEADS = ("mlp", "linear")
@@ -397,37 +403,12 @@ class FeatureBasedModel:
                                        p["classifier.out_proj.bias"])     # logits = g W2^T + b2
         return logits, (c_do, c_dense, c_gelu, c_do2, c_out)
 
-    def _labels(self, labels, shape, ignore_index=None):
-        labels = check_int_array("labels", labels, len(shape))
-        if tuple(labels.shape) != tuple(shape):
-            raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(shape)}")
-        labels = self.xp.asarray(labels)
-        K = self.num_labels
-        ok = (labels >= 0) & (labels < K)
-        if ignore_index is not None:
-            ok |= labels == ignore_index
-
-        def error():
-            bad = labels[~ok].ravel()[0]
-            return ValueError(f"labels has value {int(bad)}, expected 0 <= labels < {K}"
-                              + (f" or {ignore_index} (ignored)" if ignore_index is not None else ""))
-        require(ok, error)
-        return labels
-
     def _loss_forward(self, logits, labels):
+        """The loss of the head class the family names: per-token cross-entropy (-100
+        ignored), or on the [CLS] features cross-entropy / MSE with one output."""
         if self.reads == "tokens":
-            B, S, K = logits.shape
-            lab = self._labels(labels, (B, S), ignore_index=-100)
-            loss, c = cross_entropy.forward(logits.reshape(B * S, K), lab.reshape(-1),
-                                            ignore_index=-100)
-            return loss, ("ce", c)
-        B, K = logits.shape
-        if K == 1:                                                        # regression
-            y = self.xp.asarray(labels, dtype=self.dtype).reshape(B, 1)
-            diff = logits - y
-            return (diff * diff).mean(), ("mse", diff)
-        loss, c = cross_entropy.forward(logits, self._labels(labels, (B,)))
-        return loss, ("ce", c)
+            return token_loss_forward(self.xp, logits, labels)
+        return class_loss_forward(self.xp, self.dtype, logits, labels)
 
     # ------------------------------------------------------------------ backward
     def backward(self, cache, d_logits=None, d_loss=1.0):
@@ -447,12 +428,9 @@ class FeatureBasedModel:
                 raise ValueError(f"d_logits has shape {tuple(d_logits.shape)}, expected {shape}")
             dl = dl + d_logits
         if cache["loss"] is not None:
-            kind, c = cache["loss"]
             d = xp.asarray(d_loss, dtype=self.dtype)
-            if kind == "mse":
-                dl = dl + d * 2.0 * c / c.size                           # loss = mean(diff^2)
-            else:
-                dl = dl + cross_entropy.backward(d, c).reshape(shape)
+            dl = dl + (token_loss_backward(d, cache["loss"], shape) if self.reads == "tokens"
+                       else class_loss_backward(d, cache["loss"]))
         self._head_backward(dl, cache["head"])
         return self.grads
 
