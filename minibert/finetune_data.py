@@ -47,6 +47,20 @@ from .io import read_utf8_text
 _INT = re.compile(r"[+-]?\d+")
 
 
+def _check_optional_columns(data, n: int) -> None:
+    """``text_pairs`` and ``groups``: None, or one entry per text."""
+    for name in ("text_pairs", "groups"):
+        column = getattr(data, name)
+        if column is not None and len(column) != n:
+            raise ValueError(f"{name} has {len(column)} entries for {n} texts, "
+                             "expected one per text or None")
+
+
+def _take(column, idx):
+    """The entries of an optional column (a list or None) at ``idx``."""
+    return None if column is None else [column[i] for i in idx]
+
+
 @dataclass
 class ClassificationData:
     """Texts (and optional second texts) with int64 class ids; see the module docstring.
@@ -67,12 +81,7 @@ class ClassificationData:
         if self.labels.shape[0] != n:
             raise ValueError(f"labels has {self.labels.shape[0]} entries for {n} texts, "
                              "expected one per text")
-        if self.text_pairs is not None and len(self.text_pairs) != n:
-            raise ValueError(f"text_pairs has {len(self.text_pairs)} entries for {n} texts, "
-                             "expected one per text or None")
-        if self.groups is not None and len(self.groups) != n:
-            raise ValueError(f"groups has {len(self.groups)} entries for {n} texts, "
-                             "expected one per text or None")
+        _check_optional_columns(self, n)
         if n and (self.labels.min() < 0 or self.labels.max() >= len(self.label_names)):
             raise ValueError(f"labels has values in [{self.labels.min()}, {self.labels.max()}], "
                              f"expected 0 <= label < {len(self.label_names)} (len(label_names))")
@@ -87,10 +96,8 @@ class ClassificationData:
     def subset(self, indices) -> ClassificationData:
         """The examples at ``indices`` (in that order), with the same label names."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ClassificationData([self.texts[i] for i in idx],
-                                  None if self.text_pairs is None else [self.text_pairs[i] for i in idx],
-                                  self.labels[idx], list(self.label_names),
-                                  None if self.groups is None else [self.groups[i] for i in idx])
+        return ClassificationData(_take(self.texts, idx), _take(self.text_pairs, idx),
+                                  self.labels[idx], list(self.label_names), _take(self.groups, idx))
 
 
 # ----------------------------------------------------------------------------- files
@@ -395,12 +402,7 @@ class RegressionData:
         n = len(self.texts)
         if self.labels.shape != (n,):
             raise ValueError(f"labels has shape {self.labels.shape} for {n} texts, expected ({n},)")
-        if self.text_pairs is not None and len(self.text_pairs) != n:
-            raise ValueError(f"text_pairs has {len(self.text_pairs)} entries for {n} texts, "
-                             "expected one per text or None")
-        if self.groups is not None and len(self.groups) != n:
-            raise ValueError(f"groups has {len(self.groups)} entries for {n} texts, "
-                             "expected one per text or None")
+        _check_optional_columns(self, n)
         if not np.all(np.isfinite(self.labels)):
             raise ValueError("labels has a value that is not finite, expected finite scores")
 
@@ -410,10 +412,8 @@ class RegressionData:
     def subset(self, indices) -> RegressionData:
         """The examples at ``indices`` (in that order)."""
         idx = np.asarray(indices, dtype=np.int64)
-        return RegressionData([self.texts[i] for i in idx],
-                              None if self.text_pairs is None else [self.text_pairs[i] for i in idx],
-                              self.labels[idx],
-                              None if self.groups is None else [self.groups[i] for i in idx])
+        return RegressionData(_take(self.texts, idx), _take(self.text_pairs, idx),
+                              self.labels[idx], _take(self.groups, idx))
 
 
 def read_regression_file(path, text_column: str = "text", text_pair_column: str | None = "text_pair",
