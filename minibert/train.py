@@ -85,6 +85,7 @@ from .checkpoint import (  # noqa: F401 - the directory helpers, importable from
 )
 from .io import atomic_directory, atomic_write_text
 from .optim import AdamW, LRSchedule, clip_grad_norm, global_norm
+from .tasks.base import trim_batch
 from .validation import deferred_checks
 
 
@@ -345,7 +346,6 @@ class Trainer:
         """The batch of ``rows`` (the transform applied when ``step`` is given), host arrays."""
         batch = {k: v[rows] for k, v in data.items()}
         if getattr(self.task, "token_keys", None):        # fine-tuning: dynamic padding
-            from .tasks.base import trim_batch
             batch = trim_batch(batch, self.task.token_keys)
         if step is not None and self.batch_transform is not None:
             batch = self.batch_transform(batch, step)
