@@ -37,7 +37,6 @@ from .train import TrainConfig, Trainer, TrainResult
 
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-FEATURE_COMBINE = ("concat", "sum")
 
 # the run's facts in metrics.json, beside the family's metrics and baselines
 FACTS = ("task", "steps", "train_examples", "eval_examples", "train_rows", "eval_rows",
@@ -120,19 +119,10 @@ def _label_names(family):
 
 
 def _check_features(feature_layers, feature_combine, config):
-    if feature_combine not in FEATURE_COMBINE:
-        raise ValueError(f"feature_combine={feature_combine!r} is unknown, expected one of "
-                         f"{FEATURE_COMBINE}")
-    if feature_layers is None:
-        return None
-    layers = [int(i) for i in feature_layers]
-    n = config.num_hidden_layers + 1          # hidden states: the embeddings, then each layer
-    bad = [i for i in layers if not -n <= i < n]
-    if not layers or bad:
-        raise ValueError(f"feature_layers={list(feature_layers)!r} is invalid, expected "
-                         f"indices of the {n} hidden states (embeddings + {n - 1} layers): "
-                         f"{-n}..{n - 1}")
-    return layers
+    """The feature-based model's own checks, run before anything is read or written."""
+    from .tasks.features import check_combine, resolve_layers
+    check_combine(feature_combine, "feature_combine")
+    return resolve_layers(feature_layers, config.num_hidden_layers, "feature_layers")
 
 
 def _load_model(family, model_dir, config, device, seed, feature_based, layers, combine,
@@ -143,13 +133,10 @@ def _load_model(family, model_dir, config, device, seed, feature_based, layers, 
         from .tasks.features import feature_based_model
         model = feature_based_model(model_dir, family, layers, combine, dtype=np.float32,
                                     device=device, seed=seed)
-        shown = getattr(model, "layers", layers)
-        trained = model.num_parameters(only_trainable=True) \
-            if hasattr(model, "num_parameters") else None
         on_stage(f"model: feature-based {family.model_class.__name__} task from {model_dir}: "
-                 f"frozen encoder, hidden states {shown} combined by {combine}, only the head "
-                 "trained" + (f" ({trained:,} parameters)" if trained is not None else "")
-                 + f"; device {device}")
+                 f"frozen encoder, hidden states {model.layers} combined by {combine}, only the "
+                 f"head trained ({model.num_parameters(only_trainable=True):,} parameters); "
+                 f"device {device}")
         return model
     from .recipes import _loading_report
     model, info = family.model_class.from_pretrained(

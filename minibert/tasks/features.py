@@ -98,11 +98,11 @@ READS = {BertForTokenClassification: "tokens", BertForSequenceClassification: "c
 
 
 # ------------------------------------------------------------------------------ layers
-def resolve_layers(layers, num_hidden_layers: int) -> list:
+def resolve_layers(layers, num_hidden_layers: int, name: str = "layers") -> list:
     """The hidden-state indexes ``layers`` (ints, or a string such as ``"-4,-3,-2,-1"``)
     as non-negative indexes into the L + 1 hidden states; None: the last four (all L + 1
     when there are fewer). An index outside -(L + 1) .. L, a repeated layer, or none at all
-    is a ValueError naming it."""
+    is a ValueError naming it (as the argument ``name``)."""
     n = num_hidden_layers + 1
     if layers is None:
         return list(range(max(0, n - DEFAULT_LAST), n))
@@ -112,34 +112,34 @@ def resolve_layers(layers, num_hidden_layers: int) -> list:
         try:
             layers = [int(p) for p in pieces]
         except ValueError:
-            raise ValueError(f"layers={given!r} is invalid, expected comma-separated integers "
+            raise ValueError(f"{name}={given!r} is invalid, expected comma-separated integers "
                              f"such as '-4,-3,-2,-1'") from None
     try:
         layers = list(layers)
     except TypeError:
-        raise ValueError(f"layers={given!r} is invalid, expected a list of integers") from None
+        raise ValueError(f"{name}={given!r} is invalid, expected a list of integers") from None
     if not layers:
-        raise ValueError(f"layers={given!r} is empty, expected at least one hidden-state index")
+        raise ValueError(f"{name}={given!r} is empty, expected at least one hidden-state index")
     out = []
     for v in layers:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"layers={given!r}: {v!r} is not an integer, expected indexes "
+            raise ValueError(f"{name}={given!r}: {v!r} is not an integer, expected indexes "
                              "into the hidden states")
         if not -n <= v < n:
-            raise ValueError(f"layers={given!r}: layer {int(v)} is out of range, expected "
+            raise ValueError(f"{name}={given!r}: layer {int(v)} is out of range, expected "
                              f"{-n} .. {n - 1} (the model has {num_hidden_layers} layers: "
                              f"{n} hidden states, 0 the embeddings, -1 the last layer)")
         k = int(v) % n
         if k in out:
-            raise ValueError(f"layers={given!r}: layer {int(v)} (hidden state {k}) is given "
+            raise ValueError(f"{name}={given!r}: layer {int(v)} (hidden state {k}) is given "
                              "twice, expected each layer once")
         out.append(k)
     return out
 
 
-def check_combine(combine) -> str:
+def check_combine(combine, name: str = "combine") -> str:
     if combine not in COMBINES:
-        raise ValueError(f"combine={combine!r} is unknown, expected one of {', '.join(COMBINES)}")
+        raise ValueError(f"{name}={combine!r} is unknown, expected one of {', '.join(COMBINES)}")
     return combine
 
 
