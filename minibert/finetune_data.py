@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .corpora import docstring_paragraphs, file_docstrings, stdlib_root, stdlib_source_files
-from .io import read_utf8_text
+from .io import json_lines, read_utf8_text
 
 _INT = re.compile(r"[+-]?\d+")
 
@@ -269,9 +269,7 @@ def _json_records(file, text, ext):
             raise ValueError(f"{file!r} is a JSON {type(doc).__name__}, expected an array of objects")
         return [(f"record {i}", obj) for i, obj in enumerate(doc, start=1)]
     records = []
-    for line, content in enumerate(text.split("\n"), start=1):   # JSON strings may hold \u2028
-        if not content.strip():
-            continue
+    for line, content in json_lines(text):
         try:
             records.append((line, json.loads(content)))
         except json.JSONDecodeError as e:

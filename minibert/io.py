@@ -87,6 +87,15 @@ def read_utf8_text(file: str, what: str) -> str:
                          f"{raw[e.start:e.start + 1]!r} at line {line}, expected UTF-8") from None
 
 
+def json_lines(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for each non-blank line of a JSON-lines text, numbered from 1.
+    A line ends at ``"\n"`` only (a ``"\r"`` before it is dropped): a JSON string may hold
+    U+2028, U+0085 and the other characters at which ``str.splitlines`` would also cut."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield number, line.rstrip("\r")
+
+
 @contextlib.contextmanager
 def atomic_directory(path) -> Iterator[str]:
     """Build a directory under a temporary name and rename it to ``path`` when done::

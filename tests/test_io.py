@@ -154,3 +154,16 @@ def test_written_files_and_directories_get_the_ordinary_permissions(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "f.txt").st_mode) == 0o644
     assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "d" / "g.txt").st_mode) == 0o644
+
+
+def test_json_lines_end_at_newline_only():
+    """U+2028 and U+0085 inside a JSON string (written raw with ensure_ascii=False) do not
+    end a line, as str.splitlines would make them; "\\r\\n" and blank lines are handled."""
+    import json
+
+    from minibert.io import json_lines
+    a, b = {"t": "one\u2028two\x85three"}, {"t": "four"}
+    text = json.dumps(a, ensure_ascii=False) + "\r\n\n" + json.dumps(b, ensure_ascii=False) + "\n"
+    got = list(json_lines(text))
+    assert [n for n, _ in got] == [1, 3]
+    assert [json.loads(line) for _, line in got] == [a, b]

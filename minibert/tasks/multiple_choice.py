@@ -46,7 +46,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..heads import BertForMultipleChoice
-from ..io import read_utf8_text
+from ..io import json_lines, read_utf8_text
 from .base import Encoded, Family, TaskOptions
 
 REQUIRED = ("sent1", "sent2", "label")
@@ -222,9 +222,7 @@ def _json_records(path: str, text: str):
         for i, rec in enumerate(records):
             yield f"{path} record {i}", rec
         return
-    for i, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
+    for i, raw in json_lines(text):
         try:
             rec = json.loads(raw)
         except json.JSONDecodeError as e:

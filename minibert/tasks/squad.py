@@ -64,6 +64,8 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..io import json_lines
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -283,9 +285,7 @@ def read_squad(path) -> SquadDataset:
 
 def _read_json_lines(content: str, path: str, whole_error) -> SquadDataset:
     records, lines = [], []
-    for n, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in json_lines(content):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:

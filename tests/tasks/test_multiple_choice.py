@@ -375,3 +375,15 @@ def test_fixture_files_run_end_to_end(tokenizer, tmp_path):
     metrics, pred = fam.evaluate(test, enc_te, predict(model, enc_te, fam), OPTS)
     assert pred.shape == (10,) and set(metrics) == {"acc", "baseline_acc", "majority_acc"}
     shutil.rmtree(tmp_path / "run")
+
+
+def test_json_lines_with_a_raw_line_separator_in_a_text(tmp_path):
+    """A record whose text holds U+2028 raw (JSON allows it) is one record, not two lines."""
+    import json
+    rec = {"sent1": "A man\u2028walks.", "sent2": "He", "ending0": "a", "ending1": "b",
+           "ending2": "c", "ending3": "d", "label": 2}
+    path = tmp_path / "u2028.jsonl"
+    path.write_text("\n".join(json.dumps(rec, ensure_ascii=False) for _ in range(2)) + "\n",
+                    encoding="utf-8")
+    data = read_multiple_choice_file(str(path))
+    assert len(data) == 2 and data.contexts[0] == "A man\u2028walks."

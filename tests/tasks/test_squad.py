@@ -431,15 +431,32 @@ def test_unicode_word_characters():
 
 
 def test_needs_no_tokenizer():
-    # the readers and metrics are plain Python: the module imports the standard library only
+    # the readers and metrics are plain Python: the module imports the standard library and,
+    # of minibert, only minibert.io (its JSON-lines splitting), itself standard library only
     import ast
     import sys
 
+    import minibert.io
     import minibert.tasks.squad as squad
-    tree = ast.parse(open(squad.__file__, encoding="utf-8").read())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.level == 0}
-    assert not any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    for module, allowed in ((squad, {(2, "io")}), (minibert.io, set())):
+        tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.level == 0}
+        relative = {(node.level, node.module) for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.level > 0}
+        assert relative <= allowed, (module.__name__, relative)
+        assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_flat_json_lines_with_a_raw_line_separator_in_a_context(tmp_path):
+    """A context holding U+2028 raw (JSON allows it) stays one record of JSON lines."""
+    import json
+    rec = {"id": "q1", "question": "Who walks?", "context": "A man\u2028walks.",
+           "answers": {"text": ["A man"], "answer_start": [0]}}
+    path = tmp_path / "u2028.jsonl"
+    path.write_text(json.dumps(rec, ensure_ascii=False) + "\n"
+                    + json.dumps(dict(rec, id="q2"), ensure_ascii=False) + "\n", encoding="utf-8")
+    data = read_squad(str(path))
+    assert len(data) == 2 and data.questions[0].context == "A man\u2028walks."
