@@ -159,12 +159,15 @@ def test_errors_unchanged():
 
 # --------------------------------------------------------------- rows of a larger layout
 # (N, R, rows, start): R not a multiple of 4, R = 1, a row of two CHUNK pieces, unsorted
-# rows with a repeat, odd rows, starts inside a counter block, N large enough to thread
+# rows with a repeat, odd rows, starts inside a counter block, N large enough to thread;
+# runs of consecutive rows (a packed batch's sequences: lengths 400, 1, 199 padded to 400)
+# of several CHUNK pieces, cut by the threads' row ranges
 ROW_CASES = [
     ((5, 7), np.array([0, 1, 2, 5, 14]), 3),
     ((4, 1), np.array([9, 3, 3, 0]), 2**32 + 1),
     ((3, dropout_cpu.CHUNK + 3), np.array([1, 4, 2]), 6),
     ((700, 101), np.arange(1, 1400, 2), 0),
+    ((600, 113), np.r_[0:400, 400, 800:999], 1),
 ]
 
 
