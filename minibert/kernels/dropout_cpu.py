@@ -19,8 +19,12 @@ layout too (a sequence's tokens), each run in pieces of up to ``CHUNK`` elements
 piece as a row of ``forward_rows``: its Philox blocks from the block of its first element,
 then the same writes. The threads split the N rows. A run costs at most one Philox block
 more than its elements / 4; walking row by row instead cost 1.2-1.35x at R = 100 (the few
-blocks left over after the vector loop of each short row run one at a time). The backward
-is the same in both forms: the mask is saved.
+blocks left over after the vector loop of each short row run one at a time). Measured on a
+packed batch of 32 sequences (T = 1366 of B S = 4096 rows), one thread, the two forms' calls
+interleaved, medians of 101 pairs (on a loaded 2-core machine): rows / plain form on the same
+(T, H) 0.99-1.02 at H = 384 and 768, 1.02-1.04 at H = 100 (one piece more per sequence);
+rows in no order (no runs) 1.4x at H = 100. The backward is the same in both forms: the mask
+is saved.
 
 Bit for bit the readable op. NumPy computes ``x * keep`` (bool promoted to x's dtype:
 x * 1 or x * 0, so -0.0 for a negative x and NaN for an infinite one), then divides by the
