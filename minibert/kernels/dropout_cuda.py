@@ -100,11 +100,11 @@ def build_rows_kernel(dtype_str):
         (g >> 2) + t % per_row of row r = t // per_row (``per_row`` blocks cover any row),
         the lanes of it that fall in [g, g + row_size)."""
         t = np.uint64(cuda.grid(1))
-        r = t // per_row
+        r = t // per_row                            # (NVVM divides in 32 bits when t fits)
         if r >= n_rows:
             return
         g = start + rows[r] * row_size                # the row's first stream element
-        block = (g >> _TWO) + t % per_row
+        block = (g >> _TWO) + (t - r * per_row)       # the (t mod per_row)-th block of the row
         if block > (g + row_size - _ONE) >> _TWO:     # past the row's last block: no work
             return
         w0, w1, w2, w3 = philox_block(seed, offset, block)
