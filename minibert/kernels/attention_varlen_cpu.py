@@ -150,14 +150,20 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, cu, scalars, block_q, block_k):
     consts, int_type = EXP_CONSTANTS[q.dtype], INT_OF[q.dtype]
     s_buf = np.empty(G * bq * bk, dtype=q.dtype)                        # scores, then P~
     t_buf = np.empty(G * bq * D, dtype=q.dtype)                         # P~ V of a later block
-    m = np.empty((G, bq), dtype=q.dtype)
-    l = np.empty((G, bq), dtype=q.dtype)
+    acc_buf = np.empty(G * bq * D, dtype=q.dtype)                       # the accumulator
+    m = np.empty(G * bq, dtype=q.dtype)
+    l = np.empty(G * bq, dtype=q.dtype)
     qs, ks, vs = q[h0:h1, t0:t1], k[h0:h1, t0:t1], v[h0:h1, t0:t1]      # (G, n, D) each
     outs, lses = out[h0:h1, t0:t1], lse[h0:h1, t0:t1]                   # (G, n, D), (G, n)
     for i0 in range(0, n, bq):
         nr = min(n, i0 + bq) - i0
-        qi, acc = qs[:, i0:i0 + nr], outs[:, i0:i0 + nr]                # (G, nr, D); acc in place
-        mi, li = m[:, :nr], l[:, :nr]
+        qi = qs[:, i0:i0 + nr]                                          # (G, nr, D)
+        # the accumulator and the row statistics in C-contiguous scratch: Numba vectorises
+        # the row passes' loops over a C-contiguous tile, not over a strided view of out
+        # (measured: _forward_finish on a (12, 128, 32) view of out 10x slower, 4 ms of a
+        # 55 ms forward); the finished tile is copied into out
+        acc = acc_buf[:G * nr * D].reshape(G, nr, D)
+        mi, li = m[:G * nr].reshape(G, nr), l[:G * nr].reshape(G, nr)
         mi[...] = -np.inf
         li[...] = 0
         for j0 in range(0, n, bk):
@@ -174,6 +180,7 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, cu, scalars, block_q, block_k):
                 np.matmul(s, vj, out=t)
                 acc += t                                                # acc = alpha acc + P~ V
         _forward_finish(acc, mi, li, lses[:, i0:i0 + nr])
+        outs[:, i0:i0 + nr] = acc
 
 
 def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, cu, scalars, block_q, block_k):
