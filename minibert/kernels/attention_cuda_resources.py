@@ -134,10 +134,10 @@ def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None, names=KER
 def format_report(report, title=""):
     """A table of ``{kernel: Resources}`` for printing."""
     lines = [title] if title else []
-    lines.append(f"  {'kernel':<8} {'regs':>5} {'stack B':>8} {'spill st/ld B':>14} "
+    lines.append(f"  {'kernel':<14} {'regs':>5} {'stack B':>8} {'spill st/ld B':>14} "
                  f"{'smem B':>7} {'threads':>7} {'blocks/SM by regs':>18}")
     for name, r in report.items():
         spills = "n/a" if r.spill_stores < 0 else f"{r.spill_stores}/{r.spill_loads}"
-        lines.append(f"  {name:<8} {r.registers:>5} {r.stack_bytes:>8} {spills:>14} "
+        lines.append(f"  {name:<14} {r.registers:>5} {r.stack_bytes:>8} {spills:>14} "
                      f"{r.shared_bytes:>7} {r.threads:>7} {r.blocks_by_registers:>18}")
     return "\n".join(lines)
