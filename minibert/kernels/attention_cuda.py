@@ -288,10 +288,11 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
 
     @cuda.jit(device=True, inline=True)
     def forward_rows(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
-                     start, out, lse, ab, r0, n, S):
-        """The forward of query tile blockIdx.y of the block's (b, a): sequence rows
-        [ab, a, r0 + i] for i < n, Philox elements of the padded length S."""
+                     start, out, lse, batched, r0, n, S):
+        """The forward of query tile blockIdx.y of the block's (b, a): rows [ab, a, r0 + i]
+        for i < n (ab = b where ``batched``, else 0), Philox elements of the padded length S."""
         bh, b, a, t, row, lane, mask = thread_place(q.shape[1])
+        ab = b if batched else 0                    # the arrays' first index
         i = cuda.blockIdx.y * BQ + row              # the group's query row
         live = i < n
         ks = cuda.shared.array((BK, DL, L), ftype)      # K tile
@@ -369,10 +370,11 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
 
     @cuda.jit(device=True, inline=True)
     def dq_rows(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
-                offset, start, inv_sum, delta, dq, ab, r0, n, S):
+                offset, start, inv_sum, delta, dq, batched, r0, n, S):
         """dQ and the row statistics inv_sum = 1 / sigma, delta = pi / sigma of query tile
         blockIdx.y of the block's (b, a), a group per query row (rows as ``forward_rows``)."""
         bh, b, a, t, row, lane, mask = thread_place(q.shape[1])
+        ab = b if batched else 0                    # the arrays' first index
         i = cuda.blockIdx.y * BQ + row
         live = i < n
         ks = cuda.shared.array((BK, DL, L), ftype)
@@ -455,11 +457,11 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
 
     @cuda.jit(device=True, inline=True)
     def dkdv_rows(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
-                  keep_scale, seed, offset, start, dk, dv, ab, r0, n, S):
+                  keep_scale, seed, offset, start, dk, dv, batched, r0, n, S):
         """dK and dV of key tile blockIdx.y of the block's (b, a), a group per key row (rows as
-        ``forward_rows``); query tiles of BQ rows (Q, dO, lse, 1 / sigma, D_i) staged in
-        shared memory."""
+        ``forward_rows``); query tiles (Q, dO, lse, 1 / sigma, D_i) staged in shared memory."""
         bh, b, a, t, row, lane, mask = thread_place(q.shape[1])
+        ab = b if batched else 0                    # the arrays' first index
         kt = cuda.blockIdx.y
         j = kt * BK + row                           # the group's key row
         live = j < n
@@ -540,23 +542,21 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
                        start, out, lse):
         """out (B, A, S, D), lse (B, A, S)."""
         forward_rows(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
-                     start, out, lse, cuda.blockIdx.x // q.shape[1], 0, q.shape[2], q.shape[2])
+                     start, out, lse, True, 0, q.shape[2], q.shape[2])
 
     @kernel(NT_Q)
     def dq_kernel(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
                   offset, start, inv_sum, delta, dq):
         """dq (B, A, S, D), the row statistics inv_sum, delta (B, A, S)."""
         dq_rows(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
-                offset, start, inv_sum, delta, dq, cuda.blockIdx.x // q.shape[1], 0,
-                q.shape[2], q.shape[2])
+                offset, start, inv_sum, delta, dq, True, 0, q.shape[2], q.shape[2])
 
     @kernel(NT_K)
     def dkdv_kernel(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
                     keep_scale, seed, offset, start, dk, dv):
         """dk, dv (B, A, S, D)."""
         dkdv_rows(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
-                  keep_scale, seed, offset, start, dk, dv, cuda.blockIdx.x // q.shape[1], 0,
-                  q.shape[2], q.shape[2])
+                  keep_scale, seed, offset, start, dk, dv, True, 0, q.shape[2], q.shape[2])
 
     # The varlen kernels: packed (A, T, D) arrays as (1, A, T, D), (A, T) as (1, A, T); no mask.
 
@@ -575,7 +575,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         r0, n, past = sequence(cu_seqlens, q.shape[1], BQ)
         if not past:
             forward_rows(q, k, v, None, None, scale, p32, keep_scale, seed, offset, start, out,
-                         lse, 0, r0, n, seq_len)
+                         lse, False, r0, n, seq_len)
 
     @kernel(NT_Q)
     def varlen_dq_kernel(q, k, v, dout, lse, cu_seqlens, scale, p32, keep_scale, seed, offset,
@@ -584,7 +584,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         r0, n, past = sequence(cu_seqlens, q.shape[1], BQ)
         if not past:
             dq_rows(q, k, v, dout, lse, None, None, scale, p32, keep_scale, seed, offset, start,
-                    inv_sum, delta, dq, 0, r0, n, seq_len)
+                    inv_sum, delta, dq, False, r0, n, seq_len)
 
     @kernel(NT_K)
     def varlen_dkdv_kernel(q, k, v, dout, lse, inv_sum, delta, cu_seqlens, scale, p32,
@@ -593,7 +593,7 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         r0, n, past = sequence(cu_seqlens, q.shape[1], BK)
         if not past:
             dkdv_rows(q, k, v, dout, lse, inv_sum, delta, None, None, scale, p32, keep_scale,
-                      seed, offset, start, dk, dv, 0, r0, n, seq_len)
+                      seed, offset, start, dk, dv, False, r0, n, seq_len)
 
     return Kernels(forward_kernel, dq_kernel, dkdv_kernel, varlen_forward_kernel,
                    varlen_dq_kernel, varlen_dkdv_kernel)
