@@ -183,7 +183,6 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         no launch bounds)."""
         return cuda.jit if SIMULATED else cuda.jit(launch_bounds=(threads, MIN_BLOCKS))
 
-
     @cuda.jit(device=True, inline=True)
     def exp(x):
         return ftype(math.exp(x))
