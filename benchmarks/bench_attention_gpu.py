@@ -21,7 +21,7 @@ Needs a CUDA GPU, CuPy, numba-cuda and torch built for CUDA. What it does, in or
    first, the implementations interleaved round by round; reports the median.
 4. Sweeps the kernel's launch settings (``SWEEP``: rows per block and tile ``block_q``,
    ``block_k``, and ``lanes`` a row; the first is the default of
-   ``attention_cuda.launch_config``): per setting and shape, checks out, dq, dk, dv as in
+   ``attention_cuda_launch.launch_config``): per setting and shape, checks out, dq, dk, dv as in
    2, prints Numba's resource counts of its kernels (registers, local memory), times each
    kernel (forward, dq, dkdv) on its own, and prints measured over expected, the expected
    time from the model below. One lease tells which setting to keep.

@@ -100,7 +100,7 @@ def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=
         from ._args import cuda_forward_args
         args = cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset)
         _require_numba_cuda()
-        from .attention_cuda import attention_forward as cuda_forward
+        from .attention_cuda_launch import attention_forward as cuda_forward
         return cuda_forward(q, k, v, *args, start=start)
     # lazy: Numba takes a while to import, and ``import minibert.kernels`` should not
     from ._args import forward_args
@@ -120,7 +120,7 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
         from ._args import cuda_backward_args
         args = cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
         _require_numba_cuda()
-        from .attention_cuda import attention_backward as cuda_backward
+        from .attention_cuda_launch import attention_backward as cuda_backward
         return cuda_backward(dout, q, k, v, out, lse, *args, start=start)
     from ._args import backward_args
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)

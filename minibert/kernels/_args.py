@@ -213,7 +213,7 @@ def check_cuda_mask(mask, B, S, cupy_inputs=True):
 
 def cuda_forward_args(q, k, v, mask, scale, dropout_p, seed, offset):
     """Validates the inputs of fused attention's forward on GPU arrays; returns ``(mask,
-    scale, dropout_p, seed, offset)`` as ``attention_cuda.attention_forward`` takes them."""
+    scale, dropout_p, seed, offset)`` as ``attention_cuda_launch.attention_forward`` takes them."""
     check_cuda_tensors([("q", q), ("k", k), ("v", v)])
     B, A, S, D = q.shape
     mask = check_cuda_mask(mask, B, S, type(q).__module__.startswith("cupy"))

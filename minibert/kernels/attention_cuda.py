@@ -107,7 +107,8 @@ around them have block-uniform bounds), and ``syncwarp`` is a block barrier. The
 arithmetic, its order and the indexing are the ones the GPU runs.
 
 The host side (allocation, streams, scalar types, launches, launch sizes and limits) is in
-``attention_cuda_launch.py``; its names are importable from here too.
+``attention_cuda_launch.py``, which builds these kernels when GPU arrays arrive; this module
+imports nothing from it.
 """
 from __future__ import annotations
 
@@ -118,25 +119,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda
 
-from .attention_cuda_launch import (  # noqa: F401 (the limits and the launches, importable here)
-    KERNELS,
-    MAX_HEAD_DIM,
-    MAX_THREADS,
-    MIN_BLOCKS,
-    MIN_TILE,
-    STATIC_SHARED_LIMIT,
-    VARLEN_KERNELS,
-    Device,
-    LaunchConfig,
-    attention_backward,
-    attention_forward,
-    default_lanes,
-    kernel_scalars,
-    launch_config,
-    supports,
-    varlen_backward,
-    varlen_forward,
-)
 from .philox_cpu import dropout_keep, keep_from_word, philox_block, select_word
 
 # --------------------------------------------------------------------------- the kernels
@@ -153,15 +135,14 @@ class Kernels(NamedTuple):
 
 
 @functools.cache
-def build_kernels(dtype_str, D, BQ, BK, L=None):
-    """The three kernels for dtype ``dtype_str``, head size D, tiles of BQ queries and BK
-    keys and L lanes a row (None: ``default_lanes``): compile-time constants of Numba CUDA
-    (local and shared array shapes must be), hence a closure per combination, compiled by
-    Numba on first launch or by ``compile_ptx``."""
+def build_kernels(dtype_str, D, BQ, BK, L, min_blocks):
+    """The kernels for dtype ``dtype_str``, head size D, tiles of BQ queries and BK keys, L
+    lanes a row and launch bounds of ``min_blocks`` blocks an SM (the launch configuration
+    of ``attention_cuda_launch.launch_config`` and its ``MIN_BLOCKS``): compile-time constants
+    of Numba CUDA (local and shared array shapes must be), hence a closure per combination,
+    compiled by Numba on first launch or by ``compile_ptx``."""
 
     dtype = np.dtype(dtype_str)
-    if L is None:
-        L = default_lanes(D, dtype.itemsize)
     if D % L or L & (L - 1) or L > 32:
         raise ValueError(f"lanes={L} must be a power of two <= 32 dividing D={D}")
     ftype = dtype.type                   # np.float32 or np.float64: array dtype and casts
@@ -178,10 +159,10 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
     XCH = (3, max(NT_Q, NT_K)) if SIMULATED else (1, 1)
 
     def kernel(threads):
-        """``cuda.jit`` with launch bounds (threads, ``MIN_BLOCKS``): ptxas keeps the registers
-        within what ``MIN_BLOCKS`` blocks of ``threads`` threads may use (the simulator takes
+        """``cuda.jit`` with launch bounds (threads, ``min_blocks``): ptxas keeps the registers
+        within what ``min_blocks`` blocks of ``threads`` threads may use (the simulator takes
         no launch bounds)."""
-        return cuda.jit if SIMULATED else cuda.jit(launch_bounds=(threads, MIN_BLOCKS))
+        return cuda.jit if SIMULATED else cuda.jit(launch_bounds=(threads, min_blocks))
 
     @cuda.jit(device=True, inline=True)
     def exp(x):

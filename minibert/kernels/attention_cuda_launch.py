@@ -271,7 +271,7 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, 
     lse = dev.empty((B, A, S), q.dtype)
     if B * A * S == 0:
         return out, lse
-    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes, MIN_BLOCKS)
     key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
     kern.forward[cfg.grid("forward", B, A, S), cfg.threads("forward"), dev.stream](
         dev.arg(q), dev.arg(k), dev.arg(v), dev.arg(key_bias), dev.arg(tiles),
@@ -292,7 +292,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     dq, dk, dv = (dev.empty((B, A, S, D), q.dtype) for _ in range(3))
     if B * A * S == 0:
         return dq, dk, dv
-    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes, MIN_BLOCKS)
     key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
     inv_sum = dev.empty((B, A, S), q.dtype)                       # 1 / sigma_i
     delta = dev.empty((B, A, S), q.dtype)                         # D_i
@@ -325,7 +325,7 @@ def varlen_forward(q, k, v, cu_seqlens, scale, dropout_p=0.0, seed=0, offset=0, 
     out, lse = dev.empty((A, T, D), q.dtype), dev.empty((A, T), q.dtype)
     if B * A * T == 0:
         return out, lse
-    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes, MIN_BLOCKS)
     cu, rows = dev.sequences(cu_seqlens, seq_len)
     kern.varlen_forward[cfg.grid("varlen_forward", B, A, rows), cfg.threads("forward"),
                         dev.stream](
@@ -348,7 +348,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale, dropout_p=0.0, s
     dq, dk, dv = (dev.empty((A, T, D), q.dtype) for _ in range(3))
     if B * A * T == 0:
         return dq, dk, dv
-    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes, MIN_BLOCKS)
     cu, rows = dev.sequences(cu_seqlens, seq_len)
     inv_sum, delta = (dev.packed(dev.empty((A, T), q.dtype)) for _ in range(2))
     scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset) + (

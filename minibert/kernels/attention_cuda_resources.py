@@ -49,7 +49,7 @@ def precompile(dtype, D=64, block_q=None, block_k=None, lanes=None, names=KERNEL
     time-limited run does not compile inside it; returns the ``Kernels``. Needs a GPU (Numba loads the
     module into the current context)."""
     cfg = launch_config(D, dtype, block_q, block_k, lanes)
-    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
+    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes, MIN_BLOCKS)
     sigs = kernel_signatures(dtype)
     for name in names:
         getattr(kernels, name).compile(sigs[name])
@@ -90,7 +90,7 @@ def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_9
     if ptxas is None:
         raise RuntimeError("ptxas is not on the PATH (the CUDA toolkit)")
     cfg = launch_config(D, dtype, block_q, block_k, lanes)
-    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
+    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes, MIN_BLOCKS)
     sigs = kernel_signatures(dtype)
     cc = (int(arch[3]), int(arch[4:]))
     report = {}
@@ -120,7 +120,7 @@ def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None, names=KER
     ``names`` (as ``precompile``) for ``dtype`` and D (ahead of their first launch) if they
     are not yet; needs a GPU."""
     cfg = launch_config(D, dtype, block_q, block_k, lanes)
-    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
+    kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes, MIN_BLOCKS)
     sigs = kernel_signatures(dtype)
     report = {}
     for name in names:

@@ -31,7 +31,7 @@ skip_unless_cuda_kernels_can_run()
 
 from numba import cuda  # noqa: E402  (after the skip: the main run never imports numba.cuda)
 
-from minibert.kernels import attention_cuda, fused_attention_backward, fused_attention_forward  # noqa: E402
+from minibert.kernels import attention_cuda_launch, fused_attention_backward, fused_attention_forward  # noqa: E402
 
 TOL64 = 1e-12
 NAMES = ("out", "dq", "dk", "dv")
@@ -68,9 +68,9 @@ def _cuda(q, k, v, dout, mask, scale=None, p=0.0, seed=0, offset=0, start=0, **t
     dq_, dk_, dv_, ddo = (cuda.to_device(x) for x in (q, k, v, dout))
     if tiles:
         scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else scale
-        out, lse = attention_cuda.attention_forward(dq_, dk_, dv_, mask, scale, p, seed, offset,
+        out, lse = attention_cuda_launch.attention_forward(dq_, dk_, dv_, mask, scale, p, seed, offset,
                                                     start=start, **tiles)
-        grads = attention_cuda.attention_backward(ddo, dq_, dk_, dv_, out, lse, mask, scale, p,
+        grads = attention_cuda_launch.attention_backward(ddo, dq_, dk_, dv_, out, lse, mask, scale, p,
                                                   seed, offset, start=start, **tiles)
     else:
         out, lse = fused_attention_forward(dq_, dk_, dv_, mask, scale, p, seed, offset,
@@ -306,7 +306,7 @@ def test_bad_inputs_raise_before_launch():
     with pytest.raises(TypeError, match=r"lse has type numpy.ndarray, expected a GPU array"):
         fused_attention_backward(out, dq_, dk_, dv_, out, lse.copy_to_host(), None, None)
     with pytest.raises(ValueError, match=r"block_q=0 is invalid"):
-        attention_cuda.attention_forward(dq_, dk_, dv_, None, 0.5, block_q=0)
+        attention_cuda_launch.attention_forward(dq_, dk_, dv_, None, 0.5, block_q=0)
 
 
 def test_launch_limits_are_checked_before_launch():
@@ -315,28 +315,29 @@ def test_launch_limits_are_checked_before_launch():
     (``supports``) are refused by name, and the op runs its textbook code for them."""
     q = cuda.to_device(np.zeros((1, 1, 4, 64)))
     with pytest.raises(ValueError, match=r"block_q=512 with lanes=4 gives 2048 threads a block"):
-        attention_cuda.attention_forward(q, q, q, None, 0.5, block_q=512, lanes=4)
+        attention_cuda_launch.attention_forward(q, q, q, None, 0.5, block_q=512, lanes=4)
     with pytest.raises(ValueError, match=r"bytes of shared memory in the \w+ kernel, expected at "
                                          r"most 49152"):
-        attention_cuda.attention_forward(q, q, q, None, 0.5, block_q=64, block_k=64)
+        attention_cuda_launch.attention_forward(q, q, q, None, 0.5, block_q=64, block_k=64)
     with pytest.raises(ValueError, match=r"lanes=3 is invalid"):
-        attention_cuda.attention_forward(q, q, q, None, 0.5, lanes=3)
+        attention_cuda_launch.attention_forward(q, q, q, None, 0.5, lanes=3)
     wide = cuda.to_device(np.zeros((1, 1, 4, 256), dtype=np.float32))
     with pytest.raises(ValueError, match=r"head size D=256 with dtype float32 is not covered"):
-        attention_cuda.attention_forward(wide, wide, wide, None, 0.5)
-    assert attention_cuda.supports(64, np.float32) and attention_cuda.supports(128, np.float64)
-    assert not attention_cuda.supports(129, np.float32) and not attention_cuda.supports(64, np.int32)
+        attention_cuda_launch.attention_forward(wide, wide, wide, None, 0.5)
+    supports = attention_cuda_launch.supports
+    assert supports(64, np.float32) and supports(128, np.float64)
+    assert not supports(129, np.float32) and not supports(64, np.int32)
     for dtype, D in ((np.float32, 64), (np.float64, 64), (np.float32, 128), (np.float64, 128),
                      (np.float32, 7)):
-        cfg = attention_cuda.launch_config(D, dtype)
-        for kernel in attention_cuda.KERNELS:
+        cfg = attention_cuda_launch.launch_config(D, dtype)
+        for kernel in attention_cuda_launch.KERNELS:
             assert cfg.threads(kernel) <= 1024 and cfg.shared_bytes(kernel) <= 48 * 1024
-            assert min(cfg.block_q, cfg.block_k) >= attention_cuda.MIN_TILE
+            assert min(cfg.block_q, cfg.block_k) >= attention_cuda_launch.MIN_TILE
         assert D % cfg.lanes == 0 and 32 % cfg.lanes == 0
 
 
 def test_op_runs_textbook_code_where_the_kernels_do_not_reach():
-    """The attention op's "auto" choice asks ``attention_cuda.supports``: a head size above
+    """The attention op's "auto" choice asks ``attention_cuda_launch.supports``: a head size above
     128 stays on the textbook code."""
     from minibert.ops.attention import _cuda_covers
     assert _cuda_covers(np.zeros((1, 1, 2, 64), dtype=np.float32))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def _signatures(types, ft):
     a4, a3, a2 = (types.Array(ft, n, "C") for n in (4, 3, 2))
     tiles = types.Array(types.int32, 2, "C")
-    scalars = (ft, types.float32, ft, types.uint64, types.uint64)   # attention_cuda.kernel_scalars
+    scalars = (ft, types.float32, ft, types.uint64, types.uint64)   # attention_cuda_launch.kernel_scalars
     start = (types.uint64,)             # the production kernels' element of the first probability
     return {
         "forward": (a4, a4, a4, a2, tiles) + scalars + start + (a4, a3),
@@ -39,13 +39,13 @@ def _signatures(types, ft):
 def test_production_kernels_compile(compile_ptx, dtype):
     from numba import types
 
-    from minibert.kernels import attention_cuda, attention_cuda_resources
-    cfg = attention_cuda.launch_config(64, dtype)
+    from minibert.kernels import attention_cuda, attention_cuda_launch, attention_cuda_resources
+    cfg = attention_cuda_launch.launch_config(64, dtype)
     kernels = attention_cuda.build_kernels(np.dtype(dtype).str, 64, cfg.block_q, cfg.block_k,
-                                           cfg.lanes)
+                                           cfg.lanes, attention_cuda_launch.MIN_BLOCKS)
     sigs = attention_cuda_resources.kernel_signatures(dtype)
     assert sigs["forward"] == _signatures(types, getattr(types, dtype))["forward"]
-    for name in attention_cuda.KERNELS:
+    for name in attention_cuda_launch.KERNELS:
         ptx, _ = compile_ptx(getattr(kernels, name).py_func, sigs[name], cc=(8, 0))
         assert ".entry" in ptx, name
         if dtype == "float32":
@@ -58,9 +58,9 @@ def test_float32_kernels_fit_registers_without_local_memory(compile_ptx):
     0 bytes of stack frame and of spill stores and loads, registers <= 65536 / (4 x 128)."""
     if shutil.which("ptxas") is None:
         pytest.skip("ptxas is not on the PATH (the CUDA toolkit)")
-    from minibert.kernels import attention_cuda, attention_cuda_resources
+    from minibert.kernels import attention_cuda_launch, attention_cuda_resources
     report = attention_cuda_resources.ptxas_report(
-        "float32", 64, names=attention_cuda.KERNELS + attention_cuda.VARLEN_KERNELS)
+        "float32", 64, names=attention_cuda_launch.KERNELS + attention_cuda_launch.VARLEN_KERNELS)
     print(attention_cuda_resources.format_report(report, "float32, D = 64, sm_90 (ptxas -v)"))
     for name, r in report.items():
         assert r.threads == 128, f"{name}: {r.threads} threads a block, expected 128"
@@ -69,7 +69,7 @@ def test_float32_kernels_fit_registers_without_local_memory(compile_ptx):
             f"{name}: spills {r.spill_stores} B stored, {r.spill_loads} B loaded")
         assert r.registers <= 65536 // (4 * 128), f"{name}: {r.registers} registers a thread"
         assert r.blocks_by_registers >= 4, name
-        assert r.shared_bytes <= attention_cuda.STATIC_SHARED_LIMIT, name
+        assert r.shared_bytes <= attention_cuda_launch.STATIC_SHARED_LIMIT, name
 
 
 def test_ladder_rungs_compile(compile_ptx, rung):

@@ -134,7 +134,6 @@ def test_the_padded_kernels_bits_on_the_real_rows():
     """The varlen kernels run the padded kernels' bodies on the real keys only; the padded
     kernels' masked keys add exact zeros, so the real rows agree bit for bit (float64,
     dropout on), and lse too."""
-    from minibert.kernels import attention_cuda
     lengths, S, A, D = [3, 6], 7, 2, 8
     cu, rows, mask = _packing(lengths, S)
     q, k, v, dout = _problem(A, sum(lengths), D, np.float64, seed=9)
@@ -143,9 +142,9 @@ def test_the_padded_kernels_bits_on_the_real_rows():
     got, lse = _varlen(q, k, v, dout, lengths, S, **kw, **tiles)
     dq_, dk_, dv_, ddo = (cuda.to_device(_pad(x, rows, 2, S)) for x in (q, k, v, dout))
     scale = 1.0 / math.sqrt(D)
-    out_p, lse_p = attention_cuda.attention_forward(dq_, dk_, dv_, mask, scale, kw["p"], kw["seed"],
+    out_p, lse_p = attention_cuda_launch.attention_forward(dq_, dk_, dv_, mask, scale, kw["p"], kw["seed"],
                                                     kw["offset"], start=kw["start"], **tiles)
-    grads_p = attention_cuda.attention_backward(ddo, dq_, dk_, dv_, out_p, lse_p, mask, scale,
+    grads_p = attention_cuda_launch.attention_backward(ddo, dq_, dk_, dv_, out_p, lse_p, mask, scale,
                                                 kw["p"], kw["seed"], kw["offset"],
                                                 start=kw["start"], **tiles)
     padded = [_gather(x.copy_to_host(), rows) for x in (out_p,) + tuple(grads_p)]

@@ -20,7 +20,7 @@ SIMULATOR = skip_unless_cuda_kernels_can_run()
 
 from numba import cuda  # noqa: E402
 
-from minibert.kernels import attention_cuda  # noqa: E402
+from minibert.kernels import attention_cuda_launch  # noqa: E402
 
 TOL64 = 1e-12
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def run_rung(rung):
     has no key tiles and ignores block_k."""
     def run(name, q, k, v, mask, scale, p, seed, offset, block_q, block_k):
         if name == "v4":
-            return attention_cuda.attention_forward(q, k, v, mask, scale, p, seed, offset,
+            return attention_cuda_launch.attention_forward(q, k, v, mask, scale, p, seed, offset,
                                                     block_q=block_q, block_k=block_k)
         tiles = {"block_q": block_q} if name == "v1" else {"block_q": block_q, "block_k": block_k}
         return rung(RUNG_FILES[name]).forward(q, k, v, mask, scale, p, seed, offset, **tiles)

@@ -37,7 +37,7 @@ import warnings
 
 import numpy as np
 from minibert import BertConfig, backend
-from minibert.kernels import attention_cuda, attention_cuda_launch, dropout_cuda, embedding_cuda
+from minibert.kernels import attention_cuda_launch, dropout_cuda, embedding_cuda
 from tests.helpers import pretraining_step
 
 PROBE_FAILS = sys.argv[1] == "probe-fails"
@@ -57,8 +57,8 @@ def counted(module, name, key):
         return original(*a, **k)
     setattr(module, name, call)
 
-counted(attention_cuda, "attention_forward", "forward")
-counted(attention_cuda, "attention_backward", "backward")
+counted(attention_cuda_launch, "attention_forward", "forward")
+counted(attention_cuda_launch, "attention_backward", "backward")
 counted(attention_cuda_launch, "varlen_forward", "varlen_forward")
 counted(attention_cuda_launch, "varlen_backward", "varlen_backward")
 counted(dropout_cuda, "apply", "dropout")
