@@ -183,8 +183,13 @@ def sweep_batch(tokens, B, S, share, seed):
     if not 0.0 <= share < 0.5:
         raise ValueError(f"share={share!r}: expected 0 <= share < 0.5 (row lengths fall "
                          "linearly from S)")
-    lengths = np.round(S - 2 * share * S * np.arange(B) / max(B - 1, 1)).astype(int)
-    lengths[1:] += int(round((1 - share) * S * B)) - lengths.sum()              # exact share
+    if B < 2:
+        raise ValueError(f"B={B}: expected at least 2 rows (row 0 is full, the others carry "
+                         "the padding)")
+    ramp = S - 2 * share * S * np.arange(B) / max(B - 1, 1)          # (B,), mean (1-share) S
+    lengths = np.floor(ramp).astype(int)
+    extra = int(round((1 - share) * S * B)) - int(lengths.sum())     # 0 <= extra < B
+    lengths[1:1 + extra] += 1                                         # the share to the token
     lengths = np.clip(lengths, 1, S)
     ids, mask = np.zeros((B, S), np.int64), np.zeros((B, S), np.int64)
     for b, n in enumerate(lengths):
