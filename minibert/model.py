@@ -32,9 +32,12 @@ import numpy as np
 from .backend import get_array_module, get_xp
 from .checkpoint import PretrainedMixin, load_pretrained
 from .config import BertConfig
+from .model_inputs import InputChecks, check_int_array, reject_positional  # noqa: F401 (re-exported)
 from .ops import attention, dropout, embedding, gelu, layernorm, linear, tanh
+from .ops.switch import use_kernel
+from .packing import UNPAD_THRESHOLD, check_unpad, pack, pad, padding_share, unpad
 from .params import FlatParams, ParamSpec
-from .validation import check_attention_mask, deferred_checks, require
+from .validation import deferred_checks
 
 # Dropout streams: each training forward call gets a call index, each dropout site an id;
 # the Philox offset (call << 20) | site makes every (call, site) an independent stream.
@@ -107,26 +110,6 @@ class LayerParams(NamedTuple):
     out_ln: tuple       # LayerNorm weight (H,), bias (H,)
 
 
-def check_int_array(name, a, ndim=2):
-    """``a`` as an array, after checking it holds integers in ``ndim`` dimensions."""
-    if not hasattr(a, "dtype"):
-        a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{name} has dtype {a.dtype}, expected an integer array")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {ndim} dimensions")
-    return a
-
-
-def reject_positional(method: str, args: tuple):
-    """Every argument after ``input_ids`` is keyword-only, in Hugging Face's names: two 0/1
-    arrays of one shape passed in the wrong order would otherwise run and be silently wrong."""
-    if args:
-        raise TypeError(f"{method}() takes input_ids as its only positional argument, got "
-                        f"{len(args)} more: pass attention_mask=..., token_type_ids=... and the "
-                        "rest by keyword (Hugging Face's names)")
-
-
 def weight_and_bias(named: dict, module: str):
     """(weight, bias) of ``module`` from a name -> array dict (parameters or gradients)."""
     return named[module + ".weight"], named[module + ".bias"]
@@ -141,24 +124,31 @@ def accumulate(buffers, *grads):
 
 def split_heads(t, A: int, n: int = 1):
     """(B, S, n*H) -> n arrays (B, A, S, D), strided views: part j, head a is columns
-    [j*H + a*D, j*H + (a+1)*D). n = 3 splits the [q | k | v] product, n = 1 a context."""
-    B, S, nH = t.shape
+    [j*H + a*D, j*H + (a+1)*D). n = 3 splits the [q | k | v] product, n = 1 a context.
+    A packed batch (T, n*H) gives n arrays (A, T, D): the same with no batch axis."""
+    *tokens, nH = t.shape                                                       # (B, S) or (T,)
     D = nH // (n * A)
-    parts = t.reshape(B, S, n, A, D).transpose(2, 0, 3, 1, 4)                  # (n, B, A, S, D)
-    return tuple(parts)
+    parts = t.reshape(*tokens, n, A, D)                                         # (..., n, A, D)
+    return tuple(get_array_module(t).moveaxis(parts, (-3, -2), (0, -3)))       # n x (..., A, S, D)
 
 
 def merge_heads(*parts):
-    """The inverse of ``split_heads``: n arrays (B, A, S, D) -> one (B, S, n*A*D)."""
-    B, A, S, D = parts[0].shape
+    """The inverse of ``split_heads``: n arrays (B, A, S, D) -> one (B, S, n*A*D); n packed
+    arrays (A, T, D) -> one (T, n*A*D)."""
+    *batch, A, S, D = parts[0].shape
     xp = get_array_module(parts[0])
-    out = xp.empty((B, S, len(parts), A, D), dtype=parts[0].dtype)            # (B, S, n, A, D)
+    out = xp.empty((*batch, S, len(parts), A, D), dtype=parts[0].dtype)       # (..., S, n, A, D)
     for j, t in enumerate(parts):
-        out[:, :, j] = t.transpose(0, 2, 1, 3)                                 # (B, S, A, D)
-    return out.reshape(B, S, len(parts) * A * D)
+        out[..., j, :, :] = xp.moveaxis(t, -3, -2)                             # (..., S, A, D)
+    return out.reshape(*batch, S, len(parts) * A * D)
 
 
-class BertModel(PretrainedMixin):
+def per_head_sum(t):
+    """(B, A, S, D) or packed (A, T, D) -> (A,): the sum over everything but the heads."""
+    return t.sum(axis=tuple(i for i in range(t.ndim) if i != t.ndim - 3))
+
+
+class BertModel(PretrainedMixin, InputChecks):
     """BERT encoder (Devlin et al., 2018) with hand-written forward and backward.
 
     Args:
@@ -197,6 +187,9 @@ class BertModel(PretrainedMixin):
         # Dropout masks are drawn at the element indices of the whole batch, so the ranks
         # together draw the masks of one process running it all.
         self.batch_start = 0
+        # None: the forward runs on the real tokens alone when the batch has enough padding
+        # (minibert/packing.py); True: whenever it is right padded; False: never
+        self.unpad = None
         if store is None:
             store = FlatParams(bert_param_specs(config, prefix, add_pooling_layer), dtype, get_xp(device))
             store.initialize(seed, config.initializer_range)
@@ -235,75 +228,10 @@ class BertModel(PretrainedMixin):
     def state_dict(self) -> dict:
         return self.store.state_dict()
 
-    def _validate_inputs(self, input_ids, attention_mask, token_type_ids, inputs_embeds=None):
-        cfg, xp = self.config, self.xp
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("input_ids and inputs_embeds: "
-                             + ("both were given" if input_ids is not None else "neither was given")
-                             + ", expected exactly one of them")
-        if input_ids is None:
-            inputs_embeds = self._check_inputs_embeds(inputs_embeds)
-            B, S = inputs_embeds.shape[:2]
-            input_ids = xp.zeros((B, S), dtype=np.int64)        # stands in for the shape only
-        input_ids = check_int_array("input_ids", input_ids)
-        B, S = input_ids.shape
-        if S > cfg.max_position_embeddings:
-            raise ValueError(f"input_ids has sequence length {S}, longer than "
-                             f"max_position_embeddings={cfg.max_position_embeddings}")
-        if S == 0 or B == 0:
-            raise ValueError(f"input_ids has shape {(B, S)}, expected at least one token per row")
-        if token_type_ids is None:
-            token_type_ids = xp.zeros((B, S), dtype=np.int64)
-        token_type_ids = check_int_array("token_type_ids", token_type_ids)
-        if tuple(token_type_ids.shape) != (B, S):
-            raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, "
-                             f"expected the shape of input_ids {(B, S)}")
-        if attention_mask is None:
-            attention_mask = xp.ones((B, S), dtype=self.dtype)
-        # checked once per forward: every layer's attention, forward and backward, takes
-        # this AttentionMask, which builds each of its forms (additive, kernel tables) once
-        mask = check_attention_mask(attention_mask, B, S, xp=xp)
-        return xp.asarray(input_ids), xp.asarray(token_type_ids), mask, inputs_embeds
-
-    def _check_inputs_embeds(self, inputs_embeds):
-        """``inputs_embeds`` as a (B, S, H) array of the model's dtype, on its device."""
-        H = self.config.hidden_size
-        shape = tuple(getattr(inputs_embeds, "shape", np.shape(inputs_embeds)))
-        if len(shape) != 3 or shape[2] != H:
-            raise ValueError(f"inputs_embeds has shape {shape}, expected (B, S, H) with "
-                             f"H = hidden_size = {H}")
-        e = self.xp.asarray(inputs_embeds)
-        if e.dtype.kind != "f":
-            raise TypeError(f"inputs_embeds has dtype {e.dtype}, expected a floating dtype")
-        return e.astype(self.dtype, copy=False)
-
-    def _check_head_mask(self, head_mask):
-        """``head_mask`` (A,) or (L, A) as an (L, A) array of the model's dtype, or None."""
-        if head_mask is None:
-            return None
-        L, A = self.config.num_hidden_layers, self.config.num_attention_heads
-        shape = tuple(getattr(head_mask, "shape", np.shape(head_mask)))
-        if shape not in ((A,), (L, A)):
-            raise ValueError(f"head_mask has shape {shape}, expected (num_attention_heads,) = "
-                             f"{(A,)} or (num_hidden_layers, num_attention_heads) = {(L, A)}")
-        given = self.xp.asarray(head_mask)
-        if given.dtype.kind not in "biuf":
-            raise TypeError(f"head_mask has dtype {given.dtype}, expected real numbers")
-        with np.errstate(over="ignore", invalid="ignore"):     # too large: inf, refused below
-            m = given.astype(self.dtype)
-
-        def error():
-            value = given.ravel()[int(self.xp.argmin(self.xp.isfinite(m).ravel()))]
-            return ValueError(f"head_mask has the value {float(value)!r}, expected finite "
-                              f"numbers in {np.dtype(self.dtype).name} (each multiplies its "
-                              "head's attention probabilities)")
-        require(self.xp.isfinite(m), error)                    # NaN and infinities are refused
-        return self.xp.array(self.xp.broadcast_to(m, (L, A)))                       # (L, A)
-
     # ---------------------------------------------------------------- forward
     def forward(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                 head_mask=None, inputs_embeds=None, output_attentions=False,
-                output_hidden_states=False, training=False, keep_cache=True):
+                output_hidden_states=False, training=False, keep_cache=True, unpad=None):
         """Returns ``(BertOutput, cache)``; ``cache`` feeds ``backward``.
 
         Args:
@@ -324,24 +252,33 @@ class BertModel(PretrainedMixin):
             training: dropout on, with the next call index of this model's dropout streams.
             keep_cache: False drops each layer's cache when the layer is done (``__call__``),
                 so memory holds one layer's activations at a time; the cache returned is None.
+            unpad: run the encoder on the real tokens alone (``minibert/packing.py``): None
+                (the default: the model's ``unpad`` attribute, itself None by default: when
+                the batch is right padded with enough padding to gain), True (whenever it is
+                right padded) or False (never). The outputs are the padded model's, with
+                zeros at the padded positions (constants: a gradient there goes nowhere).
         """
         reject_positional("BertModel.forward", args)
         with deferred_checks():     # the inputs' value checks on the GPU: one sync, at the end
             return self._forward(input_ids, attention_mask, token_type_ids, head_mask,
                                  inputs_embeds, output_attentions, output_hidden_states,
-                                 training, keep_cache)
+                                 training, keep_cache, unpad)
 
     def _forward(self, input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                 output_attentions, output_hidden_states, training, keep_cache):
+                 output_attentions, output_hidden_states, training, keep_cache, unpad):
         ids, tt, mask, embeds = self._validate_inputs(input_ids, attention_mask, token_type_ids,
                                                       inputs_embeds)
-        run = _Run.start(self, training, output_attentions, self._check_head_mask(head_mask))
-        x, emb_cache = self._embeddings_forward(ids, tt, run, embeds)                  # (B, S, H)
+        packing = self._plan_packing(mask, unpad, output_attentions)
+        run = _Run.start(self, training, output_attentions, self._check_head_mask(head_mask),
+                         packing)
+        # what attention reads: the padding mask, or (packed) where each sequence begins
+        keys = mask if packing is None else packing
+        x, emb_cache = self._embeddings_forward(ids, tt, run, embeds)          # (B, S, H) or (T, H)
         if not keep_cache:
             emb_cache = None
         hidden_states, attentions, layer_caches = [x], [], []
         for l in range(self.config.num_hidden_layers):
-            x, c = self._layer_forward(l, x, mask, run)                                # (B, S, H)
+            x, c = self._layer_forward(l, x, keys, run)                        # (B, S, H) or (T, H)
             if output_attentions:
                 probs = attention.probabilities(c["attn"])                             # (B, A, S, S)
                 if run.head_mask is not None:
@@ -352,6 +289,9 @@ class BertModel(PretrainedMixin):
             if keep_cache:
                 layer_caches.append(c)
             del c                   # without keep_cache: freed before the next layer runs
+        if packing is not None:                            # back to the batch: (T, H) -> (B, S, H)
+            x = pad(x, packing)
+            hidden_states = [pad(h, packing) for h in hidden_states] if output_hidden_states else []
         pooled, pool_cache = self._pooler_forward(x)                                   # (B, H)
         if training:
             self.dropout_calls += 1
@@ -360,24 +300,57 @@ class BertModel(PretrainedMixin):
         if not keep_cache:
             return out, None
         return out, dict(shape=ids.shape, emb=emb_cache, layers=layer_caches, pool=pool_cache,
-                         call=run.call, head_mask=run.head_mask is not None)
+                         call=run.call, head_mask=run.head_mask is not None, packing=packing)
+
+    def may_pack(self, unpad=None, output_attentions=False) -> bool:
+        """Whether a forward with these arguments may run padding-free (the batch decides):
+        not with ``unpad`` (or the model's ``unpad``) False, nor for the (B, A, S, S)
+        attention probabilities; by default only where the fused kernels run (the CPU; the
+        GPU's gain is not measured yet) and the attention is not the textbook one."""
+        unpad = check_unpad(self.unpad if unpad is None else unpad)
+        if unpad is False or output_attentions:
+            return False
+        return unpad or (use_kernel(self.store.data) and self.config.attn_implementation != "eager")
+
+    def _plan_packing(self, mask, unpad, output_attentions):
+        """The ``Packing`` this forward runs on, or None for the padded model: the rule of
+        ``minibert/packing.py`` (a right-padded batch, and by default a padding share of at
+        least ``UNPAD_THRESHOLD``, where ``may_pack``)."""
+        if not self.may_pack(unpad, output_attentions):
+            return None
+        unpad = check_unpad(self.unpad if unpad is None else unpad)
+        packing = pack(mask)
+        if packing is None and unpad:
+            raise ValueError("unpad=True runs on the real tokens of a right-padded batch: "
+                             "expected an attention_mask whose rows are ones then zeros, with "
+                             "at least one 1")
+        if packing is None or (unpad is None and padding_share(packing) < UNPAD_THRESHOLD):
+            return None
+        return packing
 
     def __call__(self, input_ids=None, *args, attention_mask=None, token_type_ids=None,
                  head_mask=None, inputs_embeds=None, output_attentions=False,
-                 output_hidden_states=False):
+                 output_hidden_states=False, unpad=None):
         """Inference, as Hugging Face's ``model(...)``: the ``BertOutput`` of a forward without
         dropout, keeping no cache for a backward."""
         reject_positional("BertModel", args)
         return self.forward(input_ids, attention_mask=attention_mask,
                             token_type_ids=token_type_ids, head_mask=head_mask,
                             inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                            output_hidden_states=output_hidden_states, keep_cache=False)[0]
+                            output_hidden_states=output_hidden_states, keep_cache=False,
+                            unpad=unpad)[0]
 
     def _embeddings_forward(self, ids, token_type_ids, run, inputs_embeds=None):
         """x = dropout(LayerNorm(E_word[ids] + E_pos[0..S-1] + E_type[segments]))  (B, S, H);
-        ``inputs_embeds`` (B, S, H), when given, stands for E_word[ids]."""
+        ``inputs_embeds`` (B, S, H), when given, stands for E_word[ids]. Packed, the real
+        tokens' ids, positions and segments are gathered first: x is (T, H)."""
         B, S = ids.shape
         pos_ids = self.xp.broadcast_to(self.xp.arange(S), (B, S))
+        if run.packing is not None:                                      # (B, S) -> (T,)
+            ids, pos_ids, token_type_ids = (unpad(a, run.packing) for a in (ids, pos_ids,
+                                                                            token_type_ids))
+            if inputs_embeds is not None:                                # (B, S, H) -> (T, H)
+                inputs_embeds = unpad(inputs_embeds, run.packing)
         table = {name: self.params[f"{self.prefix}embeddings.{name}.weight"]
                  for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
         if inputs_embeds is None:
@@ -390,14 +363,16 @@ class BertModel(PretrainedMixin):
         x, c_ln = layernorm.forward(we + pe + te, *self._pair("embeddings.LayerNorm"),
                                     self.config.layer_norm_eps)
         x, c_do = dropout.forward(x, run.p_hidden, self.seed, run.offset(SITE_EMBEDDINGS),
-                                  run.training, start=run.first_element(x))
+                                  run.training, start=run.first_element(x), rows=run.rows)
         return x, (c_we, c_pe, c_te, c_ln, c_do)
 
     def _layer_forward(self, l: int, x, mask, run):
-        """Encoder layer ``l``: (B, S, H) -> (B, S, H) and its cache (post-LN, as in BERT)."""
+        """Encoder layer ``l``: (B, S, H) -> (B, S, H) and its cache (post-LN, as in BERT).
+        A packed batch runs the same lines on (T, H), ``mask`` its ``Packing``; the comments
+        give the padded shapes."""
         cfg, p, c = self.config, self._layer_params(l), {}
         A, eps, seed = cfg.num_attention_heads, cfg.layer_norm_eps, self.seed
-        S = x.shape[1]
+        S = mask.shape[1]                                         # the padded length
         qkv, c["qkv"] = linear.forward(x, *p.qkv)                 # qkv = x Wqkv^T + bqkv   (B, S, 3H)
         q, k, v = split_heads(qkv, A, 3)                          # (B, A, S, D) each
         ctx, c["attn"] = attention.forward(                       # ctx = attention(q, k, v)
@@ -413,14 +388,14 @@ class BertModel(PretrainedMixin):
         ctx = merge_heads(ctx)                                    # (B, A, S, D) -> (B, S, H)
         a, c["attn_out"] = linear.forward(ctx, *p.attn_out)       # a = ctx Wo^T + bo
         a, c["attn_do"] = dropout.forward(a, run.p_hidden, seed, run.offset(_site(l, 1)),
-                                          run.training, start=run.first_element(a))
+                                          run.training, start=run.first_element(a), rows=run.rows)
         h, c["attn_ln"] = layernorm.forward(a, *p.attn_ln, eps, residual=x)    # h = LN(a + x)
         # the intermediate bias is added by the GELU op (one pass over (B, S, I) less)
         i, c["inter"] = linear.forward(h, p.inter[0])             # i = h Wi^T              (B, S, I)
         g, c["gelu"] = gelu.bias_forward(i, p.inter[1], gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
         o, c["out"] = linear.forward(g, *p.out)                   # o = g Wo2^T + bo2       (B, S, H)
         o, c["out_do"] = dropout.forward(o, run.p_hidden, seed, run.offset(_site(l, 2)),
-                                         run.training, start=run.first_element(o))
+                                         run.training, start=run.first_element(o), rows=run.rows)
         x, c["out_ln"] = layernorm.forward(o, *p.out_ln, eps, residual=h)      # x = LN(o + h)
         return x, c
 
@@ -452,11 +427,16 @@ class BertModel(PretrainedMixin):
             self.store.zero_grad()
         if d_pooler_output is not None:
             dx[:, 0] += self._pooler_backward(d_pooler_output.astype(self.dtype), cache["pool"])
+        packing = cache["packing"]
+        if packing is not None:      # (B, S, H) -> (T, H): the padded rows' outputs were zeros
+            dx = unpad(dx, packing)
         L, A = self.config.num_hidden_layers, self.config.num_attention_heads
         d_head_mask = self.xp.zeros((L, A), dtype=self.dtype) if cache.get("head_mask") else None
         for l in reversed(range(L)):
             dx = self._layer_backward(l, dx, cache["layers"][l], d_head_mask)          # (B, S, H)
         d_inputs_embeds = self._embeddings_backward(dx, cache["emb"])
+        if packing is not None and d_inputs_embeds is not None:    # (T, H) -> (B, S, H)
+            d_inputs_embeds = pad(d_inputs_embeds, packing)
         if d_head_mask is None and d_inputs_embeds is None:
             return self.grads
         grads = dict(self.grads)           # the parameters' views, plus the inputs' gradients
@@ -522,7 +502,7 @@ class BertModel(PretrainedMixin):
         (dctx,) = split_heads(dctx, A)                            # ctx = merge_heads(ctx)
         if "head_mask" in c:                                      # ctx = m_a ctx
             ctx, m = c["head_mask"]
-            d_head_mask[l] = (dctx * ctx).sum(axis=(0, 2, 3))     # (A,)
+            d_head_mask[l] = per_head_sum(dctx * ctx)             # (A,)
             dctx = dctx * m                                       # (B, A, S, D)
         dq, dk, dv = attention.backward(dctx, c["attn"])          # ctx = attention(q, k, v)
         dqkv = merge_heads(dq, dk, dv)                            # q, k, v = split_heads(qkv, 3)
@@ -575,15 +555,22 @@ class _Run(NamedTuple):
     output_attentions: bool
     batch_start: int            # the model's batch_start: this batch's first row in the whole
     head_mask: object = None    # (L, A) multiplying each head's probabilities, or None
+    packing: object = None      # the Packing of a padding-free forward, or None
 
     @classmethod
-    def start(cls, model, training, output_attentions, head_mask=None) -> _Run:
+    def start(cls, model, training, output_attentions, head_mask=None, packing=None) -> _Run:
         """The run of ``model``'s next forward call."""
         cfg = model.config
         return cls(bool(training), model.dropout_calls,
                    cfg.hidden_dropout_prob if training else 0.0,
                    cfg.attention_probs_dropout_prob if training else 0.0,
-                   bool(output_attentions), int(model.batch_start), head_mask)
+                   bool(output_attentions), int(model.batch_start), head_mask, packing)
+
+    @property
+    def rows(self):
+        """Packed: each token's row in the padded (B, S) batch, where its dropout bits are
+        drawn (``minibert.ops.dropout``); None for a padded batch."""
+        return None if self.packing is None else self.packing.rows
 
     def offset(self, site: int) -> int:
         """The Philox offset of dropout ``site`` in this call: (call << 20) | site."""
@@ -591,8 +578,11 @@ class _Run(NamedTuple):
 
     def first_element(self, x, per_row=None) -> int:
         """The element index, in the dropout stream, of the first element of a mask over
-        ``x`` (batch rows first, ``per_row`` elements each: by default x's own): the mask
-        of the whole batch, from row ``batch_start`` on."""
-        if per_row is None:
+        ``x`` (batch rows first, ``per_row`` elements each: by default x's own, or for a
+        packed (T, H) the padded row's S H): the mask of the whole batch, from row
+        ``batch_start`` on."""
+        if per_row is None and self.packing is not None:
+            per_row = self.packing.shape[1] * x.shape[-1]
+        elif per_row is None:
             per_row = x.size // x.shape[0] if x.shape[0] else 0
         return self.batch_start * per_row

@@ -20,6 +20,17 @@ call gets its own offset; see ``BertModel``). ``start`` is the element index of 
 element asked for: a tensor that is rows r0.. of a larger batch (one rank's slice of a
 data-parallel batch) draws the bits of those rows of the whole batch's mask, so the ranks
 together draw exactly the mask of one process running the whole batch.
+
+Rows of a larger layout. ``keep_mask_rows(rows, row_size, ...)`` draws the mask at chosen
+rows of a C-order layout of rows of ``row_size`` elements: element (t, j) of its
+(N, row_size) result is stream element
+
+    start + rows[t] * row_size + j          t < N, j < row_size
+
+the element that row rows[t] has in the larger layout. A packed batch of real tokens
+(T, H), token t being row rows[t] = b * S + i of the padded (B * S, H) layout, so draws the
+bits its tokens have in the padded (B, S, H) batch: padding-free execution gives the
+padded model's numbers. ``keep_mask(shape, ...)`` is the case rows = 0, 1, ..., N - 1.
 """
 from __future__ import annotations
 
@@ -108,4 +119,55 @@ def keep_mask(shape, p: float, seed: int, offset: int = 0, xp=np, start: int = 0
     implementation that follows the convention above produces the same bits.
     """
     u = uniform(shape, seed, offset, xp, np.float32, start)
+    return u >= np.float32(p)
+
+
+def check_rows(rows, n_rows=None, row_size: int = 0, start: int = 0, xp=np):
+    """``rows`` as a uint64 array of ``xp``, after checking that it is a 1-D integer array
+    of ``xp`` (NumPy or CuPy: the device of the data), of length ``n_rows`` unless that is
+    None, with values >= 0 whose last stream element ``start + (max(rows) + 1) * row_size - 1``
+    is below 2**64. Raises TypeError or ValueError naming ``rows``. (The check reads min and
+    max back from the device: one small synchronisation on a GPU.)"""
+    if not hasattr(rows, "dtype") or not hasattr(rows, "shape") or get_array_module(rows) is not xp:
+        raise TypeError(f"rows has type {type(rows).__module__}.{type(rows).__name__}, expected a "
+                        f"{xp.__name__} integer array (row indices, on the device of the data)")
+    if np.dtype(rows.dtype).kind not in "iu":
+        raise TypeError(f"rows has dtype {rows.dtype}, expected an integer dtype (row indices)")
+    if len(rows.shape) != 1:
+        raise ValueError(f"rows has shape {tuple(rows.shape)}, expected a 1-D array of row indices")
+    if n_rows is not None and rows.shape[0] != n_rows:
+        raise ValueError(f"rows has length {rows.shape[0]}, expected {n_rows}: one row index per "
+                         "row of the data")
+    if rows.shape[0]:
+        low, high = (int(v) for v in xp.stack([rows.min(), rows.max()]).tolist())
+        if low < 0:
+            raise ValueError(f"rows holds {low} (at index {int(xp.argmin(rows))}), expected row "
+                             "indices >= 0")
+        if start + (high + 1) * row_size > 2**64:
+            raise ValueError(f"rows holds {high}: with row_size={row_size} and start={start} its "
+                             "last element index is >= 2**64, expected indices below 2**64")
+    return rows.astype(xp.uint64, copy=False)
+
+
+def keep_mask_rows(rows, row_size: int, p: float, seed: int, offset: int = 0, xp=np, start: int = 0):
+    """Boolean keep-mask (N, row_size) at rows ``rows`` (N,) of a larger C-order layout of
+    rows of ``row_size`` elements: element (t, j) is stream element
+    ``start + rows[t] * row_size + j`` (module docstring), kept where its uniform is >= p,
+    as in ``keep_mask``. ``rows``: a 1-D integer array of ``xp``, values >= 0 (``check_rows``).
+
+    Each element computes the Philox block of its own index and takes its word: four times
+    the work of ``keep_mask`` (which shares one block among four consecutive elements), and
+    the plainest statement of the convention; the kernels do it at full speed."""
+    seed, offset, start = check_u64("seed", seed), check_u64("offset", offset), check_u64("start", start)
+    if isinstance(row_size, (bool, np.bool_)) or not isinstance(row_size, (int, np.integer)) or row_size < 0:
+        raise ValueError(f"row_size={row_size!r} is not a valid row size, expected an integer >= 0")
+    u64, row_size = xp.uint64, int(row_size)
+    rows = check_rows(rows, None, row_size, start, xp)
+    index = (u64(start) + rows[:, None] * u64(row_size)
+             + xp.arange(row_size, dtype=u64)[None, :])                     # (N, row_size)
+    block, lane = index >> u64(2), (index & u64(3)).astype(xp.intp)         # element e: word e % 4
+    words = philox4x32((block & u64(MASK32)).astype(xp.uint32), (block >> u64(32)).astype(xp.uint32),
+                       offset & MASK32, offset >> 32, seed & MASK32, seed >> 32)  # of block e // 4
+    word = xp.take_along_axis(xp.stack(words, axis=-1), lane[..., None], axis=-1)[..., 0]
+    u = (word >> xp.uint32(8)).astype(xp.float32) * xp.float32(2.0 ** -24)
     return u >= np.float32(p)

@@ -37,6 +37,7 @@ def _pair(impl, dtype, training, seed=7):
     cfg = tiny_config(attn_implementation=impl, hidden_dropout_prob=0.2,
                       attention_probs_dropout_prob=0.3)
     model = BertForPreTraining(cfg, dtype=dtype, seed=seed)
+    model.unpad = False       # the padded kernel (tests/test_model_unpadded.py: the packed one)
     perturb(model, np.random.default_rng(1))
     return model, _run(model, 2, training)
 
@@ -105,6 +106,7 @@ def test_fused_float32_against_float64():
     m64, (o64, _, g64) = _pair("eager", np.float64, False)
     m32 = BertForPreTraining(tiny_config(attn_implementation="fused"), dtype=np.float32, seed=7)
     m32.load_state_dict(m64.state_dict())
+    m32.unpad = False                                        # both padded, as _pair's
     o32, _, g32 = _run(m32, 2, False)
     assert o32.last_hidden_state.dtype == np.float32
     err = np.abs(o32.last_hidden_state - o64.last_hidden_state).max()

@@ -81,6 +81,15 @@ def real_query_rows(attn, mask):
     return to_np(attn).transpose(0, 2, 1, 3)[to_np(mask).astype(bool)]
 
 
+HIDDEN_KEYS = ["embedding_output"] + [f"hidden_states.{i}" for i in range(L_REF + 1)] + \
+    ["last_hidden_state"]
+
+
+def real_tokens(t, mask):
+    """(B, S, ...) -> (N, ...): the real tokens' rows."""
+    return to_np(t)[to_np(mask).astype(bool)]
+
+
 def rel_err(actual, expected):
     """max|a - e| / max|e| over one tensor."""
     return max_abs_diff(actual, expected) / float(np.max(np.abs(to_np(expected))))
@@ -142,11 +151,23 @@ def test_float64_output_structure(f64):
 def test_float64_forward_matches_reference(f64, key):
     _, outputs, _ = f64
     actual, expected = forward_tensor(outputs, key), REF[key]
+    mask = REF["attention_mask"]
     if key.startswith("attentions."):
         # a padded query row is not part of the contract (it is never read): compare real rows
-        mask = REF["attention_mask"]
         actual, expected = real_query_rows(actual, mask), real_query_rows(expected, mask)
+    elif key in HIDDEN_KEYS:
+        # the default model runs on the real tokens alone (minibert/packing.py): zeros at the
+        # padded positions, which no real token reads; the padded model below matches there too
+        actual, expected = real_tokens(actual, mask), real_tokens(expected, mask)
     assert_close(key, actual, expected, **TOL64)
+
+
+@pytest.mark.parametrize("key", HIDDEN_KEYS)
+def test_float64_padded_model_matches_reference_everywhere(key):
+    model = ref_model(np.float64)
+    model.unpad = False
+    outputs = model(**ref_inputs(np.float64), output_hidden_states=True)
+    assert_close(key, forward_tensor(outputs, key), REF[key], **TOL64)
 
 
 @pytest.mark.parametrize("name", PARAM_NAMES)
@@ -159,8 +180,9 @@ def test_float64_gradient_matches_reference(f64, name):
 def test_float32_last_hidden_state_close_to_float64_reference(f32):
     _, outputs, _ = f32
     assert to_np(outputs.last_hidden_state).dtype == np.float32
-    assert_close("float32 last_hidden_state", outputs.last_hidden_state, REF["last_hidden_state"],
-                 atol=ATOL32_HIDDEN)
+    mask = REF["attention_mask"]
+    assert_close("float32 last_hidden_state", real_tokens(outputs.last_hidden_state, mask),
+                 real_tokens(REF["last_hidden_state"], mask), atol=ATOL32_HIDDEN)
 
 
 @pytest.mark.parametrize("name", PARAM_NAMES)
@@ -307,8 +329,9 @@ def test_bert_model_matches_transformers(torch_mods, case):
     ((out.last_hidden_state * t(d_last)).sum() + (out.pooler_output * t(d_pool)).sum()).backward()
 
     outputs, cache = model.forward(ids, attention_mask=mask, token_type_ids=types, training=False)
-    assert_close("last_hidden_state", outputs.last_hidden_state, out.last_hidden_state.detach().numpy(),
-                 **TOL64)
+    # at the real tokens: the padding-free default has zeros at the padded positions
+    assert_close("last_hidden_state", real_tokens(outputs.last_hidden_state, mask),
+                 real_tokens(out.last_hidden_state.detach().numpy(), mask), **TOL64)
     assert_close("pooler_output", outputs.pooler_output, out.pooler_output.detach().numpy(), **TOL64)
     grads = model.backward(cache, d_last, d_pool)
     expected = hf_grads(hf, np.float64)
@@ -382,7 +405,8 @@ def test_preset_float32_matches_transformers(torch_mods, preset):
                       token_type_ids=t(types)).last_hidden_state.numpy()
     outputs, _ = model.forward(ids, attention_mask=mask, token_type_ids=types, training=False)
     assert to_np(outputs.last_hidden_state).dtype == np.float32
-    assert_close(f"{preset} float32 last_hidden_state", outputs.last_hidden_state, expected, atol=1e-5)
+    assert_close(f"{preset} float32 last_hidden_state", real_tokens(outputs.last_hidden_state, mask),
+                 real_tokens(expected, mask), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- training trajectory

@@ -203,3 +203,80 @@ def test_bad_count_raises():
     with pytest.raises(ValueError, match=r"n=-1 is not a valid element count"):
         rng.random_bits(-1, 0)
     assert rng.random_bits(0, 0).shape == (0,)
+
+
+# ------------------------------------------------------------------- rows of a larger layout
+def _rows_of(lengths, S):
+    """Padded positions b * S + i (i < n_b) of the real tokens of a right-padded batch."""
+    return np.array([b * S + i for b, n in enumerate(lengths) for i in range(n)], dtype=np.int64)
+
+
+@pytest.mark.parametrize("lengths,S,R,start", [
+    ((3, 1, 5), 5, 7, 0),                   # R not a multiple of 4, a length-1 sequence
+    ((2, 4), 4, 1, 3),                      # one element per row, start inside a block
+    ((5, 5), 5, 6, 2**32 + 1),              # no padding at all
+    ((1, 0, 2), 3, 13, 10),                 # an empty sequence
+])
+@pytest.mark.parametrize("seed,offset", [(0, 0), (2**63 + 11, 2**40 + 3)])
+def test_keep_mask_rows_is_keep_mask_at_the_rows(xp, lengths, S, R, start, seed, offset):
+    B, p = len(lengths), 0.4
+    rows = _rows_of(lengths, S)
+    whole = to_np(rng.keep_mask((B * S, R), p, seed, offset, xp, start))
+    got = rng.keep_mask_rows(xp.asarray(rows), R, p, seed, offset, xp, start)
+    assert got.shape == (rows.size, R) and got.dtype == np.bool_
+    np.testing.assert_array_equal(to_np(got), whole[rows])
+
+
+def test_keep_mask_rows_follows_the_convention():
+    """Element (t, j) is stream element start + rows[t] * R + j, any row order, repeats
+    allowed, unsigned rows too: checked word by word against the documented convention."""
+    seed, offset, p, R, start = 2**40 + 9, 7, 0.5, 5, 3
+    for rows in (np.array([6, 0, 3, 3, 1]), np.array([2, 9], dtype=np.uint8)):
+        got = rng.keep_mask_rows(rows, R, p, seed, offset, start=start)
+        for t, r in enumerate(rows):
+            words = [_word(start + int(r) * R + j, seed, offset) for j in range(R)]
+            np.testing.assert_array_equal(got[t], [(w >> 8) * 2.0**-24 >= p for w in words])
+
+
+def test_keep_mask_rows_up_to_the_last_element_index():
+    """A last element index of 2**64 - 1 is drawn from its own counter block (no wraparound);
+    one more is refused."""
+    seed, offset, R = 5, 2**64 - 1, 6
+    rows = np.array([1, 0])
+    start = 2**64 - 2 * R                               # row 1 ends at element 2**64 - 1
+    got = rng.keep_mask_rows(rows, R, 0.5, seed, offset, start=start)
+    for t, r in enumerate(rows):
+        words = [_word(start + int(r) * R + j, seed, offset) for j in range(R)]
+        np.testing.assert_array_equal(got[t], [(w >> 8) * 2.0**-24 >= 0.5 for w in words])
+    with pytest.raises(ValueError, match=r"rows holds 1: with row_size=6 and start=.* >= 2\*\*64"):
+        rng.keep_mask_rows(rows, R, 0.5, seed, offset, start=start + 1)
+
+
+def test_keep_mask_rows_empty():
+    assert rng.keep_mask_rows(np.zeros(0, np.int64), 7, 0.5, 1).shape == (0, 7)
+    assert rng.keep_mask_rows(np.array([3, 1]), 0, 0.5, 1).shape == (2, 0)
+
+
+@pytest.mark.parametrize("rows,error,message", [
+    ([0, 1], TypeError, r"rows has type builtins.list, expected a numpy integer array"),
+    (np.array([0.0, 1.0]), TypeError, r"rows has dtype float64, expected an integer dtype"),
+    (np.array([True, False]), TypeError, r"rows has dtype bool, expected an integer dtype"),
+    (np.array([[0, 1]]), ValueError, r"rows has shape \(1, 2\), expected a 1-D array"),
+    (np.array(3), ValueError, r"rows has shape \(\), expected a 1-D array"),
+    (np.array([0, 4, -2]), ValueError, r"rows holds -2 \(at index 2\), expected row indices >= 0"),
+])
+def test_bad_rows_raise(rows, error, message):
+    with pytest.raises(error, match=message):
+        rng.keep_mask_rows(rows, 3, 0.5, 1)
+
+
+def test_check_rows():
+    rows = rng.check_rows(np.array([4, 0, 2], np.int32), 3, row_size=5, start=1)
+    assert rows.dtype == np.uint64 and rows.tolist() == [4, 0, 2]
+    with pytest.raises(ValueError, match=r"rows has length 3, expected 2: one row index per row"):
+        rng.check_rows(np.array([4, 0, 2]), 2)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"row_size=.* is not a valid row size"):
+            rng.keep_mask_rows(np.array([0]), bad, 0.5, 1)
+    with pytest.raises(ValueError, match=r"start=-1 is out of range"):
+        rng.keep_mask_rows(np.array([0]), 2, 0.5, 1, start=-1)

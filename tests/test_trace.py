@@ -7,6 +7,7 @@ import minibert.ops
 from minibert import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel
 from minibert.cli import main
 from minibert.ops import linear, trace
+from minibert.packing import padded
 
 CFG = dict(vocab_size=20, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
            intermediate_size=16, max_position_embeddings=8, num_labels=2)
@@ -45,11 +46,18 @@ def test_bert_model_trace_is_the_op_list_and_its_reverse(ops_mode):
         return out
     assert names(t.forward) == set(model.params)
     assert names(t.backward) == set(model.params)
-    # shapes and norms
-    first = t.forward[0]
-    assert first.inputs[0] == ((2, 5), None) and first.outputs[0][0] == (2, 5, 8)
+    # shapes and norms: the batch has padding, so on the kernels the ops run on its T real
+    # tokens alone (minibert/packing.py); the padded model shows the textbook (B, S) shapes
+    first, real = t.forward[0], np.asarray(MASK).astype(bool)
+    packed = cache["packing"] is not None
+    ids = IDS[real] if packed else IDS                                  # (T,) or (B, S)
+    assert packed == (ops_mode == "kernels")
+    assert first.inputs[0] == (ids.shape, None) and first.outputs[0][0] == (*ids.shape, 8)
     assert first.outputs[0][1] == pytest.approx(
-        float(np.linalg.norm(model.params["embeddings.word_embeddings.weight"][IDS])))
+        float(np.linalg.norm(model.params["embeddings.word_embeddings.weight"][ids])))
+    with padded(model), trace(params=model.params) as t:
+        model.forward(IDS, attention_mask=MASK, training=True)
+    assert t.forward[0].inputs[0] == ((2, 5), None) and t.forward[0].outputs[0][0] == (2, 5, 8)
 
 
 def test_classifier_trace_is_reversed_and_pretraining_undoes_each_forward_once():

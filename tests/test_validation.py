@@ -141,6 +141,7 @@ def test_an_attention_mask_is_checked_once_and_its_forms_built_once(rng, monkeyp
         builds.clear()
         model = BertModel(tiny_config(attn_implementation=impl, num_hidden_layers=3),
                           dtype=np.float64, seed=0)
+        model.unpad = False                   # the padded model: the forms of its mask
         _, cache = model.forward(ids, attention_mask=mask, token_type_ids=tt, training=True)
         model.backward(cache, np.ones((3, 7, H)))
         assert checks == [mask.shape], checks

@@ -11,6 +11,7 @@ from ..backend import get_xp
 from ..checkpoint import PretrainedMixin
 from ..config import BertConfig
 from ..model import BertModel, bert_param_specs, check_int_array, reject_positional, weight_and_bias
+from ..packing import check_unpad
 from ..params import FlatParams
 from ..validation import require
 
@@ -118,6 +119,17 @@ class _BertWithHead(PretrainedMixin):
     def batch_start(self, row: int):
         self.bert.batch_start = int(row)
 
+    @property
+    def unpad(self):
+        """The encoder's ``unpad`` (``BertModel``): None (padding-free when the batch has
+        enough padding), True or False. A head whose loss reads padded positions (question
+        answering's softmax over all S, labels at [PAD]) runs the padded encoder."""
+        return self.bert.unpad
+
+    @unpad.setter
+    def unpad(self, value):
+        self.bert.unpad = check_unpad(value)
+
     def set_rng_state(self, state: dict):
         self.bert.set_rng_state(state)
 
@@ -132,12 +144,14 @@ class _BertWithHead(PretrainedMixin):
         return self.forward(input_ids, keep_cache=False, **kwargs)[0]
 
     def _encode(self, input_ids, args, attention_mask, token_type_ids, output_attentions,
-                output_hidden_states, training, keep_cache, head_mask=None, inputs_embeds=None):
+                output_hidden_states, training, keep_cache, head_mask=None, inputs_embeds=None,
+                reads_padding=False):
         """The encoder's forward for this head's ``forward`` (its positional arguments
         refused first): ``(outputs, cache, call)``, ``call`` the dropout call index the
         encoder used, which the head's own dropout joins. ``head_mask`` and
         ``inputs_embeds`` pass through to ``BertModel.forward`` (their gradients come back
-        from ``backward`` as ``"head_mask"`` and ``"inputs_embeds"``)."""
+        from ``backward`` as ``"head_mask"`` and ``"inputs_embeds"``). ``reads_padding``:
+        the head's loss reads outputs at padded positions, so the encoder runs padded."""
         reject_positional(f"{type(self).__name__}.forward", args)
         call = self.bert.dropout_calls
         out, cache = self.bert.forward(input_ids, attention_mask=attention_mask,
@@ -145,8 +159,32 @@ class _BertWithHead(PretrainedMixin):
                                        inputs_embeds=inputs_embeds,
                                        output_attentions=output_attentions,
                                        output_hidden_states=output_hidden_states,
-                                       training=training, keep_cache=keep_cache)
+                                       training=training, keep_cache=keep_cache,
+                                       unpad=False if reads_padding else None)
         return out, cache, call
+
+    def _targets_at_padding(self, attention_mask, targets, ignore_index=-100, gathered=False,
+                            positions=None, weights=None):
+        """Whether a loss target sits at a padded position, where the padding-free encoder
+        computes no output: ``targets`` (B, S) not ``ignore_index`` where ``attention_mask``
+        is 0; or, ``gathered`` (BERT's masked-LM form), targets (B, P) at ``positions``
+        (B, P; None: all S), counted where ``weights`` (B, P) is nonzero. False without a
+        mask, targets or padding. Read on the host: only where the encoder may pack (the CPU
+        by default)."""
+        if attention_mask is None or targets is None or not self.bert.may_pack():
+            return False
+        xp = self.xp
+        real = xp.asarray(attention_mask) != 0                                  # (B, S)
+        if real.ndim != 2:
+            return False                  # the encoder's checks name the bad shape
+        if not gathered:
+            named = xp.asarray(targets) != ignore_index                         # (B, S)
+        else:
+            B, S = real.shape
+            pos = xp.broadcast_to(xp.arange(S), (B, S)) if positions is None else xp.asarray(positions)
+            real = real[xp.arange(real.shape[0])[:, None], xp.clip(pos, 0, real.shape[1] - 1)]
+            named = xp.ones(pos.shape, dtype=bool) if weights is None else xp.asarray(weights) != 0
+        return tuple(named.shape) == tuple(real.shape) and bool(xp.any(named & ~real))
 
     def _pair(self, name, grads=False):
         """(weight, bias) of the head module ``name`` (or their gradient views)."""

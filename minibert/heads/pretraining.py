@@ -132,9 +132,12 @@ class BertForPreTraining(_WithMLMHead):
             masked_lm_weights: (B, P), 1 for real predictions, 0 for padded slots.
             next_sentence_labels: (B,), 0 = IsNext, 1 = NotNext; gives the NSP loss.
         """
+        reads = self._targets_at_padding(attention_mask, masked_lm_ids, gathered=True,
+                                         positions=masked_lm_positions,
+                                         weights=masked_lm_weights)
         out, bcache, _ = self._encode(input_ids, args, attention_mask, token_type_ids,
                                       output_attentions, output_hidden_states, training, keep_cache,
-                                      head_mask, inputs_embeds)
+                                      head_mask, inputs_embeds, reads)
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
         pos = self._mlm_positions(masked_lm_positions, B, S)    # None: all S, as HF's prediction_logits
@@ -245,9 +248,13 @@ class BertForMaskedLM(_WithMLMHead):
             raise ValueError("labels (Hugging Face's targets over all positions) was given with "
                              "masked_lm_positions/masked_lm_ids (BERT's gathered targets), "
                              "expected one of the two")
+        reads = (self._targets_at_padding(attention_mask, labels)
+                 or self._targets_at_padding(attention_mask, masked_lm_ids, gathered=True,
+                                             positions=masked_lm_positions,
+                                             weights=masked_lm_weights))
         out, bcache, _ = self._encode(input_ids, args, attention_mask, token_type_ids,
                                       output_attentions, output_hidden_states, training, keep_cache,
-                                      head_mask, inputs_embeds)
+                                      head_mask, inputs_embeds, reads)
         x = out.last_hidden_state                                        # (B, S, H)
         B, S, H = x.shape
         V = self.config.vocab_size

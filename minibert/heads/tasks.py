@@ -71,9 +71,10 @@ class _ClassifierHead(_BertWithHead):
                 output_hidden_states, training, keep_cache: as ``BertModel.forward``.
             labels: the targets, as the class's docstring says.
         """
+        reads = not self.needs_pooler and self._targets_at_padding(attention_mask, labels)
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache, head_mask, inputs_embeds)
+                                         keep_cache, head_mask, inputs_embeds, reads)
         logits, hcache = self._head_forward(self._features(out), training, call)
         loss, lcache = (None, None) if labels is None else self._loss_forward(logits, labels)
         return self._outputs(out, bcache, hcache, logits, loss, lcache, keep_cache)
@@ -180,9 +181,12 @@ class BertForQuestionAnswering(_ClassifierHead):
                 start_positions=None, end_positions=None, output_attentions=False,
                 output_hidden_states=False, training=False, keep_cache=True):
         xp = self.xp
+        # the loss is a softmax over all S positions, padding included (as Hugging Face):
+        # with targets, the encoder computes the padded positions too
         out, bcache, call = self._encode(input_ids, args, attention_mask, token_type_ids,
                                          output_attentions, output_hidden_states, training,
-                                         keep_cache, head_mask, inputs_embeds)
+                                         keep_cache, head_mask, inputs_embeds,
+                                         reads_padding=start_positions is not None)
         logits, hcache = self._head_forward(out.last_hidden_state, training, call)  # (B, S, 2)
         B, S, _ = logits.shape
         start_logits = logits[..., 0]

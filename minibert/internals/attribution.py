@@ -19,6 +19,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..heads import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification
 from ..model import check_int_array
+from ..packing import padded
 from ._common import _encoder, _is_mlm, _mlm_logits
 
 
@@ -86,7 +87,10 @@ def _value_and_grad(model, embeds, rows, kind, attention_mask, token_type_ids):
     r = np.arange(n)
     kw = dict(inputs_embeds=embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
     if kind == "mlm":
-        out, cache = model.forward(**kw, masked_lm_positions=rows[:, :1])
+        kw["masked_lm_positions"] = rows[:, :1]
+    with padded(model):     # a target may sit at a padded position: the padded model's output
+        out, cache = model.forward(**kw)
+    if kind == "mlm":
         logits = to_numpy(_mlm_logits(out))                                        # (n, 1, V)
         f = logits[r, 0, rows[:, 1]]
         d = np.zeros(logits.shape)
@@ -95,7 +99,6 @@ def _value_and_grad(model, embeds, rows, kind, attention_mask, token_type_ids):
         grads = model.backward(cache, d_mlm_logits=d) if isinstance(model, BertForPreTraining) \
             else model.backward(cache, d_logits=d)
     else:
-        out, cache = model.forward(**kw)
         logits = to_numpy(out.logits)                   # (n, C) or (n, S, C)
         d = np.zeros(logits.shape)
         if kind == "class":

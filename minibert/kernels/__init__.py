@@ -44,12 +44,49 @@ Every argument is validated here, before any compiled code runs (the checks are
 ``_args.forward_args`` / ``backward_args``, and ``cuda_forward_args`` /
 ``cuda_backward_args`` for GPU arrays): a bad input raises ValueError or TypeError naming
 the argument.
+
+Fused attention on packed sequences ("varlen")
+----------------------------------------------
+::
+
+    out, lse = fused_attention_varlen_forward(q, k, v, cu_seqlens, scale, dropout_p=0.0,
+                                              seed=0, offset=0, *, seq_len=None, start=0)
+    dq, dk, dv = fused_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale,
+                                                 dropout_p=0.0, seed=0, offset=0, *,
+                                                 seq_len=None, start=0)
+
+The same function on the real tokens of a right-padded batch only, with no mask and no
+padding anywhere (FlashAttention's "varlen" form):
+
+* q, k, v, out, dout: (A, T, D), heads first, then the T = n_0 + ... + n_{B-1} tokens of the
+  B sequences one after the other; one float dtype; any strides (the model's q, k, v are
+  views of its (T, 3H) product, ``qkv.reshape(T, 3, A, D).transpose(1, 2, 0, 3)``).
+* cu_seqlens: (B + 1,) integer offsets, cu_seqlens[0] = 0, non-decreasing, cu_seqlens[B] =
+  T: sequence b is tokens cu_seqlens[b] .. cu_seqlens[b + 1] - 1 and attends to itself
+  only (a sequence may be empty: no rows, no work).
+* lse: (A, T), the log-sum-exp of each row's scores over its own sequence.
+* dropout: probability (b, a, i, j), i and j positions inside sequence b, is kept by the
+  Philox bit of element ``start + ((b*A + a)*S + i)*S + j`` with S = ``seq_len`` the PADDED
+  length (None: the longest sequence): the bit the padded entry points and the textbook op
+  give it in the right-padded (B, A, S, S) batch, so the packed results are the padded
+  results at the real rows.
+* scale, dropout_p, seed, offset, start: as above.
+
+NumPy arrays run ``attention_varlen_cpu.py`` (the CPU kernel's tiles and row passes, per
+sequence); its out (A, T, D) is a view of a C-contiguous (T, A, D) buffer and its dq, dk,
+dv views of one (T, 3, A, D) buffer, so that the merges back to (T, H) and (T, 3H)
+(``attention_varlen_cpu.merged_heads``) are free. GPU arrays go to
+``attention_cuda_launch.varlen_forward`` / ``varlen_backward`` with the same arguments
+(cu_seqlens as given, NumPy or on the device; its B + 1 values are read back once to check
+them), scale, dropout_p, seed, offset and start validated and seq_len resolved to an int.
+Checks: ``_args.varlen_forward_args`` / ``varlen_backward_args``.
 """
 from __future__ import annotations
 
 from minibert.backend import cuda_kernels_available, is_device_array
 
-__all__ = ["fused_attention_forward", "fused_attention_backward"]
+__all__ = ["fused_attention_forward", "fused_attention_backward", "fused_attention_varlen_forward",
+           "fused_attention_varlen_backward"]
 
 
 def fused_attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0):
@@ -89,6 +126,47 @@ def fused_attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0
     args = backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
     from .attention_cpu import attention_backward
     return attention_backward(dout, q, k, v, out, lse, *args, start=start)
+
+
+def fused_attention_varlen_forward(q, k, v, cu_seqlens, scale, dropout_p=0.0, seed=0, offset=0, *,
+                                   seq_len=None, start=0):
+    """``(out, lse)`` on packed sequences: out (A, T, D) = per sequence softmax(scale q k^T)
+    (with dropout) v, lse (A, T). See "Fused attention on packed sequences" in the module
+    docstring; ``seq_len`` is the padded length S of the dropout index (None: the longest
+    sequence), ``start`` the stream's element index of the padded batch's first
+    probability."""
+    from ..rng import check_u64
+    from ._args import varlen_forward_args
+    start = check_u64("start", start)
+    device = is_device_array(q)
+    cu, *scalars, seq_len = varlen_forward_args(q, k, v, cu_seqlens, scale, dropout_p, seed,
+                                                offset, seq_len, device)
+    if device:
+        _require_numba_cuda()
+        from .attention_cuda_launch import varlen_forward
+        return varlen_forward(q, k, v, cu_seqlens, *scalars, seq_len=seq_len, start=start)
+    from .attention_varlen_cpu import attention_varlen_forward
+    return attention_varlen_forward(q, k, v, cu, *scalars, seq_len=seq_len, start=start)
+
+
+def fused_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale, dropout_p=0.0,
+                                    seed=0, offset=0, *, seq_len=None, start=0):
+    """``(dq, dk, dv)``, each (A, T, D): the gradients of the packed forward's ``out`` given
+    ``dout``; ``out`` and ``lse`` are what the forward returned for the same arguments."""
+    from ..rng import check_u64
+    from ._args import varlen_backward_args
+    start = check_u64("start", start)
+    device = is_device_array(q)
+    cu, *scalars, seq_len = varlen_backward_args(dout, q, k, v, out, lse, cu_seqlens, scale,
+                                                 dropout_p, seed, offset, seq_len, device)
+    if device:
+        _require_numba_cuda()
+        from .attention_cuda_launch import varlen_backward
+        return varlen_backward(dout, q, k, v, out, lse, cu_seqlens, *scalars, seq_len=seq_len,
+                               start=start)
+    from .attention_varlen_cpu import attention_varlen_backward
+    return attention_varlen_backward(dout, q, k, v, out, lse, cu, *scalars, seq_len=seq_len,
+                                     start=start)
 
 
 def _require_numba_cuda():

@@ -8,7 +8,12 @@ through ``minibert.validation``, the checks the model and the attention op use t
 * ``check_cuda_tensors``, ``check_cuda_mask``, ``cuda_forward_args`` and
   ``cuda_backward_args``, the same for GPU arrays (CuPy, anything with
   ``__cuda_array_interface__``, Numba device arrays). They need neither CuPy nor
-  ``numba.cuda``: they read only attributes of the arrays.
+  ``numba.cuda``: they read only attributes of the arrays;
+* ``check_varlen_tensors``, ``check_cu_seqlens``, ``check_seq_len`` and the two that
+  combine them, ``varlen_forward_args`` and ``varlen_backward_args``, for the packed
+  ("varlen") entry points (``fused_attention_varlen_*``), NumPy or GPU arrays (``device``):
+  q, k, v (A, T, D) of any strides, the offsets ``cu_seqlens`` (B + 1,), and the padded
+  length ``seq_len`` of the dropout index.
 
 The mask comes back as it came: a checked 0/1 array, or the ``AttentionMask`` it was (not
 checked again: the model checks its mask once per forward); ``cuda_*_args`` give the CUDA
@@ -231,3 +236,129 @@ def cuda_backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, of
                          "a C-contiguous array")
     mask = check_cuda_mask(mask, B, S, type(q).__module__.startswith("cupy"))
     return (mask,) + tuple(check_scalars(scale, dropout_p, seed, offset, D))
+
+
+# --------------------------------------------------------------------------- packed (varlen) form
+
+
+def check_varlen_tensors(named, device=False):
+    """Rank 3 (A, T, D), float32/float64, one shape and one dtype for all of ``named`` (a
+    list of (name, array)), the first one setting them; NumPy arrays, or with ``device``
+    GPU arrays of the first one's kind. Any strides (the kernels take strided views).
+    Raises TypeError or ValueError naming the argument."""
+    first_name, first = named[0]
+    for name, x in named:
+        if device:
+            if not is_device_array(x) or (type(x).__module__.split(".")[0]
+                                          != type(first).__module__.split(".")[0]):
+                raise TypeError(f"{name} has type {type(x).__module__}.{type(x).__name__}, "
+                                f"expected a GPU array of the kind of {first_name} "
+                                f"({type(first).__name__})")
+        elif not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} has type {type(x).__name__}, expected a NumPy or CuPy array")
+        shape = tuple(x.shape)
+        if len(shape) != 3:
+            raise ValueError(f"{name} has shape {shape}, expected rank 3 (A, T, D)")
+        if np.dtype(x.dtype) not in FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {x.dtype}, expected float32 or float64")
+        if x is not first:
+            if shape != tuple(first.shape):
+                raise ValueError(f"{name} has shape {shape}, expected the shape of "
+                                 f"{first_name} {tuple(first.shape)} (A, T, D)")
+            if np.dtype(x.dtype) != np.dtype(first.dtype):
+                raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of "
+                                f"{first_name} ({first.dtype})")
+
+
+def _host(x):
+    """A NumPy copy of a small GPU array (CuPy ``get``, Numba ``copy_to_host``)."""
+    return x.get() if hasattr(x, "get") else x.copy_to_host()
+
+
+def check_cu_seqlens(cu_seqlens, T, device=False):
+    """The offsets of the packed batch: a 1-D integer array (B + 1,), B >= 1, cu_seqlens[0]
+    = 0, non-decreasing (a sequence may be empty), cu_seqlens[B] = T. NumPy, or with
+    ``device`` also a GPU array (its B + 1 values are read back to check them). Returns the
+    values as a NumPy int64 array; raises TypeError or ValueError naming ``cu_seqlens``."""
+    if device and is_device_array(cu_seqlens):
+        values = _host(cu_seqlens)
+    elif isinstance(cu_seqlens, np.ndarray):
+        values = cu_seqlens
+    else:
+        raise TypeError(f"cu_seqlens has type {type(cu_seqlens).__name__}, expected a NumPy "
+                        "array (B + 1,) of int64 offsets")
+    if values.ndim != 1 or values.shape[0] < 2:
+        raise ValueError(f"cu_seqlens has shape {tuple(values.shape)}, expected (B + 1,) with "
+                         "B >= 1 sequences")
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"cu_seqlens has dtype {values.dtype}, expected an integer dtype (int64)")
+    values = values.astype(np.int64)
+    if values[0] != 0:
+        raise ValueError(f"cu_seqlens[0] = {int(values[0])}, expected 0 (sequence 0 starts at "
+                         "token 0)")
+    steps = np.diff(values)
+    if (steps < 0).any():
+        b = int(np.argmax(steps < 0))
+        raise ValueError(f"cu_seqlens decreases at index {b + 1} ({int(values[b])} -> "
+                         f"{int(values[b + 1])}), expected non-decreasing offsets")
+    if values[-1] != T:
+        raise ValueError(f"cu_seqlens[-1] = {int(values[-1])}, expected T = {T}, the packed "
+                         "tokens of q (A, T, D)")
+    return values
+
+
+def check_seq_len(seq_len, lengths):
+    """The padded length S of the dropout index: None (then the longest sequence) or an
+    integer >= the longest sequence. Returns an int."""
+    longest = int(lengths.max(initial=0))
+    if seq_len is None:
+        return longest
+    if isinstance(seq_len, (bool, np.bool_)) or not isinstance(seq_len, (int, np.integer)):
+        raise TypeError(f"seq_len={seq_len!r} has type {type(seq_len).__name__}, expected an "
+                        "integer or None")
+    if seq_len < longest:
+        raise ValueError(f"seq_len={seq_len} is shorter than the longest sequence "
+                         f"({longest} tokens), expected the padded length S >= {longest}")
+    return int(seq_len)
+
+
+def varlen_forward_args(q, k, v, cu_seqlens, scale, dropout_p, seed, offset, seq_len,
+                        device=False):
+    """Validates the inputs of the packed forward (``fused_attention_varlen_forward``), NumPy
+    arrays or with ``device`` GPU arrays; returns ``(cu_seqlens, scale, dropout_p, seed,
+    offset, seq_len)``: the offsets as a NumPy int64 array, scale a float (1/sqrt(D) for
+    None), seq_len an int (the longest sequence for None)."""
+    if not device:
+        reject_gpu_arrays([("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens)])
+    check_varlen_tensors([("q", q), ("k", k), ("v", v)], device)
+    _, T, D = q.shape
+    cu = check_cu_seqlens(cu_seqlens, T, device)
+    return (cu,) + tuple(check_scalars(scale, dropout_p, seed, offset, D)) + (
+        check_seq_len(seq_len, np.diff(cu)),)
+
+
+def varlen_backward_args(dout, q, k, v, out, lse, cu_seqlens, scale, dropout_p, seed, offset,
+                         seq_len, device=False):
+    """``varlen_forward_args`` for the packed backward: ``dout`` and ``out`` like q, ``lse``
+    (A, T) of q's dtype (and kind); NumPy's lse C-contiguous."""
+    named = [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse)]
+    if not device:
+        reject_gpu_arrays(named + [("cu_seqlens", cu_seqlens)])
+    check_varlen_tensors([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)], device)
+    A, T, _ = q.shape
+    if device:
+        if not is_device_array(lse) or (type(lse).__module__.split(".")[0]
+                                        != type(q).__module__.split(".")[0]):
+            raise TypeError(f"lse has type {type(lse).__module__}.{type(lse).__name__}, expected "
+                            f"a GPU array (A, T) of the kind of q ({type(q).__name__})")
+    elif not isinstance(lse, np.ndarray):
+        raise TypeError(f"lse has type {type(lse).__name__}, expected a NumPy array (A, T)")
+    if tuple(lse.shape) != (A, T):
+        raise ValueError(f"lse has shape {tuple(lse.shape)}, expected (A, T) = {(A, T)}")
+    if np.dtype(lse.dtype) != np.dtype(q.dtype):
+        raise TypeError(f"lse has dtype {lse.dtype}, expected the dtype of q ({q.dtype})")
+    if not device and not lse.flags.c_contiguous:
+        raise ValueError(f"lse with strides {lse.strides} is not C-contiguous, expected a "
+                         "C-contiguous array (A, T), as the forward returns it")
+    return varlen_forward_args(q, k, v, cu_seqlens, scale, dropout_p, seed, offset, seq_len,
+                               device)

@@ -55,12 +55,24 @@ Implementations. ``forward(..., implementation=)`` chooses who computes the func
 
 The kernel's cache is a ``Fused`` that ``backward`` hands back to the kernel, as for the
 other ops; ``probabilities(cache)`` gives P from an eager cache.
+
+Packed batches. With a ``minibert.packing.Packing`` in place of the mask, q, k and v hold the
+real tokens of a right-padded batch only: (A, T, D), sequence b the tokens
+``cu_seqlens[b] .. cu_seqlens[b+1] - 1``, each attending to its own tokens (FlashAttention's
+"varlen" form). The function is the padded one at the real rows, dropout bits included (the
+bits of probability (b, a, i, j) are those of the padded (B, A, S, S) layout). The fused
+kernels compute it with no padding anywhere (``minibert.kernels.fused_attention_varlen_*``);
+the eager code scatters the tokens into the padded batch, runs the textbook function above
+and gathers the real rows back: the definition, which the kernels are tested against.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from ..backend import get_array_module
+from ..packing import Packing, pad, unpad
 from ..rng import keep_mask
 from ..validation import AttentionMask, check_attention_mask, check_dropout_p, check_scale
 from . import hooks
@@ -140,6 +152,9 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
         eager code ``probabilities(cache)`` is the post-softmax, pre-dropout P (B, A, S, S)
         (Hugging Face's attentions).
     """
+    if isinstance(attention_mask, Packing):                    # q, k, v: (A, T, D)
+        return _packed_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset,
+                               training, implementation, return_probs, start)
     xp = get_array_module(q)
     # the mask (B, S) on q's device, checked once: an AttentionMask is not checked again
     attention_mask, scale, dropout_p = _validate(q, k, v, attention_mask, scale, dropout_p)
@@ -176,9 +191,13 @@ def forward(q, k, v, attention_mask=None, scale=None, dropout_p=0.0, seed=0, off
 
 @hooks.op("attention")
 def backward(dcontext, cache):
-    """Returns ``(dq, dk, dv)``, each (B, A, S, D); see the module docstring."""
+    """Returns ``(dq, dk, dv)``, each (B, A, S, D) (packed: (A, T, D)); see the module
+    docstring."""
     if isinstance(cache, Fused):
         return cache.backward(dcontext, *cache.saved)
+    if isinstance(cache, _PackedEager):          # the textbook backward on the padded batch
+        grads = backward(_to_padded(dcontext, cache.packing), cache.padded)
+        return tuple(_to_packed(g, cache.packing) for g in grads)
     q, k, v = cache["q"], cache["k"], cache["v"]
     probs, keep, scale, p = cache["probs"], cache["keep"], cache["scale"], cache["dropout_p"]
     xp = get_array_module(dcontext)
@@ -203,7 +222,62 @@ def backward(dcontext, cache):
 def probabilities(cache):
     """P (B, A, S, S), the post-softmax, pre-dropout probabilities an eager forward kept;
     None for a fused forward's cache (the kernel never forms them)."""
+    if isinstance(cache, _PackedEager):
+        return probabilities(cache.padded)
     return None if isinstance(cache, Fused) else cache["probs"]
+
+
+# --------------------------------------------------------------------------- packed batches
+
+
+class _PackedEager(NamedTuple):
+    """The cache of the eager code on a packed batch: its packing and the padded cache."""
+    packing: Packing
+    padded: dict
+
+
+def _to_padded(t, packing):
+    """(A, T, D) -> (B, A, S, D), zeros at the padded positions."""
+    return pad(t.transpose(1, 0, 2), packing).transpose(0, 2, 1, 3)
+
+
+def _to_packed(t, packing):
+    """(B, A, S, D) -> (A, T, D), the real rows."""
+    return unpad(t.transpose(0, 2, 1, 3), packing).transpose(1, 0, 2)
+
+
+def _packed_forward(q, k, v, packing, scale, dropout_p, seed, offset, training,
+                    implementation, return_probs, start):
+    """``forward`` on a packed batch q, k, v (A, T, D): see "Packed batches" above."""
+    xp = get_array_module(q)
+    B, S = packing.shape
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if getattr(x, "ndim", None) != 3 or x.shape[1] != packing.num_tokens:
+            raise ValueError(f"{name} has shape {tuple(getattr(x, 'shape', ()))}, expected "
+                             f"(A, T, D) with T = {packing.num_tokens} packed tokens")
+    if _choose(implementation, return_probs, q, k, v) == "eager":
+        real = xp.arange(S) < xp.asarray(packing.lengths)[:, None]             # (B, S)
+        context, padded = forward(*(_to_padded(t, packing) for t in (q, k, v)), real, scale,
+                                  dropout_p, seed, offset, training, implementation="eager",
+                                  return_probs=return_probs, start=start)
+        return _to_packed(context, packing), _PackedEager(packing, padded)
+    from ..kernels import fused_attention_varlen_forward  # lazy: Numba takes a while to import
+    D = q.shape[-1]
+    scale, dropout_p = check_scale(scale, D), check_dropout_p(dropout_p) if training else 0.0
+    q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))                # (A, T, D) each
+    out, lse = fused_attention_varlen_forward(q, k, v, packing.cu_seqlens, scale, dropout_p,
+                                              seed, offset, seq_len=S, start=start)
+    saved = (q, k, v, out, lse, packing.cu_seqlens, scale, dropout_p, seed, offset, S, start)
+    return out, Fused(_varlen_backward, saved)
+
+
+def _varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale, dropout_p, seed, offset,
+                     seq_len, start):
+    """The varlen kernel's backward: ``(dq, dk, dv)`` (A, T, D) each."""
+    from ..kernels import fused_attention_varlen_backward
+    dout = get_array_module(dout).ascontiguousarray(dout)                 # (A, T, D)
+    return fused_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale,
+                                           dropout_p, seed, offset, seq_len=seq_len, start=start)
 
 
 def _choose(implementation, return_probs, q, k, v) -> str:

@@ -92,3 +92,54 @@ def test_backward_of_another_dtype_takes_the_readable_line():
         _, cache = dropout.forward(dy, 0.3, 4, 5, training=True, start=2)
         ref = dropout.backward(dy, cache)
     _same_bits(dropout_cuda.backward(dy, 0.3, 4, 5, 2), ref)
+
+
+# ---------------------------------------------------------------- rows of a larger layout
+# (lengths, S, R, p, seed, offset, start): a packed batch of right-padded sequences; R = 1 and
+# R = 6, 7 (rows starting at lane 3 touch (R + 6) // 4 counter blocks), a length-1 sequence,
+# odd rows, 64-bit seeds, starts inside a block
+ROW_CASES = [
+    ((3, 1, 2), 3, 6, 0.5, 2**63 + 11, 2**40 + 3, 1),
+    ((2, 3), 3, 1, 0.3, 7, 1, 2**32 - 2),
+    ((1, 2), 2, 7, 0.1, 2**32 + 7, 5, 6),
+]
+
+
+def _rows_of(lengths, S):
+    """Padded positions b * S + i (i < n_b) of the real tokens of a right-padded batch."""
+    return np.array([b * S + i for b, n in enumerate(lengths) for i in range(n)], dtype=np.int64)
+
+
+@pytest.mark.parametrize("case", ROW_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_rows_packed_equals_padded_gathered(case, dtype):
+    """The rows form on x_packed = x_padded.reshape(B * S, R)[rows] gives the readable op's
+    y and dx on x_padded, gathered at rows, bit for bit."""
+    lengths, S, R, p, seed, offset, start = case
+    B = len(lengths)
+    rows = _rows_of(lengths, S)
+    x_pad, dy_pad = _x((B * S, R), dtype, 1), _x((B * S, R), dtype, 2)
+    with readable_ops():
+        y_pad, cache = dropout.forward(x_pad, p, seed, offset, training=True, start=start)
+        dx_pad = dropout.backward(dy_pad, cache)
+    d_rows = cuda.to_device(rows.astype(np.uint64))
+    x, dy = np.ascontiguousarray(x_pad[rows]), np.ascontiguousarray(dy_pad[rows])
+    y = dropout_cuda.forward(cuda.to_device(x), p, seed, offset, start, d_rows).copy_to_host()
+    dx = dropout_cuda.backward(cuda.to_device(dy), p, seed, offset, start, d_rows).copy_to_host()
+    _same_bits(y, y_pad[rows])
+    _same_bits(dx, dx_pad[rows])
+    # the host fallback of the backward (rows copied back) draws the same mask
+    _same_bits(dropout_cuda.backward(dy, p, seed, offset, start, d_rows), dx_pad[rows])
+
+
+def test_rows_of_every_row_is_the_plain_form():
+    x = cuda.to_device(_x((3, 6), np.float64))
+    rows = cuda.to_device(np.arange(3, dtype=np.uint64))
+    _same_bits(dropout_cuda.forward(x, 0.4, 3, 2, 5, rows).copy_to_host(),
+               dropout_cuda.forward(x, 0.4, 3, 2, 5).copy_to_host())
+
+
+def test_rows_empty():
+    rows = cuda.to_device(np.zeros(0, np.uint64))
+    y = dropout_cuda.forward(cuda.to_device(np.zeros((0, 3), np.float32)), 0.5, 1, 2, 0, rows)
+    assert tuple(y.shape) == (0, 3)

@@ -155,3 +155,63 @@ def test_errors_unchanged():
         dropout.forward(x, 0.1, seed=0, offset=1.5)
     with pytest.raises(ValueError, match=r"dropout_p=1.0 is out of range"):
         dropout.forward(x, 1.0, seed=0)
+
+
+# --------------------------------------------------------------- rows of a larger layout
+# (N, R, rows, start): R not a multiple of 4, R = 1, a row of two CHUNK pieces, unsorted
+# rows with a repeat, odd rows, starts inside a counter block, N large enough to thread;
+# runs of consecutive rows (a packed batch's sequences: lengths 400, 1, 199 padded to 400)
+# of several CHUNK pieces, cut by the threads' row ranges
+ROW_CASES = [
+    ((5, 7), np.array([0, 1, 2, 5, 14]), 3),
+    ((4, 1), np.array([9, 3, 3, 0]), 2**32 + 1),
+    ((3, dropout_cpu.CHUNK + 3), np.array([1, 4, 2]), 6),
+    ((700, 101), np.arange(1, 1400, 2), 0),
+    ((600, 113), np.r_[0:400, 400, 800:999], 1),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,rows,start", ROW_CASES, ids=lambda v: str(getattr(v, "shape", v)))
+def test_rows_bit_equal_to_readable_and_to_the_whole_layout(shape, rows, start, dtype):
+    """The rows form gives the readable op's y, dx and mask bit for bit, and those are the
+    rows of the whole layout's: dropout of the padded (rows.max() + 1, R) x gathered."""
+    seed, offset, p = 2**63 + 12345, 2**40 + 3, 0.3
+    n_all = int(rows.max()) + 1
+    x_all = _x((n_all, shape[1]), dtype, seed=shape[1])
+    dy_all = _x((n_all, shape[1]), dtype, seed=shape[1] + 1)
+    x, dy = x_all[rows], dy_all[rows]
+    y, cache = dropout.forward(x, p, seed, offset, start=start, rows=rows)
+    assert isinstance(cache, Fused)
+    dx = dropout.backward(dy, cache)
+    with readable_ops(), np.errstate(invalid="ignore"):       # inf * 0 is NaN, as intended
+        y_ref, cache_ref = dropout.forward(x, p, seed, offset, start=start, rows=rows)
+        dx_ref = dropout.backward(dy, cache_ref)
+        y_all, cache_all = dropout.forward(x_all, p, seed, offset, start=start)
+        dx_all = dropout.backward(dy_all, cache_all)
+    for name, got, ref in (("y", y, y_ref), ("dx", dx, dx_ref), ("y vs whole", y, y_all[rows]),
+                           ("dx vs whole", dx, dx_all[rows])):
+        _assert_same_bits(name, got, ref)
+    np.testing.assert_array_equal(cache.saved[0], cache_ref[0])
+    np.testing.assert_array_equal(cache.saved[0], mrng.keep_mask_rows(rows, shape[1], p, seed, offset,
+                                                                       start=start))
+
+
+def test_rows_of_a_3d_non_contiguous_x():
+    """x (N, 3, 5), a transposed view: row t is its C-order 15 elements, at rows[t]."""
+    x = _x((4, 5, 3), np.float64, specials=False).transpose(0, 2, 1)
+    rows = np.array([2, 0, 7, 5], dtype=np.uint32)
+    y, _ = dropout.forward(x, 0.4, 3, 1, start=1, rows=rows)
+    y_ref, _ = dropout.forward(np.ascontiguousarray(x).reshape(4, 15), 0.4, 3, 1, start=1,
+                               rows=rows.astype(np.int64))
+    _assert_same_bits("y", y.reshape(4, 15), y_ref)
+    with readable_ops():
+        _assert_same_bits("readable", y, dropout.forward(x, 0.4, 3, 1, start=1, rows=rows)[0])
+
+
+def test_rows_empty_batch_and_empty_rows():
+    for x, rows in ((np.zeros((0, 5), np.float32), np.zeros(0, np.int64)),
+                    (np.zeros((3, 0), np.float64), np.array([4, 0, 1]))):
+        y, cache = dropout.forward(x, 0.5, 9, 1, rows=rows)
+        assert y.shape == x.shape and cache.saved[0].shape == x.shape
+        assert dropout.backward(x, cache).shape == x.shape

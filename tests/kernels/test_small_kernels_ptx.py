@@ -22,6 +22,8 @@ def _kernels(dtype):
     chunk, span = embedding_cuda.build_kernels(np.dtype(dtype).str)
     sig_chunk, sig_span = embedding_cuda.signatures(dtype)
     return {"dropout": (dropout_cuda.build_kernel(np.dtype(dtype).str), dropout_cuda.signature(dtype)),
+            "dropout rows": (dropout_cuda.build_rows_kernel(np.dtype(dtype).str),
+                             dropout_cuda.signature_rows(dtype)),
             "segment chunks": (chunk, sig_chunk), "segment spans": (span, sig_span)}
 
 

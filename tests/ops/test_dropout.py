@@ -139,3 +139,74 @@ def test_bad_seed_raises(xp):
         dropout.forward(xp.ones(3), 0.1, seed=-1)
     with pytest.raises(TypeError, match=r"offset=1.5 has type float"):
         dropout.forward(xp.ones(3), 0.1, seed=0, offset=1.5)
+
+
+# ------------------------------------------------- rows: a packed batch draws the padded bits
+def _rows_of(lengths, S):
+    """Padded positions b * S + i (i < n_b) of the real tokens of a right-padded batch."""
+    return np.array([b * S + i for b, n in enumerate(lengths) for i in range(n)], dtype=np.int64)
+
+
+def _same_bits(name, a, b):
+    a, b = to_np(a), to_np(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+    assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), f"{name}: the bits differ"
+
+
+# (lengths, S, feature shape, start): odd lengths and rows, a length-1 sequence, rows of
+# 7 and of 1 element, a (T, 2, 3) packed x, a batch with no padding, start inside a block
+ROW_CASES = [((3, 1, 5), 5, (7,), 0), ((2, 4, 1), 4, (1,), 5), ((4, 4), 4, (6,), 2**32 + 2),
+             ((2, 3), 5, (2, 3), 3)]
+
+
+@pytest.mark.parametrize("case", ROW_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_rows_packed_equals_padded_gathered(xp, ops_mode, case, dtype):
+    """Dropout of x_packed = x_padded.reshape(B * S, ...)[rows] with ``rows`` is dropout of
+    x_padded gathered at rows, bit for bit, forward and backward (kernels and readable)."""
+    lengths, S, feat, start = case
+    B, p, seed, offset = len(lengths), 0.3, 2**63 + 5, 2**33 + 1
+    rows = _rows_of(lengths, S)
+    x_pad = _randn(xp, (B, S) + feat, dtype, seed=1)
+    dy_pad = _randn(xp, (B, S) + feat, dtype, seed=2)
+    y_pad, c_pad = dropout.forward(x_pad, p, seed, offset, start=start)
+    dx_pad = dropout.backward(dy_pad, c_pad)
+    x, dy = (a.reshape((B * S,) + feat)[xp.asarray(rows)] for a in (x_pad, dy_pad))
+    y, cache = dropout.forward(x, p, seed, offset, start=start, rows=xp.asarray(rows))
+    _same_bits("y", y, y_pad.reshape((B * S,) + feat)[rows])
+    _same_bits("dx", dropout.backward(dy, cache), dx_pad.reshape((B * S,) + feat)[rows])
+    assert y.dtype == dtype and y.shape == x.shape
+
+
+def test_rows_of_every_row_is_the_plain_mask(xp, ops_mode):
+    """rows = 0, 1, ..., N - 1 draws what rows=None draws (and rows=None is the default)."""
+    x = _randn(xp, (6, 11), seed=3)
+    plain = dropout.forward(x, 0.5, 7, 2, start=9)[0]
+    _same_bits("rows=None", dropout.forward(x, 0.5, 7, 2, start=9, rows=None)[0], plain)
+    _same_bits("arange", dropout.forward(x, 0.5, 7, 2, start=9, rows=xp.arange(6))[0], plain)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.9])
+def test_gradcheck_rows_float64(xp, ops_mode, p):
+    x = _randn(xp, (4, 5), seed=4)
+    check_op(dropout.forward, dropout.backward, {"x": x},
+             kwargs={"p": p, "seed": 42, "offset": 3, "rows": xp.asarray([7, 0, 2, 3])}, seed=5)
+
+
+def test_bad_rows_raise(xp, ops_mode):
+    x = xp.ones((3, 4))
+    cases = [([0, 1, 2], TypeError, r"rows has type builtins.list, expected a \w+ integer array"),
+             (xp.asarray([0.0, 1.0, 2.0]), TypeError, r"rows has dtype float64, expected an integer"),
+             (xp.asarray([[0, 1, 2]]), ValueError, r"rows has shape \(1, 3\), expected a 1-D array"),
+             (xp.asarray([0, 1]), ValueError, r"rows has length 2, expected 3"),
+             (xp.asarray([0, -1, 2]), ValueError, r"rows holds -1 \(at index 1\), expected row "
+                                                  r"indices >= 0"),
+             (xp.asarray([0, 2**62, 2]), ValueError, r"rows holds 4611686018427387904: with "
+                                                     r"row_size=4 .* >= 2\*\*64")]
+    for rows, error, message in cases:
+        with pytest.raises(error, match=message):
+            dropout.forward(x, 0.1, seed=0, rows=rows)
+    with pytest.raises(ValueError, match=r"x has shape \(\), expected .* with rows"):
+        dropout.forward(xp.ones(()), 0.1, seed=0, rows=xp.asarray([0]))
+    # no mask drawn, nothing checked (as seed and offset)
+    assert dropout.forward(x, 0.1, seed=0, training=False, rows=[0])[0] is x
