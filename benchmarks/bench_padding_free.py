@@ -20,8 +20,8 @@ length cap 128, each batch padded on the right to its own longest row (as Huggin
   in source order; ``--batches`` batches of 32 consecutive paragraphs, evenly spaced over
   the whole standard library (about 70% padding);
 * **docstrings**: each text one whole docstring (its prose paragraphs joined), for the
-  functions whose docstring is at least 48 tokens long, in source order, evenly spaced
-  batches likewise (about 30% padding);
+  functions whose docstring is at least 56 tokens long (the length that gives this set
+  about 30% padding), in source order, evenly spaced batches likewise;
 * **full**: no padding: the paragraphs' tokens as one stream cut into rows of
   ``[CLS]`` + 126 tokens + ``[SEP]``.
 
@@ -39,7 +39,7 @@ with ``unpad=False`` (the padded path) and ``unpad=True`` (the real tokens only)
 timing, a check that both libraries compute the same function on a padded batch (dropout
 off: the loss and the word-embedding gradient; the last hidden state at the real tokens).
 Peak memory of each implementation: a fresh process that loads the model and runs two
-passes (``memory.py``).
+calls on the set's longest batch (``memory.py``).
 
 The threshold sweep (``--no-sweep`` skips it): batches of 32 rows, padded length 128, with a
 controlled padding share (row lengths falling linearly from 128), ``unpad=True`` against
@@ -70,8 +70,8 @@ TINY = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermed
 LABELS = 2
 VOCAB_SIZE = 30522
 SECTIONS = ("finetune", "inference")
-SWEEP_SHARES = (0.0, 0.02, 0.05, 0.10, 0.20, 0.30, 0.45)
-LONG_DOC_TOKENS = 48            # the "docstrings" set: docstrings at least this long
+SWEEP_SHARES = (0.0, 0.02, 0.05, 0.10, 0.20, 0.30)
+LONG_DOC_TOKENS = 56            # the "docstrings" set: docstrings at least this long
 VOCAB_DIR = Path(tempfile.gettempdir()) / "minibert_bench_padding_free"
 
 
@@ -202,20 +202,19 @@ def sweep_batch(tokens, B, S, share, seed):
 
 
 def supports_unpad() -> bool:
-    """Whether minibert's models take the ``unpad`` argument."""
+    """Whether minibert's models can run padding-free (``BertModel.forward(unpad=)`` and the
+    models' ``unpad`` attribute, which the heads pass to their encoder)."""
     from minibert.heads import BertForSequenceClassification
     from minibert.model import BertModel
-    return all("unpad" in inspect.signature(f).parameters
-               for f in (BertModel.forward, BertModel.__call__,
-                         BertForSequenceClassification.forward))
+    return ("unpad" in inspect.signature(BertModel.forward).parameters
+            and isinstance(getattr(BertForSequenceClassification, "unpad", None), property))
 
 
 def variants(with_unpad):
-    """minibert's implementations: name -> the ``unpad`` keyword arguments."""
-    out = {"minibert": {}}
+    """minibert's implementations: name -> the model's ``unpad`` (None: as by default)."""
+    out = {"minibert": None}
     if with_unpad:
-        out.update({"minibert unpad=False": {"unpad": False},
-                    "minibert unpad=True": {"unpad": True}})
+        out.update({"minibert unpad=False": False, "minibert unpad=True": True})
     return out
 
 
@@ -240,13 +239,15 @@ def load(path, section, which):
     return models
 
 
-def minibert_pass(model, section, batches, kwargs):
-    """One call = every batch once: a fine-tuning step each (AdamW) or an inference call."""
+def minibert_pass(model, section, batches, unpad):
+    """One call = every batch once: a fine-tuning step each (AdamW) or an inference call;
+    ``unpad`` set on the model unless None (the default left alone)."""
+    if unpad is not None:
+        model.unpad = unpad
     if section == "inference":
         def infer():
             for b in batches:
-                model(b["ids"], attention_mask=b["mask"], token_type_ids=b["token_types"],
-                      **kwargs)
+                model(b["ids"], attention_mask=b["mask"], token_type_ids=b["token_types"])
         return infer
     from minibert.optim import AdamW
     opt = AdamW(model.store, lr=common.LR)
@@ -255,7 +256,7 @@ def minibert_pass(model, section, batches, kwargs):
         for b in batches:
             _, cache = model.forward(b["ids"], attention_mask=b["mask"],
                                      token_type_ids=b["token_types"], labels=b["labels"],
-                                     training=True, **kwargs)
+                                     training=True)
             model.backward(cache)
             opt.step()
     return train
@@ -317,13 +318,14 @@ def check(path, batch, unpad):
                          token_type_ids=t["token_types"]).last_hidden_state.numpy()
     real = batch["mask"].astype(bool)
     errors = {}
-    for name, kw in variants(unpad).items():
+    for name, value in variants(unpad).items():
+        if value is not None:
+            ours.unpad = enc["minibert"].unpad = value
         out, cache = ours.forward(batch["ids"], attention_mask=batch["mask"],
-                                  token_type_ids=batch["token_types"], labels=batch["labels"],
-                                  **kw)
+                                  token_type_ids=batch["token_types"], labels=batch["labels"])
         grads = ours.backward(cache)
         h = enc["minibert"](batch["ids"], attention_mask=batch["mask"],
-                            token_type_ids=batch["token_types"], **kw).last_hidden_state
+                            token_type_ids=batch["token_types"]).last_hidden_state
         errors[f"{name}: loss"] = abs(float(out.loss) - loss.item()) / abs(loss.item())
         errors[f"{name}: grad word_embeddings"] = common.relative_error(
             grads[common.WORD_EMBEDDINGS], g_hf)
@@ -350,15 +352,26 @@ def load_batches(path):
 
 def memory_work(what, data):
     """The memory probe's work in a fresh process: ``what`` = "SET/SECTION/NAME"; the
-    model loaded and two passes over the set's batches."""
+    model loaded and two calls on the set's longest batch (the first of the longest)."""
     name_set, section, name = what.split("/", 2)
 
     def work():
         batches = load_batches(Path(data) / f"batches_{name_set}.npz")
+        batches = [max(batches, key=lambda b: b["ids"].shape[1])]
         fn = section_fns(Path(data) / "checkpoint", section, batches, [name])[name]
         fn()
         fn()
     return work
+
+
+def probe(what, data):
+    """Peak MiB of ``what`` ("SET/SECTION/NAME") in a fresh process; None (and a warning)
+    where the probe fails, so that the timings already taken are still written."""
+    try:
+        return memory.peak_in_fresh_process(__file__, ["--memory-of", what, "--data", str(data)])
+    except RuntimeError as e:
+        print(f"warning: {e}", file=sys.stderr)
+        return None
 
 
 def ratios(ms, names):
@@ -388,9 +401,8 @@ def run_set(name, description, batches, args, data, names):
         gc.collect()
         per = {k: [t / len(batches) for t in v] for k, v in rounds.items()}
         ms = {k: statistics.median(v) for k, v in per.items()}
-        peak = {n: None if args.no_memory else memory.peak_in_fresh_process(
-            __file__, ["--memory-of", f"{name}/{section}/{n}", "--data", str(data)]
-            + (["--quick"] if args.quick else [])) for n in names}
+        peak = {n: None if args.no_memory else probe(f"{name}/{section}/{n}", data)
+                for n in names}
         entry["sections"][section] = {"ms_per_batch": ms, "ms_per_batch_all": per,
                                       "peak_rss_mib_above_start": peak,
                                       "ratios": ratios(ms, names)}
@@ -399,16 +411,16 @@ def run_set(name, description, batches, args, data, names):
 
 
 def run_sweep(args, data, tokens):
-    """unpad=True against unpad=False (and the default) at controlled padding shares."""
+    """unpad=True against unpad=False at controlled padding shares."""
     B, S = args.batch_size, args.max_length
     shares = (0.0, 0.3) if args.quick else SWEEP_SHARES
-    mine = variants(True)
+    mine = {"unpad=False": False, "unpad=True": True}
     models = {(section, n): load(Path(data) / "checkpoint", section, {"minibert"})["minibert"]
               for section in SECTIONS for n in mine}
     points = []
     print(f"\n== threshold sweep: batch {B}, padded length {S}, rows falling linearly from {S}")
-    print(f"  {'padding':>8} {'section':<10}{'default':>10}{'unpad=F':>10}{'unpad=T':>10}"
-          f"{'F / T':>8}{'F / default':>13}")
+    print(f"  {'padding':>8} {'section':<10}{'unpad=False ms':>16}{'unpad=True ms':>15}"
+          f"{'False / True':>14}")
     for i, share in enumerate(shares):
         batch = sweep_batch(tokens, B, S, share, seed=i)
         fns = {f"{section} {n}": minibert_pass(models[section, n], section, [batch], mine[n])
@@ -418,29 +430,27 @@ def run_sweep(args, data, tokens):
         ms = {k: statistics.median(v) for k, v in rounds.items()}
         point = {"padding_share": padding_share([batch]), "ms": ms, "ms_all": rounds}
         for section in SECTIONS:
-            d, f, t = (ms[f"{section} {n}"] for n in mine)
+            f, t = (ms[f"{section} {n}"] for n in mine)
             point[f"{section} unpad=False / unpad=True"] = f / t
-            point[f"{section} unpad=False / default"] = f / d
-            print(f"  {point['padding_share']:>8.1%} {section:<10}{d:>10.1f}{f:>10.1f}{t:>10.1f}"
-                  f"{f / t:>8.2f}{f / d:>13.2f}")
+            print(f"  {point['padding_share']:>8.1%} {section:<10}{f:>16.1f}{t:>15.1f}"
+                  f"{f / t:>14.2f}", flush=True)
         points.append(point)
     return {"batch_size": B, "padded_length": S, "points": points,
             "crossover": {section: crossover(points, section) for section in SECTIONS}}
 
 
 def crossover(points, section):
-    """The padding share where unpad=False / unpad=True first reaches 1 (linear between the
-    two points around it); 0.0 where it wins without padding, None where it never wins."""
+    """The padding share from which on unpad=True wins: where unpad=False / unpad=True
+    last rises through 1 (linear between the two points around it; ``points`` by rising
+    share), 0.0 where it wins at every point, None where it loses at the last one."""
     key = f"{section} unpad=False / unpad=True"
-    prev = None
-    for p in points:
-        if p[key] >= 1.0:
-            if prev is None:
-                return 0.0
-            x0, y0, x1, y1 = prev["padding_share"], prev[key], p["padding_share"], p[key]
+    if points[-1][key] < 1.0:
+        return None
+    for p, q in zip(points[-2::-1], points[:0:-1]):             # (p, q): neighbours, backwards
+        if p[key] < 1.0:
+            x0, y0, x1, y1 = p["padding_share"], p[key], q["padding_share"], q[key]
             return x0 + (1.0 - y0) * (x1 - x0) / (y1 - y0)
-        prev = p
-    return None
+    return 0.0
 
 
 def default_threads():
@@ -486,7 +496,7 @@ def run(args):
               "ratio_note": "time of the numerator / time of the denominator (>1: the "
                             "denominator is faster)",
               "memory_note": "peak RSS (VmHWM) of a fresh process that loads the model and "
-                             "runs two passes over the set's batches, above its RSS after "
+                             "runs two calls on the set's longest batch, above its RSS after "
                              "the imports"}
     with tempfile.TemporaryDirectory(prefix="bench_padding_free_") as data:
         common.save_hf_checkpoint(config, Path(data) / "checkpoint")

@@ -56,6 +56,8 @@ def test_the_crossover_is_interpolated_where_the_ratio_reaches_one():
     assert bpf.crossover(points, "finetune") == pytest.approx(0.15)
     assert bpf.crossover(points, "inference") == 0.0
     assert bpf.crossover(points[:2], "finetune") is None
+    noisy = [_point(0.0, 1.01, 1.0), _point(0.05, 0.96, 1.0), _point(0.1, 1.04, 1.0)]
+    assert bpf.crossover(noisy, "finetune") == pytest.approx(0.075)   # the last rise through 1
 
 
 def test_ratios_divide_the_peer_and_the_padded_path_by_minibert():
