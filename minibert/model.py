@@ -19,6 +19,11 @@ Forward, for token ids (B, S):
         x   = LayerNorm(dropout(GELU(h Wi^T + bi) Wo2^T + bo2) + h)    feed-forward block
     last_hidden_state = x;  pooler_output = tanh(x[:, 0] Wp^T + bp)    ([CLS] token)
 
+A batch with padding runs the same lines on its T real tokens alone (``minibert/packing.py``):
+``unpad`` the inputs (B, S) -> (T,) before the embeddings, every layer on (T, H), attention per
+sequence, and ``pad`` the output (T, H) -> (B, S, H) after the last layer; ``backward`` does the
+reverse. A layer never needs to know which form it runs on.
+
 Parameter gradients are added into the model's one flat gradient buffer (``accumulate``); the
 gradients ``backward`` returns are views of it.
 """

@@ -47,8 +47,10 @@ UNPAD_THRESHOLD = 0.05
 
 class Packing(NamedTuple):
     """Where the packed tokens of a right-padded (B, S) batch come from."""
-    rows: object            # (T,) int64: padded position b S + i of packed token t
-    cu_seqlens: object      # (B + 1,) int64: sequence b is tokens cu_seqlens[b] .. cu_seqlens[b+1]-1
+    rows: object            # (T,) int64 on the device: padded position b S + i of token t
+    cu_seqlens: np.ndarray  # (B + 1,) int64 on the host: sequence b is tokens
+    #                         cu_seqlens[b] .. cu_seqlens[b+1]-1 (the kernels size their work
+    #                         from it without reading the device)
     lengths: np.ndarray     # (B,) int64 on the host: n_b
     shape: tuple            # (B, S), the padded batch
 
@@ -89,7 +91,7 @@ def pack(attention_mask, name: str = "attention_mask") -> Packing | None:
         return None
     rows = np.flatnonzero(real)                                                 # (T,)
     cu_seqlens = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)     # (B + 1,)
-    return Packing(xp.asarray(rows), xp.asarray(cu_seqlens), lengths, (B, S))
+    return Packing(xp.asarray(rows), cu_seqlens, lengths, (B, S))
 
 
 def padding_share(packing: Packing) -> float:

@@ -144,13 +144,16 @@ def hf_twin(torch, transformers, model, hf_config):
     return hf
 
 
-def pretraining_step(device, dtype, lengths, n_predictions, seed=0, repeated_ids=False):
+def pretraining_step(device, dtype, lengths, n_predictions, seed=0, repeated_ids=False,
+                     unpad=None):
     """One pretraining step with dropout of the ``tiny`` preset on ``device``, rows of the
     given real lengths, ``n_predictions`` masked positions a row among the first
     ``min(lengths)``: (loss, parameters after AdamW, gradients, module of the loss's type).
-    ``repeated_ids`` repeats a token id so the embedding's scatter-add must sum."""
+    ``repeated_ids`` repeats a token id so the embedding's scatter-add must sum; ``unpad``
+    is the model's (None: padding-free by the default rule)."""
     cfg = BertConfig.preset("tiny")
     model = BertForPreTraining(cfg, dtype=dtype, seed=seed, device=device)
+    model.unpad = unpad
     xp = model.xp
     r = np.random.default_rng(1)
     B, S, P = len(lengths), max(lengths), n_predictions

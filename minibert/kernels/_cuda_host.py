@@ -6,18 +6,21 @@ CuPy arrays (recognised by their type, or anything else with ``__cuda_array_inte
 launch on CuPy's current stream and get CuPy arrays back, handed to Numba through the array
 interface without a synchronisation (the launch is on the stream that wrote them). Numba
 device arrays (``numba.cuda.to_device``, and the CUDA simulator's ``FakeCUDAArray``) launch
-on the default stream and get Numba device arrays back. Imports ``numba.cuda``: only the
-kernels' modules import this one, and only once a GPU array has arrived.
+on the default stream and get Numba device arrays back. ``numba.cuda`` is imported when a
+``Launch`` is made, not with this module (which ``attention_cuda_launch`` imports for the
+op's dispatch): only once a GPU array has arrived.
 """
 from __future__ import annotations
 
-from numba import cuda
+import numpy as np
 
 
 class Launch:
     """Allocation, conversion and the stream for arrays like ``like``."""
 
     def __init__(self, like):
+        from numba import cuda
+        self.cuda = cuda
         self.cupy = not cuda.devicearray.is_cuda_ndarray(like) and not hasattr(like, "copy_to_host")
         if self.cupy:
             import cupy
@@ -31,10 +34,17 @@ class Launch:
     def empty(self, shape, dtype):
         if self.cupy:
             return self.xp.empty(shape, dtype=dtype)
-        return cuda.device_array(shape, dtype=dtype, stream=self.stream)
+        return self.cuda.device_array(shape, dtype=dtype, stream=self.stream)
+
+    def to_device(self, host):
+        """A copy of the NumPy array ``host`` on the device, of the kind of ``like``."""
+        if self.cupy:
+            return self.xp.asarray(host)
+        return self.cuda.to_device(np.ascontiguousarray(host), stream=self.stream)
 
     def arg(self, x):
         """``x`` as a kernel takes it."""
+        cuda = self.cuda
         if cuda.devicearray.is_cuda_ndarray(x):
             return x
         if not hasattr(cuda, "as_cuda_array"):     # the simulator: it takes host arrays

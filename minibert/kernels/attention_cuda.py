@@ -53,6 +53,16 @@ with no real key skips them all and gets O = 0 and lse = +inf (FlashAttention's 
 the CPU kernel's: exp(s - lse) = 0 for every s, so every probability and gradient of the row
 is 0, never NaN).
 
+Packed sequences ("varlen"): the three bodies (``forward_rows``, ``dq_rows``, ``dkdv_rows``)
+serve the padded kernels and the ``varlen_*`` ones, which take q, k, v (A, T, D), the T real
+tokens of B sequences packed (viewed as (1, A, T, D)), and offsets ``cu_seqlens`` (B + 1,):
+sequence b, rows r0 = cu_seqlens[b] .. r0 + n_b - 1, attends to itself only, with no mask.
+A body reads row i of its sequence at [ab, a, r0 + i] and stops at its length n (padded:
+ab = b, r0 = 0, n = S; varlen: ab = 0, r0 = cu_seqlens[b], n = n_b); a varlen block whose
+tile starts past n_b returns at once (the grids are the padded ones). Dropout keeps the
+padded index: probability (b, a, i, j) is element start + ((b A + a) S + i) S + j with S
+= ``seq_len``, the padded length: the packed batch draws the padded batch's bits.
+
 Backward without atomics: each output element is written by exactly one thread, which sums
 its terms in a fixed order (the butterfly's order is fixed too), so two runs give the same
 bits.
@@ -84,17 +94,6 @@ does 9: s and dP twice in ``dq_kernel`` (once per sweep) plus the dQ update, s a
 again in ``dkdv_kernel`` plus the dK and dV updates; a split backward with D from O would
 do 7, and FlashAttention-2's single kernel, which adds dQ with atomics, 5.
 
-Sizes and limits (``LaunchConfig``): threads per block ``rows * L`` at most 1024; static
-shared memory per block (named per kernel in ``LaunchConfig.shared_bytes``) at most 48 KiB,
-the most a kernel gets without opting in. The simulator enforces neither, so
-``launch_config`` (``attention_cuda_launch.py``, where every launch size is computed)
-checks both before any launch. Head sizes above ``MAX_HEAD_DIM``, or whose
-tiles would shrink below ``MIN_TILE`` rows to fit, are not covered: ``supports(D, dtype)``
-says so, and the attention op's "auto" choice (``minibert.ops.attention``) runs its textbook
-code for them. ``attention_cuda_resources.py`` reports each kernel's registers, local
-memory and shared memory: ``ptxas_report`` (no GPU: NVVM and ptxas) and ``device_report``
-(Numba's counts on a GPU).
-
 Numerics: float32 inputs compute in float32 (scores, exp, sums, accumulators), float64 in
 float64, like the textbook op. ``math.exp`` of a float32 is CUDA's ``expf``; the results
 are cast back to the input type (the simulator, which runs this code in Python, would
@@ -107,16 +106,8 @@ between two block barriers (every thread of a block reaches every exchange: the 
 around them have block-uniform bounds), and ``syncwarp`` is a block barrier. The
 arithmetic, its order and the indexing are the ones the GPU runs.
 
-Arrays: CuPy arrays (anything with ``__cuda_array_interface__``) run on CuPy's current
-stream and come back as CuPy arrays; Numba device arrays (``numba.cuda.to_device``: how
-the simulator tests call these kernels) come back as Numba device arrays. The arguments
-arrive validated by ``minibert.kernels.fused_attention_forward`` / ``_backward``
-(``_args.cuda_forward_args`` / ``cuda_backward_args``); every scalar is cast here to the
-type the kernels are compiled for.
-
-This module imports ``numba.cuda``: ``minibert.kernels`` imports it only when a GPU array
-arrives, so ``import minibert`` never touches CUDA. ``supports`` and ``launch_config`` live
-in ``attention_cuda_launch.py``, plain arithmetic with no CUDA import, for the op's dispatch.
+The host side (allocation, streams, scalar types, launches, launch sizes and limits) is in
+``attention_cuda_launch.py``; its names are importable from here too.
 """
 from __future__ import annotations
 
@@ -127,19 +118,24 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda
 
-from ..validation import AttentionMask
-from ._cuda_host import Launch
-from .attention_cuda_launch import (  # noqa: F401 (the launch limits, importable from here)
+from .attention_cuda_launch import (  # noqa: F401 (the limits and the launches, importable here)
     KERNELS,
     MAX_HEAD_DIM,
     MAX_THREADS,
     MIN_BLOCKS,
     MIN_TILE,
     STATIC_SHARED_LIMIT,
+    VARLEN_KERNELS,
+    Device,
     LaunchConfig,
+    attention_backward,
+    attention_forward,
     default_lanes,
+    kernel_scalars,
     launch_config,
     supports,
+    varlen_backward,
+    varlen_forward,
 )
 from .philox_cpu import dropout_keep, keep_from_word, philox_block, select_word
 
@@ -147,10 +143,13 @@ from .philox_cpu import dropout_keep, keep_from_word, philox_block, select_word
 
 
 class Kernels(NamedTuple):
-    """The compiled kernels of one (dtype, D, block_q, block_k, lanes)."""
+    """The compiled kernels of one (dtype, D, block_q, block_k, lanes): padded, then varlen."""
     forward: object
     dq: object
     dkdv: object
+    varlen_forward: object
+    varlen_dq: object
+    varlen_dkdv: object
 
 
 @functools.cache
@@ -252,23 +251,49 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
             d = e - r * D
             dst[r, d // L, d & (L - 1)] = src[b, a, r0 + r, d] if r < n else ZERO
 
-    @cuda.jit(device=True, inline=True)
-    def load_key_tile(ks, vs, bias, k, v, key_bias, b, a, j0, nc, t):
-        """The key tile j0 .. j0 + nc - 1 of (b, a) into shared memory, by the NT_Q threads of
-        a query block: its K and V rows (``load_rows``) and its key mask M in ``bias``."""
-        load_rows(ks, k, b, a, j0, nc, t, NT_Q)
-        load_rows(vs, v, b, a, j0, nc, t, NT_Q)
-        for c in range(t, nc, NT_Q):
-            bias[c] = key_bias[b, j0 + c]
+    # The key mask (padded form only), None for "no mask": Numba types these per argument
+    # and prunes the ``is None`` branch, so neither form pays for the other's.
 
-    @kernel(NT_Q)
-    def forward_kernel(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
-                       start, out, lse):
-        """out (B, A, S, D), lse (B, A, S); grid (B A, ceil(S / BQ)), BQ L threads."""
-        _, A, S, _ = q.shape
-        bh, b, a, t, row, lane, mask = thread_place(A)
+    @cuda.jit(device=True, inline=True)
+    def key_bias_at(key_bias, b, j):
+        """M_j of key j of sequence b: 0 at a real key, -inf at padding (0 without a mask)."""
+        if key_bias is None:
+            return ZERO
+        return key_bias[b, j]
+
+    @cuda.jit(device=True, inline=True)
+    def key_tiles(tile_has_key, n):
+        """The number of key tiles of a sequence of n keys."""
+        if tile_has_key is None:
+            return (n + BK - 1) // BK
+        return tile_has_key.shape[1]
+
+    @cuda.jit(device=True, inline=True)
+    def tile_is_padding(tile_has_key, b, kt):
+        """True where key tile kt of sequence b holds padding only (never without a mask)."""
+        if tile_has_key is None:
+            return False
+        return tile_has_key[b, kt] == 0
+
+    @cuda.jit(device=True, inline=True)
+    def load_key_tile(ks, vs, bias, k, v, key_bias, ab, b, a, r0, j0, nc, t):
+        """The key tile j0 .. j0 + nc - 1 of (b, a) into shared memory, by the NT_Q threads of
+        a query block: its K and V rows (``load_rows``, from row r0 + j0) and its key mask M
+        in ``bias``."""
+        load_rows(ks, k, ab, a, r0 + j0, nc, t, NT_Q)
+        load_rows(vs, v, ab, a, r0 + j0, nc, t, NT_Q)
+        for c in range(t, nc, NT_Q):
+            bias[c] = key_bias_at(key_bias, b, j0 + c)
+
+    @cuda.jit(device=True, inline=True)
+    def forward_rows(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
+                     start, out, lse, batched, r0, n, S):
+        """The forward of query tile blockIdx.y of the block's (b, a): rows [ab, a, r0 + i]
+        for i < n (ab = b where ``batched``, else 0), Philox elements of the padded length S."""
+        bh, b, a, t, row, lane, mask = thread_place(q.shape[1])
+        ab = b if batched else 0                    # the arrays' first index
         i = cuda.blockIdx.y * BQ + row              # the group's query row
-        live = i < S
+        live = i < n
         ks = cuda.shared.array((BK, DL, L), ftype)      # K tile
         vs = cuda.shared.array((BK, DL, L), ftype)      # V tile
         bias = cuda.shared.array(BK, ftype)         # M of the tile's keys
@@ -278,18 +303,18 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         qr = cuda.local.array(DL, ftype)            # q_i's slice, in registers
         acc = cuda.local.array(DL, ftype)           # unnormalised O_i's slice
         for u in range(DL):
-            qr[u] = q[b, a, i, lane + L * u] if live else ZERO
+            qr[u] = q[ab, a, r0 + i, lane + L * u] if live else ZERO
             acc[u] = ZERO
         m = NEG_INF
         l_part = ZERO                               # this lane's share of l
         dropping = p32 > 0
         w0 = w1 = w2 = w3 = np.uint64(0)
-        for kt in range(tile_has_key.shape[1]):
-            if tile_has_key[b, kt] == 0:            # padding only: P = 0 there (block-uniform)
+        for kt in range(key_tiles(tile_has_key, n)):
+            if tile_is_padding(tile_has_key, b, kt):    # P = 0 there (block-uniform)
                 continue
             j0 = kt * BK
-            nc = min(BK, S - j0)
-            load_key_tile(ks, vs, bias, k, v, key_bias, b, a, j0, nc, t)
+            nc = min(BK, n - j0)
+            load_key_tile(ks, vs, bias, k, v, key_bias, ab, b, a, r0, j0, nc, t)
             cuda.syncthreads()
             base = start + np.uint64((bh * S + i) * S + j0)     # Philox element of (i, j0)
             off = np.int64(base & THREE)            # key c is word (c + off) % 4 of its block
@@ -333,24 +358,24 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         if live:
             if l > ZERO:
                 for u in range(DL):
-                    out[b, a, i, lane + L * u] = acc[u] / l     # one rounding, as P = e / sum
+                    out[ab, a, r0 + i, lane + L * u] = acc[u] / l     # one rounding, as P = e / sum
                 if lane == 0:
-                    lse[b, a, i] = m + ftype(math.log(l))
+                    lse[ab, a, r0 + i] = m + ftype(math.log(l))
             else:                                   # no real key: zeros, lse = +inf
                 for u in range(DL):
-                    out[b, a, i, lane + L * u] = ZERO
+                    out[ab, a, r0 + i, lane + L * u] = ZERO
                 if lane == 0:
-                    lse[b, a, i] = POS_INF
+                    lse[ab, a, r0 + i] = POS_INF
 
-    @kernel(NT_Q)
-    def dq_kernel(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
-                  offset, start, inv_sum, delta, dq):
-        """dq (B, A, S, D) and the row statistics inv_sum = 1 / sigma, delta = pi / sigma
-        (B, A, S); grid (B A, ceil(S / BQ)), BQ L threads, a group per query row."""
-        _, A, S, _ = q.shape
-        bh, b, a, t, row, lane, mask = thread_place(A)
+    @cuda.jit(device=True, inline=True)
+    def dq_rows(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
+                offset, start, inv_sum, delta, dq, batched, r0, n, S):
+        """dQ and the row statistics inv_sum = 1 / sigma, delta = pi / sigma of query tile
+        blockIdx.y of the block's (b, a), a group per query row (rows as ``forward_rows``)."""
+        bh, b, a, t, row, lane, mask = thread_place(q.shape[1])
+        ab = b if batched else 0                    # the arrays' first index
         i = cuda.blockIdx.y * BQ + row
-        live = i < S
+        live = i < n
         ks = cuda.shared.array((BK, DL, L), ftype)
         vs = cuda.shared.array((BK, DL, L), ftype)
         bias = cuda.shared.array(BK, ftype)
@@ -362,10 +387,10 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         dor = cuda.local.array(DL, ftype)           # dO_i's slice
         dqa = cuda.local.array(DL, ftype)           # sum_j dS_ij k_j, this slice
         for u in range(DL):
-            qr[u] = q[b, a, i, lane + L * u] if live else ZERO
-            dor[u] = dout[b, a, i, lane + L * u] if live else ZERO
+            qr[u] = q[ab, a, r0 + i, lane + L * u] if live else ZERO
+            dor[u] = dout[ab, a, r0 + i, lane + L * u] if live else ZERO
             dqa[u] = ZERO
-        lse_i = lse[b, a, i] if live else POS_INF
+        lse_i = lse[ab, a, r0 + i] if live else POS_INF
         dropping = p32 > 0
         w0 = w1 = w2 = w3 = np.uint64(0)
         sigma = ZERO                                # this lane's shares, then the row's
@@ -374,12 +399,12 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         delta_i = ZERO
         # sweep 0: the row statistics sigma_i, pi_i; sweep 1: dQ_i (needs D_i of the whole row)
         for sweep in range(2):
-            for kt in range(tile_has_key.shape[1]):
-                if tile_has_key[b, kt] == 0:
+            for kt in range(key_tiles(tile_has_key, n)):
+                if tile_is_padding(tile_has_key, b, kt):
                     continue
                 j0 = kt * BK
-                nc = min(BK, S - j0)
-                load_key_tile(ks, vs, bias, k, v, key_bias, b, a, j0, nc, t)
+                nc = min(BK, n - j0)
+                load_key_tile(ks, vs, bias, k, v, key_bias, ab, b, a, r0, j0, nc, t)
                 cuda.syncthreads()
                 base = start + np.uint64((bh * S + i) * S + j0)
                 off = np.int64(base & THREE)
@@ -424,26 +449,26 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
                 delta_i = pi * inv_sigma            # D_i = rowsum(dP * P)
         if live:
             for u in range(DL):
-                dq[b, a, i, lane + L * u] = dqa[u] * scale  # s = c q k^T: dQ = c dS K
+                dq[ab, a, r0 + i, lane + L * u] = dqa[u] * scale  # s = c q k^T: dQ = c dS K
             if lane == 0:
-                inv_sum[b, a, i] = inv_sigma
-                delta[b, a, i] = delta_i
+                inv_sum[ab, a, r0 + i] = inv_sigma
+                delta[ab, a, r0 + i] = delta_i
 
-    @kernel(NT_K)
-    def dkdv_kernel(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
-                    keep_scale, seed, offset, start, dk, dv):
-        """dk, dv (B, A, S, D); grid (B A, ceil(S / BK)), BK L threads, a group per key row;
-        query tiles of BQ rows (Q, dO, lse, 1 / sigma, D_i) staged in shared memory."""
-        _, A, S, _ = q.shape
-        bh, b, a, t, row, lane, mask = thread_place(A)
+    @cuda.jit(device=True, inline=True)
+    def dkdv_rows(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
+                  keep_scale, seed, offset, start, dk, dv, batched, r0, n, S):
+        """dK and dV of key tile blockIdx.y of the block's (b, a), a group per key row (rows as
+        ``forward_rows``); query tiles (Q, dO, lse, 1 / sigma, D_i) staged in shared memory."""
+        bh, b, a, t, row, lane, mask = thread_place(q.shape[1])
+        ab = b if batched else 0                    # the arrays' first index
         kt = cuda.blockIdx.y
         j = kt * BK + row                           # the group's key row
-        live = j < S
-        if tile_has_key[b, kt] == 0:                # padding only: dK = dV = 0 (block-uniform)
+        live = j < n
+        if tile_is_padding(tile_has_key, b, kt):    # padding only: dK = dV = 0 (block-uniform)
             if live:
                 for u in range(DL):
-                    dk[b, a, j, lane + L * u] = ZERO
-                    dv[b, a, j, lane + L * u] = ZERO
+                    dk[ab, a, r0 + j, lane + L * u] = ZERO
+                    dv[ab, a, r0 + j, lane + L * u] = ZERO
             return
         qs = cuda.shared.array((BQ, DL, L), ftype)
         dos = cuda.shared.array((BQ, DL, L), ftype)
@@ -458,21 +483,21 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
         vr = cuda.local.array(DL, ftype)
         dka = cuda.local.array(DL, ftype)
         dva = cuda.local.array(DL, ftype)
-        real = live and key_bias[b, j] == ZERO      # a padded key gets no gradient
+        real = live and key_bias_at(key_bias, b, j) == ZERO      # a padded key gets no gradient
         for u in range(DL):
-            kr[u] = k[b, a, j, lane + L * u] if live else ZERO
-            vr[u] = v[b, a, j, lane + L * u] if live else ZERO
+            kr[u] = k[ab, a, r0 + j, lane + L * u] if live else ZERO
+            vr[u] = v[ab, a, r0 + j, lane + L * u] if live else ZERO
             dka[u] = ZERO
             dva[u] = ZERO
         dropping = p32 > 0
-        for i0 in range(0, S, BQ):
-            nr = min(BQ, S - i0)
-            load_rows(qs, q, b, a, i0, nr, t, NT_K)
-            load_rows(dos, dout, b, a, i0, nr, t, NT_K)
+        for i0 in range(0, n, BQ):
+            nr = min(BQ, n - i0)
+            load_rows(qs, q, ab, a, r0 + i0, nr, t, NT_K)
+            load_rows(dos, dout, ab, a, r0 + i0, nr, t, NT_K)
             for r in range(t, nr, NT_K):
-                ls[r] = lse[b, a, i0 + r]
-                isum[r] = inv_sum[b, a, i0 + r]
-                dl[r] = delta[b, a, i0 + r]
+                ls[r] = lse[ab, a, r0 + i0 + r]
+                isum[r] = inv_sum[ab, a, r0 + i0 + r]
+                dl[r] = delta[ab, a, r0 + i0 + r]
             cuda.syncthreads()
             for r in range(nr):
                 s = ZERO
@@ -506,88 +531,68 @@ def build_kernels(dtype_str, D, BQ, BK, L=None):
             cuda.syncthreads()
         if live:
             for u in range(DL):
-                dk[b, a, j, lane + L * u] = dka[u] * scale
-                dv[b, a, j, lane + L * u] = dva[u]
+                dk[ab, a, r0 + j, lane + L * u] = dka[u] * scale
+                dv[ab, a, r0 + j, lane + L * u] = dva[u]
 
-    return Kernels(forward_kernel, dq_kernel, dkdv_kernel)
+    # The padded kernels: (B, A, S, D) arrays and the mask's tables; grids as described above.
 
+    @kernel(NT_Q)
+    def forward_kernel(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
+                       start, out, lse):
+        """out (B, A, S, D), lse (B, A, S)."""
+        forward_rows(q, k, v, key_bias, tile_has_key, scale, p32, keep_scale, seed, offset,
+                     start, out, lse, True, 0, q.shape[2], q.shape[2])
 
-# --------------------------------------------------------------------------- host side
+    @kernel(NT_Q)
+    def dq_kernel(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
+                  offset, start, inv_sum, delta, dq):
+        """dq (B, A, S, D), the row statistics inv_sum, delta (B, A, S)."""
+        dq_rows(q, k, v, dout, lse, key_bias, tile_has_key, scale, p32, keep_scale, seed,
+                offset, start, inv_sum, delta, dq, True, 0, q.shape[2], q.shape[2])
 
+    @kernel(NT_K)
+    def dkdv_kernel(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
+                    keep_scale, seed, offset, start, dk, dv):
+        """dk, dv (B, A, S, D)."""
+        dkdv_rows(q, k, v, dout, lse, inv_sum, delta, key_bias, tile_has_key, scale, p32,
+                  keep_scale, seed, offset, start, dk, dv, True, 0, q.shape[2], q.shape[2])
 
-class Device(Launch):
-    """``_cuda_host.Launch`` (the kind of GPU array that came in, its allocation, conversion
-    and stream) with the attention mask's device tables."""
+    # The varlen kernels: packed (A, T, D) arrays as (1, A, T, D), (A, T) as (1, A, T); no mask.
 
-    def mask_tables(self, mask, B, S, block_k, dtype):
-        """``(key_bias, tile_has_key)`` on the device: the additive key mask (B, S) in
-        ``dtype`` (0 at real keys, -inf at padding, whose exp is exactly 0) and, per
-        sequence and key tile of ``block_k`` keys, 1 if the tile holds a real key, else 0
-        (B, ceil(S / block_k)) int32. ``mask`` is a checked ``AttentionMask`` or None; its
-        forms are built once and kept, so every layer of a forward and backward reuses them."""
-        if mask is None:
-            mask = AttentionMask(np.ones((B, S), dtype=np.int8))
-        elif not isinstance(mask, AttentionMask):       # a checked (B, S) 0/1 array
-            mask = AttentionMask(mask)
-        key_bias, tiles = mask.key_bias(dtype), mask.tile_has_key(block_k)
-        if self.cupy:
-            return self.xp.asarray(key_bias), self.xp.asarray(tiles)   # no copy when on device
-        return (cuda.to_device(np.ascontiguousarray(key_bias), stream=self.stream),
-                cuda.to_device(np.ascontiguousarray(tiles), stream=self.stream))
+    @cuda.jit(device=True, inline=True)
+    def sequence(cu_seqlens, A, rows):
+        """(first row, length) of the block's sequence; True if its tile starts past the end."""
+        b = cuda.blockIdx.x // A
+        r0 = cu_seqlens[b]
+        n = cu_seqlens[b + 1] - r0
+        return r0, n, cuda.blockIdx.y * rows >= n
 
+    @kernel(NT_Q)
+    def varlen_forward_kernel(q, k, v, cu_seqlens, scale, p32, keep_scale, seed, offset, start,
+                              seq_len, out, lse):
+        """out (1, A, T, D), lse (1, A, T)."""
+        r0, n, past = sequence(cu_seqlens, q.shape[1], BQ)
+        if not past:
+            forward_rows(q, k, v, None, None, scale, p32, keep_scale, seed, offset, start, out,
+                         lse, False, r0, n, seq_len)
 
-def kernel_scalars(dtype, scale, dropout_p, seed, offset):
-    """The kernels' scalar arguments, typed: in Numba a float32 mixed with a Python float
-    becomes float64, and an int64 mixed with a uint64 too. The kernels take ``start`` after
-    them, as a uint64 too."""
-    ftype = dtype.type
-    return (ftype(scale), np.float32(dropout_p), ftype(1.0 / (1.0 - dropout_p)),
-            np.uint64(seed), np.uint64(offset))
+    @kernel(NT_Q)
+    def varlen_dq_kernel(q, k, v, dout, lse, cu_seqlens, scale, p32, keep_scale, seed, offset,
+                         start, seq_len, inv_sum, delta, dq):
+        """dq (1, A, T, D), the row statistics inv_sum, delta (1, A, T)."""
+        r0, n, past = sequence(cu_seqlens, q.shape[1], BQ)
+        if not past:
+            dq_rows(q, k, v, dout, lse, None, None, scale, p32, keep_scale, seed, offset, start,
+                    inv_sum, delta, dq, False, r0, n, seq_len)
 
+    @kernel(NT_K)
+    def varlen_dkdv_kernel(q, k, v, dout, lse, inv_sum, delta, cu_seqlens, scale, p32,
+                           keep_scale, seed, offset, start, seq_len, dk, dv):
+        """dk, dv (1, A, T, D)."""
+        r0, n, past = sequence(cu_seqlens, q.shape[1], BK)
+        if not past:
+            dkdv_rows(q, k, v, dout, lse, inv_sum, delta, None, None, scale, p32, keep_scale,
+                      seed, offset, start, dk, dv, False, r0, n, seq_len)
 
-def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
-                      block_q=None, block_k=None, lanes=None):
-    """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
-    GPU arrays of one kind, ``scale`` a float, ``mask`` (B, S) of 0/1 (NumPy, or CuPy with
-    CuPy inputs) or None. ``block_q``, ``block_k``, ``lanes``: see ``launch_config``."""
-    B, A, S, D = q.shape
-    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
-    dev = Device(q)
-    out = dev.empty((B, A, S, D), q.dtype)
-    lse = dev.empty((B, A, S), q.dtype)
-    if B * A * S == 0:
-        return out, lse
-    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
-    key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
-    kern.forward[cfg.grid("forward", B, A, S), cfg.threads("forward"), dev.stream](
-        dev.arg(q), dev.arg(k), dev.arg(v), dev.arg(key_bias), dev.arg(tiles),
-        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset), np.uint64(start),
-        dev.arg(out), dev.arg(lse))
-    return out, lse
-
-
-def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
-                       *, start=0, block_q=None, block_k=None, lanes=None):
-    """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
-    ``out`` is not read (the row statistics are recomputed: see the module docstring); it
-    stays in FlashAttention's signature."""
-    B, A, S, D = q.shape
-    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
-    dev = Device(q)
-    dq, dk, dv = (dev.empty((B, A, S, D), q.dtype) for _ in range(3))
-    if B * A * S == 0:
-        return dq, dk, dv
-    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
-    key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
-    inv_sum = dev.empty((B, A, S), q.dtype)                       # 1 / sigma_i
-    delta = dev.empty((B, A, S), q.dtype)                         # D_i
-    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset) + (np.uint64(start),)
-    qa, ka, va, da, la = (dev.arg(x) for x in (q, k, v, dout, lse))
-    kb, ta = dev.arg(key_bias), dev.arg(tiles)
-    kern.dq[cfg.grid("dq", B, A, S), cfg.threads("dq"), dev.stream](
-        qa, ka, va, da, la, kb, ta, *scalars, dev.arg(inv_sum), dev.arg(delta), dev.arg(dq))
-    # same stream: dkdv_kernel starts after dq_kernel has written the row statistics
-    kern.dkdv[cfg.grid("dkdv", B, A, S), cfg.threads("dkdv"), dev.stream](
-        qa, ka, va, da, la, dev.arg(inv_sum), dev.arg(delta), kb, ta, *scalars,
-        dev.arg(dk), dev.arg(dv))
-    return dq, dk, dv
+    return Kernels(forward_kernel, dq_kernel, dkdv_kernel, varlen_forward_kernel,
+                   varlen_dq_kernel, varlen_dkdv_kernel)

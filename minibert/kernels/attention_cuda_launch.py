@@ -1,16 +1,43 @@
-"""Launch sizes of the CUDA attention kernels (``attention_cuda.py``): the limits every
-CUDA GPU sets, the default tiles and lanes for a head size and dtype, and ``supports`` /
-``launch_config``, which check a configuration against those limits before any launch.
+"""Launch sizes and launches of the CUDA attention kernels (``attention_cuda.py``): the limits
+every CUDA GPU sets, the default tiles and lanes for a head size and dtype, ``supports`` /
+``launch_config``, which check a configuration against those limits before any launch, and
+the host side: ``attention_forward`` / ``attention_backward`` (padded (B, A, S, D) with a
+mask) and ``varlen_forward`` / ``varlen_backward`` (packed (A, T, D) with ``cu_seqlens``).
 
-Plain arithmetic, with no CUDA import: the op's dispatch asks ``supports`` without loading
-``numba.cuda``. The thread layout these sizes describe (a row per group of lanes, tiles of
-rows staged in shared memory) is derived in ``attention_cuda.py``'s docstring.
+No CUDA import at load: the op's dispatch asks ``supports`` without loading ``numba.cuda``,
+which the launches import (with ``attention_cuda``) only once GPU arrays have arrived. The
+thread layout these sizes describe (a row per group of lanes, tiles of rows staged in
+shared memory) is derived in ``attention_cuda.py``'s docstring.
+
+Sizes and limits (``LaunchConfig``): threads per block ``rows * L`` at most 1024; static
+shared memory per block (named per kernel in ``LaunchConfig.shared_bytes``) at most 48 KiB,
+the most a kernel gets without opting in. The simulator enforces neither, so
+``launch_config`` (where every launch size is computed) checks both before any launch.
+Head sizes above ``MAX_HEAD_DIM``, or whose tiles would shrink below ``MIN_TILE`` rows to
+fit, are not covered: ``supports(D, dtype)`` says so, and the attention op's "auto" choice
+(``minibert.ops.attention``) runs its textbook code for them.
+``attention_cuda_resources.py`` reports each kernel's registers, local memory and shared
+memory: ``ptxas_report`` (no GPU: NVVM and ptxas) and ``device_report`` (Numba's counts on
+a GPU).
+
+Arrays: CuPy arrays (anything with ``__cuda_array_interface__``) run on CuPy's current
+stream and come back as CuPy arrays; Numba device arrays (``numba.cuda.to_device``: how
+the simulator tests call these kernels) come back as Numba device arrays. The arguments
+arrive validated by ``minibert.kernels.fused_attention_forward`` / ``_backward``
+(``_args.cuda_forward_args`` / ``cuda_backward_args``) and
+``fused_attention_varlen_forward`` / ``_backward`` (``_args.varlen_forward_args`` /
+``varlen_backward_args``); every scalar is cast here to the type the kernels are compiled
+for (``kernel_scalars``). The varlen grids are sized without a device sync: from the
+longest sequence where ``cu_seqlens`` is a NumPy array, else from ``seq_len``.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
+
+from ..validation import AttentionMask
+from ._cuda_host import Launch
 
 #: The most threads a block may have on every CUDA GPU.
 MAX_THREADS = 1024
@@ -38,6 +65,10 @@ MIN_BLOCKS = 4
 
 #: The kernels' names, in launch order.
 KERNELS = ("forward", "dq", "dkdv")
+
+#: The varlen kernels' names (packed sequences from ``cu_seqlens``): the same blocks, threads
+#: and shared memory as the padded kernel of the same name without the prefix.
+VARLEN_KERNELS = ("varlen_forward", "varlen_dq", "varlen_dkdv")
 
 def _positive(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -68,11 +99,13 @@ class LaunchConfig(NamedTuple):
 
     def threads(self, kernel):
         """Threads per block: a group of ``lanes`` per owned row."""
+        kernel = kernel.removeprefix("varlen_")
         return (self.block_k if kernel == "dkdv" else self.block_q) * self.lanes
 
     def shared_bytes(self, kernel):
         """Static shared memory per block, from the arrays each kernel declares (the score
         rows are padded by one number against bank conflicts)."""
+        kernel = kernel.removeprefix("varlen_")
         BQ, BK, D = self.block_q, self.block_k, self.D
         if kernel == "forward":     # K, V tiles; P~ rows; key bias
             words = 2 * BK * D + BQ * (BK + 1) + BK
@@ -85,8 +118,9 @@ class LaunchConfig(NamedTuple):
         return words * self.itemsize
 
     def grid(self, kernel, B, A, S):
-        """(sequence x head, row tile): one block per ``block_q`` queries or ``block_k`` keys."""
-        rows = self.block_k if kernel == "dkdv" else self.block_q
+        """(sequence x head, row tile): one block per ``block_q`` queries or ``block_k`` keys
+        of a sequence of S rows (the varlen kernels: S at least the longest sequence)."""
+        rows = self.block_k if kernel.removeprefix("varlen_") == "dkdv" else self.block_q
         return (B * A, -(-S // rows))
 
 
@@ -170,3 +204,160 @@ def launch_config(D, dtype, block_q=None, block_k=None, lanes=None):
                              f"shared memory in the {kernel} kernel, expected at most "
                              f"{STATIC_SHARED_LIMIT} (smaller tiles)")
     return cfg
+
+
+# --------------------------------------------------------------------------- the launches
+# Each imports ``attention_cuda`` (and with it ``numba.cuda``) when it runs: only once GPU
+# arrays have arrived.
+
+
+class Device(Launch):
+    """``_cuda_host.Launch`` (the kind of GPU array that came in, its allocation, conversion
+    and stream) with the attention mask's device tables."""
+
+    def mask_tables(self, mask, B, S, block_k, dtype):
+        """``(key_bias, tile_has_key)`` on the device: the additive key mask (B, S) in
+        ``dtype`` (0 at real keys, -inf at padding, whose exp is exactly 0) and, per
+        sequence and key tile of ``block_k`` keys, 1 if the tile holds a real key, else 0
+        (B, ceil(S / block_k)) int32. ``mask`` is a checked ``AttentionMask`` or None; its
+        forms are built once and kept, so every layer of a forward and backward reuses them."""
+        if mask is None:
+            mask = AttentionMask(np.ones((B, S), dtype=np.int8))
+        elif not isinstance(mask, AttentionMask):       # a checked (B, S) 0/1 array
+            mask = AttentionMask(mask)
+        key_bias, tiles = mask.key_bias(dtype), mask.tile_has_key(block_k)
+        return self.to_device(key_bias), self.to_device(tiles)     # CuPy: no copy when on device
+
+    def sequences(self, cu_seqlens, seq_len):
+        """``(cu_seqlens on the device, rows)``: rows is the grids' sequence length, the
+        longest sequence where ``cu_seqlens`` is a NumPy array (read on the host, so no
+        device sync), else ``seq_len`` (>= every length: blocks past a sequence's end
+        return at once)."""
+        if not isinstance(cu_seqlens, np.ndarray):
+            return cu_seqlens, seq_len
+        host = np.ascontiguousarray(cu_seqlens, dtype=np.int64)
+        return self.to_device(host), int(np.diff(host).max(initial=0))
+
+    def packed(self, x):
+        """A packed (A, T, ...) array as the varlen kernels take it: a (1, A, T, ...) view,
+        C-contiguous (CuPy copies a strided array; a strided Numba array is refused)."""
+        if self.cupy:
+            x = self.xp.ascontiguousarray(x)
+        elif not x.is_c_contiguous():
+            raise ValueError(f"a Numba device array of shape {tuple(x.shape)} is not "
+                             "C-contiguous, expected a C-contiguous array (A, T, D)")
+        return self.arg(x.reshape((1,) + tuple(x.shape)))
+
+
+def kernel_scalars(dtype, scale, dropout_p, seed, offset):
+    """The kernels' scalar arguments, typed: in Numba a float32 mixed with a Python float
+    becomes float64, and an int64 mixed with a uint64 too. The kernels take ``start`` after
+    them, as a uint64 too."""
+    ftype = dtype.type
+    return (ftype(scale), np.float32(dropout_p), ftype(1.0 / (1.0 - dropout_p)),
+            np.uint64(seed), np.uint64(offset))
+
+
+def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
+                      block_q=None, block_k=None, lanes=None):
+    """``(out, lse)`` for inputs validated by ``minibert.kernels.fused_attention_forward``:
+    GPU arrays of one kind, ``scale`` a float, ``mask`` (B, S) of 0/1 (NumPy, or CuPy with
+    CuPy inputs) or None. ``block_q``, ``block_k``, ``lanes``: see ``launch_config``."""
+    from .attention_cuda import build_kernels
+    B, A, S, D = q.shape
+    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
+    dev = Device(q)
+    out = dev.empty((B, A, S, D), q.dtype)
+    lse = dev.empty((B, A, S), q.dtype)
+    if B * A * S == 0:
+        return out, lse
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
+    kern.forward[cfg.grid("forward", B, A, S), cfg.threads("forward"), dev.stream](
+        dev.arg(q), dev.arg(k), dev.arg(v), dev.arg(key_bias), dev.arg(tiles),
+        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset), np.uint64(start),
+        dev.arg(out), dev.arg(lse))
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed=0, offset=0,
+                       *, start=0, block_q=None, block_k=None, lanes=None):
+    """``(dq, dk, dv)`` for inputs validated by ``minibert.kernels.fused_attention_backward``.
+    ``out`` is not read (the row statistics are recomputed: see the module docstring); it
+    stays in FlashAttention's signature."""
+    from .attention_cuda import build_kernels
+    B, A, S, D = q.shape
+    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
+    dev = Device(q)
+    dq, dk, dv = (dev.empty((B, A, S, D), q.dtype) for _ in range(3))
+    if B * A * S == 0:
+        return dq, dk, dv
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
+    inv_sum = dev.empty((B, A, S), q.dtype)                       # 1 / sigma_i
+    delta = dev.empty((B, A, S), q.dtype)                         # D_i
+    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset) + (np.uint64(start),)
+    qa, ka, va, da, la = (dev.arg(x) for x in (q, k, v, dout, lse))
+    kb, ta = dev.arg(key_bias), dev.arg(tiles)
+    kern.dq[cfg.grid("dq", B, A, S), cfg.threads("dq"), dev.stream](
+        qa, ka, va, da, la, kb, ta, *scalars, dev.arg(inv_sum), dev.arg(delta), dev.arg(dq))
+    # same stream: dkdv_kernel starts after dq_kernel has written the row statistics
+    kern.dkdv[cfg.grid("dkdv", B, A, S), cfg.threads("dkdv"), dev.stream](
+        qa, ka, va, da, la, dev.arg(inv_sum), dev.arg(delta), kb, ta, *scalars,
+        dev.arg(dk), dev.arg(dv))
+    return dq, dk, dv
+
+
+def varlen_forward(q, k, v, cu_seqlens, scale, dropout_p=0.0, seed=0, offset=0, *, seq_len,
+                   start=0, block_q=None, block_k=None, lanes=None):
+    """``(out (A, T, D), lse (A, T))`` of the packed sequences, for inputs validated by
+    ``minibert.kernels.fused_attention_varlen_forward``: q, k, v (A, T, D) GPU arrays of one
+    kind; ``cu_seqlens`` (B + 1,) integer offsets, NumPy or a GPU array (sequence b is
+    tokens cu_seqlens[b] .. cu_seqlens[b + 1] - 1, attending to itself only, no mask);
+    ``seq_len`` the padded length S >= every n_b whose dropout elements are drawn:
+    probability (b, a, i, j) is Philox element start + ((b A + a) S + i) S + j, as in the
+    padded kernels on the padded batch. Other arguments as ``attention_forward``."""
+    from .attention_cuda import build_kernels
+    A, T, D = q.shape
+    B = cu_seqlens.shape[0] - 1
+    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
+    dev = Device(q)
+    out, lse = dev.empty((A, T, D), q.dtype), dev.empty((A, T), q.dtype)
+    if B * A * T == 0:
+        return out, lse
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    cu, rows = dev.sequences(cu_seqlens, seq_len)
+    kern.varlen_forward[cfg.grid("varlen_forward", B, A, rows), cfg.threads("forward"),
+                        dev.stream](
+        dev.packed(q), dev.packed(k), dev.packed(v), dev.arg(cu),
+        *kernel_scalars(q.dtype, scale, dropout_p, seed, offset), np.uint64(start),
+        np.int64(seq_len), dev.packed(out), dev.packed(lse))
+    return out, lse
+
+
+def varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale, dropout_p=0.0, seed=0, offset=0,
+                    *, seq_len, start=0, block_q=None, block_k=None, lanes=None):
+    """``(dq, dk, dv)``, (A, T, D) each, of the packed sequences, for inputs validated by
+    ``minibert.kernels.fused_attention_varlen_backward`` (as ``varlen_forward``; ``lse``
+    (A, T) as the forward returns it). ``out`` is not read, as in ``attention_backward``."""
+    from .attention_cuda import build_kernels
+    A, T, D = q.shape
+    B = cu_seqlens.shape[0] - 1
+    cfg = launch_config(D, q.dtype, block_q, block_k, lanes)
+    dev = Device(q)
+    dq, dk, dv = (dev.empty((A, T, D), q.dtype) for _ in range(3))
+    if B * A * T == 0:
+        return dq, dk, dv
+    kern = build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
+    cu, rows = dev.sequences(cu_seqlens, seq_len)
+    inv_sum, delta = (dev.packed(dev.empty((A, T), q.dtype)) for _ in range(2))
+    scalars = kernel_scalars(q.dtype, scale, dropout_p, seed, offset) + (
+        np.uint64(start), np.int64(seq_len))
+    qa, ka, va, da, la = (dev.packed(x) for x in (q, k, v, dout, lse))
+    kern.varlen_dq[cfg.grid("varlen_dq", B, A, rows), cfg.threads("dq"), dev.stream](
+        qa, ka, va, da, la, dev.arg(cu), *scalars, inv_sum, delta, dev.packed(dq))
+    # same stream: the dK/dV kernel starts after the dQ kernel has written the row statistics
+    kern.varlen_dkdv[cfg.grid("varlen_dkdv", B, A, rows), cfg.threads("dkdv"), dev.stream](
+        qa, ka, va, da, la, inv_sum, delta, dev.arg(cu), *scalars, dev.packed(dk),
+        dev.packed(dv))
+    return dq, dk, dv

@@ -22,30 +22,36 @@ from .attention_cuda_launch import KERNELS, MIN_BLOCKS, launch_config
 
 
 def kernel_signatures(dtype):
-    """Numba signatures of the three kernels for C-contiguous arrays of ``dtype``, with the
-    scalar types the host code passes (``kernel_scalars``, then ``start``): for
+    """Numba signatures of the six kernels (the padded three, then the varlen three) for
+    C-contiguous arrays of ``dtype``, with the scalar types the host code passes
+    (``kernel_scalars``, then ``start``, and ``seq_len`` for the varlen ones): for
     ``compile_ptx`` and for compiling ahead of the first launch."""
     from numba import types
     ft = types.float32 if np.dtype(dtype) == np.float32 else types.float64
     a4, a3, a2 = (types.Array(ft, n, "C") for n in (4, 3, 2))
     tiles = types.Array(types.int32, 2, "C")
     scalars = (ft, types.float32, ft, types.uint64, types.uint64, types.uint64)
+    cu, vscalars = types.Array(types.int64, 1, "C"), scalars + (types.int64,)   # + seq_len
     return {
         "forward": (a4, a4, a4, a2, tiles) + scalars + (a4, a3),
         "dq": (a4, a4, a4, a4, a3, a2, tiles) + scalars + (a3, a3, a4),
         "dkdv": (a4, a4, a4, a4, a3, a3, a3, a2, tiles) + scalars + (a4, a4),
+        "varlen_forward": (a4, a4, a4, cu) + vscalars + (a4, a3),
+        "varlen_dq": (a4, a4, a4, a4, a3, cu) + vscalars + (a3, a3, a4),
+        "varlen_dkdv": (a4, a4, a4, a4, a3, a3, a3, cu) + vscalars + (a4, a4),
     }
 
 
-def precompile(dtype, D=64, block_q=None, block_k=None, lanes=None):
-    """Compiles the three kernels for ``dtype`` and head size D with explicit signatures
-    (``kernel_signatures``), ahead of their first launch, so that a timed or time-limited
-    run does not compile inside it; returns the ``Kernels``. Needs a GPU (Numba loads the
+def precompile(dtype, D=64, block_q=None, block_k=None, lanes=None, names=KERNELS):
+    """Compiles the kernels ``names`` (the padded three by default; ``VARLEN_KERNELS`` of
+    ``attention_cuda_launch`` the varlen ones) for ``dtype`` and head size D with explicit
+    signatures (``kernel_signatures``), ahead of their first launch, so that a timed or
+    time-limited run does not compile inside it; returns the ``Kernels``. Needs a GPU (Numba loads the
     module into the current context)."""
     cfg = launch_config(D, dtype, block_q, block_k, lanes)
     kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
     sigs = kernel_signatures(dtype)
-    for name in KERNELS:
+    for name in names:
         getattr(kernels, name).compile(sigs[name])
     return kernels
 
@@ -73,9 +79,11 @@ _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _SMEM = re.compile(r"(\d+) bytes smem")
 
 
-def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_90"):
-    """``{kernel: Resources}`` from ``ptxas -v`` on the PTX Numba's CUDA compiler (NVVM)
-    makes for ``arch``: what the hardware would get, with no GPU. Needs numba-cuda, the
+def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_90",
+                 names=KERNELS):
+    """``{kernel: Resources}`` for the kernels ``names`` (as ``precompile``) from ``ptxas -v``
+    on the PTX Numba's CUDA compiler (NVVM) makes for ``arch``: what the hardware would get,
+    with no GPU. Needs numba-cuda, the
     CUDA compiler libraries (NVVM, NVRTC) and ``ptxas`` on the PATH; raises RuntimeError
     naming what is missing."""
     ptxas = shutil.which("ptxas")
@@ -86,7 +94,7 @@ def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_9
     sigs = kernel_signatures(dtype)
     cc = (int(arch[3]), int(arch[4:]))
     report = {}
-    for name in KERNELS:
+    for name in names:
         ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, sigs[name], cc=cc,
                                   launch_bounds=(cfg.threads(name), MIN_BLOCKS))
         with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
@@ -103,19 +111,19 @@ def ptxas_report(dtype, D=64, block_q=None, block_k=None, lanes=None, arch="sm_9
     return report
 
 
-def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None):
+def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None, names=KERNELS):
     """``{kernel: Resources}`` from Numba's own counts on the current GPU: the compiled
     kernel's ``regs_per_thread``, ``local_mem_per_thread`` and ``shared_mem_per_block``
     (what the dispatcher's ``get_regs_per_thread`` etc. return), read off the module the
     driver loaded. Local memory is the stack frame with the spills in it; the driver does
-    not split it, so ``spill_stores`` and ``spill_loads`` read -1. Compiles the three
-    kernels for ``dtype`` and D (ahead of their first launch) if they are not yet; needs a
-    GPU."""
+    not split it, so ``spill_stores`` and ``spill_loads`` read -1. Compiles the kernels
+    ``names`` (as ``precompile``) for ``dtype`` and D (ahead of their first launch) if they
+    are not yet; needs a GPU."""
     cfg = launch_config(D, dtype, block_q, block_k, lanes)
     kernels = build_kernels(np.dtype(dtype).str, cfg.D, cfg.block_q, cfg.block_k, cfg.lanes)
     sigs = kernel_signatures(dtype)
     report = {}
-    for name in KERNELS:
+    for name in names:
         compiled = getattr(kernels, name).compile(sigs[name])
         report[name] = Resources(int(compiled.regs_per_thread),
                                  int(compiled.local_mem_per_thread), -1, -1,
@@ -126,10 +134,10 @@ def device_report(dtype, D=64, block_q=None, block_k=None, lanes=None):
 def format_report(report, title=""):
     """A table of ``{kernel: Resources}`` for printing."""
     lines = [title] if title else []
-    lines.append(f"  {'kernel':<8} {'regs':>5} {'stack B':>8} {'spill st/ld B':>14} "
+    lines.append(f"  {'kernel':<14} {'regs':>5} {'stack B':>8} {'spill st/ld B':>14} "
                  f"{'smem B':>7} {'threads':>7} {'blocks/SM by regs':>18}")
     for name, r in report.items():
         spills = "n/a" if r.spill_stores < 0 else f"{r.spill_stores}/{r.spill_loads}"
-        lines.append(f"  {name:<8} {r.registers:>5} {r.stack_bytes:>8} {spills:>14} "
+        lines.append(f"  {name:<14} {r.registers:>5} {r.stack_bytes:>8} {spills:>14} "
                      f"{r.shared_bytes:>7} {r.threads:>7} {r.blocks_by_registers:>18}")
     return "\n".join(lines)

@@ -35,16 +35,20 @@ above, with S = ``seq_len`` and i0, j0 local to the sequence. The block products
 ``attention_cpu.head_groups``; it reads q[h0:h1, t0:t1] (G, n_b, D) and writes the same rows
 of out, lse, dq, dk and dv, which no other task writes.
 
-Layouts (measured, see the notes at ``_token_major``):
+Layouts, chosen by measurement (B = 32, A = 12, D = 32, S = 128, float32, dropout 0.1, 2
+threads, forward + backward with the layout work each choice implies, interleaved, process
+CPU time on a shared machine; ratios per repetition, median):
 
 * q, k, v, dout may be strided views, such as the model's split of its (T, 3H) product,
   ``qkv.reshape(T, 3, A, D).transpose(1, 2, 0, 3)[j]`` (strides (D, 3H, 1) elements): a
-  (n, D) slice with a unit last stride is a BLAS operand as it is, so they are not copied.
-  An array whose last axis is not unit-stride is copied once.
+  (n, D) slice with a unit last stride is a BLAS operand as it is, so they are not copied
+  (copying them first cost 6% at 73% padding and 12% with none). An array whose last axis
+  is not unit-stride is copied once.
 * out (A, T, D) is a view of a C-contiguous (T, A, D) buffer, and dq, dk, dv (A, T, D) are
   views of one C-contiguous (T, 3, A, D) buffer: the model's merges of the heads,
   ``out.transpose(1, 0, 2).reshape(T, H)`` and ``merged_heads(dq, dk, dv)`` (T, 3H), are
-  free. lse (A, T) is C-contiguous.
+  views, not copies (head-major (A, T, D) outputs and their merges cost 4.5% at 73% padding
+  and 7% with none). lse (A, T) is C-contiguous.
 
 Threads and determinism as in ``attention_cpu.py``: the cut depends on the shape and the
 lengths only, every task computes the same operations whatever thread runs it, and no
@@ -90,10 +94,11 @@ def _token_major(A, T, D, dtype, n=1):
     """n arrays (A, T, D) that are views of one C-contiguous (T, n, A, D) buffer
     (uninitialised: the kernel writes every element; a test fills it with NaN to prove it).
     Viewed as (T, n A D), the buffer is the heads merged back into the model's (T, n H)
-    layout, so the merge costs no copy. The kernel writes rows of D numbers with a row
-    stride of n H instead of D: BLAS and the row passes write a (G, rows, D) tile the same
-    way, and the tiles are no slower for it (measured: see the report of the measurement
-    in the module docstring)."""
+    layout, so the merge costs no copy. BLAS writes the products straight into the
+    row-strided (G, rows, D) tiles of such views (faster in all than head-major outputs
+    and their merge: the module docstring's measurement); the forward's row
+    passes work on contiguous scratch, copied into out at the end of each tile (see
+    ``_forward_task``)."""
     buf = _uninitialised((T, n, A, D), dtype)
     return tuple(buf[:, j].transpose(1, 0, 2) for j in range(n))
 
@@ -150,14 +155,20 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, cu, scalars, block_q, block_k):
     consts, int_type = EXP_CONSTANTS[q.dtype], INT_OF[q.dtype]
     s_buf = np.empty(G * bq * bk, dtype=q.dtype)                        # scores, then P~
     t_buf = np.empty(G * bq * D, dtype=q.dtype)                         # P~ V of a later block
-    m = np.empty((G, bq), dtype=q.dtype)
-    l = np.empty((G, bq), dtype=q.dtype)
+    acc_buf = np.empty(G * bq * D, dtype=q.dtype)                       # the accumulator
+    m = np.empty(G * bq, dtype=q.dtype)
+    l = np.empty(G * bq, dtype=q.dtype)
     qs, ks, vs = q[h0:h1, t0:t1], k[h0:h1, t0:t1], v[h0:h1, t0:t1]      # (G, n, D) each
     outs, lses = out[h0:h1, t0:t1], lse[h0:h1, t0:t1]                   # (G, n, D), (G, n)
     for i0 in range(0, n, bq):
         nr = min(n, i0 + bq) - i0
-        qi, acc = qs[:, i0:i0 + nr], outs[:, i0:i0 + nr]                # (G, nr, D); acc in place
-        mi, li = m[:, :nr], l[:, :nr]
+        qi = qs[:, i0:i0 + nr]                                          # (G, nr, D)
+        # the accumulator and the row statistics in C-contiguous scratch: Numba vectorises
+        # the row passes' loops over a C-contiguous tile, not over a strided view of out
+        # (measured: _forward_finish on a (12, 128, 32) view of out 10x slower, 4 ms of a
+        # 55 ms forward); the finished tile is copied into out
+        acc = acc_buf[:G * nr * D].reshape(G, nr, D)
+        mi, li = m[:G * nr].reshape(G, nr), l[:G * nr].reshape(G, nr)
         mi[...] = -np.inf
         li[...] = 0
         for j0 in range(0, n, bk):
@@ -174,6 +185,7 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, cu, scalars, block_q, block_k):
                 np.matmul(s, vj, out=t)
                 acc += t                                                # acc = alpha acc + P~ V
         _forward_finish(acc, mi, li, lses[:, i0:i0 + nr])
+        outs[:, i0:i0 + nr] = acc
 
 
 def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, cu, scalars, block_q, block_k):

@@ -264,7 +264,8 @@ def _packed_forward(q, k, v, packing, scale, dropout_p, seed, offset, training,
     from ..kernels import fused_attention_varlen_forward  # lazy: Numba takes a while to import
     D = q.shape[-1]
     scale, dropout_p = check_scale(scale, D), check_dropout_p(dropout_p) if training else 0.0
-    q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))                # (A, T, D) each
+    if xp is not np:     # the CUDA kernels take C-contiguous heads; the CPU kernel, the views
+        q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))            # (A, T, D) each
     out, lse = fused_attention_varlen_forward(q, k, v, packing.cu_seqlens, scale, dropout_p,
                                               seed, offset, seq_len=S, start=start)
     saved = (q, k, v, out, lse, packing.cu_seqlens, scale, dropout_p, seed, offset, S, start)
@@ -275,7 +276,9 @@ def _varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale, dropout_p, seed
                      seq_len, start):
     """The varlen kernel's backward: ``(dq, dk, dv)`` (A, T, D) each."""
     from ..kernels import fused_attention_varlen_backward
-    dout = get_array_module(dout).ascontiguousarray(dout)                 # (A, T, D)
+    xp = get_array_module(dout)
+    if xp is not np:
+        dout = xp.ascontiguousarray(dout)                                 # (A, T, D)
     return fused_attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, scale,
                                            dropout_p, seed, offset, seq_len=seq_len, start=start)
 

@@ -53,12 +53,14 @@ def test_production_kernels_compile(compile_ptx, dtype):
 
 
 def test_float32_kernels_fit_registers_without_local_memory(compile_ptx):
-    """ptxas for sm_90 on the float32 kernels at D = 64 with the default tiles and lanes:
+    """ptxas for sm_90 on the float32 kernels at D = 64 with the default tiles and lanes, the
+    padded ones and the varlen ones (the same bodies; their compile check is this one):
     0 bytes of stack frame and of spill stores and loads, registers <= 65536 / (4 x 128)."""
     if shutil.which("ptxas") is None:
         pytest.skip("ptxas is not on the PATH (the CUDA toolkit)")
     from minibert.kernels import attention_cuda, attention_cuda_resources
-    report = attention_cuda_resources.ptxas_report("float32", 64)
+    report = attention_cuda_resources.ptxas_report(
+        "float32", 64, names=attention_cuda.KERNELS + attention_cuda.VARLEN_KERNELS)
     print(attention_cuda_resources.format_report(report, "float32, D = 64, sm_90 (ptxas -v)"))
     for name, r in report.items():
         assert r.threads == 128, f"{name}: {r.threads} threads a block, expected 128"

@@ -37,16 +37,18 @@ import warnings
 
 import numpy as np
 from minibert import BertConfig, backend
-from minibert.kernels import attention_cuda, dropout_cuda, embedding_cuda
+from minibert.kernels import attention_cuda, attention_cuda_launch, dropout_cuda, embedding_cuda
 from tests.helpers import pretraining_step
 
 PROBE_FAILS = sys.argv[1] == "probe-fails"
+PACKED = sys.argv[1] == "packed"          # unpad=True: the varlen kernels on the GPU path
 if PROBE_FAILS:                   # as where NVVM is missing or the driver is older than the PTX
     def failing_probe():
         raise RuntimeError("planted: no NVVM")
     backend._probe_cuda_kernels = failing_probe
 
-calls = {"forward": 0, "backward": 0, "dropout": 0, "segment_sum": 0}
+calls = {"forward": 0, "backward": 0, "varlen_forward": 0, "varlen_backward": 0, "dropout": 0,
+         "segment_sum": 0}
 
 def counted(module, name, key):
     original = getattr(module, name)
@@ -57,11 +59,14 @@ def counted(module, name, key):
 
 counted(attention_cuda, "attention_forward", "forward")
 counted(attention_cuda, "attention_backward", "backward")
+counted(attention_cuda_launch, "varlen_forward", "varlen_forward")
+counted(attention_cuda_launch, "varlen_backward", "varlen_backward")
 counted(dropout_cuda, "apply", "dropout")
 counted(embedding_cuda, "segment_sum_into", "segment_sum")
 
 def step(device):
-    return pretraining_step(device, np.float64, lengths=(9, 5), n_predictions=3, repeated_ids=True)
+    return pretraining_step(device, np.float64, lengths=(9, 5), n_predictions=3, repeated_ids=True,
+                            unpad=True if PACKED and device == "gpu" else False)
 
 loss_cpu, data_cpu, g_cpu, kind_cpu = step("cpu")
 assert not any(calls.values()), calls
@@ -78,7 +83,9 @@ if PROBE_FAILS:               # the textbook ops on the GPU arrays, said once
     assert backend.cuda_kernels_available() is False
 else:                         # every op with a CUDA kernel ran it, twice per step
     assert said == [], said
-    assert calls["forward"] == calls["backward"] == 2 * layers, calls
+    kind, other = ("varlen_", "") if PACKED else ("", "varlen_")
+    assert calls[kind + "forward"] == calls[kind + "backward"] == 2 * layers, calls
+    assert calls[other + "forward"] == calls[other + "backward"] == 0, calls
     # dropout sites: embeddings, two per layer, the pooler's none; forward and backward each
     assert calls["dropout"] == 2 * 2 * (1 + 2 * layers), calls
     assert calls["segment_sum"] >= 2 * 3, calls   # word, position and token-type tables
@@ -105,6 +112,12 @@ def test_pretraining_step_on_the_gpu_path_matches_numpy():
     """Attention, dropout and the embedding backward run their CUDA kernels (the simulator's),
     and the step matches NumPy's."""
     _run_step("kernels")
+
+
+def test_padding_free_step_on_the_gpu_path_matches_numpy():
+    """With ``unpad=True`` the packed batch runs the varlen CUDA kernels (the simulator's) and
+    the rows form of the dropout kernel, and the step matches NumPy's padded one."""
+    _run_step("packed")
 
 
 def test_a_failing_probe_falls_back_to_the_textbook_ops_with_one_warning():
