@@ -319,8 +319,8 @@ class BertModel(PretrainedMixin, InputChecks):
 
     def _plan_packing(self, mask, unpad, output_attentions):
         """The ``Packing`` this forward runs on, or None for the padded model: the rule of
-        ``minibert/packing.py`` (a right-padded batch, and by default a padding share of at
-        least ``UNPAD_THRESHOLD``, where ``may_pack``)."""
+        ``minibert/packing.py`` (a right-padded batch, and by default a padding share above
+        ``UNPAD_THRESHOLD``, where ``may_pack``)."""
         if not self.may_pack(unpad, output_attentions):
             return None
         unpad = check_unpad(self.unpad if unpad is None else unpad)
@@ -329,7 +329,7 @@ class BertModel(PretrainedMixin, InputChecks):
             raise ValueError("unpad=True runs on the real tokens of a right-padded batch: "
                              "expected an attention_mask whose rows are ones then zeros, with "
                              "at least one 1")
-        if packing is None or (unpad is None and padding_share(packing) < UNPAD_THRESHOLD):
+        if packing is None or (unpad is None and padding_share(packing) <= UNPAD_THRESHOLD):
             return None
         return packing
 
