@@ -125,7 +125,7 @@ def device_kind(name):
 
 def sweep_configs(D=64, dtype="float32"):
     """[(setting, LaunchConfig or the ValueError it raises)] for ``SWEEP``."""
-    from minibert.kernels.attention_cuda import launch_config
+    from minibert.kernels.attention_cuda_launch import launch_config
     out = []
     for setting in SWEEP:
         try:
@@ -262,13 +262,14 @@ def kernel_launches(tensors, mask, setting):
     import numpy as np
 
     from minibert.kernels import attention_cuda as ac
+    from minibert.kernels import attention_cuda_launch as launch
     q, k, v, dout = tensors
     B, A, S, D = q.shape
-    cfg = ac.launch_config(D, q.dtype, *setting)
-    kern = ac.build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes)
-    dev = ac.Device(q)
+    cfg = launch.launch_config(D, q.dtype, *setting)
+    kern = ac.build_kernels(q.dtype.str, D, cfg.block_q, cfg.block_k, cfg.lanes, launch.MIN_BLOCKS)
+    dev = launch.Device(q)
     key_bias, tiles = dev.mask_tables(mask, B, S, cfg.block_k, q.dtype)
-    scalars = ac.kernel_scalars(q.dtype, D ** -0.5, 0.0, 0, 0) + (np.uint64(0),)
+    scalars = launch.kernel_scalars(q.dtype, D ** -0.5, 0.0, 0, 0) + (np.uint64(0),)
     out, lse = cp.empty_like(q), cp.empty((B, A, S), q.dtype)
     inv_sum, delta = cp.empty_like(lse), cp.empty_like(lse)
     dq, dk, dv = cp.empty_like(q), cp.empty_like(q), cp.empty_like(q)
