@@ -51,7 +51,8 @@ from ._blocks import (
     EXP_CONSTANTS,
     FASTMATH,
     INT_OF,
-    exp_row,
+    exp_scalar,
+    exp_sum,
     keep_factors,
     kernel_args,
     row_max,
@@ -92,25 +93,19 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
     """
     G, nr, nc = s.shape
     D = acc.shape[2]
-    ftype = s.dtype.type
-    zero = ftype(0)
+    zero = s.dtype.type(0)
     dropping = dropout_p > 0
-    ebuf = np.empty(nc, dtype=s.dtype)
-    ebits = ebuf.view(int_type)
     kf = np.empty(nc, dtype=s.dtype)
     for g in range(G):
         for r in range(nr):
             srow = s[g, r]
-            for c in range(nc):
-                srow[c] = srow[c] * scale + bias_blk[c]
             # a block's span starts and ends at real keys, so m_new is finite; before the
             # first block m = -inf and alpha = exp(-inf) = 0
+            for c in range(nc):
+                srow[c] = srow[c] * scale + bias_blk[c]
             m_new = max(m[g, r], row_max(srow, nc))
             alpha = np.exp(m[g, r] - m_new)
-            exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)            # P~ = exp(s - m_new)
-            row_sum = zero
-            for c in range(nc):
-                row_sum += srow[c]
+            row_sum = exp_sum(srow, nc, m_new, exp_consts)      # P~ = exp(s - m_new), its sum
             l[g, r] = l[g, r] * alpha + row_sum           # the sum is taken before dropout
             m[g, r] = m_new
             if dropping:
@@ -159,8 +154,6 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
     ftype = p.dtype.type
     zero, one = ftype(0), ftype(1)
     dropping = dropout_p > 0
-    ebuf = np.empty(nc, dtype=p.dtype)
-    ebits = ebuf.view(int_type)
     kf = np.empty(nc, dtype=p.dtype)
     for c in range(nc):
         kf[c] = one
@@ -168,18 +161,18 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
         for r in range(nr):
             prow, dsrow = p[g, r], ds[g, r]
             lse_i = lse[g, r]
-            for c in range(nc):
-                prow[c] = prow[c] * scale + bias_blk[c] - lse_i
-            exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
             if dropping:
                 base = start + ((b * A + h0 + g) * S + i0 + r) * S + j0
                 keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
+            # one pass: P, and the tile's share of the row sums (dP = dPd keep / (1 - p_drop))
+            t_sum = zero
+            t_pdp = zero
+            for c in range(nc):
+                e = exp_scalar(prow[c] * scale + bias_blk[c] - lse_i, exp_consts)
+                prow[c] = e
+                t_sum += e
+                t_pdp += e * (dsrow[c] * kf[c])
             if stats:
-                t_sum = zero
-                t_pdp = zero
-                for c in range(nc):                       # dP = dPd keep / (1 - p_drop)
-                    t_sum += prow[c]
-                    t_pdp += prow[c] * (dsrow[c] * kf[c])
                 row_sum[g, r] += t_sum
                 row_pdp[g, r] += t_pdp
             if grads:
