@@ -20,8 +20,13 @@ imports no rung. What changes is who does which part of a tile:
 * **Everything between the products stays fused in Numba**: scale, mask, running max,
   exponentials, running sums, rescaling of the accumulator, the dropout factors regenerated
   from Philox, the final division; and backward the recomputed probabilities, the row
-  statistics and dS = P (dP - D_i), all in one pass over each row of a tile
-  (``_forward_block``, ``_forward_finish``, ``_backward_block``).
+  statistics and dS = P (dP - D_i), all in one call per tile (``_forward_block``,
+  ``_forward_finish``, ``_backward_block``). A row of a tile is walked as few times as the
+  math allows: forward, once to scale, mask and take the max, once more for exp and the
+  row sum together; backward, once for P and both row statistics (sum_j P_ij and
+  sum_j P_ij dP_ij), once more for dS and Pd. exp is ``_blocks.exp_scalar``, which the
+  loop inlines and vectorises (it builds 2^k in registers; ``exp_row``, which needs a
+  scratch row and a pass of its own, computes the same bits).
 * **A tile covers several heads**: G heads x ``block_q`` queries x up to ``block_k`` keys of
   one sequence, so one ``np.matmul`` call does G block products and the Python between
   calls is paid once per G blocks. The scratch of a tile is G block_q block_k numbers
@@ -90,6 +95,9 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
     ``bias_blk`` (nc,) is the additive key mask; the keep bit of score (i0 + r, j0 + c) of
     head h0 + g is element start + ((b A + h0 + g) S + i0 + r) S + j0 + c of the Philox
     stream (``start`` int64: 0, or b0 A S S for rows b0.. of a larger batch).
+    ``exp_consts`` is ``EXP_CONSTANTS[dtype]``; ``int_type`` (``INT_OF[dtype]``) is not
+    read any more (exp needs no scratch viewed as integers) and stays in the signature
+    that other kernels call.
     """
     G, nr, nc = s.shape
     D = acc.shape[2]
@@ -149,6 +157,7 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
     with ``grads`` (the sums being complete) ``p`` leaves as Pd = P keep / (1 - p_drop) and
     ``ds`` as scale dS = scale P (dP - D_i), with P normalised by its row sum and
     D_i = rowsum(dP P) (see "The row statistics" in ``kernels/attn_v4_tiled.py``).
+    ``exp_consts`` and ``int_type`` as in ``_forward_block``.
     """
     G, nr, nc = p.shape
     ftype = p.dtype.type
