@@ -108,11 +108,11 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
         for r in range(nr):
             srow = s[g, r]
             # a block's span starts and ends at real keys, so m_new is finite; before the
-            # first block m = -inf and alpha = exp(-inf) = 0
+            # first block m = -inf and alpha = exp(-inf) = 0 (no call to exp for it)
             for c in range(nc):
                 srow[c] = srow[c] * scale + bias_blk[c]
             m_new = max(m[g, r], row_max(srow, nc))
-            alpha = np.exp(m[g, r] - m_new)
+            alpha = zero if first else np.exp(m[g, r] - m_new)
             row_sum = exp_sum(srow, nc, m_new, exp_consts)      # P~ = exp(s - m_new), its sum
             l[g, r] = l[g, r] * alpha + row_sum           # the sum is taken before dropout
             m[g, r] = m_new
