@@ -3,9 +3,12 @@ v3 online softmax, v4 tiled, v5 = ``minibert.kernels``, the production kernel) a
 NumPy textbook op (``minibert.ops.attention``) and torch's ``scaled_dot_product_attention``.
 
 v1-v3 run on one thread (they are serial); v4 runs with N threads; v5 runs with N threads,
-again with one thread, and once more on one thread with every key real (a mask of ones:
-v5 then has no padded key block to skip and does the same work as v1-v3), so that the
-table separates the gain of the kernel, of the threads and of skipping padding.
+again with one thread, and with every key real (a mask of ones: v5 then has no padded key
+block to skip and does the same work as v1-v3) on one thread and on N, so that the table
+separates the gain of the kernel, of the threads and of skipping padding. torch runs with
+the padding mask and with a mask of ones; a row without padding is compared with torch
+without padding (the "x torch" of the N-thread v5 row without padding is the kernel
+against torch on batches with little padding).
 
     python benchmarks/bench_attention.py [--threads N] [--repeat R] [--quick] [--out FILE]
 
@@ -78,6 +81,9 @@ SETTLE_S, WARM_S = common.SETTLE_S, common.WARM_S
 # or more
 CHECK_RTOL = 1e-4
 
+# the names of the torch rows: with the padding mask, and with a mask of ones
+TORCH, TORCH_DENSE = "torch sdpa", "torch sdpa (no padding)"
+
 # imported by import_libraries(), once main() has set the thread environment
 np = numba = torch = F = fused = attention = _exp_loop = None
 attn_v1_naive = attn_v2_fused_softmax = attn_v3_online_softmax = attn_v4_tiled = None
@@ -104,10 +110,12 @@ def parse_args(argv=None):
 
 def _rung(name):
     """A rung of the study ladder: ``kernels/<name>.py`` at the repository root, loaded by
-    path (the folder is not a package)."""
+    path (the folder is not a package) under its file name, as the tests load it
+    (``tests/kernels/conftest.py``): Numba's cache records the module name, and a cache
+    entry written under another name fails to load in the other process."""
     import importlib.util
     path = ROOT / "kernels" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"ladder_{name}", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module                 # Numba's cache wants a findable module
     spec.loader.exec_module(module)
@@ -256,11 +264,13 @@ def numpy_impl(threads):
                 "scores, exp, P, dP, dS: several (B, A, S, S)")
 
 
-def torch_impl(threads):
+def torch_impl(threads, dense=False):
+    """torch's SDPA with the padding mask, or with a mask of ones (``dense``)."""
     def make(prob):
         q, k, v, dout = (torch.from_numpy(prob[n]) for n in ("q", "k", "v", "dout"))
+        mask = np.ones_like(prob["mask"]) if dense else prob["mask"]
         # boolean attn_mask, True = attend, broadcast over heads and queries: (B, 1, 1, S)
-        attn_mask = torch.from_numpy(prob["mask"] == 1)[:, None, None, :]
+        attn_mask = torch.from_numpy(mask == 1)[:, None, None, :]
         leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
 
         def fwd():
@@ -274,7 +284,8 @@ def torch_impl(threads):
             out.backward(dout)
             return (out.detach().numpy(),) + tuple(x.grad.numpy() for x in leaves)
         return fwd, fwd_bwd
-    return Impl("torch sdpa", threads, make, "see torch_backward_node", "n/a")
+    return Impl(TORCH_DENSE if dense else TORCH, threads, make, "see torch_backward_node", "n/a",
+                dense)
 
 
 def implementations(threads, itemsize=4):
@@ -300,9 +311,11 @@ def implementations(threads, itemsize=4):
         impls.append(ladder_impl("v5 (1 thread)", v5, 1, scratch5))
     # the same work as v1-v3 (nothing to skip): separates the kernel from the skipping
     impls.append(ladder_impl("v5 (1 thr, no padding)", v5, 1, scratch5, dense=True))
+    if threads > 1:
+        impls.append(ladder_impl("v5 (no padding)", v5, threads, scratch5, dense=True))
     impls.append(numpy_impl(threads))
     if torch is not None:
-        impls.append(torch_impl(threads))
+        impls += [torch_impl(threads), torch_impl(threads, dense=True)]
     return impls
 
 
@@ -425,7 +438,7 @@ def main(argv=None):
         for im in impls:
             set_threads(im.threads)
             peak = outputs = None
-            if im.name != "torch sdpa":       # torch's allocator is not traced
+            if im.name not in (TORCH, TORCH_DENSE):       # torch's allocator is not traced
                 peak, outputs = traced_peak_mib(fns[im.name][1])
             memory.append({"impl": im.name, "shape": list(shape), "traced_peak_mib_fwd_bwd": peak,
                            "of_which_outputs_mib": outputs, "saved_for_backward": im.saved,
@@ -434,7 +447,8 @@ def main(argv=None):
                 t = med[(im.name, p)]
                 gflops = flops[p] / t / 1e9
                 t_np = med[("numpy textbook", p)]
-                t_torch = med.get(("torch sdpa", p))
+                # a row without padding against torch without padding
+                t_torch = med.get((TORCH_DENSE if im.dense else TORCH, p))
                 rows.append({
                     "impl": im.name, "shape": list(shape), "pass": p, "threads": im.threads,
                     "padding_mask": not im.dense,

@@ -12,6 +12,9 @@ Compiled pieces (Numba, ``cache=True``):
 
 * ``exp_row``: exp of a row in place, in a form LLVM vectorises, with ``EXP_CONSTANTS``
   and ``INT_OF`` giving its per-dtype constants and integer type;
+* ``exp_scalar``: the same exp, bit for bit, as a scalar function that a caller's loop
+  inlines and vectorises, so that the loop can do more than exp in one pass over a row
+  (``exp_sum``: exp and the row sum; the attention row passes);
 * ``row_max``: the max of a row with eight running maxima;
 * ``keep_factors``: a row of dropout factors (0 or 1 / (1 - p)) from the Philox stream.
 
@@ -23,7 +26,10 @@ Python pieces:
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
 
 from minibert.validation import AttentionMask
 
@@ -112,6 +118,96 @@ def exp_row(x, n, shift, scratch, scratch_bits, consts):
         scratch_bits[c] = (scratch_bits[c] - magic_i) << mant_bits   # ... moved to the exponent
     for c in range(n):
         x[c] *= scratch[c]                                      # exp(r) 2^k
+
+
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bits of float ``x`` as the signed integer of its size (an LLVM bitcast: no
+    conversion, no memory)."""
+    if isinstance(x, types.Float):
+        int_type = types.int32 if x.bitwidth == 32 else types.int64
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(int_type))
+        return int_type(x), codegen
+    return None
+
+
+@intrinsic
+def _bits_float(typingctx, i, like):
+    """The float of ``like``'s type whose bits are the low bits of integer ``i`` (Numba's
+    integer arithmetic widens int32 to int64: the bits are cut back to the float's size)."""
+    if isinstance(i, types.Integer) and isinstance(like, types.Float):
+        def codegen(context, builder, sig, args):
+            width = ir.IntType(like.bitwidth)
+            bits = args[0]
+            if i.bitwidth > like.bitwidth:
+                bits = builder.trunc(bits, width)
+            elif i.bitwidth < like.bitwidth:
+                bits = builder.sext(bits, width)
+            return builder.bitcast(bits, context.get_value_type(like))
+        return like(i, like), codegen
+    return None
+
+
+@intrinsic
+def _is_single(typingctx, x):
+    """True for a float32 ``x``, False for a float64: a constant that LLVM folds, so that a
+    branch on it costs nothing."""
+    if isinstance(x, types.Float):
+        def codegen(context, builder, sig, args):
+            return context.get_constant(types.boolean, x.bitwidth == 32)
+        return types.boolean(x), codegen
+    return None
+
+
+@njit(cache=True, fastmath={"contract"})
+def exp_scalar(t, consts):
+    """exp(t) for a float32 or float64 ``t``, ``consts`` its dtype's ``EXP_CONSTANTS``: the
+    arithmetic of ``exp_row`` (the same bits), with 2^k put together by bit casts in
+    registers instead of through a scratch row, so that a loop that calls it stays one
+    vectorised loop (LLVM inlines it; its own fastmath flags, "contract" only, stay with
+    its instructions inside a caller that reassociates)."""
+    magic_f, magic_i, mant_bits, lo, hi = consts
+    ftype = type(lo)                                        # float32 or float64
+    tc = min(max(t, lo), hi)
+    k = np.floor(tc * ftype(LOG2E) + ftype(0.5))
+    r = (tc - k * ftype(LN2_HI)) - k * ftype(LN2_LO)
+    if _is_single(lo):                                      # degree 7, else 13
+        e = ftype(1.0 / 5040)
+        e = e * r + ftype(1.0 / 720)
+        e = e * r + ftype(1.0 / 120)
+        e = e * r + ftype(1.0 / 24)
+        e = e * r + ftype(1.0 / 6)
+    else:
+        e = ftype(1.0 / 6227020800)
+        e = e * r + ftype(1.0 / 479001600)
+        e = e * r + ftype(1.0 / 39916800)
+        e = e * r + ftype(1.0 / 3628800)
+        e = e * r + ftype(1.0 / 362880)
+        e = e * r + ftype(1.0 / 40320)
+        e = e * r + ftype(1.0 / 5040)
+        e = e * r + ftype(1.0 / 720)
+        e = e * r + ftype(1.0 / 120)
+        e = e * r + ftype(1.0 / 24)
+        e = e * r + ftype(1.0 / 6)
+    e = e * r + ftype(0.5)
+    e = e * r + ftype(1.0)
+    e = e * r + ftype(1.0)
+    two_k = _bits_float((_float_bits(k + magic_f) - magic_i) << mant_bits, lo)
+    return (e if t >= lo else ftype(0)) * two_k            # exp(-inf) = 0
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def exp_sum(x, n, shift, consts):
+    """x[c] = exp(x[c] - shift) for c < n, in place, and returns their sum: one pass over
+    the row (``exp_scalar``; the sum in any order, "reassoc")."""
+    total = type(shift)(0)
+    for c in range(n):
+        e = exp_scalar(x[c] - shift, consts)
+        x[c] = e
+        total += e
+    return total
 
 
 @njit(cache=True)

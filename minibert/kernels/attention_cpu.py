@@ -20,8 +20,13 @@ imports no rung. What changes is who does which part of a tile:
 * **Everything between the products stays fused in Numba**: scale, mask, running max,
   exponentials, running sums, rescaling of the accumulator, the dropout factors regenerated
   from Philox, the final division; and backward the recomputed probabilities, the row
-  statistics and dS = P (dP - D_i), all in one pass over each row of a tile
-  (``_forward_block``, ``_forward_finish``, ``_backward_block``).
+  statistics and dS = P (dP - D_i), all in one call per tile (``_forward_block``,
+  ``_forward_finish``, ``_backward_block``). A row of a tile is walked as few times as the
+  math allows: forward, once to scale, mask and take the max, once more for exp and the
+  row sum together; backward, once for P and both row statistics (sum_j P_ij and
+  sum_j P_ij dP_ij), once more for dS and Pd. exp is ``_blocks.exp_scalar``, which the
+  loop inlines and vectorises (it builds 2^k in registers; ``exp_row``, which needs a
+  scratch row and a pass of its own, computes the same bits).
 * **A tile covers several heads**: G heads x ``block_q`` queries x up to ``block_k`` keys of
   one sequence, so one ``np.matmul`` call does G block products and the Python between
   calls is paid once per G blocks. The scratch of a tile is G block_q block_k numbers
@@ -51,7 +56,8 @@ from ._blocks import (
     EXP_CONSTANTS,
     FASTMATH,
     INT_OF,
-    exp_row,
+    exp_scalar,
+    exp_sum,
     keep_factors,
     kernel_args,
     row_max,
@@ -89,28 +95,25 @@ def _forward_block(s, acc, m, l, bias_blk, scale, first, dropout_p, keep_scale, 
     ``bias_blk`` (nc,) is the additive key mask; the keep bit of score (i0 + r, j0 + c) of
     head h0 + g is element start + ((b A + h0 + g) S + i0 + r) S + j0 + c of the Philox
     stream (``start`` int64: 0, or b0 A S S for rows b0.. of a larger batch).
+    ``exp_consts`` is ``EXP_CONSTANTS[dtype]``; ``int_type`` (``INT_OF[dtype]``) is not
+    read any more (exp needs no scratch viewed as integers) and stays in the signature
+    that other kernels call.
     """
     G, nr, nc = s.shape
     D = acc.shape[2]
-    ftype = s.dtype.type
-    zero = ftype(0)
+    zero = s.dtype.type(0)
     dropping = dropout_p > 0
-    ebuf = np.empty(nc, dtype=s.dtype)
-    ebits = ebuf.view(int_type)
     kf = np.empty(nc, dtype=s.dtype)
     for g in range(G):
         for r in range(nr):
             srow = s[g, r]
+            # a block's span starts and ends at real keys, so m_new is finite; before the
+            # first block m = -inf and alpha = exp(-inf) = 0 (no call to exp for it)
             for c in range(nc):
                 srow[c] = srow[c] * scale + bias_blk[c]
-            # a block's span starts and ends at real keys, so m_new is finite; before the
-            # first block m = -inf and alpha = exp(-inf) = 0
             m_new = max(m[g, r], row_max(srow, nc))
-            alpha = np.exp(m[g, r] - m_new)
-            exp_row(srow, nc, m_new, ebuf, ebits, exp_consts)            # P~ = exp(s - m_new)
-            row_sum = zero
-            for c in range(nc):
-                row_sum += srow[c]
+            alpha = zero if first else np.exp(m[g, r] - m_new)
+            row_sum = exp_sum(srow, nc, m_new, exp_consts)      # P~ = exp(s - m_new), its sum
             l[g, r] = l[g, r] * alpha + row_sum           # the sum is taken before dropout
             m[g, r] = m_new
             if dropping:
@@ -154,13 +157,12 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
     with ``grads`` (the sums being complete) ``p`` leaves as Pd = P keep / (1 - p_drop) and
     ``ds`` as scale dS = scale P (dP - D_i), with P normalised by its row sum and
     D_i = rowsum(dP P) (see "The row statistics" in ``kernels/attn_v4_tiled.py``).
+    ``exp_consts`` and ``int_type`` as in ``_forward_block``.
     """
     G, nr, nc = p.shape
     ftype = p.dtype.type
     zero, one = ftype(0), ftype(1)
     dropping = dropout_p > 0
-    ebuf = np.empty(nc, dtype=p.dtype)
-    ebits = ebuf.view(int_type)
     kf = np.empty(nc, dtype=p.dtype)
     for c in range(nc):
         kf[c] = one
@@ -168,18 +170,18 @@ def _backward_block(p, ds, bias_blk, lse, row_sum, row_pdp, scale, stats, grads,
         for r in range(nr):
             prow, dsrow = p[g, r], ds[g, r]
             lse_i = lse[g, r]
-            for c in range(nc):
-                prow[c] = prow[c] * scale + bias_blk[c] - lse_i
-            exp_row(prow, nc, zero, ebuf, ebits, exp_consts)
             if dropping:
                 base = start + ((b * A + h0 + g) * S + i0 + r) * S + j0
                 keep_factors(seed, offset, base, nc, dropout_p, keep_scale, zero, kf)
+            # one pass: P, and the tile's share of the row sums (dP = dPd keep / (1 - p_drop))
+            t_sum = zero
+            t_pdp = zero
+            for c in range(nc):
+                e = exp_scalar(prow[c] * scale + bias_blk[c] - lse_i, exp_consts)
+                prow[c] = e
+                t_sum += e
+                t_pdp += e * (dsrow[c] * kf[c])
             if stats:
-                t_sum = zero
-                t_pdp = zero
-                for c in range(nc):                       # dP = dPd keep / (1 - p_drop)
-                    t_sum += prow[c]
-                    t_pdp += prow[c] * (dsrow[c] * kf[c])
                 row_sum[g, r] += t_sum
                 row_pdp[g, r] += t_pdp
             if grads:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from minibert import rng as mrng
 from minibert.gradcheck import check_op
-from minibert.kernels import attention_cpu, fused_attention_backward, fused_attention_forward
+from minibert.kernels import _blocks, attention_cpu, fused_attention_backward, fused_attention_forward
 from minibert.kernels.philox_cpu import dropout_keep, philox_uint32
 from minibert.ops import attention, readable_ops
 from tests.helpers import assert_as_accurate_as_textbook, assert_close
@@ -110,6 +110,23 @@ def test_philox_high_element_indices():
             words = mrng.philox4x32(np.uint32(block & 0xFFFFFFFF), np.uint32(block >> 32),
                                     np.uint32(99), np.uint32(0), 1234, 0)
             assert int(bits[i]) == int(words[(start + i) % 4]), f"element {start + i}"
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_exp_scalar_gives_exp_row_bits(dtype):
+    """The row passes' exp (``_blocks.exp_sum``, one pass with the row sum) and the
+    scratch-row exp (``_blocks.exp_row``) agree bit for bit, underflow and -inf included;
+    the sum is the row's sum up to rounding."""
+    x = np.concatenate([np.linspace(-800.0, 0.0, 4001), [-np.inf, -0.0, -87.33, -87.34,
+                        -708.3, -708.4, -745.2, -1e30]]).astype(dtype)
+    ibits = _blocks.INT_OF[np.dtype(dtype)]
+    for shift in (0.0, 1.5, -3.25):
+        a, b, scratch = x.copy(), x.copy(), np.empty_like(x)
+        _blocks.exp_row(a, len(a), dtype(shift), scratch, scratch.view(ibits),
+                        _blocks.EXP_CONSTANTS[np.dtype(dtype)])
+        total = _blocks.exp_sum(b, len(b), dtype(shift), _blocks.EXP_CONSTANTS[np.dtype(dtype)])
+        np.testing.assert_array_equal(a.view(ibits), b.view(ibits))
+        assert abs(total - a.sum(dtype=np.float64)) <= 1e-5 * a.sum(dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- against the textbook
