@@ -69,6 +69,7 @@ from .attention_cpu import (
     _backward_block,
     _forward_block,
     _forward_finish,
+    _matmul_add,
     head_groups,
 )
 
@@ -232,16 +233,6 @@ def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, cu, scalars, block
                 _matmul_add(p.transpose(0, 2, 1), doi, dvs[:, j0:j0 + nc], i0 == 0, t_buf)
                 _matmul_add(ds.transpose(0, 2, 1), qi, dks[:, j0:j0 + nc], i0 == 0, t_buf)
                 _matmul_add(ds, kj, dqs[:, i0:i0 + nr], j0 == 0, t_buf)
-
-
-def _matmul_add(x, y, dst, first, t_buf):
-    """dst = x @ y if ``first`` else dst += x @ y (through the scratch ``t_buf``)."""
-    if first:
-        np.matmul(x, y, out=dst)
-        return
-    t = t_buf[:dst.size].reshape(dst.shape)
-    np.matmul(x, y, out=t)
-    dst += t
 
 
 def _tasks(lengths, A):
