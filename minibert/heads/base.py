@@ -182,7 +182,9 @@ class _BertWithHead(PretrainedMixin):
         else:
             B, S = real.shape
             pos = xp.broadcast_to(xp.arange(S), (B, S)) if positions is None else xp.asarray(positions)
-            real = real[xp.arange(real.shape[0])[:, None], xp.clip(pos, 0, real.shape[1] - 1)]
+            if pos.ndim != 2 or pos.shape[0] != B or pos.dtype.kind not in "iu":
+                return False              # the head's checks name the bad positions
+            real = real[xp.arange(B)[:, None], xp.clip(pos, 0, S - 1)]
             named = xp.ones(pos.shape, dtype=bool) if weights is None else xp.asarray(weights) != 0
         return tuple(named.shape) == tuple(real.shape) and bool(xp.any(named & ~real))
 
