@@ -87,31 +87,7 @@ def exp_row(x, n, shift, scratch, scratch_bits, consts):
     zero = ftype(0)
     for c in range(n):
         t = x[c] - shift
-        tc = min(max(t, lo), hi)                                # keeps 2^k a normal number
-        k = np.floor(tc * ftype(LOG2E) + ftype(0.5))            # nearest integer to t / ln 2
-        r = (tc - k * ftype(LN2_HI)) - k * ftype(LN2_LO)        # |r| <= ln2 / 2
-        # Taylor polynomial of exp(r) by Horner's rule; x.itemsize is a compile-time constant
-        if x.itemsize == 4:
-            e = ftype(1.0 / 5040)
-            e = e * r + ftype(1.0 / 720)
-            e = e * r + ftype(1.0 / 120)
-            e = e * r + ftype(1.0 / 24)
-            e = e * r + ftype(1.0 / 6)
-        else:
-            e = ftype(1.0 / 6227020800)
-            e = e * r + ftype(1.0 / 479001600)
-            e = e * r + ftype(1.0 / 39916800)
-            e = e * r + ftype(1.0 / 3628800)
-            e = e * r + ftype(1.0 / 362880)
-            e = e * r + ftype(1.0 / 40320)
-            e = e * r + ftype(1.0 / 5040)
-            e = e * r + ftype(1.0 / 720)
-            e = e * r + ftype(1.0 / 120)
-            e = e * r + ftype(1.0 / 24)
-            e = e * r + ftype(1.0 / 6)
-        e = e * r + ftype(0.5)
-        e = e * r + ftype(1.0)
-        e = e * r + ftype(1.0)
+        e, k = exp_reduced(t, consts)                           # exp(r), k
         x[c] = e if t >= lo else zero                           # exp(-inf) = 0
         scratch[c] = k + magic_f                                # k + bias in the low bits
     for c in range(n):
@@ -162,18 +138,18 @@ def _is_single(typingctx, x):
 
 
 @njit(cache=True, fastmath={"contract"})
-def exp_scalar(t, consts):
-    """exp(t) for a float32 or float64 ``t``, ``consts`` its dtype's ``EXP_CONSTANTS``: the
-    arithmetic of ``exp_row`` (the same bits), with 2^k put together by bit casts in
-    registers instead of through a scratch row, so that a loop that calls it stays one
-    vectorised loop (LLVM inlines it; its own fastmath flags, "contract" only, stay with
-    its instructions inside a caller that reassociates)."""
+def exp_reduced(t, consts):
+    """``(exp(r), k)`` with exp(t) = 2^k exp(r): the range reduction and the polynomial that
+    ``exp_row`` and ``exp_scalar`` share (``exp_row``'s docstring: Cody and Waite's split of
+    ln 2, the Taylor polynomial by Horner's rule, degree 7 in float32 and 13 in float64). t
+    is clamped to [lo, hi] first, which keeps 2^k a normal number; each caller builds 2^k
+    its own way and maps t < lo to 0."""
     magic_f, magic_i, mant_bits, lo, hi = consts
     ftype = type(lo)                                        # float32 or float64
     tc = min(max(t, lo), hi)
-    k = np.floor(tc * ftype(LOG2E) + ftype(0.5))
-    r = (tc - k * ftype(LN2_HI)) - k * ftype(LN2_LO)
-    if _is_single(lo):                                      # degree 7, else 13
+    k = np.floor(tc * ftype(LOG2E) + ftype(0.5))            # nearest integer to t / ln 2
+    r = (tc - k * ftype(LN2_HI)) - k * ftype(LN2_LO)        # |r| <= ln2 / 2
+    if _is_single(lo):                                      # a constant that LLVM folds
         e = ftype(1.0 / 5040)
         e = e * r + ftype(1.0 / 720)
         e = e * r + ftype(1.0 / 120)
@@ -194,6 +170,19 @@ def exp_scalar(t, consts):
     e = e * r + ftype(0.5)
     e = e * r + ftype(1.0)
     e = e * r + ftype(1.0)
+    return e, k
+
+
+@njit(cache=True, fastmath={"contract"})
+def exp_scalar(t, consts):
+    """exp(t) for a float32 or float64 ``t``, ``consts`` its dtype's ``EXP_CONSTANTS``: the
+    arithmetic of ``exp_row`` (the same bits), with 2^k put together by bit casts in
+    registers instead of through a scratch row, so that a loop that calls it stays one
+    vectorised loop (LLVM inlines it; its own fastmath flags, "contract" only, stay with
+    its instructions inside a caller that reassociates)."""
+    magic_f, magic_i, mant_bits, lo, hi = consts
+    ftype = type(lo)                                        # float32 or float64
+    e, k = exp_reduced(t, consts)
     two_k = _bits_float((_float_bits(k + magic_f) - magic_i) << mant_bits, lo)
     return (e if t >= lo else ftype(0)) * two_k            # exp(-inf) = 0
 
