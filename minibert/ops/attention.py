@@ -263,7 +263,8 @@ def _packed_forward(q, k, v, packing, scale, dropout_p, seed, offset, training,
         return _to_packed(context, packing), _PackedEager(packing, padded)
     from ..kernels import fused_attention_varlen_forward  # lazy: Numba takes a while to import
     D = q.shape[-1]
-    scale, dropout_p = check_scale(scale, D), check_dropout_p(dropout_p) if training else 0.0
+    scale, dropout_p = check_scale(scale, D), check_dropout_p(dropout_p)   # checked as padded
+    dropout_p = dropout_p if training else 0.0
     if xp is not np:     # the CUDA kernels take C-contiguous heads; the CPU kernel, the views
         q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))            # (A, T, D) each
     out, lse = fused_attention_varlen_forward(q, k, v, packing.cu_seqlens, scale, dropout_p,
