@@ -5,8 +5,9 @@ The function and its gradient are ``minibert/ops/gelu.py``'s (its docstring deri
 (``"none"``: ``GELU(z) = z Phi(z)``, ``GELU'(z) = Phi(z) + z phi(z)``) and tanh forms.
 ``bias`` may be None (plain GELU).
 
-The forward makes one pass per row, in pieces of ``CHUNK`` columns: z, GELU(z) and GELU'(z),
-writing y and the slope GELU'(z). The backward is then ``dx = dy * slope`` and, with a
+The forward makes one pass per row: z, GELU(z) and GELU'(z), writing y and the slope
+GELU'(z); or, where no backward follows (inference, ``grad=False``), y alone, which may then
+overwrite x. The backward is then ``dx = dy * slope`` and, with a
 bias, dx added into a float64 partial sum of dbias: blocks of ``ROWS_PER_BLOCK`` rows, block
 b adding its rows in order into row b of an (n_blocks, C) buffer, so that rows can be split
 between threads (as in ``layernorm_cpu.py``).
@@ -48,7 +49,7 @@ R is smooth and slowly varying (1/2 at 0, ~1 / (a sqrt(2 pi)) for large a), so a
 function fits it: ``_R_NUM`` / ``_R_DEN``, degrees 5 / 6, fitted to the minimax relative
 error over [0, 15] (linearised least squares, reweighted by Lawson's method, on 30001
 points, against 0.5 erfc(a / sqrt 2) exp(a^2 / 2) from ``math``): max relative error
-8.9e-11. exp is ``_exp_parts``: 2^k (built from k's bits) times a Taylor polynomial of
+8.9e-11. exp is ``_exp``: 2^k (built from k's bits) times a Taylor polynomial of
 degree 8 on |r| <= ln2 / 2, relative error < 2.1e-10. So Phi carries a relative error below
 5e-10, 0.01 ulp of float32, before its one rounding: the float32 Phi is within 0.51 ulp of
 the true value wherever that is a normal number (z > -12.95), which
@@ -73,12 +74,10 @@ from numba import njit
 
 from minibert.constants import BETA, INV_SQRT_2PI, KAPPA, SQRT_HALF
 
+from ._blocks import _bits_float
 from ._rows import dy_rows, rows_of
 from ._threads import run_rows
 
-#: Columns per piece of a row: the float32 path's three scratch rows (z, and the two exp
-#: parts; 4 KiB each) stay in the L1 cache.
-CHUNK = 512
 #: Rows per partial sum of dbias; each block writes one row of the buffer.
 ROWS_PER_BLOCK = 32
 #: Fused multiply-adds only.
@@ -102,12 +101,11 @@ _LN2 = 0.6931471805599453
 
 
 @njit(inline="always", **_FLAGS)
-def _exp_parts(w):
-    """(p, k) with exp(w) = p 2^k for float64 w in [-_W_MAX, _W_MAX]: k = round(w / ln 2)
-    and p = exp(r), r = w - k ln 2, |r| <= ln2 / 2, by its Taylor polynomial of degree 8
-    (remainder < 0.347^9 / 9! = 2.0e-10 relative). k is returned as the float64 bits of 2^k
-    as an integer, (k + 1023) << 52, for the caller to store into an int64 scratch row and
-    read back through a float64 view (Numba has no bit cast of a scalar)."""
+def _exp(w):
+    """exp(w) for float64 w in [-_W_MAX, _W_MAX]: 2^k exp(r) with k = round(w / ln 2) and
+    r = w - k ln 2, |r| <= ln2 / 2, exp(r) by its Taylor polynomial of degree 8 (remainder
+    < 0.347^9 / 9! = 2.0e-10 relative), 2^k built from its bits, (k + 1023) << 52, and
+    read as a float64 (``_blocks._bits_float``, a bit cast that stays in a register)."""
     k = np.floor(w * _LOG2E + 0.5)
     r = w - k * _LN2
     p = 1.0 / 40320.0
@@ -120,7 +118,7 @@ def _exp_parts(w):
     p = p * r + 1.0
     p = p * r + 1.0
     # float64 -> int32 converts four lanes at once on AVX2 (-> int64 does not)
-    return p, (np.int64(np.int32(k)) + 1023) << 52
+    return p * _bits_float((np.int64(np.int32(k)) + 1023) << 52, w)
 
 
 @njit(inline="always", **_FLAGS)
@@ -134,34 +132,12 @@ def _z(xr, br, has_bias, j):
 @njit(inline="always", **_FLAGS)
 def _exp_arg(z, tanh_form):
     """The argument w of the one exp per element: -z^2 / 2 (exact form) or -2u (tanh form,
-    u = beta (z + kappa z^3)), clamped to exp's range."""
+    u = beta (z + kappa z^3)), clamped to exp's range; and w before clamping."""
     if tanh_form:
         w = -2.0 * BETA * (z + KAPPA * (z * z * z))
     else:
         w = -0.5 * (z * z)
     return min(max(w, -_W_MAX), _W_MAX), w
-
-
-@njit(inline="always", **_FLAGS)
-def _fill_exp_parts(xr, br, has_bias, tanh_form, n, z_row, p_row, bits_row):
-    """First loop over a piece of n elements: z = x + bias (float64) and the exp parts of
-    each element's w. (The second loop then reads z from here: reading x and bias again
-    there measured 6.8 against 5.0 ns per element for the forward.)"""
-    for j in range(n):
-        z = _z(xr, br, has_bias, j)
-        z_row[j] = z
-        w, _ = _exp_arg(z, tanh_form)
-        p_row[j], bits_row[j] = _exp_parts(w)
-
-
-@njit(inline="always", **_FLAGS)
-def _scratch_rows():
-    """The float32 path's scratch for one piece of a row, CHUNK entries each: z, the exp
-    parts p and 2^k (int64 bits), and two_k, the float64 view of those bits."""
-    z_row = np.empty(CHUNK, dtype=np.float64)
-    p_row = np.empty(CHUNK, dtype=np.float64)
-    bits_row = np.empty(CHUNK, dtype=np.int64)
-    return z_row, p_row, bits_row, bits_row.view(np.float64)
 
 
 @njit(inline="always", **_FLAGS)
@@ -193,53 +169,78 @@ def _cdf_and_slope_parts(z, e, w, tanh_form):
 
 
 @njit(inline="always", **_FLAGS)
-def _forward_rows(x, bias, has_bias, tanh_form, y, slope, r0, r1):
-    """Rows r0 <= r < r1 of x (N, C): y = GELU(x + bias) and slope = GELU'(x + bias), both
-    (N, C) in x's dtype (bias (C,) read only when ``has_bias``), exact or tanh form. Inlined
-    into one kernel per form, where ``tanh_form`` is a constant: with it a runtime value, the
-    vectorised loops computed both forms and selected (measured 5.1 against 3.6 ns per
-    element)."""
+def _forward_rows(x, bias, has_bias, tanh_form, y, slope, with_slope, r0, r1):
+    """Rows r0 <= r < r1 of x (N, C): y = GELU(x + bias) and, ``with_slope``, slope =
+    GELU'(x + bias), both (N, C) in x's dtype (bias (C,) read only when ``has_bias``), exact
+    or tanh form. y may be x itself: element j of x is read before element j of y is
+    written. Inlined into one kernel per (form, with_slope), where both are constants:
+    with the form a runtime value, the vectorised loops computed both forms and selected
+    (measured 5.1 against 3.6 ns per element)."""
     N, C = x.shape
-    z_row, p_row, bits_row, two_k = _scratch_rows()
     for r in range(r0, r1):
-        for c0 in range(0, C, CHUNK):
-            n = min(CHUNK, C - c0)
-            xr, br = x[r, c0:c0 + n], bias[c0:c0 + n]
-            yr, gr = y[r, c0:c0 + n], slope[r, c0:c0 + n]
-            if x.itemsize == 8:
-                # float64: the readable op's lines (forward and backward), element by element
-                for j in range(n):
-                    z = _z(xr, br, has_bias, j)
-                    if tanh_form:
-                        t = math.tanh(BETA * (z + KAPPA * (z * z * z)))
-                        du_dz = BETA * (1.0 + 3.0 * KAPPA * (z * z))
-                        yr[j] = 0.5 * z * (1.0 + t)
+        xr, yr, gr = x[r], y[r], slope[r]
+        if x.itemsize == 8:
+            # float64: the readable op's lines (forward and backward), element by element
+            for j in range(C):
+                z = _z(xr, bias, has_bias, j)
+                if tanh_form:
+                    t = math.tanh(BETA * (z + KAPPA * (z * z * z)))
+                    du_dz = BETA * (1.0 + 3.0 * KAPPA * (z * z))
+                    yr[j] = 0.5 * z * (1.0 + t)
+                    if with_slope:
                         gr[j] = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du_dz
-                    else:
-                        cdf = 0.5 * (1.0 + math.erf(z * SQRT_HALF))
-                        pdf = INV_SQRT_2PI * math.exp(-0.5 * (z * z))
-                        yr[j] = z * cdf
-                        gr[j] = cdf + z * pdf
-            else:
-                _fill_exp_parts(xr, br, has_bias, tanh_form, n, z_row, p_row, bits_row)
-                for j in range(n):
-                    z = z_row[j]
-                    _, w = _exp_arg(z, tanh_form)
-                    s, t = _cdf_and_slope_parts(z, p_row[j] * two_k[j], w, tanh_form)
-                    yr[j] = z * s                               # y = z Phi(z), z s(u)
+                else:
+                    cdf = 0.5 * (1.0 + math.erf(z * SQRT_HALF))
+                    yr[j] = z * cdf
+                    if with_slope:
+                        gr[j] = cdf + z * (INV_SQRT_2PI * math.exp(-0.5 * (z * z)))
+        else:
+            for j in range(C):
+                z = _z(xr, bias, has_bias, j)
+                w_clamped, w = _exp_arg(z, tanh_form)
+                s, t = _cdf_and_slope_parts(z, _exp(w_clamped), w, tanh_form)
+                yr[j] = z * s                                   # y = z Phi(z), z s(u)
+                if with_slope:
                     gr[j] = s + z * t                           # GELU'(z)
 
 
 @njit(**_FLAGS)
 def forward_rows_exact(x, bias, has_bias, y, slope, r0, r1):
-    """``_forward_rows`` of the exact form."""
-    _forward_rows(x, bias, has_bias, False, y, slope, r0, r1)
+    """``_forward_rows`` of the exact form, with the slope."""
+    _forward_rows(x, bias, has_bias, False, y, slope, True, r0, r1)
 
 
 @njit(**_FLAGS)
 def forward_rows_tanh(x, bias, has_bias, y, slope, r0, r1):
-    """``_forward_rows`` of the tanh form."""
-    _forward_rows(x, bias, has_bias, True, y, slope, r0, r1)
+    """``_forward_rows`` of the tanh form, with the slope."""
+    _forward_rows(x, bias, has_bias, True, y, slope, True, r0, r1)
+
+
+@njit(**_FLAGS)
+def value_rows_exact(x, bias, has_bias, y, r0, r1):
+    """``_forward_rows`` of the exact form, y only (inference: no backward follows)."""
+    _forward_rows(x, bias, has_bias, False, y, y, False, r0, r1)
+
+
+@njit(**_FLAGS)
+def value_rows_tanh(x, bias, has_bias, y, r0, r1):
+    """``_forward_rows`` of the tanh form, y only."""
+    _forward_rows(x, bias, has_bias, True, y, y, False, r0, r1)
+
+
+@njit(**_FLAGS)
+def value_rows_exact_in_place(x, bias, has_bias, r0, r1):
+    """``value_rows_exact`` writing y over x. Its own kernel: LLVM vectorises a loop that
+    reads and writes one array, but with x and y two arguments it checks at run time
+    whether they overlap, and for y = x runs its scalar loop (measured 10 against 2.6 ns
+    per element)."""
+    _forward_rows(x, bias, has_bias, False, x, x, False, r0, r1)
+
+
+@njit(**_FLAGS)
+def value_rows_tanh_in_place(x, bias, has_bias, r0, r1):
+    """``value_rows_tanh`` writing y over x."""
+    _forward_rows(x, bias, has_bias, True, x, x, False, r0, r1)
 
 
 @njit(**_FLAGS)
@@ -267,16 +268,13 @@ def cdf_rows(z, out, r0, r1):
     """Rows r0 <= r < r1 of z (N, C) float32: out = Phi(z), the float32 path's normal CDF
     (for the tests, which measure its error)."""
     N, C = z.shape
-    z_row, p_row, bits_row, two_k = _scratch_rows()
     for r in range(r0, r1):
-        for c0 in range(0, C, CHUNK):
-            n = min(CHUNK, C - c0)
-            zr, outr = z[r, c0:c0 + n], out[r, c0:c0 + n]
-            _fill_exp_parts(zr, zr, False, False, n, z_row, p_row, bits_row)
-            for j in range(n):
-                zj = z_row[j]
-                s, _ = _cdf_and_slope_parts(zj, p_row[j] * two_k[j], -0.5 * (zj * zj), False)
-                outr[j] = s
+        zr, outr = z[r], out[r]
+        for j in range(C):
+            zj = np.float64(zr[j])
+            w_clamped, w = _exp_arg(zj, False)
+            s, _ = _cdf_and_slope_parts(zj, _exp(w_clamped), w, False)
+            outr[j] = s
 
 
 def _check_approximate(approximate):
@@ -285,18 +283,30 @@ def _check_approximate(approximate):
     return approximate == "tanh"
 
 
-def bias_forward(x, bias, approximate="none"):
+def bias_forward(x, bias, approximate="none", grad=True, out=None):
     """``(y, saved)`` of ``minibert.ops.gelu.bias_forward(x, bias, approximate)`` (bias None:
     of ``gelu.forward(x, approximate)``) for arrays the op has validated: x (..., C) and bias
     (C,) NumPy float32/float64 of one dtype, any layout. ``saved`` is the argument list of
     ``bias_backward`` and ``backward`` after dy: GELU'(x + bias), of x's shape, and what the
-    backward needs to know of the shapes."""
+    backward needs to know of the shapes. With ``grad`` False, saved is None and the slope
+    is not computed. ``out``: a C-contiguous array of x's shape and dtype to write y into
+    (x itself if x is C-contiguous), else y is a new array."""
     tanh_form = _check_approximate(approximate)
     C = x.shape[-1]
     x2 = rows_of(x, C)                                          # (N, C)
     has_bias = bias is not None
     b = np.ascontiguousarray(bias) if has_bias else np.empty(0, dtype=x.dtype)
-    y = np.empty_like(x2)                                       # (N, C)
+    y = np.empty_like(x2) if out is None else out.reshape(x2.shape)   # (N, C)
+    if not grad and np.shares_memory(y, x2):
+        if not (y.ctypes.data == x2.ctypes.data and y.strides == x2.strides):
+            raise ValueError("out overlaps x without being x")
+        kernel = value_rows_tanh_in_place if tanh_form else value_rows_exact_in_place
+        run_rows(kernel, x2.shape[0], x2, b, has_bias)
+        return y.reshape(x.shape), None
+    if not grad:
+        run_rows(value_rows_tanh if tanh_form else value_rows_exact, x2.shape[0], x2, b,
+                 has_bias, y)
+        return y.reshape(x.shape), None
     slope = np.empty_like(x2)                                   # (N, C)
     kernel = forward_rows_tanh if tanh_form else forward_rows_exact
     run_rows(kernel, x2.shape[0], x2, b, has_bias, y, slope)

@@ -52,7 +52,7 @@ from ..constants import INV_SQRT_2PI as _INV_SQRT_2PI
 from ..constants import KAPPA as _KAPPA
 from ..constants import SQRT_HALF as _SQRT_HALF
 from . import hooks
-from .switch import Fused, use_kernel
+from .switch import Fused, check_out, use_kernel
 
 #: Hugging Face ``hidden_act`` names -> the ``approximate`` argument of this op.
 APPROXIMATE_FOR_ACT = {
@@ -127,21 +127,30 @@ def forward(x, approximate="none"):
 
 
 @hooks.op("gelu.bias")
-def bias_forward(x, bias, approximate="none"):
+def bias_forward(x, bias, approximate="none", *, grad=True, out=None):
     """``y = GELU(x + bias)`` for x (..., C) and bias (C,); returns ``(y, cache)`` for
-    ``bias_backward``."""
+    ``bias_backward``.
+
+    Inference options: ``grad=False`` says no backward follows (the cache is None, and the
+    fast path skips GELU'(z)); ``out``, a C-contiguous array of x's shape and dtype, receives
+    y (it may be x itself: the model's inference overwrites the intermediate product, which
+    nothing else reads, and so allocates no (N, I) array for y)."""
     _check_approximate(approximate)
     C = x.shape[-1] if x.ndim else None
     if C is None or tuple(bias.shape) != (C,):
         raise ValueError(f"x has shape {tuple(x.shape)} and bias {tuple(bias.shape)}: expected "
                          f"x (..., C) and bias (C,)")
+    check_out(out, x)
     if use_kernel(x, bias):
         from ..kernels import gelu_cpu
-        y, saved = gelu_cpu.bias_forward(x, bias, approximate)
-        return y, Fused(gelu_cpu.bias_backward, saved)
+        y, saved = gelu_cpu.bias_forward(x, bias, approximate, grad, out)
+        return y, (Fused(gelu_cpu.bias_backward, saved) if grad else None)
     z = x + bias                                           # (..., C)
     y, cache = forward(z, approximate)
-    return y, (cache, C)
+    if out is not None:
+        out[...] = y
+        y = out
+    return y, ((cache, C) if grad else None)
 
 
 def forward_act(x, hidden_act="gelu"):

@@ -61,3 +61,12 @@ def use_cuda_kernel(*arrays) -> bool:
     dtype = np.dtype(arrays[0].dtype)
     return (dtype in _FLOATS and all(np.dtype(a.dtype) == dtype for a in arrays)
             and cuda_kernels_available())
+
+
+def check_out(out, x):
+    """An op's ``out=`` (where it writes its result; see ``gelu.bias_forward``): None, or a
+    C-contiguous array of x's shape and dtype; ValueError otherwise."""
+    if out is not None and (tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}: expected a "
+                         f"C-contiguous array of x's shape {tuple(x.shape)} and dtype {x.dtype}")

@@ -6,9 +6,9 @@ it to 1e-12 of each tensor's scale; float32 results are at least as accurate as 
 float32 op against the float64 readable op (RMS error at most 1.25 times its, plus the one
 rounding of a float32 result); the float32 normal CDF that replaces erf is within 0.51 ulp
 of the true one over a dense grid with both tails; the kernel passes the float64 gradient
-check on its own. Odd widths (C = 1, 7, 97, 129, 768 and 1030, past a piece of CHUNK
-columns), several leading shapes, non-contiguous inputs, infinities and NaN, the dispatch,
-and the row blocks of dbias.
+check on its own. Odd widths (C = 1, 7, 97, 129, 768 and 1030), several
+leading shapes, non-contiguous inputs, infinities and NaN, the dispatch, the row blocks of
+dbias, and the inference forms (no slope, y written over x) bit for bit.
 """
 import math
 
@@ -240,3 +240,45 @@ def test_row_blocks_can_be_split(dtype):
         gelu_cpu.backward_blocks(dy, slope, True, dx, part, b0, b1)
     np.testing.assert_array_equal(dx, dx_whole)
     np.testing.assert_array_equal(part.sum(axis=0).astype(dtype), db_whole)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("approximate", APPROXIMATIONS)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_inference_forms_give_the_same_bits(dtype, approximate, with_bias):
+    """grad=False (no GELU'(z)) and out=x (y written over x, its own kernel) give the bits
+    of the training forward, and no cache; out is checked."""
+    x, b, _ = _problem((3, 5, 97), dtype, seed=9)
+    x[0, 0, :4] = [np.inf, -np.inf, np.nan, 0.0]
+    b = b if with_bias else None
+    y, cache = gelu_cpu.bias_forward(x, b, approximate)
+    y_value, saved = gelu_cpu.bias_forward(x, b, approximate, grad=False)
+    assert saved is None
+    np.testing.assert_array_equal(y_value, y)
+    over = x.copy()
+    y_over, _ = gelu_cpu.bias_forward(over, b, approximate, False, over)
+    assert np.shares_memory(y_over, over)
+    np.testing.assert_array_equal(over, y)
+    out = np.empty_like(x)
+    assert gelu_cpu.bias_forward(x, b, approximate, True, out)[0].base is out
+    np.testing.assert_array_equal(out, y)
+
+
+def test_op_inference_options():
+    """The op's grad= and out= on both paths, and its check of out."""
+    x, b, _ = _problem((4, 6), np.float32, seed=10)
+    ref, _ = gelu.bias_forward(x, b)
+    for readable in (False, True):
+        with readable_ops(readable):
+            over = x.copy()
+            y, cache = gelu.bias_forward(over, b, grad=False, out=over)
+            assert cache is None and np.shares_memory(y, over)
+            np.testing.assert_allclose(over, ref, rtol=1e-6, atol=1e-7)
+    for bad in (np.empty((6, 4), np.float32), np.empty((4, 6), np.float64),
+                np.empty((4, 12), np.float32)[:, ::2]):
+        with pytest.raises(ValueError, match="out has shape .* expected a C-contiguous array"):
+            gelu.bias_forward(x, b, out=bad)
+    buf = np.zeros((5, 6), np.float32)
+    buf[:4] = x
+    with pytest.raises(ValueError, match="out overlaps x without being x"):
+        gelu_cpu.bias_forward(buf[:4], b, "none", False, buf[1:])
