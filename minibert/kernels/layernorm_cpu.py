@@ -101,25 +101,40 @@ def _row_sum_and_dot(g, xh):
     return sum_g, sum_gx
 
 
+@njit(inline="always", nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _forward_row(xr, rr, has_residual, weight, bias, eps, yr, sr):
+    """One row (H,): sr = xr + rr (when ``has_residual``; else sr is xr), then yr; returns
+    the row's (mean, rstd) in float64. sr and yr may be xr itself."""
+    H = xr.shape[0]
+    if has_residual:
+        for j in range(H):
+            sr[j] = xr[j] + rr[j]                             # x = x + residual, in x's dtype
+    mu = _row_sum(sr) / H                                     # mu = mean(x)
+    var = _row_sum_sq_dev(sr, mu) / H                         # var = mean((x - mu)^2)
+    rs = 1.0 / np.sqrt(var + eps)
+    for j in range(H):
+        yr[j] = (sr[j] - mu) * rs * weight[j] + bias[j]       # y = xhat * weight + bias
+    return mu, rs
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def forward_rows(x, residual, has_residual, weight, bias, eps, y, s, mean, rstd, r0, r1):
     """Rows r0 <= r < r1 of x (N, H): s = x + residual (only when ``has_residual``; the
     caller then passes a fresh s, else s is x and ``residual`` is not read), mean and rstd
     (N,) float64, and y (N, H)."""
-    H = x.shape[1]
     for r in range(r0, r1):
-        sr, yr = s[r], y[r]                                   # (H,) each
-        if has_residual:
-            xr, rr = x[r], residual[r]
-            for j in range(H):
-                sr[j] = xr[j] + rr[j]                         # x = x + residual, in x's dtype
-        mu = _row_sum(sr) / H                                 # mu = mean(x)
-        var = _row_sum_sq_dev(sr, mu) / H                     # var = mean((x - mu)^2)
-        rs = 1.0 / np.sqrt(var + eps)
-        mean[r] = mu
-        rstd[r] = rs
-        for j in range(H):
-            yr[j] = (sr[j] - mu) * rs * weight[j] + bias[j]   # y = xhat * weight + bias
+        mean[r], rstd[r] = _forward_row(x[r], residual[r], has_residual, weight, bias, eps,
+                                        y[r], s[r])
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def forward_rows_in_place(x, residual, has_residual, weight, bias, eps, r0, r1):
+    """Rows r0 <= r < r1 of x (N, H): y written over x, no statistics kept (inference). Its
+    own kernel, as in ``gelu_cpu.py``: with x, s and y three arguments that are one array,
+    LLVM's run-time overlap checks would send the loops to their scalar versions."""
+    for r in range(r0, r1):
+        xr = x[r]
+        _forward_row(xr, residual[r], has_residual, weight, bias, eps, xr, xr)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -156,24 +171,29 @@ def backward_blocks(dy, s, mean, rstd, weight, dx, dweight_part, dbias_part, b0,
                 dxr[j] = rs * (g[j] - mean_g - xh[j] * mean_gx)
 
 
-def forward(x, weight, bias, eps, residual=None):
+def forward(x, weight, bias, eps, residual=None, grad=True, out=None):
     """``(y, saved)`` of ``minibert.ops.layernorm.forward(x, weight, bias, eps, residual)``
     for arrays the op has validated: x (..., H) and residual (of x's shape, or None) NumPy
     float32/float64 of weight's and bias's dtype (H,), any layout. ``saved`` is
-    ``backward``'s argument list after dy."""
+    ``backward``'s argument list after dy, or None with ``grad`` False (inference: nothing
+    is kept); ``out`` (C-contiguous, x's shape and dtype) receives y, and with ``grad``
+    False may be x itself."""
     H = x.shape[-1]
     x2 = rows_of(x, H)                                        # (N, H)
     w, b = np.ascontiguousarray(weight), np.ascontiguousarray(bias)
     N = x2.shape[0]
-    y = np.empty_like(x2)                                     # (N, H)
-    if residual is None:
-        s, res = x2, x2                                       # the sum is x; res is not read
-    else:
-        s, res = np.empty_like(x2), rows_of(residual, H)      # (N, H) each
+    res = x2 if residual is None else rows_of(residual, H)    # (N, H); x2: not read
+    y = np.empty_like(x2) if out is None else out.reshape(x2.shape)   # (N, H)
+    if not grad and np.shares_memory(y, x2):
+        if not (y.ctypes.data == x2.ctypes.data and y.strides == x2.strides):
+            raise ValueError("out overlaps x without being x")
+        run_rows(forward_rows_in_place, N, x2, res, residual is not None, w, b, float(eps))
+        return y.reshape(x.shape), None
+    s = x2 if residual is None else np.empty_like(x2)         # the sum (N, H)
     mean = np.empty(N, dtype=np.float64)
     rstd = np.empty(N, dtype=np.float64)
     run_rows(forward_rows, N, x2, res, residual is not None, w, b, float(eps), y, s, mean, rstd)
-    return y.reshape(x.shape), (s, mean, rstd, w, x.shape)
+    return y.reshape(x.shape), ((s, mean, rstd, w, x.shape) if grad else None)
 
 
 def backward(dy, s, mean, rstd, weight, shape):

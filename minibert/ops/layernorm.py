@@ -48,17 +48,21 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from . import hooks
-from .switch import Fused, use_kernel
+from .switch import Fused, check_out, use_kernel
 
 
 @hooks.op("layernorm")
-def forward(x, weight, bias, eps=1e-12, residual=None):
+def forward(x, weight, bias, eps=1e-12, residual=None, *, grad=True, out=None):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis; returns
     ``(y, cache)``. ``eps`` defaults to BERT's ``layer_norm_eps``.
 
     With ``residual`` (an array of x's shape) the op normalizes ``x + residual`` instead;
     the gradient ``dx`` that ``backward`` returns is then also the residual's gradient (the
-    module docstring)."""
+    module docstring).
+
+    Inference options, as ``gelu.bias_forward``'s: ``grad=False`` (no backward follows: the
+    cache is None and the fast path keeps no statistics) and ``out`` (a C-contiguous array of
+    x's shape and dtype that receives y; x itself with ``grad=False``)."""
     H = x.shape[-1]
     if tuple(weight.shape) != (H,) or tuple(bias.shape) != (H,):
         raise ValueError(f"x has shape {tuple(x.shape)}, weight {tuple(weight.shape)} and bias "
@@ -69,10 +73,11 @@ def forward(x, weight, bias, eps=1e-12, residual=None):
     if not eps >= 0:
         raise ValueError(f"eps={eps!r} is not valid, expected a number >= 0")
     eps = float(eps)      # a NumPy float64 scalar would promote float32 x to float64
+    check_out(out, x)
     if use_kernel(x, weight, bias) and (residual is None or use_kernel(x, residual)):
         from ..kernels import layernorm_cpu  # lazy: Numba takes a while to import
-        y, saved = layernorm_cpu.forward(x, weight, bias, eps, residual)
-        return y, Fused(layernorm_cpu.backward, saved)
+        y, saved = layernorm_cpu.forward(x, weight, bias, eps, residual, grad, out)
+        return y, (Fused(layernorm_cpu.backward, saved) if grad else None)
     if residual is not None:
         x = x + residual                                      # (..., H)
     xp = get_array_module(x)
@@ -82,7 +87,10 @@ def forward(x, weight, bias, eps=1e-12, residual=None):
     rstd = 1.0 / xp.sqrt(var + eps)                           # (..., 1)
     xhat = xc * rstd                                          # (..., H)
     y = xhat * weight + bias                                  # (..., H)
-    return y, (xhat, rstd, weight)
+    if out is not None:
+        out[...] = y
+        y = out
+    return y, ((xhat, rstd, weight) if grad else None)
 
 
 @hooks.op("layernorm")

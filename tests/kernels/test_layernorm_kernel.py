@@ -207,3 +207,31 @@ def test_row_blocks_can_be_split(dtype):
     for r0, r1 in ((40, N), (0, 40)):
         layernorm_cpu.forward_rows(x, res, True, w, b, 1e-12, y, s2, m2, r2, r0, r1)
     np.testing.assert_array_equal(y, layernorm.forward(x, w, b, residual=res)[0])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_inference_forms_give_the_same_bits(dtype, residual):
+    """grad=False keeps nothing, and out=x (y written over x, its own kernel) gives the
+    bits of the training forward; on the readable path too; out is checked."""
+    x, w, b, res, _ = _problem((3, 5, 97), dtype, seed=11, residual=residual)
+    y, _ = layernorm_cpu.forward(x, w, b, 1e-12, res)
+    y_value, saved = layernorm_cpu.forward(x, w, b, 1e-12, res, grad=False)
+    assert saved is None
+    np.testing.assert_array_equal(y_value, y)
+    over = x.copy()
+    y_over, _ = layernorm_cpu.forward(over, w, b, 1e-12, res, False, over)
+    assert np.shares_memory(y_over, over)
+    np.testing.assert_array_equal(over, y)
+    with readable_ops():
+        ref, _ = layernorm.forward(x, w, b, 1e-12, res)
+        over = x.copy()
+        y_over, cache = layernorm.forward(over, w, b, 1e-12, res, grad=False, out=over)
+        assert cache is None and y_over is over
+        np.testing.assert_array_equal(over, ref)
+    for bad in (np.empty((5, 3, 97), dtype), np.empty((3, 5, 194), dtype)[..., ::2]):
+        with pytest.raises(ValueError, match="out has shape .* expected a C-contiguous array"):
+            layernorm.forward(x, w, b, 1e-12, res, out=bad)
+    buf = np.zeros((16, 97), dtype)
+    with pytest.raises(ValueError, match="out overlaps x without being x"):
+        layernorm_cpu.forward(buf[:15], w, b, 1e-12, None, False, buf[1:])
