@@ -38,7 +38,7 @@ from .backend import get_array_module, get_xp
 from .checkpoint import PretrainedMixin, load_pretrained
 from .config import BertConfig
 from .model_inputs import InputChecks, check_int_array, reject_positional  # noqa: F401 (re-exported)
-from .ops import attention, dropout, embedding, gelu, layernorm, linear, tanh
+from .ops import attention, dropout, embedding, gelu, hooks, layernorm, linear, tanh
 from .ops.switch import use_kernel
 from .packing import UNPAD_THRESHOLD, check_unpad, pack, pad, padding_share, unpad
 from .params import FlatParams, ParamSpec
@@ -275,7 +275,7 @@ class BertModel(PretrainedMixin, InputChecks):
                                                       inputs_embeds)
         packing = self._plan_packing(mask, unpad, output_attentions)
         run = _Run.start(self, training, output_attentions, self._check_head_mask(head_mask),
-                         packing)
+                         packing, keep_cache)
         # what attention reads: the padding mask, or (packed) where each sequence begins
         keys = mask if packing is None else packing
         x, emb_cache = self._embeddings_forward(ids, tt, run, embeds)          # (B, S, H) or (T, H)
@@ -394,14 +394,17 @@ class BertModel(PretrainedMixin, InputChecks):
         a, c["attn_out"] = linear.forward(ctx, *p.attn_out)       # a = ctx Wo^T + bo
         a, c["attn_do"] = dropout.forward(a, run.p_hidden, seed, run.offset(_site(l, 1)),
                                           run.training, start=run.first_element(a), rows=run.rows)
-        h, c["attn_ln"] = layernorm.forward(a, *p.attn_ln, eps, residual=x)    # h = LN(a + x)
+        h, c["attn_ln"] = layernorm.forward(a, *p.attn_ln, eps, residual=x,    # h = LN(a + x)
+                                            grad=run.grad, out=run.scratch(a))
         # the intermediate bias is added by the GELU op (one pass over (B, S, I) less)
         i, c["inter"] = linear.forward(h, p.inter[0])             # i = h Wi^T              (B, S, I)
-        g, c["gelu"] = gelu.bias_forward(i, p.inter[1], gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act])
+        g, c["gelu"] = gelu.bias_forward(i, p.inter[1], gelu.APPROXIMATE_FOR_ACT[cfg.hidden_act],
+                                         grad=run.grad, out=run.scratch(i))
         o, c["out"] = linear.forward(g, *p.out)                   # o = g Wo2^T + bo2       (B, S, H)
         o, c["out_do"] = dropout.forward(o, run.p_hidden, seed, run.offset(_site(l, 2)),
                                          run.training, start=run.first_element(o), rows=run.rows)
-        x, c["out_ln"] = layernorm.forward(o, *p.out_ln, eps, residual=h)      # x = LN(o + h)
+        x, c["out_ln"] = layernorm.forward(o, *p.out_ln, eps, residual=h,      # x = LN(o + h)
+                                           grad=run.grad, out=run.scratch(o))
         return x, c
 
     def _pooler_forward(self, x):
@@ -561,21 +564,28 @@ class _Run(NamedTuple):
     batch_start: int            # the model's batch_start: this batch's first row in the whole
     head_mask: object = None    # (L, A) multiplying each head's probabilities, or None
     packing: object = None      # the Packing of a padding-free forward, or None
+    grad: bool = True           # whether a backward follows (False: inference, no cache kept)
 
     @classmethod
-    def start(cls, model, training, output_attentions, head_mask=None, packing=None) -> _Run:
+    def start(cls, model, training, output_attentions, head_mask=None, packing=None, grad=True):
         """The run of ``model``'s next forward call."""
         cfg = model.config
         return cls(bool(training), model.dropout_calls,
                    cfg.hidden_dropout_prob if training else 0.0,
                    cfg.attention_probs_dropout_prob if training else 0.0,
-                   bool(output_attentions), int(model.batch_start), head_mask, packing)
+                   bool(output_attentions), int(model.batch_start), head_mask, packing,
+                   bool(grad))
 
     @property
     def rows(self):
         """Packed: each token's row in the padded (B, S) batch, where its dropout bits are
         drawn (``minibert.ops.dropout``); None for a padded batch."""
         return None if self.packing is None else self.packing.rows
+
+    def scratch(self, a):
+        """``a`` if an op may write its result over it (inference, where no backward reads
+        it, and no op hook, which may hold it), else None."""
+        return a if not self.grad and not hooks.registered() else None
 
     def offset(self, site: int) -> int:
         """The Philox offset of dropout ``site`` in this call: (call << 20) | site."""

@@ -97,6 +97,36 @@ def test_call_is_forward_without_cache(cls):
         model.backward(None)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_call_writes_gelu_over_its_input_only_without_hooks(dtype):
+    """Inference writes GELU's output over the intermediate product (no backward reads it):
+    the same bits as the training forward. With an op hook registered it does not, since a
+    hook may hold the op's input (a trace reads it after the op)."""
+    from minibert.ops import hooks
+
+    class Inputs(hooks.OpHook):
+        def __init__(self):
+            self.seen = []
+
+        def forward_pre(self, op, args, kwargs):
+            if op == "gelu.bias":
+                self.seen.append((args[0], args[0].copy(), kwargs.get("out")))
+
+    model = BertModel(tiny_config(), dtype=dtype, seed=2)
+    ids, mask, tt = batch(np.random.default_rng(1))
+    ref, _ = model.forward(ids, attention_mask=mask, token_type_ids=tt)
+    out = model(ids, attention_mask=mask, token_type_ids=tt)
+    np.testing.assert_array_equal(out.last_hidden_state, ref.last_hidden_state)
+    hook = Inputs()
+    with hooks.use(hook):
+        hooked = model(ids, attention_mask=mask, token_type_ids=tt)
+    np.testing.assert_array_equal(hooked.last_hidden_state, ref.last_hidden_state)
+    assert len(hook.seen) == model.config.num_hidden_layers
+    for x, before, dest in hook.seen:
+        assert dest is None
+        np.testing.assert_array_equal(x, before)
+
+
 def test_call_draws_no_dropout_stream():
     model = _model(hidden_dropout_prob=0.3)
     ids, mask, tt = batch(np.random.default_rng(1))
