@@ -73,7 +73,11 @@ def test_fused_cache_keeps_out_and_lse_not_probabilities():
         assert isinstance(c, Fused)                  # the kernel's cache, not the textbook dict
         q, k, v, out, lse = c.saved[:5]
         for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
-            assert t.shape == (3, A, 7, D) and t.flags.c_contiguous, name
+            assert t.shape == (3, A, 7, D), name
+        assert out.flags.c_contiguous
+        # q, k, v are the model's views of its (B, S, 3H) product, not copies of them
+        assert q.base is not None and q.base is k.base is v.base
+        assert q.strides == (7 * 3 * A * D * 8, D * 8, 3 * A * D * 8, 8)
         assert lse.shape == (3, A, 7) and lse.flags.c_contiguous
         assert not any(getattr(t, "shape", ())[-2:] == (7, 7) for t in c.saved), "an (S, S) array"
 

@@ -33,6 +33,14 @@ imports no rung. What changes is who does which part of a tile:
   (0.75 MiB for G = 3, 128 x 512 in float32, two of them in the backward; never S x S per
   head for S > block_k, and never kept after the call).
 
+Layouts. q, k, v and dout are read only by BLAS, as (G, rows, D) stacks: any array whose
+rows BLAS reads as they are (a unit-stride last axis, ``_args.blas_rows``) is taken
+without a copy, such as the model's heads, views of its (B, S, 3H) product (copying them
+first made forward + backward with the model's splits and merges 1.15x slower, median of
+21 interleaved rounds at B = 32, A = 12, S = 128, D = 32, float32, 2 threads:
+``python benchmarks/bench_attention_layout.py --repeat 21``; ``attention_varlen_cpu.py``
+measured the like for its packed form).
+
 Threads. The work is cut into tasks (sequence b, group of G heads): a task owns the rows
 of out, lse, dq, dk and dv of its heads, so no two tasks write the same element. The cut
 depends on the shape only (at least ``MIN_TASKS`` tasks), never on the number of
@@ -331,9 +339,10 @@ def _block_sizes(block_q, block_k, S):
 
 
 def _uninitialised(like):
-    """An array like ``like`` whose every element the kernel writes (a test fills it with
-    NaN to prove it)."""
-    return np.empty_like(like)
+    """A C-contiguous array of ``like``'s shape and dtype whose every element the kernel
+    writes (a test fills it with NaN to prove it); C-contiguous even when ``like`` is a
+    strided view (``np.empty_like`` would copy the view's axis order)."""
+    return np.empty(like.shape, dtype=like.dtype)
 
 
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,

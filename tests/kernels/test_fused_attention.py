@@ -331,6 +331,28 @@ def test_parallel_and_serial_give_the_same_bits(monkeypatch, mod):
         assert np.array_equal(a, b), f"{name}: {threads} threads differ from 1 thread"
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_strided_views_of_the_models_product(dtype):
+    """q, k, v as the model's views of one (B, S, 3H) product and dout as a view of
+    (B, S, H) (``minibert.model.split_heads``): taken as they are, with the results of
+    C-contiguous copies, padding and dropout included."""
+    from minibert.model import split_heads
+    B, A, S, D = 3, 2, 9, 8
+    r = np.random.default_rng(4)
+    q, k, v = split_heads(r.standard_normal((B, S, 3 * A * D)).astype(dtype), A, 3)
+    (dout,) = split_heads(r.standard_normal((B, S, A * D)).astype(dtype), A)
+    assert not q.flags.c_contiguous and q.strides[-1] == q.itemsize
+    mask = _lengths_mask(S, [S, 5, 1])
+    got, lse = _fused(q, k, v, dout, mask, p=0.1, seed=3)
+    plain, lse_plain = _fused(*(np.ascontiguousarray(x) for x in (q, k, v, dout)), mask,
+                              p=0.1, seed=3)
+    for name, a, e in zip(("out", "dq", "dk", "dv", "lse"), got + (lse,), plain + (lse_plain,)):
+        assert np.array_equal(a, e), name
+    # a last axis that is not unit-stride is refused, as is any array that is not C-contiguous
+    with pytest.raises(ValueError, match=r"q with shape .* is not C-contiguous, nor a view"):
+        fused_attention_forward(q[..., ::2], k[..., ::2], v[..., ::2], mask, None)
+
+
 def test_forward_saves_only_out_and_lse():
     B, A, S, D = 2, 3, 11, 8
     q, k, v, _ = _problem(B, A, S, D, np.float32)
