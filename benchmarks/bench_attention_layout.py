@@ -13,6 +13,9 @@ untimed calls before each turn), on N threads:
   ``backward``, then the merges (the op before it took the views as they are);
 * ``op``: ``minibert.ops.attention`` with ``implementation="fused"`` as the model calls it,
   then the merges;
+* ``op, merge copies``: the same, with the merges copying the outputs into a new
+  (B, S, n H) array (as ``merge_heads`` did before the kernel's outputs were token-major,
+  which makes them views): what one copy per merge costs;
 * ``torch sdpa``: ``scaled_dot_product_attention`` on the same views of a (B, S, 3H)
   tensor, the context merged by a reshape, the gradient of the (B, S, 3H) tensor.
 
@@ -66,6 +69,18 @@ def implementations(shape):
         (dout,) = split_heads(dctx, A)
         return ctx, merge_heads(*attention.backward(dout, cache))
 
+    def merge_copy(*parts):                         # (B, A, S, D) each -> (B, S, n H), a copy
+        merged = np.empty((B, S, len(parts), A, D), dtype=parts[0].dtype)
+        for j, t in enumerate(parts):
+            merged[:, :, j] = t.transpose(0, 2, 1, 3)
+        return merged.reshape(B, S, len(parts) * H)
+
+    def op_merge_copies():
+        out, cache = attention.forward(*split_heads(qkv, A, 3), None, implementation="fused")
+        ctx = merge_copy(out)
+        (dout,) = split_heads(dctx, A)
+        return ctx, merge_copy(*attention.backward(dout, cache))
+
     leaf, dctx_t = torch.from_numpy(qkv.copy()).requires_grad_(True), torch.from_numpy(dctx)
 
     def sdpa():
@@ -75,7 +90,7 @@ def implementations(shape):
         ctx.backward(dctx_t)
         return ctx.detach().numpy(), leaf.grad.numpy()
 
-    fns = {"torch sdpa": sdpa, "copies": copies, "op": op}
+    fns = {"torch sdpa": sdpa, "copies": copies, "op": op, "op, merge copies": op_merge_copies}
     ref = copies()
     for name, fn in fns.items():          # the same function (float32 rounding apart)
         for a, b in zip(fn(), ref):
@@ -99,9 +114,10 @@ def main(argv=None):
     base = rounds["torch sdpa"]
     for name, t in rounds.items():
         ratio = statistics.median(b / x for b, x in zip(base, t))
-        print(f"  {name:11s} {statistics.median(t):8.2f} ms   torch sdpa / it {ratio:5.2f}")
-    gain = statistics.median(c / o for c, o in zip(rounds["copies"], rounds["op"]))
-    print(f"  copies / op {gain:.3f}")
+        print(f"  {name:16s} {statistics.median(t):8.2f} ms   torch sdpa / it {ratio:5.2f}")
+    for name in ("copies", "op, merge copies"):
+        gain = statistics.median(c / o for c, o in zip(rounds[name], rounds["op"]))
+        print(f"  {name} / op {gain:.3f}")
 
 
 if __name__ == "__main__":

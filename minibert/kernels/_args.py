@@ -127,7 +127,7 @@ def backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
     reject_gpu_arrays([("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out),
                        ("lse", lse), ("mask", _values(mask))])
     check_tensors([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)],
-                  strided=("q", "k", "v", "dout"))
+                  strided=("q", "k", "v", "out", "dout"))
     B, A, S, D = q.shape
     if not isinstance(lse, np.ndarray):
         raise TypeError(f"lse has type {type(lse).__name__}, expected a NumPy array (B, A, S)")

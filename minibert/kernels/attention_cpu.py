@@ -39,7 +39,14 @@ without a copy, such as the model's heads, views of its (B, S, 3H) product (copy
 first made forward + backward with the model's splits and merges 1.15x slower, median of
 21 interleaved rounds at B = 32, A = 12, S = 128, D = 32, float32, 2 threads:
 ``python benchmarks/bench_attention_layout.py --repeat 21``; ``attention_varlen_cpu.py``
-measured the like for its packed form).
+measured the like for its packed form). The outputs are token-major: out, and dq, dk, dv,
+are views of one C-contiguous (B, S, A, D), resp. (B, S, 3, A, D), buffer
+(``layouts.token_major``), so that the model's merges of the heads back into (B, S, H) and
+(B, S, 3H) are views (``minibert.model.merge_heads``); BLAS writes dq, dk, dv through their
+strides, and the forward finishes each tile in C-contiguous scratch, then copies it into
+out. Against C-contiguous outputs and copying merges: 1.10x on the same step (median of 15
+interleaved rounds, the previous kernel against this one); one copy per merge costs as
+much (``op, merge copies`` in ``python benchmarks/bench_attention_layout.py``: 1.11x).
 
 Threads. The work is cut into tasks (sequence b, group of G heads): a task owns the rows
 of out, lse, dq, dk and dv of its heads, so no two tasks write the same element. The cut
@@ -71,6 +78,7 @@ from ._blocks import (
     row_max,
 )
 from ._threads import run_tasks
+from .layouts import token_major
 
 #: Default tile: 128 queries x 512 keys. block_k = 512 covers a BERT sequence in one key
 #: block (no online-softmax rescaling, and the backward's row statistics come with the
@@ -212,12 +220,16 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q, block_k):
     consts, int_type = EXP_CONSTANTS[q.dtype], INT_OF[q.dtype]
     s_buf = np.empty(G * block_q * block_k, dtype=q.dtype)              # scores, then P~
     t_buf = np.empty(G * block_q * D, dtype=q.dtype)                    # P~ V of a later block
+    acc_buf = np.empty(G * block_q * D, dtype=q.dtype)                  # the accumulator
     m = np.empty((G, block_q), dtype=q.dtype)
     l = np.empty((G, block_q), dtype=q.dtype)
     for i0 in range(0, S, block_q):
         nr = min(S, i0 + block_q) - i0
         qi = q[b, h0:h1, i0:i0 + nr]                                    # (G, nr, D)
-        acc = out[b, h0:h1, i0:i0 + nr]                                 # (G, nr, D), in place
+        # the accumulator in C-contiguous scratch, copied into the token-major out at the
+        # end: Numba vectorises the row passes over a C-contiguous tile, not over a strided
+        # view (``attention_varlen_cpu.py`` measured _forward_finish 10x slower on one)
+        acc = acc_buf[:G * nr * D].reshape(G, nr, D)
         mi, li = m[:, :nr], l[:, :nr]
         mi[...] = -np.inf
         li[...] = 0
@@ -240,6 +252,7 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q, block_k):
                 acc += t                                                # acc = alpha acc + P~ V
             first = False
         _forward_finish(acc, mi, li, lse[b, h0:h1, i0:i0 + nr])
+        out[b, h0:h1, i0:i0 + nr] = acc
 
 
 def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, start, block_q, block_k):
@@ -338,11 +351,10 @@ def _block_sizes(block_q, block_k, S):
     return max(1, min(block_q, S)), max(1, min(block_k, S))
 
 
-def _uninitialised(like):
-    """A C-contiguous array of ``like``'s shape and dtype whose every element the kernel
-    writes (a test fills it with NaN to prove it); C-contiguous even when ``like`` is a
-    strided view (``np.empty_like`` would copy the view's axis order)."""
-    return np.empty(like.shape, dtype=like.dtype)
+def _uninitialised(shape, dtype):
+    """A C-contiguous array whose every element the kernel writes (a test fills it with
+    NaN to prove it)."""
+    return np.empty(shape, dtype=dtype)
 
 
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
@@ -353,8 +365,8 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, 
     B, A, S, D = q.shape
     block_q, block_k = _block_sizes(block_q, block_k, S)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
-    out = _uninitialised(q)                                              # (B, A, S, D)
-    lse = _uninitialised(q[..., 0])                                      # (B, A, S)
+    (out,) = token_major((B,), A, S, D, q.dtype, empty=_uninitialised)   # (B, A, S, D)
+    lse = _uninitialised((B, A, S), q.dtype)                             # (B, A, S)
     start = np.int64(start)
     _run(lambda b, h0, h1: _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q,
                                          block_k),
@@ -370,7 +382,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     B, A, S, D = q.shape
     block_q, block_k = _block_sizes(block_q, block_k, S)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
-    dq, dk, dv = _uninitialised(q), _uninitialised(q), _uninitialised(q)  # (B, A, S, D) each
+    dq, dk, dv = token_major((B,), A, S, D, q.dtype, 3, _uninitialised)  # (B, A, S, D) each
     start = np.int64(start)
     _run(lambda b, h0, h1: _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args,
                                           start, block_q, block_k),

@@ -360,7 +360,8 @@ def test_forward_saves_only_out_and_lse():
     assert isinstance(res, tuple) and len(res) == 2
     out, lse = res
     assert out.shape == (B, A, S, D) and lse.shape == (B, A, S)
-    assert out.flags.c_contiguous and lse.flags.c_contiguous
+    assert lse.flags.c_contiguous
+    assert out.transpose(0, 2, 1, 3).flags.c_contiguous              # token-major (B, S, A, D)
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -455,7 +456,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"dout has shape \(2, 2, 4, 2\), expected the shape of q"):
         b(dout=dout[..., :2].copy())
     with pytest.raises(ValueError, match=r"out with shape .* is not C-contiguous"):
-        b(out=out.transpose(1, 0, 2, 3))
+        b(out=np.asfortranarray(out))
     with pytest.raises(ValueError, match=r"mask has shape \(4,\), expected \(B, S\)"):
         b(mask=np.ones(4))
     with pytest.raises(ValueError, match=r"dropout_p=1.5 is out of range"):
@@ -516,7 +517,8 @@ def test_every_output_element_is_written(monkeypatch, blocks):
     """The production kernel allocates out, lse, dq, dk, dv uninitialised and writes every
     element (zeros at padded keys, at rows without a real key): with NaN-filled buffers the
     results must still equal the textbook's."""
-    monkeypatch.setattr(attention_cpu, "_uninitialised", lambda like: np.full_like(like, np.nan))
+    monkeypatch.setattr(attention_cpu, "_uninitialised",
+                        lambda shape, dtype: np.full(shape, np.nan, dtype=dtype))
     S, D = 29, 8
     mask = _mixed_mask(S, seed=7)
     q, k, v, dout = _problem(4, 2, S, D, np.float64, seed=7)
