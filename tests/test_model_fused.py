@@ -189,3 +189,20 @@ def test_kernel_outputs_merge_without_a_copy():
     swapped = merge_heads(grads[1], grads[0], grads[2])
     assert not np.shares_memory(swapped, grads[0])
     assert np.array_equal(split_heads(swapped, A, 3)[0], grads[1])
+
+
+def test_packed_kernel_outputs_merge_without_a_copy():
+    """The same for the packed kernel: its (A, T, D) out and dq, dk, dv merge into the
+    model's (T, H) and (T, 3H) as views (``merge_heads``, as for a padded batch)."""
+    from minibert.kernels import fused_attention_varlen_backward, fused_attention_varlen_forward
+    from minibert.model import merge_heads, split_heads
+    A, D, cu = 2, 4, np.array([0, 3, 8])
+    r = np.random.default_rng(1)
+    q, k, v = split_heads(r.standard_normal((8, 3 * A * D)), A, 3)
+    (dout,) = split_heads(r.standard_normal((8, A * D)), A)
+    out, lse = fused_attention_varlen_forward(q, k, v, cu, None)
+    grads = fused_attention_varlen_backward(dout, q, k, v, out, lse, cu, None)
+    for parts in ((out,), grads):
+        merged = merge_heads(*parts)
+        assert merged.shape == (8, len(parts) * A * D) and np.shares_memory(merged, parts[0])
+        assert np.array_equal(merged, merge_heads(*(np.ascontiguousarray(x) for x in parts)))
