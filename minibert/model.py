@@ -37,6 +37,7 @@ import numpy as np
 from .backend import get_array_module, get_xp
 from .checkpoint import PretrainedMixin, load_pretrained
 from .config import BertConfig
+from .kernels.layouts import merged_view
 from .model_inputs import InputChecks, check_int_array, reject_positional  # noqa: F401 (re-exported)
 from .ops import attention, dropout, embedding, gelu, hooks, layernorm, linear, tanh
 from .ops.switch import use_kernel
@@ -139,9 +140,14 @@ def split_heads(t, A: int, n: int = 1):
 
 def merge_heads(*parts):
     """The inverse of ``split_heads``: n arrays (B, A, S, D) -> one (B, S, n*A*D); n packed
-    arrays (A, T, D) -> one (T, n*A*D)."""
+    arrays (A, T, D) -> one (T, n*A*D). A view, not a copy, where the parts already lie in
+    that layout (``kernels.layouts.merged_view``: the CPU attention kernels' outputs); a new
+    array otherwise."""
     *batch, A, S, D = parts[0].shape
     xp = get_array_module(parts[0])
+    merged = merged_view(parts) if xp is np else None
+    if merged is not None:
+        return merged
     out = xp.empty((*batch, S, len(parts), A, D), dtype=parts[0].dtype)       # (..., S, n, A, D)
     for j, t in enumerate(parts):
         out[..., j, :, :] = xp.moveaxis(t, -3, -2)                             # (..., S, A, D)

@@ -73,7 +73,11 @@ def test_fused_cache_keeps_out_and_lse_not_probabilities():
         assert isinstance(c, Fused)                  # the kernel's cache, not the textbook dict
         q, k, v, out, lse = c.saved[:5]
         for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
-            assert t.shape == (3, A, 7, D) and t.flags.c_contiguous, name
+            assert t.shape == (3, A, 7, D), name
+        assert out.transpose(0, 2, 1, 3).flags.c_contiguous    # token-major: merged as a view
+        # q, k, v are the model's views of its (B, S, 3H) product, not copies of them
+        assert q.base is not None and q.base is k.base is v.base
+        assert q.strides == (7 * 3 * A * D * 8, D * 8, 3 * A * D * 8, 8)
         assert lse.shape == (3, A, 7) and lse.flags.c_contiguous
         assert not any(getattr(t, "shape", ())[-2:] == (7, 7) for t in c.saved), "an (S, S) array"
 
@@ -158,3 +162,47 @@ def test_config_accepts_fused_and_still_drops_unknown_values():
     assert BertConfig.from_dict({**d, "attn_implementation": "sdpa"}).attn_implementation == "auto"
     with pytest.raises(ValueError, match=r"attn_implementation='flash'"):
         BertConfig(attn_implementation="flash")
+
+
+def test_kernel_outputs_merge_without_a_copy():
+    """The CPU kernel's out and dq, dk, dv are token-major: ``merge_heads`` gives the (B, S, H)
+    context and the (B, S, 3H) gradient as views of them, equal to the copy it makes of
+    C-contiguous heads, and the model's split of that gradient gives dk back."""
+    from minibert.kernels import fused_attention_backward, fused_attention_forward
+    from minibert.model import merge_heads, split_heads
+    B, A, S, D = 2, 3, 5, 4
+    r = np.random.default_rng(0)
+    q, k, v = split_heads(r.standard_normal((B, S, 3 * A * D)), A, 3)
+    (dout,) = split_heads(r.standard_normal((B, S, A * D)), A)
+    out, lse = fused_attention_forward(q, k, v, None, None)
+    grads = fused_attention_backward(dout, q, k, v, out, lse, None, None)
+    for parts in ((out,), grads):
+        merged = merge_heads(*parts)
+        assert merged.shape == (B, S, len(parts) * A * D) and merged.flags.c_contiguous
+        assert np.shares_memory(merged, parts[0])
+        copies = [np.ascontiguousarray(x) for x in parts]
+        expected = merge_heads(*copies)
+        assert not np.shares_memory(expected, copies[0])
+        assert np.array_equal(merged, expected)
+    assert np.array_equal(split_heads(merge_heads(*grads), A, 3)[1], grads[1])
+    # the parts in another order are not the buffer's layout: a copy, in the order given
+    swapped = merge_heads(grads[1], grads[0], grads[2])
+    assert not np.shares_memory(swapped, grads[0])
+    assert np.array_equal(split_heads(swapped, A, 3)[0], grads[1])
+
+
+def test_packed_kernel_outputs_merge_without_a_copy():
+    """The same for the packed kernel: its (A, T, D) out and dq, dk, dv merge into the
+    model's (T, H) and (T, 3H) as views (``merge_heads``, as for a padded batch)."""
+    from minibert.kernels import fused_attention_varlen_backward, fused_attention_varlen_forward
+    from minibert.model import merge_heads, split_heads
+    A, D, cu = 2, 4, np.array([0, 3, 8])
+    r = np.random.default_rng(1)
+    q, k, v = split_heads(r.standard_normal((8, 3 * A * D)), A, 3)
+    (dout,) = split_heads(r.standard_normal((8, A * D)), A)
+    out, lse = fused_attention_varlen_forward(q, k, v, cu, None)
+    grads = fused_attention_varlen_backward(dout, q, k, v, out, lse, cu, None)
+    for parts in ((out,), grads):
+        merged = merge_heads(*parts)
+        assert merged.shape == (8, len(parts) * A * D) and np.shares_memory(merged, parts[0])
+        assert np.array_equal(merged, merge_heads(*(np.ascontiguousarray(x) for x in parts)))

@@ -18,7 +18,12 @@ dropout), computed block by block without ever forming the (S, S) matrices: the 
 saves only ``out`` and the per-row log-sum-exp ``lse``, from which the backward recomputes
 the probabilities (FlashAttention-2; the algorithm is derived in ``kernels/attn_v4_tiled.py``).
 
-* q, k, v, out, dout: (B, A, S, D), C-contiguous, all float32 or all float64. ``out`` is
+* q, k, v, out, dout: (B, A, S, D), all float32 or all float64. On the CPU they may be views
+  whose last axis has unit stride, such as the model's heads (``minibert.model.split_heads``
+  of its (B, S, 3H) product: the kernel's BLAS calls read them as they are, no copy), on a
+  GPU C-contiguous. The CPU kernel returns out, dq, dk and dv token-major (views of
+  (B, S, A, D) and (B, S, 3, A, D) buffers: ``minibert.model.merge_heads`` of them is a
+  view), the CUDA kernels C-contiguous. ``out`` is
   the forward's output, as in FlashAttention's signature (the CPU backward recomputes the
   row statistics it would give from the probabilities instead, for accuracy in float32:
   see ``kernels/attn_v4_tiled.py``; it is validated all the same).

@@ -49,10 +49,21 @@ def _values(mask):
     return mask.values if isinstance(mask, AttentionMask) else mask
 
 
-def check_tensors(named):
-    """Rank 4, C-contiguous, float32/float64, one shape and one dtype for all of ``named``
-    (a list of (name, array)); the first one sets the shape and dtype. Raises TypeError or
-    ValueError naming the argument."""
+def blas_rows(x):
+    """Whether every (rows, D) matrix of ``x`` (its last two axes) is a BLAS operand as it
+    is: unit stride along the last axis, a row stride of at least its length, no negative
+    stride. The model's heads, views of its (B, S, 3H) product split by
+    ``minibert.model.split_heads`` (strides (S 3H, D, 3H, 1) elements), are."""
+    isz, D, S = x.itemsize, x.shape[-1], x.shape[-2]
+    return ((x.strides[-1] == isz or D <= 1) and (x.strides[-2] >= D * isz or S <= 1)
+            and all(s >= 0 for s in x.strides))
+
+
+def check_tensors(named, strided=()):
+    """Rank 4, float32/float64, one shape and one dtype for all of ``named`` (a list of
+    (name, array)); the first one sets the shape and dtype. C-contiguous, except the arrays
+    named in ``strided``, which need only rows that BLAS reads as they are (``blas_rows``).
+    Raises TypeError or ValueError naming the argument."""
     first_name, first = named[0]
     for name, x in named:
         if not isinstance(x, np.ndarray):
@@ -68,7 +79,11 @@ def check_tensors(named):
             if x.dtype != first.dtype:
                 raise TypeError(f"{name} has dtype {x.dtype}, expected the dtype of "
                                 f"{first_name} ({first.dtype})")
-        if not x.flags.c_contiguous:
+        if name in strided and not x.flags.c_contiguous and not blas_rows(x):
+            raise ValueError(f"{name} with shape {tuple(x.shape)} and strides {x.strides} is not "
+                             "C-contiguous, nor a view with a unit-stride last axis, expected "
+                             "such an array (np.ascontiguousarray)")
+        if name not in strided and not x.flags.c_contiguous:
             raise ValueError(f"{name} with shape {tuple(x.shape)} and strides {x.strides} is not "
                              "C-contiguous, expected a C-contiguous array "
                              "(np.ascontiguousarray)")
@@ -100,7 +115,7 @@ def forward_args(q, k, v, mask, scale, dropout_p, seed, offset):
     """Validates the inputs of fused attention's forward; returns ``(mask, scale, dropout_p,
     seed, offset)`` as the CPU kernels take them (``kernel_args`` types them further)."""
     reject_gpu_arrays([("q", q), ("k", k), ("v", v), ("mask", _values(mask))])
-    check_tensors([("q", q), ("k", k), ("v", v)])
+    check_tensors([("q", q), ("k", k), ("v", v)], strided=("q", "k", "v"))
     B, A, S, D = q.shape
     mask = check_mask(mask, B, S)
     return (mask,) + tuple(check_scalars(scale, dropout_p, seed, offset, D))
@@ -111,7 +126,8 @@ def backward_args(dout, q, k, v, out, lse, mask, scale, dropout_p, seed, offset)
     ``lse`` (B, A, S) of q's dtype, C-contiguous); returns what ``forward_args`` returns."""
     reject_gpu_arrays([("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out),
                        ("lse", lse), ("mask", _values(mask))])
-    check_tensors([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)])
+    check_tensors([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)],
+                  strided=("q", "k", "v", "out", "dout"))
     B, A, S, D = q.shape
     if not isinstance(lse, np.ndarray):
         raise TypeError(f"lse has type {type(lse).__name__}, expected a NumPy array (B, A, S)")

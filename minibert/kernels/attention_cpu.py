@@ -33,6 +33,34 @@ imports no rung. What changes is who does which part of a tile:
   (0.75 MiB for G = 3, 128 x 512 in float32, two of them in the backward; never S x S per
   head for S > block_k, and never kept after the call).
 
+Layouts. q, k, v and dout are read only by BLAS, as (G, rows, D) stacks: any array whose
+rows BLAS reads as they are (a unit-stride last axis, ``_args.blas_rows``) is taken
+without a copy, such as the model's heads, views of its (B, S, 3H) product (copying them
+first made forward + backward with the model's splits and merges 1.15x slower, median of
+21 interleaved rounds at B = 32, A = 12, S = 128, D = 32, float32, 2 threads:
+``python benchmarks/bench_attention_layout.py --repeat 21``; ``attention_varlen_cpu.py``
+measured the like for its packed form). The outputs are token-major: out, and dq, dk, dv,
+are views of one C-contiguous (B, S, A, D), resp. (B, S, 3, A, D), buffer
+(``layouts.token_major``), so that the model's merges of the heads back into (B, S, H) and
+(B, S, 3H) are views (``minibert.model.merge_heads``); BLAS writes dq, dk, dv through their
+strides, and the forward finishes each tile in C-contiguous scratch, then copies it into
+out. Against C-contiguous outputs and copying merges: 1.10x on the same step (median of 15
+interleaved rounds, the previous kernel against this one); one copy per merge costs as
+much (``op, merge copies`` in ``python benchmarks/bench_attention_layout.py``: 1.11x).
+
+Where the time goes (``python benchmarks/profile_attention_kernel.py``, B = 32, A = 12,
+S = 128, D = 32, float32, no mask, a shared 2-core machine). One thread: forward 23 ms,
+56% BLAS, 34% ``_forward_block``, 2% ``_forward_finish``, 8% the rest (Python between
+the calls, the copy of each tile into out, the argument tables); backward 45 ms, 77% BLAS,
+19% ``_backward_block``, 4% the rest. BLAS runs at 55 (forward) and 62 (backward)
+GFLOP/s in the kernel, 69 to 78 on the same stacks called alone, 93 for a 1024^3 SGEMM;
+the row passes cost 1.3 to 1.4 ns a score, half of it exp (0.76 ns a score alone, in L1).
+On one thread the kernel takes as long as torch's SDPA (0.98x to 1.01x, forward +
+backward); on two its tasks take 16 to 20% longer each than on one (the cores
+share the caches and the memory), and the threads idle about 1 ms a pass (the tables and
+the pool's start before the first task, the last task's tail). Larger tasks were measured
+faster: G = 12 heads a task beat G = 6 by 1.25x on two threads, G = 3 by 1.15x on one.
+
 Threads. The work is cut into tasks (sequence b, group of G heads): a task owns the rows
 of out, lse, dq, dk and dv of its heads, so no two tasks write the same element. The cut
 depends on the shape only (at least ``MIN_TASKS`` tasks), never on the number of
@@ -63,6 +91,7 @@ from ._blocks import (
     row_max,
 )
 from ._threads import run_tasks
+from .layouts import token_major
 
 #: Default tile: 128 queries x 512 keys. block_k = 512 covers a BERT sequence in one key
 #: block (no online-softmax rescaling, and the backward's row statistics come with the
@@ -204,12 +233,16 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q, block_k):
     consts, int_type = EXP_CONSTANTS[q.dtype], INT_OF[q.dtype]
     s_buf = np.empty(G * block_q * block_k, dtype=q.dtype)              # scores, then P~
     t_buf = np.empty(G * block_q * D, dtype=q.dtype)                    # P~ V of a later block
+    acc_buf = np.empty(G * block_q * D, dtype=q.dtype)                  # the accumulator
     m = np.empty((G, block_q), dtype=q.dtype)
     l = np.empty((G, block_q), dtype=q.dtype)
     for i0 in range(0, S, block_q):
         nr = min(S, i0 + block_q) - i0
         qi = q[b, h0:h1, i0:i0 + nr]                                    # (G, nr, D)
-        acc = out[b, h0:h1, i0:i0 + nr]                                 # (G, nr, D), in place
+        # the accumulator in C-contiguous scratch, copied into the token-major out at the
+        # end: Numba vectorises the row passes over a C-contiguous tile, not over a strided
+        # view (``attention_varlen_cpu.py`` measured _forward_finish 10x slower on one)
+        acc = acc_buf[:G * nr * D].reshape(G, nr, D)
         mi, li = m[:, :nr], l[:, :nr]
         mi[...] = -np.inf
         li[...] = 0
@@ -232,6 +265,7 @@ def _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q, block_k):
                 acc += t                                                # acc = alpha acc + P~ V
             first = False
         _forward_finish(acc, mi, li, lse[b, h0:h1, i0:i0 + nr])
+        out[b, h0:h1, i0:i0 + nr] = acc
 
 
 def _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args, start, block_q, block_k):
@@ -330,10 +364,10 @@ def _block_sizes(block_q, block_k, S):
     return max(1, min(block_q, S)), max(1, min(block_k, S))
 
 
-def _uninitialised(like):
-    """An array like ``like`` whose every element the kernel writes (a test fills it with
+def _uninitialised(shape, dtype):
+    """A C-contiguous array whose every element the kernel writes (a test fills it with
     NaN to prove it)."""
-    return np.empty_like(like)
+    return np.empty(shape, dtype=dtype)
 
 
 def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, start=0,
@@ -344,8 +378,8 @@ def attention_forward(q, k, v, mask, scale, dropout_p=0.0, seed=0, offset=0, *, 
     B, A, S, D = q.shape
     block_q, block_k = _block_sizes(block_q, block_k, S)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
-    out = _uninitialised(q)                                              # (B, A, S, D)
-    lse = _uninitialised(q[..., 0])                                      # (B, A, S)
+    (out,) = token_major((B,), A, S, D, q.dtype, empty=_uninitialised)   # (B, A, S, D)
+    lse = _uninitialised((B, A, S), q.dtype)                             # (B, A, S)
     start = np.int64(start)
     _run(lambda b, h0, h1: _forward_task(b, h0, h1, q, k, v, out, lse, args, start, block_q,
                                          block_k),
@@ -361,7 +395,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, scale, dropout_p=0.0, seed
     B, A, S, D = q.shape
     block_q, block_k = _block_sizes(block_q, block_k, S)
     args = kernel_args(q, mask, scale, dropout_p, seed, offset, block_k)
-    dq, dk, dv = _uninitialised(q), _uninitialised(q), _uninitialised(q)  # (B, A, S, D) each
+    dq, dk, dv = token_major((B,), A, S, D, q.dtype, 3, _uninitialised)  # (B, A, S, D) each
     start = np.int64(start)
     _run(lambda b, h0, h1: _backward_task(b, h0, h1, dout, q, k, v, lse, dq, dk, dv, args,
                                           start, block_q, block_k),

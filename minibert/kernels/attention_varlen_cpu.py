@@ -72,6 +72,7 @@ from .attention_cpu import (
     _matmul_add,
     head_groups,
 )
+from .layouts import merged_view, token_major
 
 __all__ = ["attention_varlen_forward", "attention_varlen_backward", "merged_heads"]
 
@@ -93,15 +94,14 @@ def _blas_operand(x):
 
 def _token_major(A, T, D, dtype, n=1):
     """n arrays (A, T, D) that are views of one C-contiguous (T, n, A, D) buffer
-    (uninitialised: the kernel writes every element; a test fills it with NaN to prove it).
-    Viewed as (T, n A D), the buffer is the heads merged back into the model's (T, n H)
-    layout, so the merge costs no copy. BLAS writes the products straight into the
-    row-strided (G, rows, D) tiles of such views (faster in all than head-major outputs
-    and their merge: the module docstring's measurement); the forward's row
-    passes work on contiguous scratch, copied into out at the end of each tile (see
+    (``layouts.token_major``; uninitialised: the kernel writes every element, a test fills
+    it with NaN to prove it). Viewed as (T, n A D), the buffer is the heads merged back
+    into the model's (T, n H) layout, so the merge costs no copy. BLAS writes the products
+    straight into the row-strided (G, rows, D) tiles of such views (faster in all than
+    head-major outputs and their merge: the module docstring's measurement); the forward's
+    row passes work on contiguous scratch, copied into out at the end of each tile (see
     ``_forward_task``)."""
-    buf = _uninitialised((T, n, A, D), dtype)
-    return tuple(buf[:, j].transpose(1, 0, 2) for j in range(n))
+    return token_major((), A, T, D, dtype, n, _uninitialised)
 
 
 def _uninitialised(shape, dtype):
@@ -116,14 +116,9 @@ def merged_heads(*parts):
     buffer (``_token_major``); a copy otherwise."""
     A, T, D = parts[0].shape
     n = len(parts)
-    base = parts[0].base
-    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.shape == (T, n, A, D)
-            and base.dtype == parts[0].dtype):
-        ptr, step = base.__array_interface__["data"][0], A * D * base.itemsize
-        expected = (D * base.itemsize, n * A * D * base.itemsize, base.itemsize)
-        if all(p.base is base and p.shape == (A, T, D) and p.strides == expected
-               and p.__array_interface__["data"][0] == ptr + j * step for j, p in enumerate(parts)):
-            return base.reshape(T, n * A * D)
+    merged = merged_view(parts)
+    if merged is not None:
+        return merged
     out = np.empty((T, n, A, D), dtype=parts[0].dtype)
     for j, p in enumerate(parts):
         out[:, j] = p.transpose(1, 0, 2)                                       # (T, A, D)

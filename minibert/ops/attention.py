@@ -307,21 +307,35 @@ def _cuda_covers(q) -> bool:
 
 
 def _fused_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset, start):
-    """The kernel's forward behind the op's contract: ``(context, Fused cache)``. The kernel
-    takes C-contiguous heads (the model's are strided views of one (B, S, 3H) product)."""
+    """The kernel's forward behind the op's contract: ``(context, Fused cache)``. The model's
+    heads are strided views of one (B, S, 3H) product: the CPU kernel reads them as they are
+    (copying them made the step 1.15x slower, see ``attention_cpu.py``'s "Layouts"); the
+    CUDA kernels take C-contiguous heads, and any array whose last axis is not unit-stride
+    is copied."""
     from ..kernels import fused_attention_forward  # lazy: Numba takes a while to import
-    xp = get_array_module(q)
-    q, k, v = (xp.ascontiguousarray(t) for t in (q, k, v))                # (B, A, S, D) each
+    q, k, v = (_kernel_operand(t) for t in (q, k, v))                     # (B, A, S, D) each
     out, lse = fused_attention_forward(q, k, v, attention_mask, scale, dropout_p, seed, offset,
                                        start=start)
     saved = (q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset, start)
     return out, Fused(_fused_backward, saved)
 
 
+def _kernel_operand(x):
+    """``x`` as the fused kernel takes it: a NumPy array as it is where BLAS reads its rows
+    as they are (``minibert.kernels._args.blas_rows``), else a C-contiguous copy (always
+    for GPU arrays)."""
+    if isinstance(x, np.ndarray):
+        from ..kernels._args import blas_rows
+        if x.flags.c_contiguous or blas_rows(x):
+            return x
+        return np.ascontiguousarray(x)
+    return get_array_module(x).ascontiguousarray(x)
+
+
 def _fused_backward(dout, q, k, v, out, lse, attention_mask, scale, dropout_p, seed, offset,
                     start):
     """The kernel's backward: ``(dq, dk, dv)`` from the saved context and log-sum-exp."""
     from ..kernels import fused_attention_backward
-    dout = get_array_module(dout).ascontiguousarray(dout)                 # (B, A, S, D)
+    dout = _kernel_operand(dout)                                          # (B, A, S, D)
     return fused_attention_backward(dout, q, k, v, out, lse, attention_mask, scale,
                                     dropout_p, seed, offset, start=start)

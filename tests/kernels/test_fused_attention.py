@@ -331,6 +331,28 @@ def test_parallel_and_serial_give_the_same_bits(monkeypatch, mod):
         assert np.array_equal(a, b), f"{name}: {threads} threads differ from 1 thread"
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_strided_views_of_the_models_product(dtype):
+    """q, k, v as the model's views of one (B, S, 3H) product and dout as a view of
+    (B, S, H) (``minibert.model.split_heads``): taken as they are, with the results of
+    C-contiguous copies, padding and dropout included."""
+    from minibert.model import split_heads
+    B, A, S, D = 3, 2, 9, 8
+    r = np.random.default_rng(4)
+    q, k, v = split_heads(r.standard_normal((B, S, 3 * A * D)).astype(dtype), A, 3)
+    (dout,) = split_heads(r.standard_normal((B, S, A * D)).astype(dtype), A)
+    assert not q.flags.c_contiguous and q.strides[-1] == q.itemsize
+    mask = _lengths_mask(S, [S, 5, 1])
+    got, lse = _fused(q, k, v, dout, mask, p=0.1, seed=3)
+    plain, lse_plain = _fused(*(np.ascontiguousarray(x) for x in (q, k, v, dout)), mask,
+                              p=0.1, seed=3)
+    for name, a, e in zip(("out", "dq", "dk", "dv", "lse"), got + (lse,), plain + (lse_plain,)):
+        assert np.array_equal(a, e), name
+    # a last axis that is not unit-stride is refused, as is any array that is not C-contiguous
+    with pytest.raises(ValueError, match=r"q with shape .* is not C-contiguous, nor a view"):
+        fused_attention_forward(q[..., ::2], k[..., ::2], v[..., ::2], mask, None)
+
+
 def test_forward_saves_only_out_and_lse():
     B, A, S, D = 2, 3, 11, 8
     q, k, v, _ = _problem(B, A, S, D, np.float32)
@@ -338,7 +360,8 @@ def test_forward_saves_only_out_and_lse():
     assert isinstance(res, tuple) and len(res) == 2
     out, lse = res
     assert out.shape == (B, A, S, D) and lse.shape == (B, A, S)
-    assert out.flags.c_contiguous and lse.flags.c_contiguous
+    assert lse.flags.c_contiguous
+    assert out.transpose(0, 2, 1, 3).flags.c_contiguous              # token-major (B, S, A, D)
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -433,7 +456,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"dout has shape \(2, 2, 4, 2\), expected the shape of q"):
         b(dout=dout[..., :2].copy())
     with pytest.raises(ValueError, match=r"out with shape .* is not C-contiguous"):
-        b(out=out.transpose(1, 0, 2, 3))
+        b(out=np.asfortranarray(out))
     with pytest.raises(ValueError, match=r"mask has shape \(4,\), expected \(B, S\)"):
         b(mask=np.ones(4))
     with pytest.raises(ValueError, match=r"dropout_p=1.5 is out of range"):
@@ -494,7 +517,8 @@ def test_every_output_element_is_written(monkeypatch, blocks):
     """The production kernel allocates out, lse, dq, dk, dv uninitialised and writes every
     element (zeros at padded keys, at rows without a real key): with NaN-filled buffers the
     results must still equal the textbook's."""
-    monkeypatch.setattr(attention_cpu, "_uninitialised", lambda like: np.full_like(like, np.nan))
+    monkeypatch.setattr(attention_cpu, "_uninitialised",
+                        lambda shape, dtype: np.full(shape, np.nan, dtype=dtype))
     S, D = 29, 8
     mask = _mixed_mask(S, seed=7)
     q, k, v, dout = _problem(4, 2, S, D, np.float64, seed=7)
