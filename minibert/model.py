@@ -39,7 +39,8 @@ from .checkpoint import PretrainedMixin, load_pretrained
 from .config import BertConfig
 from .kernels.layouts import merged_view
 from .model_inputs import InputChecks, check_int_array, reject_positional  # noqa: F401 (re-exported)
-from .ops import attention, dropout, embedding, gelu, hooks, layernorm, linear, tanh
+from .model_run import Run
+from .ops import attention, dropout, embedding, gelu, layernorm, linear, tanh
 from .ops.switch import use_kernel
 from .packing import UNPAD_THRESHOLD, check_unpad, pack, pad, padding_share, unpad
 from .params import FlatParams, ParamSpec
@@ -280,7 +281,7 @@ class BertModel(PretrainedMixin, InputChecks):
         ids, tt, mask, embeds = self._validate_inputs(input_ids, attention_mask, token_type_ids,
                                                       inputs_embeds)
         packing = self._plan_packing(mask, unpad, output_attentions)
-        run = _Run.start(self, training, output_attentions, self._check_head_mask(head_mask),
+        run = Run.start(self, training, output_attentions, self._check_head_mask(head_mask),
                          packing, keep_cache)
         # what attention reads: the padding mask, or (packed) where each sequence begins
         keys = mask if packing is None else packing
@@ -557,53 +558,3 @@ def from_pretrained(path, model_class=None, dtype=np.float32, device: str = "cpu
     class as an argument (``checkpoint.load_pretrained``, which documents the arguments)."""
     return load_pretrained(path, model_class or BertModel, dtype, device, new_head,
                            add_pooling_layer, output_loading_info, **config_overrides)
-
-
-class _Run(NamedTuple):
-    """What one forward call needs besides its inputs: dropout rates and streams, and
-    whether the caller reads the attention probabilities."""
-    training: bool
-    call: int                   # this forward's dropout call index
-    p_hidden: float             # hidden-state dropout (0 outside training)
-    p_attn: float               # attention-probability dropout (0 outside training)
-    output_attentions: bool
-    batch_start: int            # the model's batch_start: this batch's first row in the whole
-    head_mask: object = None    # (L, A) multiplying each head's probabilities, or None
-    packing: object = None      # the Packing of a padding-free forward, or None
-    grad: bool = True           # whether a backward follows (False: inference, no cache kept)
-
-    @classmethod
-    def start(cls, model, training, output_attentions, head_mask=None, packing=None, grad=True):
-        """The run of ``model``'s next forward call."""
-        cfg = model.config
-        return cls(bool(training), model.dropout_calls,
-                   cfg.hidden_dropout_prob if training else 0.0,
-                   cfg.attention_probs_dropout_prob if training else 0.0,
-                   bool(output_attentions), int(model.batch_start), head_mask, packing,
-                   bool(grad))
-
-    @property
-    def rows(self):
-        """Packed: each token's row in the padded (B, S) batch, where its dropout bits are
-        drawn (``minibert.ops.dropout``); None for a padded batch."""
-        return None if self.packing is None else self.packing.rows
-
-    def scratch(self, a):
-        """``a`` if an op may write its result over it (inference, where no backward reads
-        it, and no op hook, which may hold it), else None."""
-        return a if not self.grad and not hooks.registered() else None
-
-    def offset(self, site: int) -> int:
-        """The Philox offset of dropout ``site`` in this call: (call << 20) | site."""
-        return (self.call << 20) | site
-
-    def first_element(self, x, per_row=None) -> int:
-        """The element index, in the dropout stream, of the first element of a mask over
-        ``x`` (batch rows first, ``per_row`` elements each: by default x's own, or for a
-        packed (T, H) the padded row's S H): the mask of the whole batch, from row
-        ``batch_start`` on."""
-        if per_row is None and self.packing is not None:
-            per_row = self.packing.shape[1] * x.shape[-1]
-        elif per_row is None:
-            per_row = x.size // x.shape[0] if x.shape[0] else 0
-        return self.batch_start * per_row
