@@ -38,9 +38,9 @@ exp (p and the bits of 2^k) to scratch rows in one loop and read them back in a 
 since 2^k was read from an int64 scratch row through a float64 view; a bit cast in a
 register (``_blocks._bits_float``) makes that round trip unnecessary, with the same bits.
 Same command, two runs: forward 2.85 and 3.60 ns per element (exact form), 3.12 and 3.22
-(tanh); in inference (``grad=False``: no slope), one run, 2.56 (exact) and 2.26 (tanh). On
-two threads at (4096, 1536), in one run: 3.7-4.3 before, 2.8-3.2 after, and 1.8 in inference writing y
-over x (``value_rows_*_in_place``).
+(tanh); in inference (``grad=False``: no slope), one run, 2.56 (exact) and 2.26 (tanh).
+On two threads at (4096, 1536), in one run: 3.7-4.3 before, 2.8-3.2 after, and 1.8 in
+inference writing y over x (``value_rows_*_in_place``).
 
 float64: the readable op's formulas, element by element, with ``math.erf``, ``math.exp``
 and ``math.tanh`` (the C library's, as the readable op's erf ufunc), so that float64 results
