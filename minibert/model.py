@@ -264,6 +264,8 @@ class BertModel(PretrainedMixin, InputChecks):
             training: dropout on, with the next call index of this model's dropout streams.
             keep_cache: False drops each layer's cache when the layer is done (``__call__``),
                 so memory holds one layer's activations at a time; the cache returned is None.
+                No backward can follow, so the ops keep nothing and GELU and LayerNorm
+                write over the products they read (``model_run.Run.scratch``).
             unpad: run the encoder on the real tokens alone (``minibert/packing.py``): None
                 (the default: the model's ``unpad`` attribute, itself None by default: when
                 the batch is right padded with enough padding to gain), True (whenever it is

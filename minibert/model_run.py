@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from .ops import hooks
 
 
 class Run(NamedTuple):
-    """What one forward call needs besides its inputs: dropout rates and streams, and
-    whether the caller reads the attention probabilities."""
+    """What one forward call needs besides its inputs: dropout rates and streams, whether
+    the caller reads the attention probabilities, the head mask, the packing, and whether a
+    backward follows (the module docstring)."""
     training: bool
     call: int                   # this forward's dropout call index
     p_hidden: float             # hidden-state dropout (0 outside training)
@@ -44,9 +47,11 @@ class Run(NamedTuple):
         return None if self.packing is None else self.packing.rows
 
     def scratch(self, a):
-        """``a`` if an op may write its result over it (inference, where no backward reads
-        it, and no op hook, which may hold it), else None."""
-        return a if not self.grad and not hooks.registered() else None
+        """``a`` if an op may write its result over it, else None: in inference (no backward
+        reads ``a``), with no op hook registered (a hook may hold ``a``), on NumPy arrays."""
+        if self.grad or hooks.registered() or type(a) is not np.ndarray:
+            return None        # on the GPU (the readable ops) out= would only add a copy
+        return a
 
     def offset(self, site: int) -> int:
         """The Philox offset of dropout ``site`` in this call: (call << 20) | site."""

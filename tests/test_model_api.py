@@ -127,6 +127,43 @@ def test_call_writes_gelu_over_its_input_only_without_hooks(dtype):
         np.testing.assert_array_equal(x, before)
 
 
+@pytest.mark.parametrize("unpad", [None, False], ids=["default", "padded"])
+def test_call_writes_in_place_and_keeps_the_bits(monkeypatch, unpad):
+    """Without hooks, inference really hands GELU and both LayerNorms of every layer their
+    input as out= with grad=False; the outputs (hidden states, pooled) are forward()'s bits,
+    and inputs_embeds is left as it was."""
+    from minibert.kernels import gelu_cpu, layernorm_cpu
+    calls = []
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapped(x, *args):
+            out, grad = args[-1], args[-2]
+            calls.append((name, out is x, grad))
+            return real(x, *args)
+        monkeypatch.setattr(module, name, wrapped)
+    spy(gelu_cpu, "bias_forward")
+    spy(layernorm_cpu, "forward")
+    model = BertModel(tiny_config(), dtype=np.float32, seed=2)
+    ids, mask, tt = batch(np.random.default_rng(1))
+    kw = dict(attention_mask=mask, token_type_ids=tt, output_hidden_states=True, unpad=unpad)
+    ref, _ = model.forward(ids, **kw)
+    calls.clear()
+    out = model(ids, **kw)
+    layers = model.config.num_hidden_layers
+    assert sorted(calls) == sorted([("bias_forward", True, False)] * layers
+                                   + [("forward", True, False)] * 2 * layers
+                                   + [("forward", False, True)])     # the embeddings' LN
+    for a, r in zip(out.hidden_states + [out.pooler_output],
+                    ref.hidden_states + [ref.pooler_output]):
+        np.testing.assert_array_equal(a, r)
+    embeds = model.params["embeddings.word_embeddings.weight"][ids]
+    before = embeds.copy()
+    model(inputs_embeds=embeds, attention_mask=mask, token_type_ids=tt, unpad=unpad)
+    np.testing.assert_array_equal(embeds, before)
+
+
 def test_call_draws_no_dropout_stream():
     model = _model(hidden_dropout_prob=0.3)
     ids, mask, tt = batch(np.random.default_rng(1))

@@ -18,3 +18,16 @@ def dy_rows(dy, shape, like):
         raise ValueError(f"dy has shape {tuple(np.shape(dy))}, expected the forward's output "
                          f"shape {tuple(shape)}")
     return np.ascontiguousarray(dy, dtype=like.dtype).reshape(like.shape)
+
+
+def writes_over(y, x2, *read):
+    """Whether y (N, C) is x2 itself (the same memory: y = f(x) written over x), after
+    checking that y overlaps neither x2 otherwise nor any array in ``read`` (the other
+    inputs): ValueError naming the overlap. y and x2 are C-contiguous of one shape."""
+    same = y.ctypes.data == x2.ctypes.data and y.size == x2.size
+    if not same and np.shares_memory(y, x2):
+        raise ValueError("out overlaps x without being x")
+    for name, a in read:
+        if a is not None and np.shares_memory(y, a):
+            raise ValueError(f"out overlaps {name}, which the op reads")
+    return same

@@ -56,7 +56,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._rows import dy_rows, rows_of
+from ._rows import dy_rows, rows_of, writes_over
 from ._threads import run_rows
 
 #: Rows per partial sum of dweight and dbias; each block writes one row of the buffer.
@@ -184,9 +184,11 @@ def forward(x, weight, bias, eps, residual=None, grad=True, out=None):
     N = x2.shape[0]
     res = x2 if residual is None else rows_of(residual, H)    # (N, H); x2: not read
     y = np.empty_like(x2) if out is None else out.reshape(x2.shape)   # (N, H)
-    if not grad and np.shares_memory(y, x2):
-        if not (y.ctypes.data == x2.ctypes.data and y.strides == x2.strides):
-            raise ValueError("out overlaps x without being x")
+    over_x = out is not None and writes_over(y, x2, ("residual", residual), ("weight", w),
+                                             ("bias", b))
+    if over_x and grad:
+        raise ValueError("out is x, which the backward reads: expected grad=False")
+    if over_x:
         run_rows(forward_rows_in_place, N, x2, res, residual is not None, w, b, float(eps))
         return y.reshape(x.shape), None
     s = x2 if residual is None else np.empty_like(x2)         # the sum (N, H)

@@ -65,8 +65,15 @@ def use_cuda_kernel(*arrays) -> bool:
 
 def check_out(out, x):
     """An op's ``out=`` (where it writes its result; see ``gelu.bias_forward``): None, or a
-    C-contiguous array of x's shape and dtype; ValueError otherwise."""
-    if out is not None and (tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype
-                            or not out.flags.c_contiguous):
+    writeable C-contiguous array of x's type, shape and dtype; TypeError or ValueError
+    otherwise. (Whether it overlaps an input is the kernel's check.)"""
+    if out is None:
+        return
+    if type(out) is not type(x):
+        raise TypeError(f"out is a {type(out).__name__}, expected an array of x's type "
+                        f"({type(x).__name__})")
+    if (tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype or not out.flags.c_contiguous
+            or not out.flags.writeable):
         raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}: expected a "
-                         f"C-contiguous array of x's shape {tuple(x.shape)} and dtype {x.dtype}")
+                         f"writeable C-contiguous array of x's shape {tuple(x.shape)} and "
+                         f"dtype {x.dtype}")

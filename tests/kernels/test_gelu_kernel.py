@@ -276,9 +276,28 @@ def test_op_inference_options():
             np.testing.assert_allclose(over, ref, rtol=1e-6, atol=1e-7)
     for bad in (np.empty((6, 4), np.float32), np.empty((4, 6), np.float64),
                 np.empty((4, 12), np.float32)[:, ::2]):
-        with pytest.raises(ValueError, match="out has shape .* expected a C-contiguous array"):
+        with pytest.raises(ValueError, match="out has shape .* expected a writeable C-contiguous array"):
             gelu.bias_forward(x, b, out=bad)
     buf = np.zeros((5, 6), np.float32)
     buf[:4] = x
     with pytest.raises(ValueError, match="out overlaps x without being x"):
         gelu_cpu.bias_forward(buf[:4], b, "none", False, buf[1:])
+
+
+def test_out_over_x_with_grad_and_partial_overlaps():
+    """out = x with grad=True gives the training forward's y and slope (x is read before y
+    is written); an out that overlaps x other than exactly, or the bias, is refused."""
+    x, b, _ = _problem((4, 16), np.float32, seed=12)
+    y, cache = gelu.bias_forward(x, b)
+    over = x.copy()
+    y_over, cache_over = gelu.bias_forward(over, b, out=over)
+    np.testing.assert_array_equal(over, y)
+    np.testing.assert_array_equal(cache_over.saved[0], cache.saved[0])
+    buf = np.zeros((5, 16), np.float32)
+    buf[:4] = x
+    with pytest.raises(ValueError, match="out overlaps x without being x"):
+        gelu.bias_forward(buf[:4], b, out=buf[1:])
+    flat = np.zeros(64, np.float32)                   # the bias is the first row of out
+    flat[:16] = b
+    with pytest.raises(ValueError, match="out overlaps bias, which the op reads"):
+        gelu_cpu.bias_forward(x, flat[:16], "none", False, flat.reshape(4, 16))

@@ -230,8 +230,34 @@ def test_inference_forms_give_the_same_bits(dtype, residual):
         assert cache is None and y_over is over
         np.testing.assert_array_equal(over, ref)
     for bad in (np.empty((5, 3, 97), dtype), np.empty((3, 5, 194), dtype)[..., ::2]):
-        with pytest.raises(ValueError, match="out has shape .* expected a C-contiguous array"):
+        with pytest.raises(ValueError, match="out has shape .* expected a writeable C-contiguous array"):
             layernorm.forward(x, w, b, 1e-12, res, out=bad)
     buf = np.zeros((16, 97), dtype)
     with pytest.raises(ValueError, match="out overlaps x without being x"):
         layernorm_cpu.forward(buf[:15], w, b, 1e-12, None, False, buf[1:])
+
+
+def test_out_may_not_overlap_what_the_op_reads():
+    """out = x needs grad=False (without a residual the backward reads x as the sum); out
+    may not overlap the residual or overlap x other than exactly; the same memory seen
+    through another shape of its size-1 axes is x."""
+    x, w, b, res, _ = _problem((4, 16), np.float32, seed=12, residual=True)
+    over = x.copy()
+    with pytest.raises(ValueError, match="out is x, which the backward reads: expected grad=False"):
+        layernorm.forward(over, w, b, 1e-12, out=over)
+    buf = np.concatenate([x, res])                                     # (8, 16): x then res
+    with pytest.raises(ValueError, match="out overlaps residual, which the op reads"):
+        layernorm.forward(x, w, b, 1e-12, buf[4:], grad=False, out=buf[4:])
+    with pytest.raises(ValueError, match="out overlaps x without being x"):
+        layernorm.forward(buf[:4], w, b, 1e-12, grad=False, out=buf[1:5])
+    with pytest.raises(ValueError, match="out overlaps residual, which the op reads"):
+        layernorm.forward(buf[:4].copy(), w, b, 1e-12, buf[4:], grad=False, out=buf[2:6])
+    base = x[:1].copy()
+    y, _ = layernorm_cpu.forward(base[0:1], w, b, 1e-12, None, False, base[None, 0][0:1])
+    np.testing.assert_array_equal(y, layernorm_cpu.forward(x[:1], w, b, 1e-12)[0])
+    with pytest.raises(TypeError, match="out is a list, expected an array of x's type"):
+        layernorm.forward(x, w, b, out=[0.0])
+    frozen = np.empty_like(x)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="expected a writeable C-contiguous array"):
+        layernorm.forward(x, w, b, out=frozen)
