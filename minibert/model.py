@@ -284,7 +284,7 @@ class BertModel(PretrainedMixin, InputChecks):
                                                       inputs_embeds)
         packing = self._plan_packing(mask, unpad, output_attentions)
         run = Run.start(self, training, output_attentions, self._check_head_mask(head_mask),
-                         packing, keep_cache)
+                        packing, keep_cache)
         # what attention reads: the padding mask, or (packed) where each sequence begins
         keys = mask if packing is None else packing
         x, emb_cache = self._embeddings_forward(ids, tt, run, embeds)          # (B, S, H) or (T, H)

@@ -60,6 +60,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validation import check_block_sizes
+from ._args import blas_rows
 from ._blocks import EXP_CONSTANTS, INT_OF
 from ._threads import run_tasks
 from .attention_cpu import (
@@ -81,15 +82,10 @@ __all__ = ["attention_varlen_forward", "attention_varlen_backward", "merged_head
 
 
 def _blas_operand(x):
-    """``x`` (A, T, D) as it is when each (n, D) slice of a head is a BLAS operand (unit
-    last stride, a non-negative row stride of at least D elements), else a C-contiguous
-    copy."""
-    isz = x.itemsize
-    _, T, D = x.shape
-    s_a, s_t, s_d = x.strides
-    if (s_d == isz or D <= 1) and (s_t >= D * isz or T <= 1) and s_a >= 0 and s_t >= 0:
-        return x
-    return np.ascontiguousarray(x)
+    """``x`` (A, T, D) as it is when each (n, D) slice of a head is a BLAS operand
+    (``_args.blas_rows``: unit last stride, a non-negative row stride of at least D
+    elements), else a C-contiguous copy."""
+    return x if blas_rows(x) else np.ascontiguousarray(x)
 
 
 def _token_major(A, T, D, dtype, n=1):

@@ -184,8 +184,8 @@ def forward(x, weight, bias, eps, residual=None, grad=True, out=None):
     N = x2.shape[0]
     res = x2 if residual is None else rows_of(residual, H)    # (N, H); x2: not read
     y = np.empty_like(x2) if out is None else out.reshape(x2.shape)   # (N, H)
-    over_x = out is not None and writes_over(y, x2, ("residual", residual), ("weight", w),
-                                             ("bias", b))
+    over_x = out is not None and writes_over(y, x2, ("residual", residual),
+                                             ("weight", weight), ("bias", bias))
     if over_x and grad:
         raise ValueError("out is x, which the backward reads: expected grad=False")
     if over_x:
