@@ -116,17 +116,24 @@ def test_philox_high_element_indices():
 def test_exp_scalar_gives_exp_row_bits(dtype):
     """The row passes' exp (``_blocks.exp_sum``, one pass with the row sum) and the
     scratch-row exp (``_blocks.exp_row``) agree bit for bit, underflow and -inf included;
-    the sum is the row's sum up to rounding."""
+    the sum is the row's sum up to rounding. A NaN, whatever its sign and payload, gives NaN
+    in both."""
     x = np.concatenate([np.linspace(-800.0, 0.0, 4001), [-np.inf, -0.0, -87.33, -87.34,
                         -708.3, -708.4, -745.2, -1e30]]).astype(dtype)
     ibits = _blocks.INT_OF[np.dtype(dtype)]
+    consts = _blocks.EXP_CONSTANTS[np.dtype(dtype)]
     for shift in (0.0, 1.5, -3.25):
         a, b, scratch = x.copy(), x.copy(), np.empty_like(x)
-        _blocks.exp_row(a, len(a), dtype(shift), scratch, scratch.view(ibits),
-                        _blocks.EXP_CONSTANTS[np.dtype(dtype)])
-        total = _blocks.exp_sum(b, len(b), dtype(shift), _blocks.EXP_CONSTANTS[np.dtype(dtype)])
+        _blocks.exp_row(a, len(a), dtype(shift), scratch, scratch.view(ibits), consts)
+        total = _blocks.exp_sum(b, len(b), dtype(shift), consts)
         np.testing.assert_array_equal(a.view(ibits), b.view(ibits))
         assert abs(total - a.sum(dtype=np.float64)) <= 1e-5 * a.sum(dtype=np.float64)
+    nans = np.array([np.nan, -np.nan, np.nan, np.nan], dtype=dtype)
+    nans.view(ibits)[2:] |= np.array([1, -1], dtype=ibits) & 0xFF      # other payloads
+    a, b, scratch = nans.copy(), nans.copy(), np.empty_like(nans)
+    _blocks.exp_row(a, len(a), dtype(0), scratch, scratch.view(ibits), consts)
+    assert np.isnan(_blocks.exp_sum(b, len(b), dtype(0), consts))
+    assert np.isnan(a).all() and np.isnan(b).all()
 
 
 # --------------------------------------------------------------------------- against the textbook
