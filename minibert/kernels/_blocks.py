@@ -97,19 +97,6 @@ def exp_row(x, n, shift, scratch, scratch_bits, consts):
 
 
 @intrinsic
-def _float_bits(typingctx, x):
-    """The bits of float ``x`` as the signed integer of its size (an LLVM bitcast: no
-    conversion, no memory)."""
-    if isinstance(x, types.Float):
-        int_type = types.int32 if x.bitwidth == 32 else types.int64
-
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], context.get_value_type(int_type))
-        return int_type(x), codegen
-    return None
-
-
-@intrinsic
 def _bits_float(typingctx, i, like):
     """The float of ``like``'s type whose bits are the low bits of integer ``i`` (Numba's
     integer arithmetic widens int32 to int64: the bits are cut back to the float's size)."""
@@ -204,7 +191,7 @@ def exp_scalar(t, consts):
     registers instead of through a scratch row, so that a loop that calls it stays one
     vectorised loop (LLVM inlines it; its own fastmath flags, "contract" only, stay with
     its instructions inside a caller that reassociates)."""
-    magic_f, magic_i, mant_bits, lo, hi = consts
+    lo = consts[3]                                          # log of the smallest normal
     ftype = type(lo)                                        # float32 or float64
     e, k = exp_reduced(t, consts)
     two_k = _pow2(k)                                        # in registers, all lanes
