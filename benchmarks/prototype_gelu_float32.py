@@ -169,21 +169,20 @@ def phi32(z):
     return s if z < f32(0.0) else f32(1.0) - s
 
 
-@njit(**_FLAGS)
-def gelu32_rows(x, y):
-    """y = GELU(x) for a C-contiguous float32 (N, C) x: the loop LLVM vectorises."""
-    for i in range(x.shape[0]):
-        xr, yr = x[i], y[i]
-        for j in range(xr.shape[0]):
-            yr[j] = gelu32(xr[j])
+def _map_rows(fn):
+    """A compiled y[i, j] = fn(x[i, j]) over a C-contiguous float32 (N, C) x: the loop
+    LLVM vectorises, ``fn`` inlined."""
+    @njit(**_FLAGS)
+    def rows(x, y):
+        for i in range(x.shape[0]):
+            xr, yr = x[i], y[i]
+            for j in range(xr.shape[0]):
+                yr[j] = fn(xr[j])
+    return rows
 
 
-@njit(**_FLAGS)
-def phi32_rows(x, y):
-    for i in range(x.shape[0]):
-        xr, yr = x[i], y[i]
-        for j in range(xr.shape[0]):
-            yr[j] = phi32(xr[j])
+gelu32_rows = _map_rows(gelu32)
+phi32_rows = _map_rows(phi32)
 
 
 def _rows(fn, z):
