@@ -33,6 +33,7 @@ from numba.extending import intrinsic
 
 from minibert.validation import AttentionMask
 
+from .. import _numba_cache  # noqa: F401  (before any @njit: see minibert/_numba_cache.py)
 from .philox_cpu import keep_from_word, philox_block, select_word
 
 #: Numba's fastmath flags of the kernels: "reassoc" lets LLVM reorder sums (so that
@@ -77,10 +78,10 @@ def exp_row(x, n, shift, scratch, scratch_bits, consts):
     [-ln2/2, ln2/2] (Cody and Waite: ln 2 in a short high part, so that k ln2_hi is exact,
     and a low part), exp(r) by its Taylor polynomial (degree 7 in float32, 13 in float64:
     truncation below a quarter of an ulp), 2^k built in the exponent bits. Measured against
-    a long-double exp: within 0.6 ulp; exp(-inf) = 0 and exp(NaN) = NaN. Three loops that each vectorise (the
-    scalar C library exp does not): the polynomial and k, then 2^k from k's bits, then the
-    product. Only "contract" as fastmath flag: reassociation could merge the two halves of
-    ln 2 and lose the point of splitting it.
+    a long-double exp: within 0.6 ulp; exp(-inf) = 0 and exp(NaN) = NaN. Three loops that
+    each vectorise (the scalar C library exp does not): the polynomial and k, then 2^k from
+    k's bits, then the product. Only "contract" as fastmath flag: reassociation could merge
+    the two halves of ln 2 and lose the point of splitting it.
     """
     magic_f, magic_i, mant_bits, lo, hi = consts
     ftype = x.dtype.type

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .. import _numba_cache  # noqa: F401  (before any @njit: see minibert/_numba_cache.py)
 from ._threads import run_rows
 
 #: Flat indices per row of the kernels (256 KiB of each float32 array).

@@ -54,10 +54,10 @@ S = 128, D = 32, float32, no mask, a shared 2-core machine). One thread: forward
 the calls, the copy of each tile into out, the argument tables); backward 45 ms, 77% BLAS,
 19% ``_backward_block``, 4% the rest. BLAS runs at 55 (forward) and 62 (backward)
 GFLOP/s in the kernel, 69 to 78 on the same stacks called alone, 93 for a 1024^3 SGEMM;
-the row passes cost 1.3 to 1.4 ns a score, half of it exp (0.76 ns a score alone, in L1;
-0.59 to 0.64 since ``_blocks._pow2`` builds 2^k in all eight lanes, which brought the
-row passes to 1.1 to 1.2 ns a score and did not move the passes' totals beyond the
-machine's noise).
+the row passes cost 1.3 to 1.4 ns a score, half of it exp (0.75 ns a score alone, in L1;
+0.59 to 0.64 since ``_blocks._pow2`` builds 2^k in all eight float32 lanes: the row
+passes now take 1.1 to 1.2 ns a score, while the forward and backward totals did not
+move beyond the machine's noise).
 On one thread the kernel takes as long as torch's SDPA (0.98x to 1.01x, forward +
 backward); on two its tasks take 16 to 20% longer each than on one (the cores
 share the caches and the memory), and the threads idle about 1 ms a pass (the tables and
@@ -82,6 +82,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .. import _numba_cache  # noqa: F401  (before any @njit: see minibert/_numba_cache.py)
 from ..validation import check_block_sizes
 from ._blocks import (
     EXP_CONSTANTS,

@@ -53,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .. import _numba_cache  # noqa: F401  (before any @njit: see minibert/_numba_cache.py)
 from ._blocks import EXP_CONSTANTS, INT_OF, exp_row
 from ._threads import run_rows
 

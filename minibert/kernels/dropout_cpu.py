@@ -61,6 +61,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .. import _numba_cache  # noqa: F401  (before any @njit: see minibert/_numba_cache.py)
 from ._threads import run_rows
 from .philox_cpu import keep_from_word, philox4x32_10
 

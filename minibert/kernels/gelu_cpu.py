@@ -83,6 +83,7 @@ from numba import njit
 
 from minibert.constants import BETA, INV_SQRT_2PI, KAPPA, SQRT_HALF
 
+from .. import _numba_cache  # noqa: F401  (before any @njit: see minibert/_numba_cache.py)
 from ._blocks import _bits_float
 from ._rows import dy_rows, rows_of, writes_over
 from ._threads import run_rows

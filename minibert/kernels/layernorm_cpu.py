@@ -56,6 +56,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .. import _numba_cache  # noqa: F401  (before any @njit: see minibert/_numba_cache.py)
 from ._rows import dy_rows, rows_of, writes_over
 from ._threads import run_rows
 
