@@ -128,12 +128,21 @@ def test_exp_scalar_gives_exp_row_bits(dtype):
         total = _blocks.exp_sum(b, len(b), dtype(shift), consts)
         np.testing.assert_array_equal(a.view(ibits), b.view(ibits))
         assert abs(total - a.sum(dtype=np.float64)) <= 1e-5 * a.sum(dtype=np.float64)
-    nans = np.array([np.nan, -np.nan, np.nan, np.nan], dtype=dtype)
-    nans.view(ibits)[2:] |= np.array([1, -1], dtype=ibits) & 0xFF      # other payloads
-    a, b, scratch = nans.copy(), nans.copy(), np.empty_like(nans)
+    # NaNs in the vectorised body of the loops, not only in the scalar remainder: quiet,
+    # signalling (exponent all ones, lowest mantissa bit), negative, all bits set
+    nan_bits = {np.int32: [0x7FC00000, 0x7F800001, -0x400000, -1],
+                np.int64: [0x7FF8000000000000, 0x7FF0000000000001, -(1 << 51), -1]}[ibits]
+    y = np.linspace(-20.0, 0.0, 257).astype(dtype)
+    where = np.array([3, 64, 130, 255])
+    y.view(ibits)[where] = nan_bits
+    assert np.isnan(y[where]).all()
+    a, b, scratch = y.copy(), y.copy(), np.empty_like(y)
     _blocks.exp_row(a, len(a), dtype(0), scratch, scratch.view(ibits), consts)
     assert np.isnan(_blocks.exp_sum(b, len(b), dtype(0), consts))
-    assert np.isnan(a).all() and np.isnan(b).all()
+    assert np.isnan(a[where]).all() and np.isnan(b[where]).all()
+    rest = np.setdiff1d(np.arange(len(y)), where)
+    np.testing.assert_array_equal(a[rest].view(ibits), b[rest].view(ibits))
+    assert not np.isnan(a[rest]).any()
 
 
 # --------------------------------------------------------------------------- against the textbook
