@@ -71,6 +71,7 @@ from .attention_cpu import (
     _forward_block,
     _forward_finish,
     _matmul_add,
+    _uninitialised,
     head_groups,
 )
 from .layouts import merged_view, token_major
@@ -98,11 +99,6 @@ def _token_major(A, T, D, dtype, n=1):
     row passes work on contiguous scratch, copied into out at the end of each tile (see
     ``_forward_task``)."""
     return token_major((), A, T, D, dtype, n, _uninitialised)
-
-
-def _uninitialised(shape, dtype):
-    """An uninitialised array (every element of it gets written)."""
-    return np.empty(shape, dtype=dtype)
 
 
 def merged_heads(*parts):
